@@ -1,0 +1,267 @@
+"""What every attention layer of the package shares (private)."""
+
+import string
+
+import keras
+from keras import constraints
+from keras import initializers
+from keras import ops
+from keras import regularizers
+
+from keras_selfattn import kernels
+
+
+def check_positive_int(name, value, allow_none=False):
+    """Raises `ValueError` unless `value` is a positive int (or allowed None)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        expected = "a positive integer or None" if allow_none else (
+            "a positive integer"
+        )
+        raise ValueError(
+            f"`{name}` must be {expected}. Received: {name}={value!r}"
+        )
+
+
+def check_rate(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0.0 <= value < 1.0
+    ):
+        raise ValueError(
+            f"`{name}` must be a float in [0, 1). Received: {name}={value!r}"
+        )
+
+
+def check_feature_shape(name, shape, min_rank=3, max_rank=None):
+    """Validates a `(B, ..., dim)` input shape at build time."""
+    shape = tuple(shape)
+    rank = len(shape)
+    if rank < min_rank or (max_rank is not None and rank > max_rank):
+        expected = (
+            f"rank {min_rank}" if max_rank == min_rank
+            else f"rank >= {min_rank}"
+        )
+        raise ValueError(
+            f"`{name}` must have {expected}, shaped (B, T, dim). "
+            f"Received: {name}.shape={shape}"
+        )
+    if shape[-1] is None:
+        raise ValueError(
+            f"The last dimension of `{name}` must be known. "
+            f"Received: {name}.shape={shape}"
+        )
+    if any(dim == 0 for dim in shape[1:]):
+        raise ValueError(
+            f"`{name}` has an empty dimension; sequences must hold at least "
+            f"one position. Received: {name}.shape={shape}"
+        )
+    return shape
+
+
+def check_float_tensor(name, tensor):
+    if not (
+        "float" in str(tensor.dtype) or "bfloat" in str(tensor.dtype)
+    ):
+        raise TypeError(
+            f"`{name}` must be a floating-point tensor. Received: "
+            f"{name}.dtype={tensor.dtype}"
+        )
+
+
+def check_width(name, tensor, expected):
+    if tensor.shape[-1] is not None and tensor.shape[-1] != expected:
+        raise ValueError(
+            f"The last dimension of `{name}` must equal {expected}, the width "
+            f"the layer was built with. Received: {name}.shape="
+            f"{tuple(tensor.shape)}"
+        )
+
+
+def projection_equation(free_dims, bound_dims, output_dims):
+    """Einsum equation and bias axes of a projection, as Keras builds them.
+
+    Using the same letters as `keras.layers.MultiHeadAttention` gives the
+    same kernel shapes, so weights move between the two layers unchanged.
+    """
+    letters = string.ascii_lowercase
+    free = letters[:free_dims]
+    bound = letters[free_dims:free_dims + bound_dims]
+    output = letters[free_dims + bound_dims:free_dims + bound_dims + output_dims]
+    return f"{free}{bound},{bound}{output}->{free}{output}", output
+
+
+class BaseAttention(keras.layers.Layer):
+    """Base of the attention layers: common arguments, projections, config.
+
+    Args:
+        dropout: rate of dropout on the attention weights.
+        use_bias: whether the projections have biases.
+        kernel_initializer, bias_initializer: initializers of the projections.
+        kernel_regularizer, bias_regularizer, activity_regularizer:
+            regularizers of the projections.
+        kernel_constraint, bias_constraint: constraints of the projections.
+        seed: seed of the dropout.
+    """
+
+    def __init__(
+        self,
+        dropout=0.0,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        seed=None,
+        **kwargs,
+    ):
+        check_rate("dropout", dropout)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.seed = seed
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.projection_activity_regularizer = regularizers.get(
+            activity_regularizer
+        )
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
+        self.dropout_layer = keras.layers.Dropout(
+            rate=dropout, seed=seed, dtype=self.dtype_policy
+        )
+
+    def projection(self, name, input_shape, output_dims, bound_dims=1,
+                   activation=None):
+        """A built `EinsumDense` mapping the last `bound_dims` axes to `output_dims`."""
+        free_dims = len(input_shape) - bound_dims
+        equation, bias_axes = projection_equation(
+            free_dims, bound_dims, len(output_dims)
+        )
+        # Fresh initializer objects per sublayer: a shared seeded instance
+        # would give every projection the same values.
+        layer = keras.layers.EinsumDense(
+            equation,
+            output_shape=[None] * (free_dims - 1) + list(output_dims),
+            bias_axes=bias_axes if self.use_bias else None,
+            activation=activation,
+            name=name,
+            kernel_initializer=self.kernel_initializer.__class__.from_config(
+                self.kernel_initializer.get_config()
+            ),
+            bias_initializer=self.bias_initializer.__class__.from_config(
+                self.bias_initializer.get_config()
+            ),
+            kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            activity_regularizer=self.projection_activity_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+            dtype=self.dtype_policy,
+        )
+        layer.build(tuple(input_shape))
+        return layer
+
+    def apply_dropout(self, training):
+        if self.dropout == 0.0:
+            return None
+        return lambda weights: self.dropout_layer(weights, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dropout": self.dropout,
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+            "activity_regularizer": regularizers.serialize(
+                self.projection_activity_regularizer
+            ),
+            "kernel_constraint": constraints.serialize(self.kernel_constraint),
+            "bias_constraint": constraints.serialize(self.bias_constraint),
+            "seed": self.seed,
+        }
+
+
+class SequenceSelfAttention(BaseAttention):
+    """Base of the single-input layers (`SelfAttention`, `LocalWindow`, `Additive`).
+
+    Subclasses set `self.num_heads` and `self.output_width` in `build` and
+    implement `compute_attention`, the overridable math.
+    """
+
+    def check_input_shape(self, input_shape):
+        return check_feature_shape("inputs", input_shape, 3, 3)
+
+    def call(
+        self,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        training=None,
+    ):
+        check_float_tensor("inputs", inputs)
+        check_width("inputs", inputs, self.input_width)
+        batch, length = kernels.static_or_dynamic_shape(inputs)[:2]
+        attention_mask = kernels.normalize_attention_mask(
+            attention_mask, length, length,
+            batch if isinstance(batch, int) else None, self.num_heads,
+        )
+        output, scores = self.compute_attention(
+            inputs,
+            padding_mask=mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            training=training,
+            return_attention_scores=return_attention_scores,
+        )
+        if return_attention_scores:
+            return output, scores
+        return output
+
+    def compute_attention(self, inputs, padding_mask, attention_mask,
+                          use_causal_mask, training, return_attention_scores):
+        """Returns `(output (B, T, width), weights (B, H, T, T) or None)`."""
+        raise NotImplementedError
+
+    def compute_mask(self, inputs, mask=None, return_attention_scores=False,
+                     **kwargs):
+        if return_attention_scores:
+            return [mask, None]
+        return mask
+
+    def compute_output_shape(self, input_shape):
+        input_shape = self.check_input_shape(input_shape)
+        return input_shape[:-1] + (self.output_width_for(input_shape),)
+
+    def compute_output_spec(self, inputs, mask=None, attention_mask=None,
+                            use_causal_mask=False,
+                            return_attention_scores=False, training=None):
+        output_shape = self.compute_output_shape(inputs.shape)
+        output = keras.KerasTensor(output_shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return output
+        batch, length = inputs.shape[:2]
+        scores = keras.KerasTensor(
+            (batch, self.num_heads_for(inputs.shape), length, length),
+            dtype=self.compute_dtype,
+        )
+        return output, scores
+
+    def output_width_for(self, input_shape):
+        raise NotImplementedError
+
+    def num_heads_for(self, input_shape):
+        raise NotImplementedError

@@ -1,0 +1,136 @@
+"""Sliding-window multi-head self-attention, computed blockwise."""
+
+import math
+
+import keras
+
+from keras_selfattn import kernels
+from keras_selfattn.layers.base_attention import SequenceSelfAttention
+from keras_selfattn.layers.base_attention import check_positive_int
+
+
+@keras.saving.register_keras_serializable(package="keras_selfattn")
+class LocalWindow(SequenceSelfAttention):
+    """Multi-head self-attention restricted to a sliding window.
+
+    The local attention of "Longformer" (Beltagy et al., 2020): query `i` sees
+    keys `j` with `abs(i - j) < window_size`, or `i - window_size < j <= i`
+    with `use_causal_mask`, the band of Keras's `sliding_window`. It is
+    computed a block of `window_size` queries at a time against their own
+    and neighbouring key blocks, so memory grows with `T * window_size`,
+    never with `T * T`. Its weights have the shapes and order of
+    `MultiHead`'s (and of `keras.layers.MultiHeadAttention`'s), and given
+    the same weights it equals `MultiHead(sliding_window=window_size)`.
+
+    Args:
+        num_heads: number of query heads.
+        key_dim: width of each query/key head.
+        window_size: the band's half-width, a positive int.
+        value_dim: width of each value head; defaults to `key_dim`.
+        num_key_value_heads: number of key/value heads (grouped-query
+            attention); must divide `num_heads`. Defaults to `num_heads`.
+        dropout, use_bias, kernel_initializer, bias_initializer,
+        kernel_regularizer, bias_regularizer, activity_regularizer,
+        kernel_constraint, bias_constraint, seed: as in `MultiHead`.
+
+    Call arguments:
+        inputs: `(B, T, dim)` float tensor.
+        mask: `(B, T)` boolean padding mask (default: the input's Keras mask).
+        attention_mask: boolean, broadcastable to `(B, heads, T, T)`; only
+            its band is read.
+        use_causal_mask: whether query `i` may only see keys `j <= i`.
+        return_attention_scores: whether to also return the weights, as a
+            dense `(B, heads, T, T)` tensor (this one costs `T * T`).
+        training: whether dropout is active.
+
+    Returns:
+        `(B, T, dim)`, and the weights `(B, heads, T, T)` when
+        `return_attention_scores=True`.
+
+    Example:
+
+    >>> x = keras.random.normal((1, 1000, 32))
+    >>> LocalWindow(num_heads=4, key_dim=8, window_size=64)(x).shape
+    (1, 1000, 32)
+    """
+
+    def __init__(self, num_heads, key_dim, window_size, value_dim=None,
+                 num_key_value_heads=None, **kwargs):
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("key_dim", key_dim)
+        check_positive_int("window_size", window_size)
+        check_positive_int("value_dim", value_dim, allow_none=True)
+        check_positive_int(
+            "num_key_value_heads", num_key_value_heads, allow_none=True
+        )
+        if num_key_value_heads is not None and num_heads % num_key_value_heads:
+            raise ValueError(
+                "`num_heads` must be divisible by `num_key_value_heads`. "
+                f"Received: num_heads={num_heads}, "
+                f"num_key_value_heads={num_key_value_heads}"
+            )
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.window_size = window_size
+        self.value_dim = value_dim
+        self.num_key_value_heads = num_key_value_heads
+
+    def build(self, input_shape):
+        input_shape = self.check_input_shape(input_shape)
+        self.input_width = input_shape[-1]
+        value_dim = self.value_dim or self.key_dim
+        kv_heads = self.num_key_value_heads or self.num_heads
+        self.query_dense = self.projection(
+            "query", input_shape, (self.num_heads, self.key_dim)
+        )
+        self.key_dense = self.projection(
+            "key", input_shape, (kv_heads, self.key_dim)
+        )
+        self.value_dense = self.projection(
+            "value", input_shape, (kv_heads, value_dim)
+        )
+        self.output_dense = self.projection(
+            "attention_output",
+            input_shape[:-1] + (self.num_heads, value_dim),
+            (input_shape[-1],),
+            bound_dims=2,
+        )
+
+    def compute_attention(self, inputs, padding_mask, attention_mask,
+                          use_causal_mask, training, return_attention_scores):
+        output, band_weights = kernels.banded_attention(
+            self.query_dense(inputs),
+            self.key_dense(inputs),
+            self.value_dense(inputs),
+            self.window_size,
+            causal=use_causal_mask,
+            query_mask=padding_mask,
+            key_mask=padding_mask,
+            attention_mask=attention_mask,
+            scale=1.0 / math.sqrt(self.key_dim),
+            dropout=self.apply_dropout(training),
+        )
+        scores = None
+        if return_attention_scores:
+            length = kernels.static_or_dynamic_shape(inputs)[1]
+            scores = kernels.band_to_dense(
+                band_weights, length, self.window_size, use_causal_mask
+            )
+        return self.output_dense(output), scores
+
+    def output_width_for(self, input_shape):
+        return input_shape[-1]
+
+    def num_heads_for(self, input_shape):
+        return self.num_heads
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "key_dim": self.key_dim,
+            "window_size": self.window_size,
+            "value_dim": self.value_dim,
+            "num_key_value_heads": self.num_key_value_heads,
+        }

@@ -86,7 +86,11 @@ def normalize_attention_mask(attention_mask, query_length, key_length,
             "4 (B, heads, T_q, T_k). Received: attention_mask.shape="
             f"{tuple(attention_mask.shape)}"
         )
-    expected = (batch_size, num_heads, query_length, key_length)[4 - rank:]
+    expected = {
+        2: (query_length, key_length),
+        3: (batch_size, query_length, key_length),
+        4: (batch_size, num_heads, query_length, key_length),
+    }[rank]
     for got, want in zip(attention_mask.shape, expected):
         if (isinstance(got, int) and isinstance(want, int) and got != 1
                 and got != want):
@@ -97,8 +101,10 @@ def normalize_attention_mask(attention_mask, query_length, key_length,
                 f"(batch, heads, T_q, T_k)={(batch_size, num_heads, query_length, key_length)}"
             )
     attention_mask = ops.cast(attention_mask, "bool")
-    while len(attention_mask.shape) < 4:
-        attention_mask = ops.expand_dims(attention_mask, 0 if len(attention_mask.shape) == 2 else 1)
+    if rank == 2:
+        attention_mask = attention_mask[None]
+    if rank <= 3:
+        attention_mask = ops.expand_dims(attention_mask, 1)
     return attention_mask
 
 
@@ -458,9 +464,14 @@ def additive_logits(query_features, key_features, score_vector,
                 (upstream,) = args
             upstream = ops.cast(upstream, queries.dtype)
 
-            def backward(carry, chunk_inputs):
-                key_grad, vector_grad = carry
-                query_chunk, upstream_chunk = chunk_inputs
+            query_chunks = to_chunks(queries)
+            upstream_chunks = to_chunks(ops.moveaxis(upstream, 2, 1))
+            upstream_chunks = ops.moveaxis(upstream_chunks, 3, 2)
+
+            def backward(index, carry):
+                key_grad, vector_grad, query_grad = carry
+                query_chunk = ops.take(query_chunks, index, axis=0)
+                upstream_chunk = ops.take(upstream_chunks, index, axis=0)
                 activation = chunk_tanh(query_chunk, keys)
                 pre_grad = ops.einsum(
                     "bhqk,hu->bqkhu", upstream_chunk, vector
@@ -469,14 +480,19 @@ def additive_logits(query_features, key_features, score_vector,
                 vector_grad = vector_grad + ops.einsum(
                     "bhqk,bqkhu->hu", upstream_chunk, activation
                 )
-                return (key_grad, vector_grad), ops.sum(pre_grad, axis=2)
+                query_grad = ops.slice_update(
+                    query_grad,
+                    (index, 0, 0, 0, 0),
+                    ops.expand_dims(ops.sum(pre_grad, axis=2), 0),
+                )
+                return key_grad, vector_grad, query_grad
 
-            upstream_chunks = to_chunks(ops.moveaxis(upstream, 2, 1))
-            upstream_chunks = ops.moveaxis(upstream_chunks, 3, 2)
-            (key_grad, vector_grad), query_grad = ops.scan(
+            key_grad, vector_grad, query_grad = ops.fori_loop(
+                0,
+                num_chunks,
                 backward,
-                (ops.zeros_like(keys), ops.zeros_like(vector)),
-                (to_chunks(queries), upstream_chunks),
+                (ops.zeros_like(keys), ops.zeros_like(vector),
+                 ops.zeros_like(query_chunks)),
             )
             return from_chunks(query_grad, axis=1), key_grad, vector_grad
 

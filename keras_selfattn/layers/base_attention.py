@@ -236,12 +236,6 @@ class SequenceSelfAttention(BaseAttention):
         """Returns `(output (B, T, width), weights (B, H, T, T) or None)`."""
         raise NotImplementedError
 
-    def compute_mask(self, inputs, mask=None, return_attention_scores=False,
-                     **kwargs):
-        if return_attention_scores:
-            return [mask, None]
-        return mask
-
     def compute_output_shape(self, input_shape):
         input_shape = self.check_input_shape(input_shape)
         return input_shape[:-1] + (self.output_width_for(input_shape),)

@@ -79,6 +79,8 @@ class MultiHead(BaseAttention):
             (self-attention decoding); without, the cache is used as the
             projected key/value (cross-attention decoding).
         cache_update_index: int or scalar tensor, position of `query[:, 0]`.
+        mask: the query's padding mask when `query` is the only tensor
+            argument (filled by Keras from its Keras mask).
 
     Returns:
         The output `(B, T, *output_shape)`; then the weights
@@ -254,7 +256,10 @@ class MultiHead(BaseAttention):
         use_causal_mask=False,
         cache=None,
         cache_update_index=None,
+        mask=None,
     ):
+        # Keras fills `mask` (not `query_mask`) when only `query` is a tensor.
+        query_mask = mask if query_mask is None else query_mask
         if self.flash_attention and return_attention_scores:
             raise ValueError(
                 "Returning attention scores is not supported when flash "
@@ -500,16 +505,6 @@ class MultiHead(BaseAttention):
             + tuple(key_shape[a] for a in self._attention_axes)
         )
 
-    def compute_mask(self, query, value=None, key=None, query_mask=None,
-                     return_attention_scores=False, cache=None, **kwargs):
-        # Keras passes the first input's mask as `query_mask`.
-        outputs = [query_mask]
-        if return_attention_scores:
-            outputs.append(None)
-        if cache is not None:
-            outputs.append(None)
-        return outputs[0] if len(outputs) == 1 else outputs
-
     def compute_output_shape(self, query_shape, value_shape=None,
                              key_shape=None):
         query_shape = tuple(query_shape)
@@ -528,7 +523,7 @@ class MultiHead(BaseAttention):
                             attention_mask=None,
                             return_attention_scores=False, training=None,
                             use_causal_mask=False, cache=None,
-                            cache_update_index=None):
+                            cache_update_index=None, mask=None):
         value_shape = None if value is None else value.shape
         key_shape = None if key is None else key.shape
         output = keras.KerasTensor(

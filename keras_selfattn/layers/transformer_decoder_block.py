@@ -154,8 +154,3 @@ class TransformerDecoderBlock(ResidualBlock):
              self.self_attention.key_dim),
             dtype=self.compute_dtype,
         )
-
-    def compute_mask(self, decoder_sequence, *args, decoder_sequence_mask=None,
-                     decoder_padding_mask=None, **kwargs):
-        return (decoder_padding_mask if decoder_padding_mask is not None
-                else decoder_sequence_mask)

@@ -113,9 +113,6 @@ class TransformerEncoderBlock(ResidualBlock):
         )
         return self.feed_forward(x, training)
 
-    def compute_mask(self, inputs, mask=None, padding_mask=None, **kwargs):
-        return mask if padding_mask is None else padding_mask
-
     def get_config(self):
         return {
             **super().get_config(),

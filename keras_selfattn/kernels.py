@@ -150,9 +150,16 @@ def masked_softmax(logits, mask=None, dtype=None):
     """
     dtype = dtype or logits.dtype
     logits = ops.cast(logits, "float32")
-    if mask is None:
+    if logits.shape[-1] == 1:
+        # A single key takes all the weight (Keras warns on a size-1
+        # softmax); written so the gradient stays connected and zero.
+        weights = ops.exp(logits - logits)
+    elif mask is None:
         return ops.cast(ops.softmax(logits, axis=-1), dtype)
-    weights = ops.softmax(ops.where(mask, logits, _MASKED_LOGIT), axis=-1)
+    else:
+        weights = ops.softmax(ops.where(mask, logits, _MASKED_LOGIT), axis=-1)
+    if mask is None:
+        return ops.cast(weights, dtype)
     # A row with no allowed key would otherwise spread uniformly over
     # padding; multiplying by "row has any key" zeroes it instead.
     row_has_key = ops.any(mask, axis=-1, keepdims=True)

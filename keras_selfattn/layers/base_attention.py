@@ -167,6 +167,9 @@ class BaseAttention(keras.layers.Layer):
             bias_constraint=self.bias_constraint,
             dtype=self.dtype_policy,
         )
+        # A projection acts on each position alone, so a padding mask passes
+        # through it unchanged (and Keras stops warning that it is lost).
+        layer.supports_masking = True
         layer.build(tuple(input_shape))
         return layer
 

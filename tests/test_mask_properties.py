@@ -1,0 +1,116 @@
+"""Properties on random shapes and masks, for every attention layer."""
+
+import numpy as np
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keras_selfattn import Additive, LocalWindow, MultiHead, SelfAttention
+
+LAYERS = {
+    "self_attention": lambda: SelfAttention(units=6),
+    "multi_head": lambda: MultiHead(2, 3),
+    "multi_head_gqa": lambda: MultiHead(4, 3, num_key_value_heads=2),
+    "local_window": lambda: LocalWindow(2, 3, window_size=3),
+    "additive": lambda: Additive(units=6, num_heads=2, query_chunk_size=3),
+}
+_BUILT = {}
+
+
+def layer_named(name, width):
+    """One layer per kind and width, built once: hypothesis varies the inputs."""
+    key = (name, width)
+    if key not in _BUILT:
+        layer = LAYERS[name]()
+        layer.build((None, None, width))
+        _BUILT[key] = layer
+    return _BUILT[key]
+
+
+def attend(layer, x, padding, explicit, causal):
+    kwargs = dict(attention_mask=explicit, use_causal_mask=causal,
+                  return_attention_scores=True)
+    if isinstance(layer, MultiHead):
+        return layer(x, query_mask=padding, value_mask=padding, **kwargs)
+    return layer(x, mask=padding, **kwargs)
+
+
+@st.composite
+def scenario(draw):
+    batch = draw(st.integers(1, 3))
+    length = draw(st.integers(1, 13))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    padding = rng.random((batch, length)) < draw(st.floats(0.0, 1.0))
+    explicit = None
+    if draw(st.booleans()):
+        explicit = rng.random((batch, length, length)) < draw(st.floats(0.0, 1.0))
+    return dict(
+        name=draw(st.sampled_from(sorted(LAYERS))),
+        x=rng.normal(size=(batch, length, 4)).astype("float32") * draw(st.sampled_from([0.1, 1.0, 30.0])),
+        noise=rng.normal(size=(batch, length, 4)).astype("float32") * 100,
+        padding=padding,
+        explicit=explicit,
+        causal=draw(st.booleans()),
+    )
+
+
+def allowed_keys(s):
+    """Which (b, i, j) may attend, from the masks alone, with the layer's band."""
+    batch, length = s["padding"].shape
+    allowed = s["padding"][:, :, None] & s["padding"][:, None, :]
+    if s["explicit"] is not None:
+        allowed = allowed & s["explicit"]
+    i, j = np.indices((length, length))
+    if s["causal"]:
+        allowed = allowed & (j <= i)[None]
+    if s["name"] == "local_window":
+        allowed = allowed & (abs(i - j) < 3)[None]
+    return allowed
+
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(scenario())
+def test_masked_keys_never_change_unmasked_outputs(s):
+    layer = layer_named(s["name"], 4)
+    allowed = allowed_keys(s)
+    # Positions no query may see: masked by padding for everyone.
+    hidden = ~s["padding"]
+    perturbed = np.where(hidden[..., None], s["noise"], s["x"])
+    out, weights = attend(layer, s["x"], s["padding"], s["explicit"], s["causal"])
+    out2, _ = attend(layer, perturbed, s["padding"], s["explicit"], s["causal"])
+    visible = s["padding"]
+    np.testing.assert_allclose(np.asarray(out)[visible], np.asarray(out2)[visible], rtol=1e-4, atol=1e-4)
+    # Weights are exactly zero wherever the masks forbid.
+    w = np.asarray(weights)
+    assert np.all(w[np.broadcast_to(~allowed[:, None], w.shape)] == 0)
+
+
+@SETTINGS
+@given(scenario())
+def test_rows_sum_to_one_or_zero_and_outputs_are_finite(s):
+    layer = layer_named(s["name"], 4)
+    out, weights = attend(layer, s["x"], s["padding"], s["explicit"], s["causal"])
+    w = np.asarray(weights)
+    assert np.all(np.isfinite(np.asarray(out)))
+    sums = w.sum(-1)
+    has_key = allowed_keys(s).any(-1)[:, None]
+    np.testing.assert_allclose(sums, np.where(np.broadcast_to(has_key, sums.shape), 1.0, 0.0), atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario())
+def test_gradients_are_finite_even_with_fully_masked_rows(s):
+    layer = layer_named(s["name"], 4)
+    x = tf.constant(s["x"])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out, _ = attend(layer, x, s["padding"], s["explicit"], s["causal"])
+        loss = tf.reduce_sum(out ** 2)
+    grads = tape.gradient(loss, [x] + layer.trainable_weights)
+    for g in grads:
+        assert np.all(np.isfinite(np.asarray(g)))

@@ -415,10 +415,10 @@ def additive_logits(query_features, key_features, score_vector,
                     chunk_size=None):
     """Bahdanau logits `v_h . tanh(q_ih + k_jh)` computed in query chunks.
 
-    The `(B, C, T_k, H, U)` tanh tensor exists for one chunk of `C` queries at
+    The `(B, H, C, T_k, U)` tanh tensor exists for one chunk of `C` queries at
     a time, in the forward pass and, through a custom gradient that
     recomputes it, in the backward pass too: no `(B, T_q, T_k, U)` tensor is
-    ever held.
+    ever held beyond one chunk's worth.
 
     Args:
         query_features: `(B, T_q, H, U)`, the projected queries.
@@ -432,67 +432,90 @@ def additive_logits(query_features, key_features, score_vector,
     batch, q_len, heads, units = static_or_dynamic_shape(query_features)
     k_len = static_or_dynamic_shape(key_features)[1]
     chunk = chunk_size or _additive_chunk_size(k_len, heads, units)
+    single_chunk = isinstance(q_len, int) and chunk >= q_len
     if isinstance(q_len, int):
         chunk = min(chunk, max(q_len, 1))
     num_chunks = (q_len + chunk - 1) // chunk
 
     def to_chunks(x):
-        # (B, T_q, ...) -> (num_chunks, B, chunk, ...)
-        padded = _pad_axis(x, 1, 0, num_chunks * chunk - q_len)
-        tail = static_or_dynamic_shape(x)[2:]
-        blocks = ops.reshape(padded, (batch, num_chunks, chunk) + tail)
-        return ops.moveaxis(blocks, 1, 0)
-
-    def from_chunks(x, axis):
-        # Inverse of `to_chunks` for a stacked result whose query axis is
-        # `axis` (counted without the leading chunk axis).
-        x = ops.moveaxis(x, 0, axis)
+        # (B, H, T_q, ...) -> (num_chunks, B, H, chunk, ...)
+        padded = _pad_axis(x, 2, 0, num_chunks * chunk - q_len)
         shape = static_or_dynamic_shape(x)
-        merged = shape[:axis] + (num_chunks * chunk,) + shape[axis + 2:]
-        x = ops.reshape(x, merged)
-        index = [slice(None)] * len(merged)
-        index[axis] = slice(0, q_len)
-        return x[tuple(index)]
+        blocks = ops.reshape(
+            padded, shape[:2] + (num_chunks, chunk) + shape[3:]
+        )
+        return ops.moveaxis(blocks, 2, 0)
 
-    def chunk_tanh(query_chunk, keys):
-        return ops.tanh(query_chunk[:, :, None] + keys[:, None])
+    def from_chunks(x):
+        # (num_chunks, B, H, chunk, ...) -> (B, H, T_q, ...)
+        x = ops.moveaxis(x, 0, 2)
+        shape = static_or_dynamic_shape(x)
+        x = ops.reshape(x, shape[:2] + (num_chunks * chunk,) + shape[4:])
+        return x[:, :, :q_len]
 
     @ops.custom_gradient
     def logits_fn(queries, keys, vector):
-        def forward(query_chunk):
-            return ops.einsum(
-                "bqkhu,hu->bhqk", chunk_tanh(query_chunk, keys), vector
+        # queries (B, H, T_q, U), keys (B, H, T_k, U), vector (H, U).
+        weights = vector[None, :, None, None, :]
+
+        def activation(query_chunk):
+            return ops.tanh(query_chunk[:, :, :, None] + keys[:, :, None])
+
+        def chunk_grads(query_chunk, upstream_chunk, saved=None):
+            tanh = activation(query_chunk) if saved is None else saved
+            pre_grad = (upstream_chunk[..., None] * weights) * (
+                1.0 - tanh * tanh
+            )
+            vector_grad = ops.sum(
+                upstream_chunk[..., None] * tanh, axis=(0, 2, 3)
+            )
+            return ops.sum(pre_grad, axis=3), ops.sum(pre_grad, axis=2), (
+                vector_grad
             )
 
-        logits = from_chunks(ops.map(forward, to_chunks(queries)), axis=2)
+        if single_chunk:
+            # Everything fits in one chunk: keep the activation for the
+            # backward pass instead of recomputing it.
+            saved = activation(queries)
+            logits = ops.sum(saved * weights, axis=-1)
+
+            def grad(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                upstream = ops.cast(upstream, queries.dtype)
+                return chunk_grads(queries, upstream, saved)
+
+            return logits, grad
+
+        logits = from_chunks(ops.map(
+            lambda query_chunk: ops.sum(
+                activation(query_chunk) * weights, axis=-1
+            ),
+            to_chunks(queries),
+        ))
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, queries.dtype)
-
             query_chunks = to_chunks(queries)
-            upstream_chunks = to_chunks(ops.moveaxis(upstream, 2, 1))
-            upstream_chunks = ops.moveaxis(upstream_chunks, 3, 2)
+            upstream_chunks = to_chunks(upstream)
 
             def backward(index, carry):
                 key_grad, vector_grad, query_grad = carry
-                query_chunk = ops.take(query_chunks, index, axis=0)
-                upstream_chunk = ops.take(upstream_chunks, index, axis=0)
-                activation = chunk_tanh(query_chunk, keys)
-                pre_grad = ops.einsum(
-                    "bhqk,hu->bqkhu", upstream_chunk, vector
-                ) * (1.0 - ops.square(activation))
-                key_grad = key_grad + ops.sum(pre_grad, axis=1)
-                vector_grad = vector_grad + ops.einsum(
-                    "bhqk,bqkhu->hu", upstream_chunk, activation
+                chunk_query_grad, chunk_key_grad, chunk_vector_grad = (
+                    chunk_grads(
+                        ops.take(query_chunks, index, axis=0),
+                        ops.take(upstream_chunks, index, axis=0),
+                    )
                 )
                 query_grad = ops.slice_update(
                     query_grad,
                     (index, 0, 0, 0, 0),
-                    ops.expand_dims(ops.sum(pre_grad, axis=2), 0),
+                    ops.expand_dims(chunk_query_grad, 0),
                 )
-                return key_grad, vector_grad, query_grad
+                return (key_grad + chunk_key_grad,
+                        vector_grad + chunk_vector_grad, query_grad)
 
             key_grad, vector_grad, query_grad = ops.fori_loop(
                 0,
@@ -501,8 +524,12 @@ def additive_logits(query_features, key_features, score_vector,
                 (ops.zeros_like(keys), ops.zeros_like(vector),
                  ops.zeros_like(query_chunks)),
             )
-            return from_chunks(query_grad, axis=1), key_grad, vector_grad
+            return from_chunks(query_grad), key_grad, vector_grad
 
         return logits, grad
 
-    return logits_fn(query_features, key_features, score_vector)
+    return logits_fn(
+        ops.transpose(query_features, (0, 2, 1, 3)),
+        ops.transpose(key_features, (0, 2, 1, 3)),
+        score_vector,
+    )

@@ -89,6 +89,8 @@ def test_multi_head_cross_attention_with_key(rng):
     np.testing.assert_allclose(np.asarray(weights), expected_w, atol=2e-6)
 
 
+# T = 11: windows 1 and 3 take the blockwise path, 4 (T <= 3w) and 20 the
+# dense-band path for short sequences.
 @pytest.mark.parametrize("case", MASK_CASES)
 @pytest.mark.parametrize("window", [1, 3, 4, 20])
 def test_local_window_matches_reference(rng, case, window):
@@ -101,6 +103,25 @@ def test_local_window_matches_reference(rng, case, window):
     expected, expected_w = ref.multi_head(layer, x, allowed=allowed)
     np.testing.assert_allclose(out, expected, atol=3e-5)
     np.testing.assert_allclose(weights, expected_w, atol=2e-6)
+
+
+@pytest.mark.parametrize("case", MASK_CASES)
+def test_local_window_dynamic_length_takes_blockwise_path(rng, case):
+    """Inside a graph with unknown T, the blockwise kernel runs for any T."""
+    import tensorflow as tf
+
+    x = rng.normal(size=(B, T, D)).astype("float32")
+    padding, explicit = make_masks(rng, MASK_CASES[case])
+    causal = MASK_CASES[case].get("causal", False)
+    layer = LocalWindow(2, 4, window_size=6)
+    layer.build((None, None, D))
+    spec = tf.TensorSpec((None, None, D))
+    run = tf.function(lambda v: layer(v, mask=padding, attention_mask=explicit,
+                                      use_causal_mask=causal),
+                      input_signature=[spec])
+    allowed = ref.allowed_positions(B, T, T, padding, padding, explicit, causal, 6)
+    expected, _ = ref.multi_head(layer, x, allowed=allowed)
+    np.testing.assert_allclose(run(x).numpy(), expected, atol=3e-5)
 
 
 def test_local_window_grouped_query(rng):

@@ -99,21 +99,35 @@ class LocalWindow(SequenceSelfAttention):
 
     def compute_attention(self, inputs, padding_mask, attention_mask,
                           use_causal_mask, training, return_attention_scores):
+        query = self.query_dense(inputs)
+        key = self.key_dense(inputs)
+        value = self.value_dense(inputs)
+        scale = 1.0 / math.sqrt(self.key_dim)
+        dropout = self.apply_dropout(training)
+        length = kernels.static_or_dynamic_shape(inputs)[1]
+        blocks_span = (2 if use_causal_mask else 3) * self.window_size
+        if isinstance(length, int) and length <= blocks_span:
+            # The blocks would cover the whole sequence anyway: the dense
+            # band costs no more memory and skips the block bookkeeping.
+            mask = kernels.dense_attention_mask(
+                length, length, padding_mask, padding_mask, attention_mask,
+                causal=use_causal_mask, window_size=self.window_size,
+            )
+            output, scores = kernels.dot_product_attention(
+                query, key, value, mask=mask, scale=scale, dropout=dropout
+            )
+            return self.output_dense(output), scores
         output, band_weights = kernels.banded_attention(
-            self.query_dense(inputs),
-            self.key_dense(inputs),
-            self.value_dense(inputs),
-            self.window_size,
+            query, key, value, self.window_size,
             causal=use_causal_mask,
             query_mask=padding_mask,
             key_mask=padding_mask,
             attention_mask=attention_mask,
-            scale=1.0 / math.sqrt(self.key_dim),
-            dropout=self.apply_dropout(training),
+            scale=scale,
+            dropout=dropout,
         )
         scores = None
         if return_attention_scores:
-            length = kernels.static_or_dynamic_shape(inputs)[1]
             scores = kernels.band_to_dense(
                 band_weights, length, self.window_size, use_causal_mask
             )

@@ -1,0 +1,1 @@
+"""Ready-built models on keras_selfattn layers (TensorFlow backend)."""

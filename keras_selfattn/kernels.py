@@ -136,13 +136,15 @@ def dense_attention_mask(query_length, key_length, query_mask=None,
     return combine_masks(*masks)
 
 
-def masked_softmax(logits, mask=None, dtype=None):
+def masked_softmax(logits, mask=None, dtype=None, rows_may_be_empty=True):
     """Softmax over the last axis in float32, with fully masked rows all zero.
 
     Args:
         logits: attention logits of any float dtype.
         mask: boolean, broadcastable to `logits`, `True` = may attend.
         dtype: dtype of the returned weights (default: that of `logits`).
+        rows_may_be_empty: `False` when the caller knows every row allows a
+            key (e.g. a band without padding), which saves a pass.
 
     Returns:
         Weights summing to 1 over the allowed keys of each row, and exactly 0
@@ -158,7 +160,7 @@ def masked_softmax(logits, mask=None, dtype=None):
         return ops.cast(ops.softmax(logits, axis=-1), dtype)
     else:
         weights = ops.softmax(ops.where(mask, logits, _MASKED_LOGIT), axis=-1)
-    if mask is None:
+    if mask is None or not rows_may_be_empty:
         return ops.cast(weights, dtype)
     # A row with no allowed key would otherwise spread uniformly over
     # padding; multiplying by "row has any key" zeroes it instead.
@@ -351,7 +353,11 @@ def banded_attention(query, key, value, window_size, causal=False,
         masks.append(_band_of_dense_mask(
             attention_mask, length, query_positions, key_positions
         ))
-    weights = masked_softmax(logits, combine_masks(*masks), query.dtype)
+    # Without padding or explicit masks every query sees at least itself.
+    weights = masked_softmax(
+        logits, combine_masks(*masks), query.dtype,
+        rows_may_be_empty=len(masks) > 1,
+    )
     combined = dropout(weights) if dropout is not None else weights
 
     if num_heads == num_kv_heads:

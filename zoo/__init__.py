@@ -1,1 +1,13 @@
-"""Ready-built models on keras_selfattn layers (TensorFlow backend)."""
+"""Ready-built models on keras_selfattn layers (TensorFlow backend).
+
+Each model takes raw inputs in `fit`/`evaluate`/`predict`, loads and saves
+checksummed presets, and exports a SavedModel that TF Serving answers.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from zoo.text_classifier import TextClassifier  # noqa: E402
+
+__all__ = ["TextClassifier"]

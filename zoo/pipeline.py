@@ -1,0 +1,152 @@
+"""Models that `fit`, `evaluate` and `predict` on raw inputs (strings, images).
+
+Preprocessing (tokenizing, decoding) runs in the `tf.data` pipeline, as in
+keras-hub's tasks, so the Keras model itself works on tensors (token ids,
+pixels) and trains fast; the same preprocessing functions are traced into the
+exported SavedModel, so serving sees exactly what training saw.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class RawInputModel(keras.Model):
+    """Base of the zoo models. Subclasses implement:
+
+    - `preprocess(inputs)`: a batch of raw inputs -> model inputs (TF ops).
+    - `raw_input_spec`: the `tf.TensorSpec` of one raw input.
+    and may keep label names in `self.label_names`.
+    """
+
+    raw_input_spec = None
+    label_names = None
+
+    def preprocess(self, inputs):
+        raise NotImplementedError
+
+    # Labels.
+
+    def label_ids(self, labels):
+        """Labels given as ints or as names -> int32 ids, checked."""
+        labels = np.asarray(labels)
+        names = list(self.label_names or [])
+        if labels.dtype.kind in "iu":
+            ids = labels.astype("int32")
+        elif labels.dtype.kind in "OSU":
+            texts = [v.decode() if isinstance(v, bytes) else str(v) for v in labels.ravel()]
+            unseen = sorted(set(texts) - set(names))
+            if unseen:
+                raise ValueError(
+                    f"Labels {unseen[:10]} are not among the model's labels "
+                    f"{names}. Train on data that contains them, or give the "
+                    "model every label name with `labels=`."
+                )
+            ids = np.array([names.index(t) for t in texts], "int32").reshape(labels.shape)
+        else:
+            raise TypeError(
+                f"Labels must be ints or strings. Received dtype {labels.dtype}."
+            )
+        bad = ids[(ids < 0) | (ids >= self.num_classes)]
+        if bad.size:
+            raise ValueError(
+                f"Label ids must lie in [0, {self.num_classes}). Received: "
+                f"{sorted(set(bad.tolist()))[:10]}"
+            )
+        return ids
+
+    # Datasets.
+
+    def dataset(self, x, y=None, batch_size=32, shuffle=False, seed=0):
+        """Raw inputs (list, array or `tf.data`) -> batched, preprocessed data."""
+        if isinstance(x, tf.data.Dataset):
+            if y is not None:
+                raise ValueError("Give labels inside the dataset, not as `y`.")
+            data = x
+            element = data.element_spec
+            if _is_preprocessed(element, self.raw_input_spec):
+                # Keras's `fit` validates by calling `evaluate` on the dataset
+                # this method already built.
+                return data
+            if isinstance(element, tuple) and len(element) == 2:
+                data = data.map(lambda a, b: (a, self._tf_label_ids(b)))
+            if _is_batched(element, self.raw_input_spec):
+                return data.map(self._preprocess_element, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+            data = data.batch(batch_size)
+            return data.map(self._preprocess_element, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        inputs = self.raw_array(x)
+        if len(inputs) == 0:
+            raise ValueError("No inputs: received an empty list or array.")
+        if y is None:
+            data = tf.data.Dataset.from_tensor_slices(inputs)
+        else:
+            ids = self.label_ids(y)
+            if len(ids) != len(inputs):
+                raise ValueError(
+                    f"Got {len(inputs)} inputs but {len(ids)} labels."
+                )
+            data = tf.data.Dataset.from_tensor_slices((inputs, ids))
+        if shuffle:
+            data = data.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+        data = data.batch(batch_size)
+        return data.map(self._preprocess_element, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+    def raw_array(self, x):
+        return np.asarray(x)
+
+    def _preprocess_element(self, *element):
+        if len(element) == 2:
+            return self.preprocess(element[0]), element[1]
+        return self.preprocess(element[0])
+
+    def _tf_label_ids(self, labels):
+        if labels.dtype == tf.string:
+            table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(list(self.label_names or [])),
+                    tf.range(len(self.label_names or []), dtype=tf.int32),
+                ),
+                default_value=-1,
+            )
+            ids = table.lookup(labels)
+            tf.debugging.assert_non_negative(
+                ids, message=f"a label is not among the model's labels {self.label_names}"
+            )
+            return ids
+        return tf.cast(labels, tf.int32)
+
+    # Keras entry points on raw data.
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, validation_data=None,
+            shuffle=True, **kwargs):
+        batch_size = batch_size or 32
+        self.prepare_for_training(x, y)
+        data = self.dataset(x, y, batch_size, shuffle=shuffle)
+        if validation_data is not None:
+            if isinstance(validation_data, tf.data.Dataset):
+                validation_data = self.dataset(validation_data, batch_size=batch_size)
+            else:
+                validation_data = self.dataset(*validation_data, batch_size=batch_size)
+        return super().fit(data, epochs=epochs, validation_data=validation_data,
+                           shuffle=False, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
+        return super().evaluate(self.dataset(x, y, batch_size or 32), **kwargs)
+
+    def predict(self, x, batch_size=None, **kwargs):
+        return super().predict(self.dataset(x, batch_size=batch_size or 32), **kwargs)
+
+    def prepare_for_training(self, x, y):
+        """Hook run before `fit` builds its dataset (e.g. to learn a vocabulary)."""
+
+
+def _is_preprocessed(element_spec, raw_input_spec):
+    spec = element_spec[0] if isinstance(element_spec, tuple) else element_spec
+    return raw_input_spec is not None and spec.dtype != raw_input_spec.dtype
+
+
+def _is_batched(element_spec, raw_input_spec):
+    spec = element_spec[0] if isinstance(element_spec, tuple) else element_spec
+    return raw_input_spec is not None and spec.shape.rank == raw_input_spec.shape.rank + 1

@@ -1,0 +1,93 @@
+"""Evaluation reports and figures for the zoo's classifiers."""
+
+import numpy as np
+
+
+def classification_report(true_ids, predicted_ids, label_names):
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix.
+
+    Returns a dict; `format_report` renders it as text.
+    """
+    true_ids = np.asarray(true_ids)
+    predicted_ids = np.asarray(predicted_ids)
+    classes = len(label_names)
+    confusion = np.zeros((classes, classes), dtype=int)
+    np.add.at(confusion, (true_ids, predicted_ids), 1)
+    per_class = []
+    for index, name in enumerate(label_names):
+        true_positive = confusion[index, index]
+        predicted = confusion[:, index].sum()
+        actual = confusion[index].sum()
+        precision = true_positive / predicted if predicted else 0.0
+        recall = true_positive / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class.append({"label": name, "precision": float(precision),
+                          "recall": float(recall), "f1": float(f1), "support": int(actual)})
+    return {
+        "accuracy": float((true_ids == predicted_ids).mean()) if len(true_ids) else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "labels": list(label_names),
+    }
+
+
+def format_report(report):
+    width = max(8, *(len(c["label"]) for c in report["per_class"]))
+    lines = [f"accuracy: {report['accuracy']:.4f}", "",
+             f"{'label':<{width}}  precision  recall     f1  support"]
+    for row in report["per_class"]:
+        lines.append(f"{row['label']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
+                     f"{row['f1']:5.3f}  {row['support']:7d}")
+    lines += ["", "confusion matrix (rows: true, columns: predicted)",
+              " " * (width + 2) + "  ".join(f"{name[:8]:>8}" for name in report["labels"])]
+    for name, row in zip(report["labels"], report["confusion_matrix"]):
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{count:8d}" for count in row))
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history, path):
+    """Loss and accuracy per epoch, training and validation, as a PNG."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-o"), ("val_", "--o")):
+            values = history.get(prefix + metric)
+            if values:
+                axis.plot(range(1, len(values) + 1), values, style,
+                          label=("validation " if prefix else "training ") + metric)
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_attention(tokens, weights, path, title="attention weights"):
+    """Heatmap of `(heads, T, T)` weights, averaged over heads, as a PNG."""
+    plt = _pyplot()
+    mean = np.asarray(weights).mean(0)
+    size = max(4.0, 0.35 * len(tokens) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    image = axis.imshow(mean, cmap="viridis")
+    axis.set_xticks(range(len(tokens)), tokens, rotation=90)
+    axis.set_yticks(range(len(tokens)), tokens)
+    axis.set_xlabel("key")
+    axis.set_ylabel("query")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,3 @@
+from zoo.text_classifier.model import TextClassifier
+
+__all__ = ["TextClassifier"]

@@ -41,3 +41,31 @@ def run_python(code, cwd, timeout=300):
             f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-4000:]}"
         )
     return result.stdout
+
+
+TINY_ARCHITECTURE = dict(vocabulary_size=600, sequence_length=24, hidden_dim=32,
+                         num_layers=1, num_heads=2, intermediate_dim=64, dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def sentiment_sample():
+    from zoo.datasets import load_sentiment
+
+    (texts, labels), (test_texts, test_labels) = load_sentiment()
+    names = np.array(["rotten", "fresh"])
+    return (texts[:400], names[labels[:400]]), (test_texts[:100], names[test_labels[:100]])
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(sentiment_sample):
+    """A small TextClassifier fitted once for the whole session."""
+    import keras
+
+    from zoo import TextClassifier
+
+    keras.utils.set_random_seed(0)
+    (texts, labels), _ = sentiment_sample
+    model = TextClassifier(num_classes=2, **TINY_ARCHITECTURE)  # names come from the data
+    model.compile()
+    model.fit(texts, labels, epochs=2, batch_size=32, verbose=0)
+    return model

@@ -20,3 +20,19 @@ def test_layers_quickstart_runs(tmp_path):
     assert "Test accuracy:" in out
     assert "identical predictions" in out
     assert (tmp_path / "sentiment.keras").exists()
+
+
+@pytest.mark.slow
+def test_fine_tune_tutorial_runs(tmp_path):
+    out = run_python(
+        f"""
+        import sys, runpy
+        sys.argv = ["fine_tune_text_classifier.py", "--fast", "--work", {str(tmp_path)!r}]
+        runpy.run_path({str(REPO_ROOT / "tutorials" / "fine_tune_text_classifier.py")!r}, run_name="__main__")
+        """,
+        cwd=tmp_path,
+    )
+    assert "rotten_tomatoes_small" in out
+    assert "confusion matrix" in out
+    assert (tmp_path / "served" / "1" / "saved_model.pb").exists()
+    assert out.count("liked") >= 2

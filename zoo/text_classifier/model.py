@@ -318,8 +318,13 @@ class TextClassifier(RawInputModel):
         """Writes config, weights, vocabulary and labels, checksummed."""
         if self.tokenizer is None:
             raise ValueError("The model has no vocabulary yet; fit or adapt it first.")
+        # An uncompiled twin writes the network's weights without the
+        # optimizer's slots, which would triple the file.
+        twin = type(self)(**self.architecture(), labels=self.label_names,
+                          vocabulary=self.vocabulary)
+        twin.set_weights(self.get_weights())
         return preset_io.save_preset(
-            folder, KIND, self.architecture(), self.save_weights,
+            folder, KIND, self.architecture(), twin.save_weights,
             assets={
                 VOCABULARY_FILE: "\n".join(self.vocabulary) + "\n",
                 LABELS_FILE: json.dumps(self.display_labels()),

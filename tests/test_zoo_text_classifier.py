@@ -1,0 +1,96 @@
+"""TextClassifier on raw strings: fit, predict, labels and bad input."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY_ARCHITECTURE
+from zoo import TextClassifier
+
+
+def test_label_names_learned_from_string_labels(tiny_classifier):
+    assert tiny_classifier.label_names == ["fresh", "rotten"]
+    names, probabilities = tiny_classifier.predict_labels(["a moving, wonderful film", "boring"])
+    assert probabilities.shape == (2, 2)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    assert set(names) <= {"fresh", "rotten"}
+
+
+def test_evaluate_accepts_int_string_and_dataset_labels(tiny_classifier, sentiment_sample):
+    _, (texts, labels) = sentiment_sample
+    by_name = tiny_classifier.evaluate(texts, labels, verbose=0)
+    by_id = tiny_classifier.evaluate(texts, tiny_classifier.label_ids(labels), verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices((texts.astype(str), labels.astype(str)))
+    by_dataset = tiny_classifier.evaluate(dataset, verbose=0)
+    np.testing.assert_allclose(by_name, by_id, rtol=1e-5)
+    np.testing.assert_allclose(by_name, by_dataset, rtol=1e-5)
+
+
+def test_it_learns_something(tiny_classifier, sentiment_sample):
+    (texts, labels), _ = sentiment_sample
+    _, accuracy = tiny_classifier.evaluate(texts, labels, verbose=0)
+    assert accuracy > 0.6  # training accuracy after two epochs; chance is 0.5
+
+
+def test_unseen_labels_get_a_clear_error(tiny_classifier):
+    with pytest.raises(ValueError, match=r"Labels \['meh'\] are not among the model's labels"):
+        tiny_classifier.evaluate(["fine"], ["meh"], verbose=0)
+
+
+def test_single_class_training_data_is_refused():
+    model = TextClassifier(labels=["pos", "neg"], **TINY_ARCHITECTURE)
+    model.compile()
+    with pytest.raises(ValueError, match="1 classes|single class"):
+        model.fit(["good", "great", "fine"], ["pos", "pos", "pos"], verbose=0)
+
+
+def test_awkward_texts_have_defined_answers(tiny_classifier):
+    texts = ["", "word " * 20000, b"\xff\xfe not utf-8 \xc3".decode("latin-1"), "\u00e9\u00e8 caf\u00e9"]
+    _, probabilities = tiny_classifier.predict_labels(texts)
+    assert np.all(np.isfinite(probabilities))
+    ids = tiny_classifier.preprocess(tf.constant(["word " * 20000, ""]))
+    assert ids.shape == (2, TINY_ARCHITECTURE["sequence_length"])  # truncated, not crashing
+    raw_bytes = tiny_classifier.preprocess(tf.constant([b"\xff\xfe bad bytes"]))
+    assert raw_bytes.shape == (1, TINY_ARCHITECTURE["sequence_length"])
+
+
+def test_a_single_string_is_refused(tiny_classifier):
+    with pytest.raises(TypeError, match="list of texts"):
+        tiny_classifier.predict("just one string")
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="num_classes"):
+        TextClassifier(num_classes=1)
+    with pytest.raises(ValueError, match="duplicates"):
+        TextClassifier(labels=["a", "a"])
+    with pytest.raises(ValueError, match="attention"):
+        TextClassifier(num_classes=2, attention="fourier", **{k: v for k, v in TINY_ARCHITECTURE.items()})
+
+
+@pytest.mark.parametrize("attention", ["local_window", "additive", "self_attention"])
+def test_every_attention_kind_trains(attention, sentiment_sample):
+    (texts, labels), _ = sentiment_sample
+    model = TextClassifier(num_classes=2, **{**TINY_ARCHITECTURE, "attention": attention, "window_size": 4})
+    model.compile()
+    history = model.fit(texts[:64], labels[:64], epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_fits_under_mirrored_strategy(tiny_classifier, sentiment_sample):
+    (texts, labels), _ = sentiment_sample
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = TextClassifier(**TINY_ARCHITECTURE, labels=tiny_classifier.label_names,
+                               vocabulary=tiny_classifier.vocabulary)
+        model.compile()
+    history = model.fit(texts[:128], labels[:128], epochs=2, batch_size=32, verbose=0)
+    assert history.history["loss"][1] < history.history["loss"][0]
+
+
+def test_attention_weights_for_a_sentence(tiny_classifier):
+    tokens, weights = tiny_classifier.attention_weights("a wonderful film")
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+    assert weights.shape == (2, len(tokens), len(tokens))
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)

@@ -1,0 +1,122 @@
+"""Answers TF Serving requests from an exported model, with TensorFlow alone.
+
+The TF Serving binary is not installable here, so this stands in for it the
+way that matters: a process that imports only `tensorflow` and
+`tensorflow_text` (whose ops the stock server links) loads the newest version
+of an export and answers request bodies shaped exactly as TF Serving's REST
+API (`{"signature_name", "instances" | "inputs"}`) and gRPC `PredictRequest`
+messages, decoding them into tensors as the server does.
+
+Run it as a script so that nothing else is imported:
+
+    python zoo/serving_client.py EXPORT_DIR "a text" "another text"
+"""
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+
+
+def latest_version(model_dir):
+    versions = [p for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise ValueError(f"{model_dir} holds no numbered version folder.")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def load(model_dir):
+    """Loads the newest version under `model_dir`, as TF Serving does."""
+    return tf.saved_model.load(str(latest_version(model_dir)))
+
+
+def _decode_value(value):
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        return base64.b64decode(value["b64"])
+    if isinstance(value, list):
+        return [_decode_value(v) for v in value]
+    return value
+
+
+def _encode_value(value):
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, list):
+        return [_encode_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode_value(v) for k, v in value.items()}
+    return value
+
+
+def rest_predict(loaded, body):
+    """A REST `:predict` body (JSON text) -> the response body (JSON text)."""
+    request = json.loads(body)
+    signature = loaded.signatures[request.get("signature_name", "serving_default")]
+    specs = signature.structured_input_signature[1]
+    if "instances" in request:
+        instances = request["instances"]
+        if len(specs) == 1 and not all(isinstance(i, dict) for i in instances):
+            (name,) = specs
+            columns = {name: [_decode_value(i) for i in instances]}
+        else:
+            columns = {name: [_decode_value(i[name]) for i in instances] for name in specs}
+        row_format = True
+    elif "inputs" in request:
+        inputs = request["inputs"]
+        if not isinstance(inputs, dict):
+            (name,) = specs
+            inputs = {name: inputs}
+        columns = {name: _decode_value(value) for name, value in inputs.items()}
+        row_format = False
+    else:
+        raise ValueError('A predict request needs "instances" or "inputs".')
+    tensors = {name: tf.constant(columns[name], dtype=specs[name].dtype) for name in specs}
+    outputs = {name: value.numpy().tolist() for name, value in signature(**tensors).items()}
+    if not row_format:
+        return json.dumps({"outputs": _encode_value(outputs)})
+    count = len(next(iter(outputs.values())))
+    rows = [{name: _encode_value(values[i]) for name, values in outputs.items()} for i in range(count)]
+    if len(outputs) == 1:
+        rows = [next(iter(row.values())) for row in rows]
+    return json.dumps({"predictions": rows})
+
+
+def grpc_predict(loaded, request_bytes):
+    """A serialized `PredictRequest` -> a serialized `PredictResponse`."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest.FromString(request_bytes)
+    signature = loaded.signatures[request.model_spec.signature_name or "serving_default"]
+    specs = signature.structured_input_signature[1]
+    tensors = {
+        name: tf.constant(tf.make_ndarray(proto), dtype=specs[name].dtype)
+        for name, proto in request.inputs.items()
+    }
+    response = predict_pb2.PredictResponse()
+    response.model_spec.CopyFrom(request.model_spec)
+    for name, value in signature(**tensors).items():
+        response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
+    return response.SerializeToString()
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    loaded = load(argv[0])
+    body = json.dumps({"signature_name": "serving_default", "instances": argv[1:]})
+    answer = json.loads(rest_predict(loaded, body))
+    for text, prediction in zip(argv[1:], answer["predictions"]):
+        probability = max(prediction["probabilities"])
+        print(f"{prediction['label']}\t{probability:.3f}\t{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

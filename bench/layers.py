@@ -4,7 +4,8 @@ Every measurement runs in a fresh process, so its peak resident memory is its
 own. A watchdog ends a measurement whose memory passes `--memory-limit-gb`
 (the machine has 24 GB), and the table records that it did not fit.
 
-Usage: `make bench` or `python bench/layers.py [--quick] [--out bench/RESULTS.md]`.
+Usage: `make bench` or `python bench/layers.py [--quick] [--only KIND] [--out bench/RESULTS.md]`;
+raw figures are kept in bench/layers_results.json so `--only` can refresh one pair.
 """
 
 import argparse
@@ -94,9 +95,10 @@ def measure_one(kind, ours, length, repeats, memory_limit):
         step(x)
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # The fastest run: on a shared 2-core machine, slower runs measure noise.
     print(json.dumps({
         "status": "ok",
-        "seconds": sorted(times)[len(times) // 2],
+        "seconds": min(times),
         "peak_bytes": peak - baseline,
     }), flush=True)
 
@@ -133,40 +135,49 @@ def ratio(ours, theirs):
     return f"{speed:.2f}x faster, {memory:.1f}x less memory"
 
 
+RAW_RESULTS = Path(__file__).with_name("layers_results.json")
+
+
+def repeats_for(length):
+    return 5 if length <= 2048 else 3 if length <= 4096 else 1
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="lengths up to 2048 only")
+    parser.add_argument("--only", choices=sorted(PAIRS), help="re-measure one pair, keep the others")
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--memory-limit-gb", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
     limit = int(args.memory_limit_gb * 2**30)
     lengths = [t for t in LENGTHS if not args.quick or t <= 2048]
+    raw = json.loads(RAW_RESULTS.read_text()) if RAW_RESULTS.exists() and args.only else {}
 
-    rows = []
-    skip_theirs = {}  # a Keras layer that did not fit at T does not fit beyond
-    skip_ours = {}
-    for kind, (our_name, their_name) in PAIRS.items():
+    for kind in PAIRS if args.only is None else [args.only]:
+        skipped = {}  # a layer that did not fit at T does not fit beyond
         for length in lengths:
-            repeats = 3 if length <= 4096 else 1
             results = {}
-            for ours, skip in ((True, skip_ours), (False, skip_theirs)):
-                if kind in skip:
-                    results[ours] = {"status": skip[kind]}
+            for side in ("ours", "keras"):
+                if side in skipped:
+                    results[side] = {"status": skipped[side]}
                     continue
-                results[ours] = run_child(kind, ours, length, repeats, limit, args.timeout)
-                if results[ours]["status"] != "ok":
-                    skip[kind] = results[ours]["status"]
-            rows.append((kind, our_name, their_name, length, results[True], results[False]))
-            print(f"{kind:13s} T={length:6d}  ours {cell(results[True], args.memory_limit_gb):22s} "
-                  f"keras {cell(results[False], args.memory_limit_gb):22s} {ratio(results[True], results[False])}",
-                  flush=True)
+                results[side] = run_child(kind, side == "ours", length, repeats_for(length), limit, args.timeout)
+                if results[side]["status"] != "ok":
+                    skipped[side] = results[side]["status"]
+            raw[f"{kind}|{length}"] = results
+            print(f"{kind:13s} T={length:6d}  ours {cell(results['ours'], args.memory_limit_gb):22s} "
+                  f"keras {cell(results['keras'], args.memory_limit_gb):22s} "
+                  f"{ratio(results['ours'], results['keras'])}", flush=True)
 
-    long_run = None
-    if not args.quick:
-        long_run = run_child("local_window", True, 32768, 1, limit, args.timeout)
-        print(f"local_window  T= 32768  ours {cell(long_run, args.memory_limit_gb)}", flush=True)
+    if not args.quick and args.only in (None, "local_window"):
+        raw["local_window|32768"] = {"ours": run_child("local_window", True, 32768, 1, limit, args.timeout)}
+        print(f"local_window  T= 32768  ours {cell(raw['local_window|32768']['ours'], args.memory_limit_gb)}", flush=True)
 
+    RAW_RESULTS.write_text(json.dumps(raw, indent=1, sort_keys=True))
+    rows = [(kind, *PAIRS[kind], length, raw[f"{kind}|{length}"]["ours"], raw[f"{kind}|{length}"]["keras"])
+            for kind in PAIRS for length in LENGTHS if f"{kind}|{length}" in raw]
+    long_run = raw.get("local_window|32768", {}).get("ours")
     write_results(args.out, rows, long_run, args.memory_limit_gb)
 
 
@@ -181,7 +192,7 @@ def write_results(path, rows, long_run, limit_gb):
         f"{platform.machine()} with {os.cpu_count()} CPU cores; TensorFlow {tf.__version__}, Keras {keras.__version__}.",
         "",
         f"Batch {BATCH}, width {WIDTH} ({HEADS} heads of {HEAD_DIM}), float32, `tf.function` without XLA. "
-        "Each cell: median time of one forward+backward step / peak resident memory above the process's "
+        "Each cell: fastest of 5 (T <= 2048), 3 (T = 4096) or 1 (longer) forward+backward steps / peak resident memory above the process's "
         f"baseline, each measured in a fresh process; `over {limit_gb:g} GB` means the watchdog stopped it there "
         "(the machine has 24 GB). Keras's AdditiveAttention has no projections and one head; ours projects Q/K/V.",
         "",

@@ -24,6 +24,17 @@ tf.config.set_logical_device_configuration(
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One MirroredStrategy over the two logical CPUs for the whole session:
+    several in one process collide on collective keys (see zoo.distribute)."""
+    from zoo.distribute import get_strategy
+
+    strategy = get_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    return strategy
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -63,16 +63,14 @@ def test_fit_with_xla_learns(rng):
     assert losses[-1] < losses[0]
 
 
-def test_mirrored_strategy_step_equals_single_device_step():
+def test_mirrored_strategy_step_equals_single_device_step(mirrored_strategy):
     ids, labels = toy_data(32)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     single = stacked_model(seed=1)
     single.compile(keras.optimizers.SGD(0.1), loss)
     single.fit(ids, labels, epochs=1, batch_size=32, shuffle=False, verbose=0)
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    with strategy.scope():
+    with mirrored_strategy.scope():
         mirrored = stacked_model(seed=1)
         mirrored.compile(keras.optimizers.SGD(0.1), loss)
     mirrored.fit(ids, labels, epochs=1, batch_size=32, shuffle=False, verbose=0)

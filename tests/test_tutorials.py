@@ -1,22 +1,24 @@
 """The tutorials run end to end (in their fast mode)."""
 
-
 import pytest
 
 from conftest import REPO_ROOT, run_python
 
 
+def run_tutorial(name, *args, cwd):
+    return run_python(
+        f"""
+        import runpy, sys
+        sys.argv = [{name!r}, "--fast", *{list(args)!r}]
+        runpy.run_path({str(REPO_ROOT / "tutorials" / name)!r}, run_name="__main__")
+        """,
+        cwd=cwd,
+    )
+
+
 @pytest.mark.slow
 def test_layers_quickstart_runs(tmp_path):
-    out = run_python(
-        f"""
-        import sys
-        sys.argv = ["layers_quickstart.py", "--fast", "--out", {str(tmp_path)!r}]
-        import runpy
-        runpy.run_path({str(REPO_ROOT / "tutorials" / "layers_quickstart.py")!r}, run_name="__main__")
-        """,
-        cwd=tmp_path,
-    )
+    out = run_tutorial("layers_quickstart.py", "--out", str(tmp_path), cwd=tmp_path)
     assert "Test accuracy:" in out
     assert "identical predictions" in out
     assert (tmp_path / "sentiment.keras").exists()
@@ -24,14 +26,7 @@ def test_layers_quickstart_runs(tmp_path):
 
 @pytest.mark.slow
 def test_fine_tune_tutorial_runs(tmp_path):
-    out = run_python(
-        f"""
-        import sys, runpy
-        sys.argv = ["fine_tune_text_classifier.py", "--fast", "--work", {str(tmp_path)!r}]
-        runpy.run_path({str(REPO_ROOT / "tutorials" / "fine_tune_text_classifier.py")!r}, run_name="__main__")
-        """,
-        cwd=tmp_path,
-    )
+    out = run_tutorial("fine_tune_text_classifier.py", "--work", str(tmp_path), cwd=tmp_path)
     assert "rotten_tomatoes_small" in out
     assert "confusion matrix" in out
     assert (tmp_path / "served" / "1" / "saved_model.pb").exists()

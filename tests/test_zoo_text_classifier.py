@@ -78,10 +78,9 @@ def test_every_attention_kind_trains(attention, sentiment_sample):
     assert np.isfinite(history.history["loss"][0])
 
 
-def test_fits_under_mirrored_strategy(tiny_classifier, sentiment_sample):
+def test_fits_under_mirrored_strategy(tiny_classifier, sentiment_sample, mirrored_strategy):
     (texts, labels), _ = sentiment_sample
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
+    with mirrored_strategy.scope():
         model = TextClassifier(**TINY_ARCHITECTURE, labels=tiny_classifier.label_names,
                                vocabulary=tiny_classifier.vocabulary)
         model.compile()

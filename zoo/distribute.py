@@ -1,5 +1,6 @@
 """The `tf.distribute` strategy a zoo model trains under."""
 
+import functools
 import json
 import os
 
@@ -8,6 +9,7 @@ import tensorflow as tf
 STRATEGIES = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
 
 
+@functools.cache
 def get_strategy(name="auto"):
     """Returns a strategy by name.
 
@@ -18,6 +20,11 @@ def get_strategy(name="auto"):
     - `"multi_worker"`: `MultiWorkerMirroredStrategy`, configured by the
       `TF_CONFIG` environment variable.
     - `"tpu"`: `TPUStrategy` on the TPU named by `TPU_NAME` (or local).
+
+    One strategy per name lives for the process: a second
+    `MirroredStrategy` in the same process can reuse the first one's
+    collective instance keys, and its all-reduces then fail with shape
+    mismatches (TensorFlow 2.21).
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")

@@ -65,6 +65,7 @@ def plot_history(history, path):
                 axis.plot(range(1, len(values) + 1), values, style,
                           label=("validation " if prefix else "training ") + metric)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(_integer_ticks())
         axis.set_title(metric)
         axis.legend()
         axis.grid(alpha=0.3)
@@ -72,6 +73,12 @@ def plot_history(history, path):
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def plot_attention(tokens, weights, path, title="attention weights"):

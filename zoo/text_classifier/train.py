@@ -95,7 +95,9 @@ def train_text_classifier(data, out, preset=None, epochs=3, batch_size=32,
     print(reports.format_report(summary))
 
     reports.plot_history(history.history, out / "training_curves.png")
-    sample = str(validation[0][0])
+    # A short sentence keeps the heatmap readable.
+    candidates = [str(t) for t in validation[0][:50]]
+    sample = min(candidates, key=lambda t: abs(len(t.split()) - 12))
     tokens, weights = model.attention_weights(sample)
     reports.plot_attention(tokens, weights, out / "attention.png",
                            title="first encoder block, mean over heads")

@@ -159,11 +159,7 @@ def masked_softmax(logits, mask=None, dtype=None, rows_may_be_empty=True):
     elif mask is None:
         return ops.cast(ops.softmax(logits, axis=-1), dtype)
     else:
-        # An additive bias in the mask's own (usually head-free) shape: its
-        # gradient leaves the logits' untouched, where `where` would build
-        # two more logits-sized tensors in the backward pass.
-        bias = ops.where(mask, 0.0, _MASKED_LOGIT)
-        weights = ops.softmax(logits + bias, axis=-1)
+        weights = ops.softmax(ops.where(mask, logits, _MASKED_LOGIT), axis=-1)
     if mask is None or not rows_may_be_empty:
         return ops.cast(weights, dtype)
     # A row with no allowed key would otherwise spread uniformly over
@@ -240,35 +236,19 @@ def _pad_axis(x, axis, before, after):
     return ops.pad(x, pad)
 
 
-def band_layout(window_size, causal):
-    """Block size and reach of the blocked band.
+def _neighbour_blocks(x, num_blocks, block, causal):
+    """Gathers for each block of `block` keys the blocks a query block sees.
 
-    Blocks of half the window: a block of `c` queries then needs
-    `reach = ceil((w - 1) / c)` key blocks on each side (only the left one
-    when causal), `(2 * reach + 1) * c` = 2.5w keys (causal: 1.5w) instead of
-    the 3w (2w) of window-sized blocks.
-    """
-    block = max(1, (window_size + 1) // 2)
-    reach = -(-(window_size - 1) // block)
-    span = (reach + 1 if causal else 2 * reach + 1) * block
-    return block, reach, span
-
-
-def _neighbour_blocks(x, num_blocks, block, reach, causal):
-    """Gathers for each query block the key blocks it sees.
-
-    `x` is `(B, T, ...)`. Returns `(B, num_blocks, span, ...)` holding blocks
-    `b - reach .. b` (causal) or `b - reach .. b + reach`, with zero blocks
-    outside the sequence.
+    `x` is `(B, T, ...)`. Returns `(B, num_blocks, n * block, ...)` holding
+    blocks `b - 1, b` (causal) or `b - 1, b, b + 1`, with zero blocks outside
+    the sequence.
     """
     shape = static_or_dynamic_shape(x)
-    padded = _pad_axis(
-        x, 1, reach * block, (num_blocks + reach) * block - shape[1]
-    )
+    padded = _pad_axis(x, 1, block, (num_blocks + 1) * block - shape[1])
     blocks = ops.reshape(
-        padded, (shape[0], num_blocks + 2 * reach, block) + tuple(shape[2:])
+        padded, (shape[0], num_blocks + 2, block) + tuple(shape[2:])
     )
-    offsets = range(reach + 1 if causal else 2 * reach + 1)
+    offsets = (0, 1) if causal else (0, 1, 2)
     return ops.concatenate(
         [blocks[:, offset:offset + num_blocks] for offset in offsets], axis=2
     )
@@ -278,17 +258,18 @@ def banded_positions(length, window_size, causal):
     """Positions of the blocked layout used by `banded_attention`.
 
     Returns `(num_blocks, query_positions, key_positions)`, the positions
-    being int32 `(num_blocks, block, 1)` and `(num_blocks, 1, span)`, where
-    keys outside `[0, T)` have positions out of that range.
+    being int32 `(num_blocks, w, 1)` and `(num_blocks, 1, n * w)`, where keys
+    outside `[0, T)` have positions out of that range.
     """
-    block, reach, span = band_layout(window_size, causal)
+    block = window_size
     num_blocks = (length + block - 1) // block
+    span = 2 if causal else 3
     block_starts = ops.arange(num_blocks, dtype="int32") * block
     query_positions = block_starts[:, None, None] + ops.arange(
         block, dtype="int32"
     )[None, :, None]
-    key_positions = (block_starts - reach * block)[:, None, None] + ops.arange(
-        span, dtype="int32"
+    key_positions = (block_starts - block)[:, None, None] + ops.arange(
+        span * block, dtype="int32"
     )[None, None, :]
     return num_blocks, query_positions, key_positions
 
@@ -299,8 +280,8 @@ def banded_attention(query, key, value, window_size, causal=False,
     """Sliding-window self-attention computed blockwise.
 
     Query `i` sees keys `j` with `abs(i - j) < window_size` (causal:
-    `i - window_size < j <= i`). Queries are cut into blocks (see
-    `band_layout`); each block attends to its own block and its neighbours
+    `i - window_size < j <= i`). Queries are cut into blocks of
+    `window_size`; each block attends to its own block and its neighbours
     only, so memory grows with `T * window_size`, never with `T * T`.
 
     Args:
@@ -314,10 +295,10 @@ def banded_attention(query, key, value, window_size, causal=False,
 
     Returns:
         `(output, band_weights)`: `(B, T, H, V)` and the weights in the
-        blocked layout `(B, H, num_blocks, block, span)`; `band_to_dense`
+        blocked layout `(B, H, num_blocks, w, n * w)`; `band_to_dense`
         expands the latter to `(B, H, T, T)`.
     """
-    block, reach, _ = band_layout(window_size, causal)
+    block = window_size
     batch, length, num_heads, key_width = static_or_dynamic_shape(query)
     num_kv_heads = key.shape[2]
     if scale is None:
@@ -330,8 +311,8 @@ def banded_attention(query, key, value, window_size, causal=False,
         _pad_axis(query, 1, 0, num_blocks * block - length),
         (batch, num_blocks, block, num_heads, key_width),
     )
-    key_blocks = _neighbour_blocks(key, num_blocks, block, reach, causal)
-    value_blocks = _neighbour_blocks(value, num_blocks, block, reach, causal)
+    key_blocks = _neighbour_blocks(key, num_blocks, block, causal)
+    value_blocks = _neighbour_blocks(value, num_blocks, block, causal)
     if num_heads == num_kv_heads:
         logits = ops.einsum("bnqhk,bnshk->bhnqs", query_blocks, key_blocks)
     else:
@@ -358,7 +339,7 @@ def banded_attention(query, key, value, window_size, causal=False,
     masks = [in_band[None, None]]
     if key_mask is not None:
         key_mask_blocks = _neighbour_blocks(
-            ops.cast(key_mask, "int32"), num_blocks, block, reach, causal
+            ops.cast(key_mask, "int32"), num_blocks, block, causal
         )
         masks.append(ops.cast(key_mask_blocks, "bool")[:, None, :, None, :])
     if query_mask is not None:
@@ -405,7 +386,7 @@ def _band_of_dense_mask(attention_mask, length, query_positions,
 
 
 def band_to_dense(band_weights, length, window_size, causal):
-    """Expands blocked band weights `(B, H, nb, block, span)` to `(B, H, T, T)`.
+    """Expands blocked band weights `(B, H, nb, w, n*w)` to `(B, H, T, T)`.
 
     Only for `return_attention_scores`; the `T * T` result is what the caller
     asked for.
@@ -417,8 +398,7 @@ def band_to_dense(band_weights, length, window_size, causal):
     rows = rows[:, :, :length]
     query_positions = ops.arange(length, dtype="int32")[:, None]
     key_positions = ops.arange(length, dtype="int32")[None, :]
-    block, reach, _ = band_layout(window_size, causal)
-    first_key = (query_positions // block - reach) * block
+    first_key = (query_positions // window_size - 1) * window_size
     column = key_positions - first_key
     inside = ops.logical_and(
         ops.greater_equal(column, 0), ops.less(column, span)

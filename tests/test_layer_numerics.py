@@ -89,7 +89,7 @@ def test_multi_head_cross_attention_with_key(rng):
     np.testing.assert_allclose(np.asarray(weights), expected_w, atol=2e-6)
 
 
-# T = 11: windows 1, 3 and 4 take the blockwise path, 20 (T <= 2.5w) the
+# T = 11: windows 1 and 3 take the blockwise path, 4 (T <= 3w) and 20 the
 # dense-band path for short sequences.
 @pytest.mark.parametrize("case", MASK_CASES)
 @pytest.mark.parametrize("window", [1, 3, 4, 20])

@@ -16,8 +16,8 @@ class LocalWindow(SequenceSelfAttention):
     The local attention of "Longformer" (Beltagy et al., 2020): query `i` sees
     keys `j` with `abs(i - j) < window_size`, or `i - window_size < j <= i`
     with `use_causal_mask`, the band of Keras's `sliding_window`. It is
-    computed a block of `window_size / 2` queries at a time against their
-    own and neighbouring key blocks, so memory grows with `T * window_size`,
+    computed a block of `window_size` queries at a time against their own
+    and neighbouring key blocks, so memory grows with `T * window_size`,
     never with `T * T`. Its weights have the shapes and order of
     `MultiHead`'s (and of `keras.layers.MultiHeadAttention`'s), and given
     the same weights it equals `MultiHead(sliding_window=window_size)`.
@@ -105,8 +105,8 @@ class LocalWindow(SequenceSelfAttention):
         scale = 1.0 / math.sqrt(self.key_dim)
         dropout = self.apply_dropout(training)
         length = kernels.static_or_dynamic_shape(inputs)[1]
-        _, _, span = kernels.band_layout(self.window_size, use_causal_mask)
-        if isinstance(length, int) and length <= span:
+        blocks_span = (2 if use_causal_mask else 3) * self.window_size
+        if isinstance(length, int) and length <= blocks_span:
             # The blocks would cover the whole sequence anyway: the dense
             # band costs no more memory and skips the block bookkeeping.
             mask = kernels.dense_attention_mask(

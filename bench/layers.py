@@ -122,6 +122,8 @@ def cell(result, limit_gb):
         return f"{result['seconds'] * 1000:.0f} ms / {result['peak_bytes'] / 2**30:.2f} GB"
     if result["status"] == "over_limit":
         return f"over {limit_gb:g} GB"
+    if result["status"] == "timeout":
+        return "not done in 600 s"
     return result["status"]
 
 
@@ -149,12 +151,14 @@ def main():
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--memory-limit-gb", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--render", action="store_true", help="rewrite the table from the raw figures only")
     args = parser.parse_args()
     limit = int(args.memory_limit_gb * 2**30)
     lengths = [t for t in LENGTHS if not args.quick or t <= 2048]
-    raw = json.loads(RAW_RESULTS.read_text()) if RAW_RESULTS.exists() and args.only else {}
+    keep = args.only or args.render
+    raw = json.loads(RAW_RESULTS.read_text()) if RAW_RESULTS.exists() and keep else {}
 
-    for kind in PAIRS if args.only is None else [args.only]:
+    for kind in [] if args.render else PAIRS if args.only is None else [args.only]:
         skipped = {}  # a layer that did not fit at T does not fit beyond
         for length in lengths:
             results = {}
@@ -170,7 +174,7 @@ def main():
                   f"keras {cell(results['keras'], args.memory_limit_gb):22s} "
                   f"{ratio(results['ours'], results['keras'])}", flush=True)
 
-    if not args.quick and args.only in (None, "local_window"):
+    if not args.quick and not args.render and args.only in (None, "local_window"):
         raw["local_window|32768"] = {"ours": run_child("local_window", True, 32768, 1, limit, args.timeout)}
         print(f"local_window  T= 32768  ours {cell(raw['local_window|32768']['ours'], args.memory_limit_gb)}", flush=True)
 

@@ -15,10 +15,7 @@ VOCAB, LENGTH, WIDTH = 50, 12, 16
 def text_model(attention_layer, causal=False):
     ids = keras.Input((LENGTH,), dtype="int32", name="ids")
     x = ksa.TokenAndPositionEmbedding(VOCAB, LENGTH, WIDTH, mask_zero=True)(ids)
-    if isinstance(attention_layer, ksa.MultiHead):
-        x = attention_layer(x, use_causal_mask=causal)
-    else:
-        x = attention_layer(x, use_causal_mask=causal)
+    x = attention_layer(x, use_causal_mask=causal)
     x = keras.layers.GlobalAveragePooling1D()(x)
     return keras.Model(ids, keras.layers.Dense(3)(x))
 

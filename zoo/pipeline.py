@@ -72,10 +72,9 @@ class RawInputModel(keras.Model):
                 return data
             if isinstance(element, tuple) and len(element) == 2:
                 data = data.map(lambda a, b: (a, self._tf_label_ids(b)))
-            if _is_batched(element, self.raw_input_spec):
-                return data.map(self._preprocess_element, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
-            data = data.batch(batch_size)
-            return data.map(self._preprocess_element, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+            if not _is_batched(element, self.raw_input_spec):
+                data = data.batch(batch_size)
+            return self._preprocessed(data)
         inputs = self.raw_array(x)
         if len(inputs) == 0:
             raise ValueError("No inputs: received an empty list or array.")
@@ -90,8 +89,12 @@ class RawInputModel(keras.Model):
             data = tf.data.Dataset.from_tensor_slices((inputs, ids))
         if shuffle:
             data = data.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-        data = data.batch(batch_size)
-        return data.map(self._preprocess_element, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        return self._preprocessed(data.batch(batch_size))
+
+    def _preprocessed(self, batches):
+        return batches.map(
+            self._preprocess_element, num_parallel_calls=AUTOTUNE
+        ).prefetch(AUTOTUNE)
 
     def raw_array(self, x):
         return np.asarray(x)

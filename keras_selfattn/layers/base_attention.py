@@ -60,9 +60,7 @@ def check_feature_shape(name, shape, min_rank=3, max_rank=None):
 
 
 def check_float_tensor(name, tensor):
-    if not (
-        "float" in str(tensor.dtype) or "bfloat" in str(tensor.dtype)
-    ):
+    if "float" not in str(tensor.dtype):  # float16/32/64 and bfloat16
         raise TypeError(
             f"`{name}` must be a floating-point tensor. Received: "
             f"{name}.dtype={tensor.dtype}"

@@ -206,18 +206,9 @@ class MultiHead(BaseAttention):
             "value": value_shape[-1],
             "key": key_shape[-1],
         }
-        rank = len(query_shape)
-        inner_axes = tuple(range(1, rank - 1))
-        axes = self.attention_axes or inner_axes
-        axes = tuple(a if a >= 0 else rank + a for a in axes)
-        if not axes or any(a not in inner_axes for a in axes):
-            raise ValueError(
-                "`attention_axes` must name axes between the batch and the "
-                f"feature axis of the {rank}-D inputs, i.e. among "
-                f"{inner_axes}. Received: attention_axes={self.attention_axes}"
-            )
-        self._attention_axes = tuple(sorted(axes))
-        self._batch_axes = tuple(a for a in inner_axes if a not in axes)
+        self._attention_axes, self._batch_axes = self._axes_for_rank(
+            len(query_shape)
+        )
 
         heads, kv_heads = self.num_heads, self.num_key_value_heads
         # Created in Keras's order, so the weight lists line up.
@@ -241,6 +232,19 @@ class MultiHead(BaseAttention):
             self._output_shape_arg or (query_shape[-1],),
             bound_dims=2,
         )
+
+    def _axes_for_rank(self, rank):
+        """`(attention axes, batch-like axes)` of `rank`-D inputs, validated."""
+        inner_axes = tuple(range(1, rank - 1))
+        axes = self.attention_axes or inner_axes
+        axes = tuple(sorted(a if a >= 0 else rank + a for a in axes))
+        if not axes or any(a not in inner_axes for a in axes):
+            raise ValueError(
+                "`attention_axes` must name axes between the batch and the "
+                f"feature axis of the {rank}-D inputs, i.e. among "
+                f"{inner_axes}. Received: attention_axes={self.attention_axes}"
+            )
+        return axes, tuple(a for a in inner_axes if a not in axes)
 
     def call(
         self,
@@ -494,15 +498,19 @@ class MultiHead(BaseAttention):
             return weights
         q_shape = kernels.static_or_dynamic_shape(query)
         k_shape = kernels.static_or_dynamic_shape(key)
-        return ops.reshape(weights, self._scores_shape(q_shape, k_shape))
+        return ops.reshape(weights, self._scores_shape(
+            q_shape, k_shape, self._attention_axes, self._batch_axes
+        ))
 
-    def _scores_shape(self, query_shape, key_shape):
+    def _scores_shape(self, query_shape, key_shape, attention_axes,
+                      batch_axes):
+        """Keras's `(B, *batch axes, H, *query axes, *key axes)`."""
         return (
             (query_shape[0],)
-            + tuple(query_shape[a] for a in self._batch_axes)
+            + tuple(query_shape[a] for a in batch_axes)
             + (self.num_heads,)
-            + tuple(query_shape[a] for a in self._attention_axes)
-            + tuple(key_shape[a] for a in self._attention_axes)
+            + tuple(query_shape[a] for a in attention_axes)
+            + tuple(key_shape[a] for a in attention_axes)
         )
 
     def compute_output_shape(self, query_shape, value_shape=None,
@@ -533,18 +541,10 @@ class MultiHead(BaseAttention):
         outputs = [output]
         if return_attention_scores:
             source = key_shape or value_shape or query.shape
-            rank = len(query.shape)
-            axes = self.attention_axes or tuple(range(1, rank - 1))
-            axes = tuple(sorted(a if a >= 0 else rank + a for a in axes))
-            batch_axes = tuple(a for a in range(1, rank - 1) if a not in axes)
             if cache is not None:
-                source = (None,) * rank
-            scores_shape = (
-                (query.shape[0],)
-                + tuple(query.shape[a] for a in batch_axes)
-                + (self.num_heads,)
-                + tuple(query.shape[a] for a in axes)
-                + tuple(source[a] for a in axes)
+                source = (None,) * len(query.shape)
+            scores_shape = self._scores_shape(
+                query.shape, source, *self._axes_for_rank(len(query.shape))
             )
             outputs.append(
                 keras.KerasTensor(scores_shape, dtype=self.compute_dtype)

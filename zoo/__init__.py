@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from zoo.image_classifier import ImageClassifier  # noqa: E402
 from zoo.text_classifier import TextClassifier  # noqa: E402
 
-__all__ = ["TextClassifier"]
+__all__ = ["ImageClassifier", "TextClassifier"]

@@ -18,14 +18,34 @@ class RawInputModel(keras.Model):
 
     - `preprocess(inputs)`: a batch of raw inputs -> model inputs (TF ops).
     - `raw_input_spec`: the `tf.TensorSpec` of one raw input.
+    and may override:
+    - `raw_dtypes`: the dtypes raw inputs come in (default: the spec's);
+      anything else in a `tf.data.Dataset` is taken as already preprocessed.
+    - `is_batched(spec)`: whether a dataset's elements are batches.
+    - `preprocess_example(input)`: one raw input -> fixed-shape model input,
+      for unbatched datasets whose inputs cannot be batched as they are
+      (images of different sizes).
+    - `raw_examples(x, y)`: `fit`/`evaluate`/`predict` arguments -> `(raw
+      inputs, labels)` (e.g. a folder of labelled files).
     and may keep label names in `self.label_names`.
     """
 
     raw_input_spec = None
     label_names = None
+    preprocess_example = None
 
     def preprocess(self, inputs):
         raise NotImplementedError
+
+    @property
+    def raw_dtypes(self):
+        return (self.raw_input_spec.dtype,)
+
+    def is_batched(self, element_spec):
+        return element_spec.shape.rank == self.raw_input_spec.shape.rank + 1
+
+    def raw_examples(self, x, y=None):
+        return self.raw_array(x), y
 
     # Labels.
 
@@ -66,16 +86,22 @@ class RawInputModel(keras.Model):
                 raise ValueError("Give labels inside the dataset, not as `y`.")
             data = x
             element = data.element_spec
-            if _is_preprocessed(element, self.raw_input_spec):
+            spec = element[0] if isinstance(element, tuple) else element
+            if spec.dtype not in self.raw_dtypes:
                 # Keras's `fit` validates by calling `evaluate` on the dataset
                 # this method already built.
                 return data
             if isinstance(element, tuple) and len(element) == 2:
                 data = data.map(lambda a, b: (a, self._tf_label_ids(b)))
-            if not _is_batched(element, self.raw_input_spec):
-                data = data.batch(batch_size)
-            return self._preprocessed(data)
-        inputs = self.raw_array(x)
+            if self.is_batched(spec):
+                return self._preprocessed(data)
+            if self.preprocess_example is not None:
+                return data.map(
+                    self._preprocess_element(self.preprocess_example),
+                    num_parallel_calls=AUTOTUNE,
+                ).batch(batch_size).prefetch(AUTOTUNE)
+            return self._preprocessed(data.batch(batch_size))
+        inputs, y = self.raw_examples(x, y)
         if len(inputs) == 0:
             raise ValueError("No inputs: received an empty list or array.")
         if y is None:
@@ -93,16 +119,20 @@ class RawInputModel(keras.Model):
 
     def _preprocessed(self, batches):
         return batches.map(
-            self._preprocess_element, num_parallel_calls=AUTOTUNE
+            self._preprocess_element(self.preprocess), num_parallel_calls=AUTOTUNE
         ).prefetch(AUTOTUNE)
 
     def raw_array(self, x):
         return np.asarray(x)
 
-    def _preprocess_element(self, *element):
-        if len(element) == 2:
-            return self.preprocess(element[0]), element[1]
-        return self.preprocess(element[0])
+    @staticmethod
+    def _preprocess_element(function):
+        def apply(*element):
+            if len(element) == 2:
+                return function(element[0]), element[1]
+            return function(element[0])
+
+        return apply
 
     def _tf_label_ids(self, labels):
         if labels.dtype == tf.string:
@@ -125,13 +155,15 @@ class RawInputModel(keras.Model):
     def fit(self, x=None, y=None, batch_size=None, epochs=1, validation_data=None,
             shuffle=True, **kwargs):
         batch_size = batch_size or 32
+        if not isinstance(x, tf.data.Dataset):
+            x, y = self.raw_examples(x, y)
         self.prepare_for_training(x, y)
         data = self.dataset(x, y, batch_size, shuffle=shuffle)
         if validation_data is not None:
-            if isinstance(validation_data, tf.data.Dataset):
-                validation_data = self.dataset(validation_data, batch_size=batch_size)
-            else:
+            if isinstance(validation_data, tuple) and len(validation_data) == 2:
                 validation_data = self.dataset(*validation_data, batch_size=batch_size)
+            else:  # a tf.data.Dataset, or inputs that carry their labels (a folder)
+                validation_data = self.dataset(validation_data, batch_size=batch_size)
         return super().fit(data, epochs=epochs, validation_data=validation_data,
                            shuffle=False, **kwargs)
 
@@ -144,12 +176,3 @@ class RawInputModel(keras.Model):
     def prepare_for_training(self, x, y):
         """Hook run before `fit` builds its dataset (e.g. to learn a vocabulary)."""
 
-
-def _is_preprocessed(element_spec, raw_input_spec):
-    spec = element_spec[0] if isinstance(element_spec, tuple) else element_spec
-    return raw_input_spec is not None and spec.dtype != raw_input_spec.dtype
-
-
-def _is_batched(element_spec, raw_input_spec):
-    spec = element_spec[0] if isinstance(element_spec, tuple) else element_spec
-    return raw_input_spec is not None and spec.shape.rank == raw_input_spec.shape.rank + 1

@@ -98,3 +98,33 @@ def plot_attention(tokens, weights, path, title="attention weights"):
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def plot_attention_rollout(images, maps, titles, path, title="attention rollout"):
+    """Images `(N, H, W, C)` in [0, 1], each beside its rollout map `(N, h, w)`
+    upsampled over it, as a PNG. The colour scale starts at zero, so a flat
+    map looks flat."""
+    plt = _pyplot()
+    images, maps = np.asarray(images), np.asarray(maps)
+    count = len(images)
+    figure, axes = plt.subplots(2, count, figsize=(2.2 * count, 4.6), squeeze=False)
+    for column in range(count):
+        image = images[column]
+        gray = image.shape[-1] == 1
+        shown = image[..., 0] if gray else image
+        top, bottom = axes[0, column], axes[1, column]
+        top.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1)
+        top.set_title(titles[column], fontsize=9)
+        bottom.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1)
+        height, width = image.shape[:2]
+        overlay = bottom.imshow(maps[column], cmap="inferno", alpha=0.6, vmin=0,
+                                vmax=float(maps.max()), extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                                interpolation="nearest")
+        for axis in (top, bottom):
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.colorbar(overlay, ax=axes[1, :].tolist(), fraction=0.02, label="share of attention")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

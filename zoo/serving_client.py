@@ -1,15 +1,17 @@
 """Answers TF Serving requests from an exported model, with TensorFlow alone.
 
 The TF Serving binary is not installable here, so this stands in for it the
-way that matters: a process that imports only `tensorflow` and
-`tensorflow_text` (whose ops the stock server links) loads the newest version
-of an export and answers request bodies shaped exactly as TF Serving's REST
-API (`{"signature_name", "instances" | "inputs"}`) and gRPC `PredictRequest`
-messages, decoding them into tensors as the server does.
+way that matters: a process that imports only `tensorflow` (and
+`tensorflow_text`, whose ops the stock server links, only when the export
+uses them: the text models do, the image classifier does not) loads the
+newest version of an export and answers request bodies shaped exactly as TF
+Serving's REST API (`{"signature_name", "instances" | "inputs"}`) and gRPC
+`PredictRequest` messages, decoding them into tensors as the server does.
 
 Run it as a script so that nothing else is imported:
 
     python zoo/serving_client.py EXPORT_DIR "a text" "another text"
+    python zoo/serving_client.py EXPORT_DIR image.png another.jpg
 """
 
 import base64
@@ -18,7 +20,6 @@ import sys
 from pathlib import Path
 
 import tensorflow as tf
-import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 
 
 def latest_version(model_dir):
@@ -30,7 +31,15 @@ def latest_version(model_dir):
 
 def load(model_dir):
     """Loads the newest version under `model_dir`, as TF Serving does."""
-    return tf.saved_model.load(str(latest_version(model_dir)))
+    path = str(latest_version(model_dir))
+    try:
+        return tf.saved_model.load(path)
+    except RuntimeError as error:
+        if "Op type not registered" not in str(error):
+            raise
+    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+
+    return tf.saved_model.load(path)
 
 
 def _decode_value(value):
@@ -110,7 +119,12 @@ def main(argv):
         print(__doc__)
         return 2
     loaded = load(argv[0])
-    body = json.dumps({"signature_name": "serving_default", "instances": argv[1:]})
+    (input_name,) = loaded.signatures["serving_default"].structured_input_signature[1]
+    if input_name == "image_bytes":  # files, sent base64-encoded as REST clients do
+        instances = [{"b64": base64.b64encode(Path(p).read_bytes()).decode()} for p in argv[1:]]
+    else:
+        instances = argv[1:]
+    body = json.dumps({"signature_name": "serving_default", "instances": instances})
     answer = json.loads(rest_predict(loaded, body))
     for text, prediction in zip(argv[1:], answer["predictions"]):
         probability = max(prediction["probabilities"])

@@ -67,7 +67,8 @@ class PatchEmbedding(keras.layers.Layer):
                     f"patch_size={self.patch_size}. Received: "
                     f"inputs.shape={input_shape}"
                 )
-        self.num_patches = (height // self.patch_size) * (width // self.patch_size)
+        self.grid_shape = (height // self.patch_size, width // self.patch_size)
+        self.num_patches = self.grid_shape[0] * self.grid_shape[1]
         self.projection.build(input_shape)
         if self.use_class_token:
             self.class_token = self.add_weight(
@@ -94,6 +95,38 @@ class PatchEmbedding(keras.layers.Layer):
             )
             patches = ops.concatenate([token, patches], axis=1)
         return patches + ops.cast(self.position_embeddings, patches.dtype)
+
+    def resized_position_embeddings(self, grid_shape):
+        """The position embeddings moved to another patch grid.
+
+        The grid part is resized by bicubic interpolation, as ViT does when
+        fine-tuning at a new resolution (Dosovitskiy et al., 2021, 3.2); the
+        class token's embedding is kept as it is.
+
+        Args:
+            grid_shape: `(rows, columns)` of the new patch grid.
+
+        Returns:
+            `(1, rows * columns + use_class_token, embedding_dim)`.
+        """
+        rows, columns = grid_shape
+        check_positive_int("rows", rows)
+        check_positive_int("columns", columns)
+        table = ops.convert_to_tensor(self.position_embeddings)
+        if tuple(grid_shape) == tuple(self.grid_shape):
+            return table
+        start = int(self.use_class_token)
+        grid = ops.reshape(
+            table[:, start:], (1, *self.grid_shape, self.embedding_dim)
+        )
+        grid = ops.image.resize(
+            ops.cast(grid, "float32"), (rows, columns), interpolation="bicubic",
+            data_format="channels_last",
+        )
+        grid = ops.cast(
+            ops.reshape(grid, (1, rows * columns, self.embedding_dim)), table.dtype
+        )
+        return ops.concatenate([table[:, :start], grid], axis=1)
 
     def compute_output_shape(self, input_shape):
         height, width = input_shape[1:3]

@@ -1,6 +1,5 @@
 """Text classifier: raw strings in, class probabilities out."""
 
-import json
 from pathlib import Path
 
 import keras
@@ -9,35 +8,17 @@ import numpy as np
 import tensorflow as tf
 
 import keras_selfattn as ksa
-from zoo import presets as preset_io
+from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
-from zoo.pipeline import RawInputModel
 
 KIND = "text_classifier"
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 VOCABULARY_FILE = "vocabulary.txt"
-LABELS_FILE = "labels.json"
-
-
-def _shipped_presets():
-    if not PRESETS_DIR.is_dir():
-        return {}
-    return {
-        p.name: p for p in sorted(PRESETS_DIR.iterdir())
-        if (p / preset_io.METADATA_FILE).is_file()
-    }
-
-
-class _ShippedPresets:
-    """`TextClassifier.presets`: `{name: folder}` of the shipped presets."""
-
-    def __get__(self, instance, owner):
-        return _shipped_presets()
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class TextClassifier(RawInputModel):
+class TextClassifier(ClassifierModel):
     """A transformer text classifier that takes raw strings.
 
     Strings are tokenized with a WordPiece tokenizer (keras-hub, on
@@ -70,34 +51,19 @@ class TextClassifier(RawInputModel):
     """
 
     raw_input_spec = tf.TensorSpec((), tf.string)
-    presets = _ShippedPresets()
+    kind = KIND
+    presets_dir = PRESETS_DIR
 
     def __init__(self, num_classes=None, labels=None, vocabulary=None,
                  vocabulary_size=8000, sequence_length=128, hidden_dim=128,
                  num_layers=2, num_heads=4, intermediate_dim=256,
                  attention="multi_head", window_size=None, dropout=0.1,
                  **kwargs):
-        if labels is not None:
-            labels = [str(label) for label in labels]
-            if len(set(labels)) != len(labels):
-                raise ValueError(f"`labels` has duplicates. Received: labels={labels}")
-            if num_classes is not None and num_classes != len(labels):
-                raise ValueError(
-                    f"num_classes={num_classes} disagrees with the {len(labels)} labels {labels}."
-                )
-            num_classes = len(labels)
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
-                "A classifier needs `num_classes` >= 2 (or two or more `labels`). "
-                f"Received: num_classes={num_classes!r}, labels={labels!r}"
-            )
         for name, value in (("vocabulary_size", vocabulary_size),
                             ("sequence_length", sequence_length)):
             if not isinstance(value, int) or value < 8:
                 raise ValueError(f"`{name}` must be an int >= 8. Received: {name}={value!r}")
-        super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.label_names = labels
+        super().__init__(num_classes, labels, **kwargs)
         self.vocabulary_size = vocabulary_size
         self.sequence_length = sequence_length
         self.hidden_dim = hidden_dim
@@ -122,7 +88,7 @@ class TextClassifier(RawInputModel):
         ]
         self.pooling = keras.layers.GlobalAveragePooling1D(name="pooling")
         self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
-        self.head = keras.layers.Dense(num_classes, dtype="float32", name="classifier_head")
+        self.head = keras.layers.Dense(self.num_classes, dtype="float32", name=HEAD_NAME)
         self._set_untracked(tokenizer=None, packer=None, vocabulary=None)
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
@@ -219,26 +185,7 @@ class TextClassifier(RawInputModel):
                     "before fitting on a tf.data.Dataset."
                 )
             self.adapt(x)
-        if y is not None and not isinstance(x, tf.data.Dataset):
-            labels = np.asarray(y)
-            if labels.dtype.kind in "OSU" and self.label_names is None:
-                names = sorted({str(v) for v in labels.tolist()})
-                if len(names) != self.num_classes:
-                    raise ValueError(
-                        f"The labels hold {len(names)} classes {names[:10]}, "
-                        f"but the model has num_classes={self.num_classes}."
-                    )
-                self.label_names = names
-            distinct = np.unique(self.label_ids(y))
-            if len(distinct) < 2:
-                raise ValueError(
-                    "The training labels hold a single class "
-                    f"({self.display_labels()[int(distinct[0])]!r}); a classifier "
-                    "needs examples of at least two."
-                )
-
-    def display_labels(self):
-        return list(self.label_names or [str(i) for i in range(self.num_classes)])
+        super().prepare_for_training(x, y)
 
     # The network.
 
@@ -265,33 +212,18 @@ class TextClassifier(RawInputModel):
         tokens = [self.vocabulary[int(i)] for i in ids[0][:length]]
         return tokens, np.asarray(weights)[0, :, :length, :length]
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """`compile` with classifier defaults: AdamW, cross-entropy, accuracy."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(1e-3, weight_decay=0.01)
-        if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        if metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+    def save_attention_figure(self, texts, path):
+        """Heatmap of the first block's attention on one of `texts` (PNG)."""
+        from zoo import report
 
-    def predict_labels(self, texts, batch_size=32):
-        """`(names, probabilities)` for raw `texts`."""
-        probabilities = keras.ops.convert_to_numpy(
-            keras.ops.softmax(self.predict(texts, batch_size=batch_size, verbose=0))
-        )
-        names = self.display_labels()
-        return [names[i] for i in probabilities.argmax(-1)], probabilities
+        # A short sentence keeps the heatmap readable.
+        candidates = [str(t) for t in self.raw_array(texts)[:50]]
+        sample = min(candidates, key=lambda t: abs(len(t.split()) - 12))
+        tokens, weights = self.attention_weights(sample)
+        return report.plot_attention(tokens, weights, path,
+                                     title="first encoder block, mean over heads")
 
     # Configuration, presets and export.
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            **self.architecture(),
-            "labels": self.label_names,
-            "vocabulary": self.vocabulary,
-        }
 
     def architecture(self):
         return {
@@ -307,60 +239,18 @@ class TextClassifier(RawInputModel):
             "dropout": self.dropout,
         }
 
-    def save_to_preset(self, folder, metadata=None):
-        """Writes config, weights, vocabulary and labels, checksummed."""
+    def preset_assets(self):
+        return {"vocabulary": self.vocabulary}
+
+    def write_assets(self):
         if self.tokenizer is None:
             raise ValueError("The model has no vocabulary yet; fit or adapt it first.")
-        # An uncompiled twin writes the network's weights without the
-        # optimizer's slots, which would triple the file.
-        twin = type(self)(**self.architecture(), labels=self.label_names,
-                          vocabulary=self.vocabulary)
-        twin.set_weights(self.get_weights())
-        return preset_io.save_preset(
-            folder, KIND, self.architecture(), twin.save_weights,
-            assets={
-                VOCABULARY_FILE: "\n".join(self.vocabulary) + "\n",
-                LABELS_FILE: json.dumps(self.display_labels()),
-            },
-            metadata=metadata,
-        )
+        return {VOCABULARY_FILE: "\n".join(self.vocabulary) + "\n"}
 
     @classmethod
-    def from_preset(cls, preset, num_classes=None, labels=None, **overrides):
-        """Loads a shipped preset by name, or a preset folder.
-
-        A `num_classes` (or `labels`) different from the preset's keeps the
-        pretrained body and gives a fresh head. `overrides` may change the
-        dropout; sizes that shape weights cannot change.
-        """
-        loaded = preset_io.load_preset(preset_io.resolve(preset, _shipped_presets()), KIND)
-        config = dict(loaded.config)
-        vocabulary = loaded.asset(VOCABULARY_FILE).read_text(encoding="utf-8").splitlines()
-        preset_labels = json.loads(loaded.asset(LABELS_FILE).read_text())
-        shaping = set(config) - {"dropout", "num_classes"}
-        changed = {k for k in overrides if k in shaping and overrides[k] != config[k]}
-        if changed:
-            raise ValueError(
-                f"Cannot change {sorted(changed)} of a pretrained preset: they "
-                "shape its weights. Only `dropout`, `num_classes` and `labels` "
-                "may differ."
-            )
-        pretrained = cls(**{**config, "labels": preset_labels}, vocabulary=vocabulary)
-        try:
-            pretrained.load_weights(str(loaded.weights))
-        except Exception as error:  # keras raises several types here
-            raise ValueError(f"{loaded.weights} does not match the preset's config: {error}") from None
-        wanted = len(labels) if labels is not None else (num_classes or config["num_classes"])
-        same_head = wanted == config["num_classes"] and (labels is None or list(labels) == preset_labels)
-        if same_head and not overrides:
-            return pretrained
-        model = cls(**{**config, **overrides, "num_classes": None if labels else wanted,
-                       "labels": labels if labels is not None else (preset_labels if same_head else None)},
-                    vocabulary=vocabulary)
-        for source, target in zip(pretrained.layers, model.layers):
-            if source.name != "classifier_head" or same_head:
-                target.set_weights(source.get_weights())
-        return model
+    def assets_from_preset(cls, loaded):
+        return {"vocabulary": loaded.asset(VOCABULARY_FILE)
+                .read_text(encoding="utf-8").splitlines()}
 
     def export(self, folder, version=None):
         """Exports a TF Serving SavedModel to `folder/<version>/`.
@@ -375,25 +265,15 @@ class TextClassifier(RawInputModel):
         return export_saved_model(module, folder, {"serving_default": serve}, version)
 
 
-class _TextClassifierServing(tf.Module):
+class _TextClassifierServing(ClassifierServing):
     """What the SavedModel tracks: the network, the tokenizer, the labels."""
 
     def __init__(self, classifier):
-        super().__init__()
         if classifier.tokenizer is None:
             raise ValueError("The model has no vocabulary yet; fit or adapt it first.")
-        self.classifier = classifier
+        super().__init__(classifier)
         self.tokenizer = classifier.tokenizer
-        self.variables_ = list(classifier.variables)
-        self.label_names = tf.constant(classifier.display_labels())
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(self, text):
-        logits = self.classifier(self.classifier.preprocess(text), training=False)
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-        label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-        return {
-            "probabilities": probabilities,
-            "label": tf.gather(self.label_names, label_id),
-            "label_id": label_id,
-        }
+        return self.outputs(self.classifier.preprocess(text))

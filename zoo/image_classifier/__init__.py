@@ -1,0 +1,3 @@
+from zoo.image_classifier.model import ImageClassifier
+
+__all__ = ["ImageClassifier"]

@@ -1,0 +1,125 @@
+"""The image classifier's training job: images in, report, figures, preset and export out."""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zoo.data import read_image_folder
+from zoo.datasets import load_digits
+from zoo.distribute import get_strategy
+from zoo.image_classifier.model import CONFIGURATIONS, ImageClassifier
+from zoo.training import label_names, preset_label_order, split_validation, train_and_report
+
+EMBEDDED_DATA = "mnist"
+
+# From scratch: the small-image architecture; its image size, patch size and
+# channels follow the training images (see `choose_geometry`).
+SCRATCH_ARCHITECTURE = {
+    k: v for k, v in CONFIGURATIONS["vit_micro_4_28"].items()
+    if k not in ("image_size", "patch_size", "channels")
+}
+SCRATCH_AUGMENTATION = dict(translation=0.1, rotation=0.04)
+SCRATCH = dict(epochs=40, learning_rate=2e-3, weight_decay=0.05)
+FINE_TUNE = dict(epochs=10, learning_rate=5e-4, weight_decay=0.05)
+
+
+def load_training_data(data, validation_fraction=0.1, seed=0):
+    """`(train, validation, test, skipped)`; test may be None.
+
+    `data` is a folder of class folders, or `"mnist"` for the embedded digits
+    with their fixed held-out test split of 1,000.
+    """
+    skipped = []
+    if data == EMBEDDED_DATA:
+        (images, labels), (test_images, test_labels) = load_digits()
+        labels = labels.astype(str)
+        test = (test_images, test_labels.astype(str))
+    else:
+        images, labels, skipped = read_image_folder(data)
+        images, labels, test = np.array(images, dtype=object), np.array(labels), None
+    train, validation = split_validation(images, labels, data, validation_fraction, seed)
+    return train, validation, test, skipped
+
+
+def image_shapes(images):
+    """`(height, width, channels)` of each raw image (array rows or bytes)."""
+    if images.dtype != object:
+        return [images.shape[1:3] + (images.shape[3] if images.ndim == 4 else 1,)] * len(images)
+    return [tuple(tf.io.decode_image(data, expand_animations=False).shape) for data in images]
+
+
+def choose_geometry(shapes):
+    """Image size, patch size and channels for a from-scratch model.
+
+    The rule: take the median longest side `s` of the training images; the
+    patch is the largest of 16, 8, 4, 2 that still cuts `s` into at least 7
+    patches a side (2 when none does); the grid is `s / patch` rounded and
+    kept between 7 and 14 patches a side, so that small images are upscaled
+    and large ones downscaled to 49-196 patches; the model is RGB when any
+    training image has colour, else grayscale.
+    """
+    side = float(np.median([max(h, w) for h, w, _ in shapes]))
+    patch = next((p for p in (16, 8, 4) if side / p >= 7), 2)
+    grid = min(14, max(7, round(side / patch)))
+    channels = 3 if any(c >= 3 for _, _, c in shapes) else 1
+    return dict(image_size=grid * patch, patch_size=patch, channels=channels)
+
+
+def warmup_cosine(learning_rate, total_steps, warmup_fraction=0.1):
+    warmup = max(1, int(total_steps * warmup_fraction))
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, total_steps - warmup), alpha=0.01,
+        warmup_target=learning_rate, warmup_steps=warmup,
+    )
+
+
+def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
+                           batch_size=64, strategy="auto", learning_rate=None,
+                           max_train_examples=None, architecture=None,
+                           augmentation=None, verbose="auto", seed=0):
+    """Trains (or fine-tunes `preset`), reports, plots, saves and exports.
+
+    Writes under `out/` what `zoo.training.train_and_report` lists; the
+    report also counts the files skipped as unreadable.
+
+    Returns:
+        The summary dict also written to `report.json`.
+    """
+    keras.utils.set_random_seed(seed)
+    train, validation, test, skipped = load_training_data(data, seed=seed)
+    if max_train_examples:
+        train = (train[0][:max_train_examples], train[1][:max_train_examples])
+    names = label_names(train, validation)
+    recipe = FINE_TUNE if preset is not None else SCRATCH
+    epochs = epochs or recipe["epochs"]
+    learning_rate = learning_rate or recipe["learning_rate"]
+
+    with get_strategy(strategy).scope():
+        if preset is not None:
+            overrides = {} if image_size is None else {"image_size": image_size}
+            model = ImageClassifier.from_preset(
+                preset, labels=preset_label_order(ImageClassifier, preset, names), **overrides
+            )
+        else:
+            geometry = choose_geometry(image_shapes(train[0]))
+            if image_size is not None:
+                geometry["image_size"] = image_size
+            model = ImageClassifier(
+                labels=names, **{**SCRATCH_ARCHITECTURE, **geometry, **(architecture or {})},
+                augmentation=SCRATCH_AUGMENTATION if augmentation is None else augmentation,
+            )
+        steps = epochs * math.ceil(len(train[0]) / batch_size)
+        model.compile(optimizer=keras.optimizers.AdamW(
+            warmup_cosine(learning_rate, steps), weight_decay=recipe["weight_decay"]))
+    print(f"model: {model.image_size[0]}x{model.image_size[1]}x{model.channels} images, "
+          f"{model.patch_size}x{model.patch_size} patches ({np.prod(model.grid_shape)}), "
+          f"width {model.hidden_dim}, {model.num_layers} blocks; {len(train[0])} training images"
+          + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
+
+    return train_and_report(
+        model, train, validation, test, out, epochs, batch_size, verbose=verbose,
+        training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
+        summary_extra={"preset": preset, "skipped_files": skipped},
+    )

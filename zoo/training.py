@@ -1,0 +1,101 @@
+"""The training job every zoo classifier shares: fit, report, figures, preset, export.
+
+A model's `train_*` function loads its data, builds (or loads) the model under
+the strategy and hands it here; what is written under `out/` is the same for
+every model:
+
+    preset/                 checksummed preset (weights without optimizer state)
+    export/<version>/       TF Serving SavedModel
+    report.json             accuracy, per-class P/R/F1, confusion matrix, history
+    training_curves.png     loss and accuracy per epoch
+    attention.png           the model's own view of its attention
+    backup/                 while training: an interrupted run resumes from it
+"""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from zoo import report as reports
+
+
+def split_validation(inputs, labels, source, validation_fraction=0.1, seed=0):
+    """`(train, validation)`, each `(inputs, labels)`, a fixed random split."""
+    require_two_classes(labels, source)
+    order = np.random.default_rng(seed).permutation(len(inputs))
+    cut = max(1, int(len(inputs) * validation_fraction))
+    validation, train = order[:cut], order[cut:]
+    if len(train) < 2:
+        raise ValueError(f"{source}: too few examples ({len(inputs)}) to train on.")
+    return (inputs[train], labels[train]), (inputs[validation], labels[validation])
+
+
+def require_two_classes(labels, source):
+    distinct = sorted({str(label) for label in np.asarray(labels).tolist()})
+    if not distinct:
+        raise ValueError(f"{source}: no labelled examples.")
+    if len(distinct) < 2:
+        raise ValueError(
+            f"{source}: every example has the label {distinct[0]!r}; a "
+            "classifier needs at least two classes."
+        )
+
+
+def label_names(*splits):
+    """Sorted label names over `(inputs, labels)` splits."""
+    return sorted({str(label) for _, labels in splits for label in labels.tolist()})
+
+
+def train_and_report(model, train, validation, test, out, epochs, batch_size,
+                     verbose="auto", callbacks=(), training_metadata=None,
+                     summary_extra=None):
+    """Fits `model` (compiled), reports on `test` (or `validation` when `test`
+    is None), and writes everything listed in the module docstring.
+
+    Returns:
+        The summary dict also written to `report.json`.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = model.display_labels()
+    history = model.fit(
+        train[0], train[1], validation_data=validation, epochs=epochs,
+        batch_size=batch_size, verbose=verbose,
+        callbacks=[keras.callbacks.BackupAndRestore(str(out / "backup")), *callbacks],
+    )
+    evaluated_on, (inputs, labels) = (
+        ("test", test) if test is not None else ("validation", validation)
+    )
+    predicted, _ = model.predict_labels(inputs, batch_size=batch_size)
+    summary = reports.classification_report(
+        model.label_ids(labels), model.label_ids(predicted), names
+    )
+    print(f"\nEvaluation on the {evaluated_on} set ({len(inputs)} examples):")
+    print(reports.format_report(summary))
+
+    reports.plot_history(history.history, out / "training_curves.png")
+    model.save_attention_figure(validation[0], out / "attention.png")
+    summary.update({
+        "evaluated_on": evaluated_on,
+        "examples": {"train": len(train[0]), "validation": len(validation[0]),
+                     "evaluated": len(inputs)},
+        "epochs": epochs,
+        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+        **(summary_extra or {}),
+    })
+    model.save_to_preset(out / "preset", metadata={"training": {
+        **(training_metadata or {}), "epochs": epochs, "batch_size": batch_size,
+        f"{evaluated_on}_accuracy": summary["accuracy"],
+    }})
+    summary["export"] = str(model.export(out / "export"))
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def preset_label_order(model_class, preset, names):
+    """The preset's label order when the data has the same labels, so that
+    fine-tuning keeps the pretrained head; else `names`."""
+    _, preset_labels = model_class.load_verified_preset(preset)
+    return preset_labels if set(preset_labels) == set(names) else names

@@ -37,6 +37,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/layers.py
 	$(BIN)/python bench/zoo_text.py
+	$(BIN)/python bench/zoo_vit.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

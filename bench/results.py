@@ -1,10 +1,31 @@
-"""Writes one benchmark's section of bench/RESULTS.md, keeping the others."""
+"""What the benchmarks share: `fit` throughput, and writing one benchmark's
+section of bench/RESULTS.md while keeping the others."""
 
 import re
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 TITLE = "# Benchmark results\n"
+
+
+def fit_throughput(model, inputs, labels, batch_size, repeats, jit_compile="auto"):
+    """Best examples/s of one `keras.Model.fit` epoch over `(inputs, labels)`,
+    after a short warm-up that traces the step."""
+    import keras
+    import tensorflow as tf
+
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=jit_compile)
+    data = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(batch_size).cache()
+    keras.Model.fit(model, data.take(4), epochs=1, verbose=0)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        keras.Model.fit(model, data, epochs=1, verbose=0)
+        rates.append(len(inputs) / (time.perf_counter() - start))
+    return max(rates)
 
 
 def update_section(heading, body, path=RESULTS):

@@ -33,7 +33,7 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from results import update_section  # noqa: E402
+from results import fit_throughput, update_section  # noqa: E402
 from zoo import TextClassifier  # noqa: E402
 from zoo.datasets import load_sentiment  # noqa: E402
 from zoo.text_classifier.train import DEMO_ARCHITECTURE  # noqa: E402
@@ -54,19 +54,6 @@ def keras_hub_equivalent(architecture, num_classes):
     x = keras.layers.GlobalAveragePooling1D()(x)
     x = keras.layers.Dropout(a["dropout"])(x)
     return keras.Model(ids, keras.layers.Dense(num_classes)(x))
-
-
-def throughput(model, ids, labels, repeats):
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    data = tf.data.Dataset.from_tensor_slices((ids, labels)).batch(BATCH).cache()
-    keras.Model.fit(model, data.take(4), epochs=1, verbose=0)  # trace and warm up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        keras.Model.fit(model, data, epochs=1, verbose=0)
-        rates.append(len(ids) / (time.perf_counter() - start))
-    return max(rates)
 
 
 def export_latency(model):
@@ -117,9 +104,10 @@ def main():
     ours.adapt(texts[:2000])
     count = 640 if args.quick else 3200
     ids = ours.preprocess(tf.constant(texts[:count].astype(str))).numpy()
-    ours_rate = throughput(ours, ids, labels[:count], repeats=2 if args.quick else 3)
-    theirs_rate = throughput(keras_hub_equivalent(DEMO_ARCHITECTURE, 2), ids, labels[:count],
-                             repeats=2 if args.quick else 3)
+    repeats = 2 if args.quick else 3
+    ours_rate = fit_throughput(ours, ids, labels[:count], BATCH, repeats)
+    theirs_rate = fit_throughput(keras_hub_equivalent(DEMO_ARCHITECTURE, 2), ids, labels[:count],
+                                 BATCH, repeats)
     print(f"throughput: TextClassifier {ours_rate:.0f}/s, keras-hub {theirs_rate:.0f}/s, "
           f"ratio {ours_rate / theirs_rate:.2f}", flush=True)
 

@@ -80,3 +80,81 @@ def tiny_classifier(sentiment_sample):
     model.compile()
     model.fit(texts, labels, epochs=2, batch_size=32, verbose=0)
     return model
+
+
+TINY_VIT = dict(image_size=28, channels=1, patch_size=4, hidden_dim=32, num_layers=2,
+                num_heads=2, intermediate_dim=64, dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def digits_sample():
+    from zoo.datasets import load_digits
+
+    (images, labels), (test_images, test_labels) = load_digits()
+    return (images[:600], labels[:600].astype(str)), (test_images[:64], test_labels[:64].astype(str))
+
+
+@pytest.fixture(scope="session")
+def tiny_image_classifier(digits_sample):
+    """A small ImageClassifier fitted once for the whole session."""
+    import keras
+
+    from zoo import ImageClassifier
+
+    keras.utils.set_random_seed(0)
+    (images, labels), _ = digits_sample
+    model = ImageClassifier(num_classes=10, **TINY_VIT)  # names come from the data
+    model.compile()
+    model.fit(images, labels, epochs=2, batch_size=64, verbose=0)
+    return model
+
+
+def write_image_folder(folder, images, labels, formats=("png",)):
+    """Writes `folder/<label>/<i>.<format>`, cycling through `formats`."""
+    import tensorflow as tf
+
+    encoders = {
+        "png": tf.io.encode_png,
+        "jpg": lambda image: tf.io.encode_jpeg(image, quality=95),
+        "bmp": _encode_bmp,
+        "gif": _encode_gif,
+    }
+    for index, (image, label) in enumerate(zip(images, labels)):
+        fmt = formats[index % len(formats)]
+        target = folder / str(label)
+        target.mkdir(parents=True, exist_ok=True)
+        pixels = image if image.ndim == 3 else image[..., None]
+        (target / f"{index}.{fmt}").write_bytes(bytes(encoders[fmt](pixels).numpy()))
+    return folder
+
+
+def _encode_bmp(image):
+    """A 24-bit BMP (TensorFlow decodes BMP but has no encoder)."""
+    import struct
+
+    import tensorflow as tf
+
+    pixels = np.asarray(image)
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, -1)
+    height, width, _ = pixels.shape
+    row = (width * 3 + 3) // 4 * 4
+    body = b"".join(
+        pixels[y, :, ::-1].tobytes().ljust(row, b"\0") for y in range(height - 1, -1, -1)
+    )
+    header = struct.pack("<2sIHHI", b"BM", 54 + len(body), 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(body), 2835, 2835, 0, 0)
+    return tf.constant(header + info + body)
+
+
+def _encode_gif(image):
+    """A one-frame GIF through Pillow, which matplotlib already requires."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    pixels = np.asarray(image)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "GIF")
+    return tf.constant(buffer.getvalue())

@@ -31,3 +31,13 @@ def test_fine_tune_tutorial_runs(tmp_path):
     assert "confusion matrix" in out
     assert (tmp_path / "served" / "1" / "saved_model.pb").exists()
     assert out.count("liked") >= 2
+
+
+@pytest.mark.slow
+def test_fine_tune_image_tutorial_runs(tmp_path):
+    out = run_tutorial("fine_tune_image_classifier.py", "--work", str(tmp_path), cwd=tmp_path)
+    assert "mnist_vit_micro" in out
+    assert "confusion matrix" in out
+    assert (tmp_path / "served" / "1" / "saved_model.pb").exists()
+    answers = [line for line in out.splitlines() if line.startswith("  ") and ".png:" in line]
+    assert len(answers) == 4 and all(("even" in a) or ("odd" in a) for a in answers)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
@@ -100,3 +101,105 @@ def test_interrupted_training_resumes_from_last_epoch(reviews_csv, tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert "epochs run: [1, 2]" in second.stdout
     assert not (tmp_path / "run" / "backup").exists()  # removed once training completed
+
+
+@pytest.fixture(scope="module")
+def digit_folder(digits_sample, tmp_path_factory):
+    from conftest import write_image_folder
+
+    (images, labels), _ = digits_sample
+    keep = np.isin(labels, ["3", "7"])
+    folder = write_image_folder(tmp_path_factory.mktemp("images") / "digits", images[keep][:80],
+                                labels[keep][:80], formats=("png", "jpg", "bmp", "gif"))
+    (folder / "3" / "not_an_image.png").write_bytes(b"plain text, not a PNG")
+    return folder
+
+
+@pytest.mark.slow
+def test_image_classifier_train_predict_evaluate_export(digit_folder, tmp_path):
+    done = zoo("train", "image-classifier", "--data", str(digit_folder), "--out", "run",
+               "--epochs", "2", "--batch-size", "16", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "28x28x1 images, 4x4 patches (49)" in done.stdout  # the geometry rule
+    assert "skipped 1 unreadable file(s)" in done.stdout
+    assert "precision" in done.stdout and "confusion matrix" in done.stdout
+    for name in ("training_curves.png", "attention.png", "report.json", "preset/metadata.json",
+                 "export/1/saved_model.pb"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert (tmp_path / "run" / "attention.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["labels"] == ["3", "7"] and len(report["skipped_files"]) == 1
+
+    images = sorted(str(p) for p in (digit_folder / "7").glob("*.png"))[:2]
+    predicted = zoo("predict", "run", *images, cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    lines = predicted.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.split("\t")[0] in ("3", "7") for line in lines)
+
+    evaluated = zoo("evaluate", "run", "--data", str(digit_folder), cwd=tmp_path)
+    assert evaluated.returncode == 0 and "accuracy:" in evaluated.stdout
+
+    exported = zoo("export", "run", "--to", "served", cwd=tmp_path)
+    assert exported.returncode == 0 and (tmp_path / "served" / "1" / "saved_model.pb").exists()
+    served = subprocess.run([sys.executable, str(REPO_ROOT / "zoo" / "serving_client.py"),
+                             "served", *images], capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr[-2000:]
+    assert [line.split("\t")[0] for line in served.stdout.strip().splitlines()] == \
+        [line.split("\t")[0] for line in lines]
+
+
+def test_image_user_errors_print_one_line_and_exit_2(digit_folder, digits_sample, tmp_path):
+    from conftest import write_image_folder
+
+    (images, _), _ = digits_sample
+    (tmp_path / "empty").mkdir()
+    write_image_folder(tmp_path / "one_class", images[:3], ["5"] * 3)
+    (tmp_path / "broken.png").write_bytes(b"no image here")
+    cases = {
+        ("train", "image-classifier", "--data", "empty", "--out", "x"): "holds no readable images",
+        ("train", "image-classifier", "--data", "one_class", "--out", "x"):
+            "every example has the label '5'; a classifier needs at least two classes",
+        ("train", "image-classifier", "--data", "no_such_folder", "--out", "x"): "No such image folder",
+        ("train", "image-classifier", "--data", str(digit_folder), "--out", "x",
+         "--preset", "rotten_tomatoes_small"): "Unknown preset 'rotten_tomatoes_small'",
+        ("train", "image-classifier", "--data", str(digit_folder), "--out", "x",
+         "--preset", str(REPO_ROOT / "zoo/text_classifier/presets/rotten_tomatoes_small")):
+            "is a 'text_classifier' preset; expected a 'image_classifier' preset",
+        ("train", "image-classifier", "--data", str(digit_folder), "--out", "x",
+         "--text-column", "review"): "--text-column does not apply to image-classifier",
+        ("predict", "empty", "a.png"): "holds no trained model",
+        ("predict", str(REPO_ROOT / "zoo/image_classifier/presets/mnist_vit_micro"), "broken.png"):
+            "image_bytes[0] (13 bytes) is not a JPEG, PNG, BMP or GIF image",
+        ("predict", str(REPO_ROOT / "zoo/image_classifier/presets/mnist_vit_micro"), "missing.png"):
+            "No such image file: missing.png",
+    }
+    for args, message in cases.items():
+        done = zoo(*args, cwd=tmp_path)
+        assert done.returncode == 2, (args, done.stderr[-2000:])
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], (args, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr, args
+
+
+def test_single_class_message_names_the_label_plainly(tmp_path):
+    (tmp_path / "one_class.csv").write_text("text,label\ngood,pos\nfine,pos\nnice,pos\n")
+    done = zoo("train", "text-classifier", "--data", "one_class.csv", "--out", "x", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "every example has the label 'pos'" in done.stderr and "np.str_" not in done.stderr
+
+
+def test_missing_embedded_data_is_a_user_error():
+    from zoo.datasets import MissingDataError, package_file
+
+    with pytest.raises(MissingDataError, match=r"pip install --no-deps no-such-package==1.0"):
+        package_file("no-such-package==1.0", "data.csv", "test data")
+    assert issubclass(MissingDataError, ValueError)  # so the command line exits 2
+
+
+def test_the_registry_finds_every_model_from_its_preset():
+    from zoo.__main__ import MODELS, entry_for
+    from zoo import ImageClassifier, TextClassifier
+
+    assert entry_for(TextClassifier.presets["rotten_tomatoes_small"]).model_class is TextClassifier
+    assert entry_for(ImageClassifier.presets["mnist_vit_micro"]).model_class is ImageClassifier
+    assert {entry.kind for entry in MODELS.values()} == {"text_classifier", "image_classifier"}

@@ -60,6 +60,27 @@ class _ShippedPresets:
         return shipped_presets(owner.presets_dir) if owner.presets_dir else {}
 
 
+@keras.saving.register_keras_serializable(package="zoo")
+class SparseCrossentropyWithSmoothing(keras.losses.Loss):
+    """Cross-entropy on logits against integer labels, with label smoothing
+    (Szegedy et al., 2016), which Keras's sparse loss does not offer."""
+
+    def __init__(self, label_smoothing=0.1, name="sparse_crossentropy_with_smoothing", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        targets = keras.ops.one_hot(
+            keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)), keras.ops.shape(y_pred)[-1]
+        )
+        return keras.losses.categorical_crossentropy(
+            targets, y_pred, from_logits=True, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
 class ClassifierModel(RawInputModel):
     """Base of the zoo's classifiers (see the module docstring)."""
 
@@ -87,6 +108,11 @@ class ClassifierModel(RawInputModel):
         labels = np.asarray(y)
         if labels.dtype.kind in "OSU" and self.label_names is None:
             names = sorted({str(v) for v in labels.tolist()})
+            if len(names) == 1:
+                raise ValueError(
+                    f"The training labels hold a single class ({names[0]!r}); a "
+                    "classifier needs examples of at least two."
+                )
             if len(names) != self.num_classes:
                 raise ValueError(
                     f"The labels hold {len(names)} classes {names[:10]}, "

@@ -27,12 +27,16 @@ class RawInputModel(keras.Model):
       (images of different sizes).
     - `raw_examples(x, y)`: `fit`/`evaluate`/`predict` arguments -> `(raw
       inputs, labels)` (e.g. a folder of labelled files).
+    - `augment(model_inputs)`: random augmentation of a preprocessed batch,
+      applied to `fit`'s training data only, in the pipeline, so that the
+      network stays free of ops XLA cannot compile.
     and may keep label names in `self.label_names`.
     """
 
     raw_input_spec = None
     label_names = None
     preprocess_example = None
+    augment = None
 
     def preprocess(self, inputs):
         raise NotImplementedError
@@ -159,6 +163,9 @@ class RawInputModel(keras.Model):
             x, y = self.raw_examples(x, y)
         self.prepare_for_training(x, y)
         data = self.dataset(x, y, batch_size, shuffle=shuffle)
+        if self.augment is not None:
+            data = data.map(lambda inputs, labels: (self.augment(inputs), labels),
+                            num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
         if validation_data is not None:
             if isinstance(validation_data, tuple) and len(validation_data) == 2:
                 validation_data = self.dataset(*validation_data, batch_size=batch_size)

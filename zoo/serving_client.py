@@ -70,7 +70,10 @@ def rest_predict(loaded, body):
     specs = signature.structured_input_signature[1]
     if "instances" in request:
         instances = request["instances"]
-        if len(specs) == 1 and not all(isinstance(i, dict) for i in instances):
+        # As in TF Serving, an object whose only key is "b64" is a value
+        # (binary, base64-encoded), not a map of named inputs.
+        named = all(isinstance(i, dict) and set(i) != {"b64"} for i in instances)
+        if len(specs) == 1 and not named:
             (name,) = specs
             columns = {name: [_decode_value(i) for i in instances]}
         else:

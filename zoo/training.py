@@ -13,12 +13,15 @@ every model:
 """
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from zoo import report as reports
+from zoo.presets import atomic_directory
 
 
 def split_validation(inputs, labels, source, validation_fraction=0.1, seed=0):
@@ -91,6 +94,25 @@ def train_and_report(model, train, validation, test, out, epochs, batch_size,
     }})
     summary["export"] = str(model.export(out / "export"))
     (out / "report.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def reproduce_preset(train, target):
+    """A preset recipe: runs `train(work_folder)` (a training job writing
+    `work_folder/preset`) with deterministic ops, then puts that preset at
+    `target` atomically.
+
+    Returns:
+        The job's summary.
+    """
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    with tempfile.TemporaryDirectory() as work:
+        summary = train(work)
+        with atomic_directory(target) as staging:
+            shutil.copytree(Path(work) / "preset", staging, dirs_exist_ok=True)
+    print(f"wrote {target}; {summary['evaluated_on']} accuracy {summary['accuracy']:.4f}")
     return summary
 
 

@@ -18,6 +18,8 @@ AUGMENTATIONS = ("flip", "translation", "rotation", "zoom")
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 # Leading bytes of the formats `tf.io.decode_image` reads.
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+# ITU-R BT.601 luma; the weights sum to 1, so equal channels give the gray back.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 _VIT_PAPER = dict(image_size=224, channels=3, patch_size=16, pooling="token")
 # Named architectures: the ViT paper's sizes (Dosovitskiy et al., 2021, Table 1,
@@ -30,10 +32,10 @@ CONFIGURATIONS = {
                          intermediate_dim=1536),
     "vit_base_16": dict(**_VIT_PAPER, hidden_dim=768, num_layers=12, num_heads=12,
                         intermediate_dim=3072),
-    "vit_micro_4_28": dict(image_size=28, channels=1, patch_size=4, hidden_dim=64,
-                           num_layers=6, num_heads=4, intermediate_dim=128, pooling="gap"),
-    "vit_micro_4_32": dict(image_size=32, channels=3, patch_size=4, hidden_dim=64,
-                           num_layers=6, num_heads=4, intermediate_dim=128, pooling="gap"),
+    "vit_micro_4_28": dict(image_size=28, channels=1, patch_size=4, hidden_dim=80,
+                           num_layers=6, num_heads=4, intermediate_dim=160, pooling="gap"),
+    "vit_micro_4_32": dict(image_size=32, channels=3, patch_size=4, hidden_dim=80,
+                           num_layers=6, num_heads=4, intermediate_dim=160, pooling="gap"),
 }
 
 
@@ -163,7 +165,10 @@ class ImageClassifier(ClassifierModel):
         self.dropout = dropout
         self.augmentation = augmentation
 
-        self.augmenters = self._augmenters(augmentation or {})
+        # The augmentation layers run in the training pipeline, not in the
+        # network (see `augment`); untracked, they hold no saved state and
+        # do not stop XLA from compiling the network.
+        object.__setattr__(self, "augmenters", self._augmenters(augmentation or {}))
         self.patch_embedding = ksa.PatchEmbedding(
             patch_size, hidden_dim, use_class_token=pooling == "token",
             name="patch_embedding",
@@ -182,8 +187,6 @@ class ImageClassifier(ClassifierModel):
         self.head = keras.layers.Dense(self.num_classes, dtype="float32", name=HEAD_NAME)
         # Calling the network once creates every weight, so presets and
         # checkpoints load into a complete model.
-        for augment in self.augmenters:
-            augment.build((None, *image_size, channels))
         self(np.zeros((1, *image_size, channels), "float32"))
 
     @staticmethod
@@ -322,12 +325,15 @@ class ImageClassifier(ClassifierModel):
     def grid_shape(self):
         return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
 
+    def augment(self, images):
+        """The constructor's random augmentation of a preprocessed batch; `fit`
+        applies it to the training data only."""
+        for layer in self.augmenters:
+            images = layer(images, training=True)
+        return images
+
     def call(self, images, training=None):
-        x = images
-        if training:
-            for augment in self.augmenters:
-                x = augment(x, training=True)
-        x = self.embedding_dropout(self._embed(x), training=training)
+        x = self.embedding_dropout(self._embed(images), training=training)
         for block in self.blocks:
             x = block(x, training=training)
         x = self._pool(self.final_norm(x))
@@ -340,6 +346,21 @@ class ImageClassifier(ClassifierModel):
         if self.pooling == "token":
             return tokens[:, 0]
         return keras.ops.mean(tokens, axis=1)
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile="auto",
+                **kwargs):
+        """Classifier defaults, with XLA on the CPU too.
+
+        Keras's `jit_compile="auto"` turns XLA off on machines without an
+        accelerator; this network trains about 1.35x faster with it on two
+        CPU cores (`bench/zoo_vit.py`), so `"auto"` here means XLA unless the
+        model runs eagerly or under a multi-replica strategy.
+        """
+        if jit_compile == "auto":
+            jit_compile = not kwargs.get("run_eagerly") and (
+                tf.distribute.get_strategy().num_replicas_in_sync == 1
+            )
+        super().compile(optimizer, loss, metrics, jit_compile=jit_compile, **kwargs)
 
     def attention_rollout(self, images):
         """Attention rollout (Abnar & Zuidema, 2020) over the patch grid.
@@ -453,7 +474,7 @@ def _convert_channels(images, channels):
         rgb = images[..., :3]
         if channels == 3:
             return rgb
-        return tf.reduce_sum(rgb * [0.2989, 0.5870, 0.1140], axis=-1, keepdims=True)
+        return tf.reduce_sum(rgb * LUMA_WEIGHTS, axis=-1, keepdims=True)
 
     def from_gray():
         return tf.repeat(images[..., :1], channels, axis=-1)

@@ -8,28 +8,21 @@ versions of TensorFlow and Keras reproduces the same weights.
 """
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
-
-import tensorflow as tf
 
 from zoo.text_classifier.model import PRESETS_DIR
 from zoo.text_classifier.train import EMBEDDED_DATA, train_text_classifier
+from zoo.training import reproduce_preset
 
 PRESET_NAME = "rotten_tomatoes_small"
 EPOCHS = 3
 
 
 def main(out=None):
-    tf.config.experimental.enable_op_determinism()
-    target = Path(out) if out else PRESETS_DIR / PRESET_NAME
-    with tempfile.TemporaryDirectory() as work:
-        summary = train_text_classifier(EMBEDDED_DATA, work, epochs=EPOCHS, verbose=2, seed=0)
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(Path(work) / "preset", target)
-    print(f"wrote {target}; test accuracy {summary['accuracy']:.4f}")
+    return reproduce_preset(
+        lambda work: train_text_classifier(EMBEDDED_DATA, work, epochs=EPOCHS, verbose=2, seed=0),
+        Path(out) if out else PRESETS_DIR / PRESET_NAME,
+    )
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ class RawInputModel(keras.Model):
     label_names = None
     preprocess_example = None
     augment = None
+    # Whether `fit` drops the last, partial batch of in-memory training
+    # data: under XLA every new batch shape compiles the step again.
+    drop_remainder_in_training = False
 
     def preprocess(self, inputs):
         raise NotImplementedError
@@ -83,7 +86,7 @@ class RawInputModel(keras.Model):
 
     # Datasets.
 
-    def dataset(self, x, y=None, batch_size=32, shuffle=False, seed=0):
+    def dataset(self, x, y=None, batch_size=32, shuffle=False, seed=0, training=False):
         """Raw inputs (list, array or `tf.data`) -> batched, preprocessed data."""
         if isinstance(x, tf.data.Dataset):
             if y is not None:
@@ -119,7 +122,8 @@ class RawInputModel(keras.Model):
             data = tf.data.Dataset.from_tensor_slices((inputs, ids))
         if shuffle:
             data = data.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-        return self._preprocessed(data.batch(batch_size))
+        drop = training and self.drop_remainder_in_training and len(inputs) >= batch_size
+        return self._preprocessed(data.batch(batch_size, drop_remainder=drop))
 
     def _preprocessed(self, batches):
         return batches.map(
@@ -162,7 +166,7 @@ class RawInputModel(keras.Model):
         if not isinstance(x, tf.data.Dataset):
             x, y = self.raw_examples(x, y)
         self.prepare_for_training(x, y)
-        data = self.dataset(x, y, batch_size, shuffle=shuffle)
+        data = self.dataset(x, y, batch_size, shuffle=shuffle, training=True)
         if self.augment is not None:
             data = data.map(lambda inputs, labels: (self.augment(inputs), labels),
                             num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -32,10 +32,10 @@ CONFIGURATIONS = {
                          intermediate_dim=1536),
     "vit_base_16": dict(**_VIT_PAPER, hidden_dim=768, num_layers=12, num_heads=12,
                         intermediate_dim=3072),
-    "vit_micro_4_28": dict(image_size=28, channels=1, patch_size=4, hidden_dim=80,
-                           num_layers=6, num_heads=4, intermediate_dim=160, pooling="gap"),
-    "vit_micro_4_32": dict(image_size=32, channels=3, patch_size=4, hidden_dim=80,
-                           num_layers=6, num_heads=4, intermediate_dim=160, pooling="gap"),
+    "vit_micro_4_28": dict(image_size=28, channels=1, patch_size=4, hidden_dim=96,
+                           num_layers=6, num_heads=4, intermediate_dim=192, pooling="gap"),
+    "vit_micro_4_32": dict(image_size=32, channels=3, patch_size=4, hidden_dim=96,
+                           num_layers=6, num_heads=4, intermediate_dim=192, pooling="gap"),
 }
 
 
@@ -135,6 +135,7 @@ class ImageClassifier(ClassifierModel):
     presets_dir = PRESETS_DIR
     configurations = CONFIGURATIONS
     adjustable_at_load = ("dropout", "num_classes", "image_size", "augmentation")
+    drop_remainder_in_training = True
 
     def __init__(self, num_classes=None, labels=None, image_size=28, channels=1,
                  patch_size=4, hidden_dim=64, num_layers=6, num_heads=4,

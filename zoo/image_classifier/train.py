@@ -16,15 +16,21 @@ EMBEDDED_DATA = "mnist"
 
 # From scratch: the small-image architecture; its image size, patch size and
 # channels follow the training images (see `choose_geometry`).
-# Dropout is off: with augmentation, this model underfits 4,000 digits
-# (95.2% with dropout 0.1 at width 64, 96.0% without at width 96, 40 epochs).
+# Measured on the held-out 1,000 digits, trained on the rest (2026-11-23):
+# width 64 with dropout 0.1, 40 epochs: 95.2%; width 96 without dropout, 40
+# epochs: 96.0%, 60 epochs: 96.9% and 96.7%; the same with label smoothing
+# 0.1 and zoom 0.1: 94.7%; width 80, 80 epochs: 96.4%. Dropout stays off.
 SCRATCH_ARCHITECTURE = {
     **{k: v for k, v in CONFIGURATIONS["vit_micro_4_28"].items()
        if k not in ("image_size", "patch_size", "channels")},
     "dropout": 0.0,
 }
 SCRATCH_AUGMENTATION = dict(translation=0.1, rotation=0.04)
-SCRATCH = dict(epochs=80, learning_rate=2e-3, weight_decay=0.05)
+SCRATCH = dict(epochs=64, learning_rate=2e-3, weight_decay=0.05)
+# Several steps per call of the compiled train function: with steps of about
+# 100 ms, Keras's per-step dispatch costs about 15% (measured: 499 -> 588
+# images/s at 8 steps).
+STEPS_PER_EXECUTION = 8
 FINE_TUNE = dict(epochs=10, learning_rate=5e-4, weight_decay=0.05)
 
 
@@ -118,8 +124,11 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
                 augmentation=SCRATCH_AUGMENTATION if augmentation is None else augmentation,
             )
         steps = epochs * math.ceil(len(train[0]) / batch_size)
-        model.compile(optimizer=keras.optimizers.AdamW(
-            warmup_cosine(learning_rate, steps), weight_decay=recipe["weight_decay"]))
+        model.compile(
+            optimizer=keras.optimizers.AdamW(
+                warmup_cosine(learning_rate, steps), weight_decay=recipe["weight_decay"]),
+            steps_per_execution=STEPS_PER_EXECUTION,
+        )
     print(f"model: {model.image_size[0]}x{model.image_size[1]}x{model.channels} images, "
           f"{model.patch_size}x{model.patch_size} patches ({np.prod(model.grid_shape)}), "
           f"width {model.hidden_dim}, {model.num_layers} blocks; {len(train[0])} training images"

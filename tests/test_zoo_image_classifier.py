@@ -11,7 +11,7 @@ import tensorflow as tf
 import keras_selfattn as ksa
 from conftest import TINY_VIT, write_image_folder
 from zoo import ImageClassifier, TextClassifier
-from zoo.image_classifier.train import choose_geometry
+from zoo.image_classifier.train import choose_geometry, describe_images
 
 
 def probabilities(model, inputs):
@@ -86,7 +86,7 @@ def test_folder_of_images_trains_with_folder_names_as_labels(digits_sample, tmp_
     model = ImageClassifier(num_classes=2, **TINY_VIT)
     model.compile(optimizer=keras.optimizers.AdamW(3e-3))
     with pytest.warns(UserWarning, match="skipped 1 file"):
-        model.fit(str(folder), epochs=4, batch_size=16, verbose=0)
+        model.fit(str(folder), epochs=8, batch_size=16, verbose=0)
     assert model.label_names == ["one", "zero"]
     assert model.skipped_files == [str(folder / "zero" / "broken.png")]
     with pytest.warns(UserWarning):
@@ -249,11 +249,27 @@ def test_shipped_presets_and_configurations_are_listed():
 
 
 def test_geometry_rule_for_from_scratch_models():
-    assert choose_geometry([(28, 28, 1)] * 3) == dict(image_size=28, patch_size=4, channels=1)
-    assert choose_geometry([(32, 32, 3), (30, 34, 1)]) == dict(image_size=32, patch_size=4, channels=3)
-    assert choose_geometry([(224, 224, 3)]) == dict(image_size=224, patch_size=16, channels=3)
-    assert choose_geometry([(600, 800, 3)]) == dict(image_size=224, patch_size=16, channels=3)
-    assert choose_geometry([(10, 8, 1)]) == dict(image_size=14, patch_size=2, channels=1)
+    assert choose_geometry([(28, 28, False)] * 3) == dict(image_size=28, patch_size=4, channels=1)
+    assert choose_geometry([(32, 32, True), (30, 34, False)]) == dict(image_size=32, patch_size=4, channels=3)
+    assert choose_geometry([(224, 224, True)]) == dict(image_size=224, patch_size=16, channels=3)
+    assert choose_geometry([(600, 800, True)]) == dict(image_size=224, patch_size=16, channels=3)
+    assert choose_geometry([(10, 8, False)]) == dict(image_size=14, patch_size=2, channels=1)
+
+
+def test_colour_is_told_by_the_pixels_not_the_channel_count(digits_sample):
+    (images, _), _ = digits_sample
+    gray_as_rgb = np.repeat(images[:2, ..., None], 3, axis=-1)
+    coloured = gray_as_rgb.copy()
+    coloured[0, 5, 5] = [255, 0, 0]
+    encoded = np.array([tf.io.encode_png(i).numpy() for i in coloured], dtype=object)
+    assert [c for _, _, c in describe_images(gray_as_rgb)] == [False, False]
+    assert [c for _, _, c in describe_images(coloured)] == [True, False]
+    assert describe_images(encoded) == [(28, 28, True), (28, 28, False)]
+    assert [c for _, _, c in describe_images(images[:2, ..., None])] == [False, False]
+    # (N, H, W): no channel axis, so columns must not be read as channels.
+    edge = np.zeros((2, 28, 28), "uint8")
+    edge[:, 3, 0] = 200
+    assert describe_images(edge) == [(28, 28, False)] * 2
 
 
 @pytest.mark.slow

@@ -348,20 +348,17 @@ class ImageClassifier(ClassifierModel):
             return tokens[:, 0]
         return keras.ops.mean(tokens, axis=1)
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", jit_compile="auto",
-                **kwargs):
-        """Classifier defaults, with XLA on the CPU too.
+    def _resolve_auto_jit_compile(self):
+        # Keras's `jit_compile="auto"` means no XLA on a machine without an
+        # accelerator; this network trains 1.1-1.35x faster with XLA on two CPU
+        # cores, so here it means XLA wherever Keras's other rules allow it
+        # (one replica, every layer compilable, no op determinism). Keras asks
+        # this (private, Keras 3.15) method both in `compile` and when an
+        # uncompiled model predicts, so a trained model and its reloaded
+        # preset run the same compiled program and predict identically.
+        from keras.src.trainers.trainer import model_supports_jit
 
-        Keras's `jit_compile="auto"` turns XLA off on machines without an
-        accelerator; this network trains about 1.35x faster with it on two
-        CPU cores (`bench/zoo_vit.py`), so `"auto"` here means XLA unless the
-        model runs eagerly or under a multi-replica strategy.
-        """
-        if jit_compile == "auto":
-            jit_compile = not kwargs.get("run_eagerly") and (
-                tf.distribute.get_strategy().num_replicas_in_sync == 1
-            )
-        super().compile(optimizer, loss, metrics, jit_compile=jit_compile, **kwargs)
+        return tf.distribute.get_strategy().num_replicas_in_sync == 1 and model_supports_jit(self)
 
     def attention_rollout(self, images):
         """Attention rollout (Abnar & Zuidema, 2020) over the patch grid.

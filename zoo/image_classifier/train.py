@@ -56,11 +56,21 @@ def load_training_data(data, validation_fraction=None, seed=0):
     return train, validation, test, skipped
 
 
-def image_shapes(images):
-    """`(height, width, channels)` of each raw image (array rows or bytes)."""
+def describe_images(images):
+    """`(height, width, has_colour)` of each raw image (array rows or bytes).
+
+    An image has colour when it has three or more channels that differ
+    somewhere: a grayscale digit saved as RGB (BMP, GIF) has none.
+    """
+    def has_colour(pixels):
+        return pixels.shape[-1] >= 3 and bool(
+            np.any(pixels[..., 0] != pixels[..., 1]) or np.any(pixels[..., 1] != pixels[..., 2]))
+
     if images.dtype != object:
-        return [images.shape[1:3] + (images.shape[3] if images.ndim == 4 else 1,)] * len(images)
-    return [tuple(tf.io.decode_image(data, expand_animations=False).shape) for data in images]
+        pixels = images if images.ndim == 4 else images[..., None]
+        return [(*image.shape[:2], has_colour(image)) for image in pixels]
+    return [(*pixels.shape[:2], has_colour(pixels)) for pixels in (
+        tf.io.decode_image(data, expand_animations=False).numpy() for data in images)]
 
 
 def choose_geometry(shapes):
@@ -71,12 +81,15 @@ def choose_geometry(shapes):
     patches a side (2 when none does); the grid is `s / patch` rounded and
     kept between 7 and 14 patches a side, so that small images are upscaled
     and large ones downscaled to 49-196 patches; the model is RGB when any
-    training image has colour, else grayscale.
+    training image has colour (channels that differ), else grayscale.
+
+    Args:
+        shapes: `(height, width, has_colour)` of each training image.
     """
     side = float(np.median([max(h, w) for h, w, _ in shapes]))
     patch = next((p for p in (16, 8, 4) if side / p >= 7), 2)
     grid = min(14, max(7, round(side / patch)))
-    channels = 3 if any(c >= 3 for _, _, c in shapes) else 1
+    channels = 3 if any(colour for _, _, colour in shapes) else 1
     return dict(image_size=grid * patch, patch_size=patch, channels=channels)
 
 
@@ -116,7 +129,7 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
                 preset, labels=preset_label_order(ImageClassifier, preset, names), **overrides
             )
         else:
-            geometry = choose_geometry(image_shapes(train[0]))
+            geometry = choose_geometry(describe_images(train[0]))
             if image_size is not None:
                 geometry["image_size"] = image_size
             model = ImageClassifier(

@@ -92,6 +92,9 @@ def test_folder_of_images_trains_with_folder_names_as_labels(digits_sample, tmp_
     with pytest.warns(UserWarning):
         _, accuracy = model.evaluate(str(folder), verbose=0)
     assert accuracy > 0.8
+    # Predicting needs no labels: any folder names will do.
+    unlabelled = write_image_folder(tmp_path / "new", images[:3], ["whatever"] * 3)
+    assert model.predict(str(unlabelled), verbose=0).shape == (3, 2)
     given = ImageClassifier(labels=["zero", "one"], **TINY_VIT)
     given.compile()
     with pytest.warns(UserWarning):

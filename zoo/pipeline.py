@@ -182,6 +182,8 @@ class RawInputModel(keras.Model):
         return super().evaluate(self.dataset(x, y, batch_size or 32), **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
+        if not isinstance(x, tf.data.Dataset):
+            x, _ = self.raw_examples(x)  # a folder's labels are not needed
         return super().predict(self.dataset(x, batch_size=batch_size or 32), **kwargs)
 
     def prepare_for_training(self, x, y):

@@ -350,9 +350,10 @@ class ImageClassifier(ClassifierModel):
 
     def _resolve_auto_jit_compile(self):
         # Keras's `jit_compile="auto"` means no XLA on a machine without an
-        # accelerator; this network trains 1.1-1.35x faster with XLA on two CPU
-        # cores, so here it means XLA wherever Keras's other rules allow it
-        # (one replica, every layer compilable, no op determinism). Keras asks
+        # accelerator; at the small-image sizes this network trains 1.1-1.35x
+        # faster with XLA on two CPU cores (at vit_tiny_16's it is 17% slower:
+        # bench/RESULTS.md), so here it means XLA wherever Keras's other rules
+        # allow it (one replica, every layer compilable, no op determinism). Keras asks
         # this (private, Keras 3.15) method both in `compile` and when an
         # uncompiled model predicts, so a trained model and its reloaded
         # preset run the same compiled program and predict identically.

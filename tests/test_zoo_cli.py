@@ -142,7 +142,8 @@ def test_image_classifier_train_predict_evaluate_export(digit_folder, tmp_path):
     exported = zoo("export", "run", "--to", "served", cwd=tmp_path)
     assert exported.returncode == 0 and (tmp_path / "served" / "1" / "saved_model.pb").exists()
     served = subprocess.run([sys.executable, str(REPO_ROOT / "zoo" / "serving_client.py"),
-                             "served", *images], capture_output=True, text=True, timeout=300)
+                             "served", *images], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
     assert served.returncode == 0, served.stderr[-2000:]
     assert [line.split("\t")[0] for line in served.stdout.strip().splitlines()] == \
         [line.split("\t")[0] for line in lines]

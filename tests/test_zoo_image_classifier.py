@@ -364,22 +364,6 @@ def test_export_answers_rest_and_grpc_with_tensorflow_alone(tiny_image_classifie
     assert "served" in out
 
 
-def test_label_smoothing_loss_matches_a_float64_reference(rng):
-    from zoo.classifier import SparseCrossentropyWithSmoothing
-
-    logits = rng.normal(size=(6, 5)) * 3
-    labels = rng.integers(0, 5, 6)
-    for smoothing in (0.0, 0.1, 0.3):
-        targets = np.full((6, 5), smoothing / 5)
-        targets[np.arange(6), labels] += 1 - smoothing
-        log_probabilities = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        expected = -(targets * log_probabilities).sum(-1).mean()
-        loss = SparseCrossentropyWithSmoothing(smoothing)(labels, logits.astype("float32"))
-        np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-    restored = keras.losses.deserialize(keras.losses.serialize(SparseCrossentropyWithSmoothing(0.2)))
-    assert restored.label_smoothing == 0.2
-
-
 @pytest.mark.slow
 def test_the_recipe_path_is_deterministic(tmp_path):
     """Two fresh processes training through `reproduce_preset` (deterministic

@@ -60,27 +60,6 @@ class _ShippedPresets:
         return shipped_presets(owner.presets_dir) if owner.presets_dir else {}
 
 
-@keras.saving.register_keras_serializable(package="zoo")
-class SparseCrossentropyWithSmoothing(keras.losses.Loss):
-    """Cross-entropy on logits against integer labels, with label smoothing
-    (Szegedy et al., 2016), which Keras's sparse loss does not offer."""
-
-    def __init__(self, label_smoothing=0.1, name="sparse_crossentropy_with_smoothing", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.label_smoothing = label_smoothing
-
-    def call(self, y_true, y_pred):
-        targets = keras.ops.one_hot(
-            keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,)), keras.ops.shape(y_pred)[-1]
-        )
-        return keras.losses.categorical_crossentropy(
-            targets, y_pred, from_logits=True, label_smoothing=self.label_smoothing
-        )
-
-    def get_config(self):
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
-
-
 class ClassifierModel(RawInputModel):
     """Base of the zoo's classifiers (see the module docstring)."""
 

@@ -27,9 +27,9 @@ SCRATCH_ARCHITECTURE = {
 }
 SCRATCH_AUGMENTATION = dict(translation=0.1, rotation=0.04)
 SCRATCH = dict(epochs=64, learning_rate=2e-3, weight_decay=0.05)
-# Several steps per call of the compiled train function: with steps of about
-# 100 ms, Keras's per-step dispatch costs about 15% (measured: 499 -> 588
-# images/s at 8 steps).
+# Several steps per call of the compiled train function: 499 -> 588 images/s
+# in an isolated measurement of fit; in the full job (validation, backups,
+# progress bar) no difference was measurable, and it costs nothing.
 STEPS_PER_EXECUTION = 8
 FINE_TUNE = dict(epochs=10, learning_rate=5e-4, weight_decay=0.05)
 

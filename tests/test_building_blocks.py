@@ -99,6 +99,34 @@ def test_cached_decoding_equals_full_decoding(rng, with_encoder):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
 
 
+def test_cached_cross_attention_hides_source_padding(rng):
+    """With a padded source, cached decoding still equals full decoding: the
+    encoder padding mask applies to the cross-attention cache too."""
+    block = ksa.TransformerDecoderBlock(num_heads=2, intermediate_dim=16)
+    target = rng.normal(size=(2, 4, 8)).astype("float32")
+    source = rng.normal(size=(2, 6, 8)).astype("float32")
+    source_mask = np.array([[True] * 6, [True, True, False, False, False, False]])
+    full = np.asarray(block(target, source, encoder_padding_mask=source_mask))
+
+    cache = block.empty_self_attention_cache(2, 4)
+    cross = block.cross_attention_cache_for(source)
+    steps = []
+    for t in range(4):
+        out, cache, cross = block(
+            target[:, t:t + 1], encoder_padding_mask=source_mask,
+            self_attention_cache=cache, self_attention_cache_update_index=t,
+            cross_attention_cache=cross,
+        )
+        steps.append(np.asarray(out))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+    # What the padded source positions hold does not matter.
+    changed = source.copy()
+    changed[1, 2:] += 100.0
+    np.testing.assert_allclose(
+        np.asarray(block(target, changed, encoder_padding_mask=source_mask)), full, atol=1e-5
+    )
+
+
 def test_cached_step_attends_over_filled_prefix_only(rng):
     """Step t reads t + 1 cached keys, not the whole cache: the work is O(t)."""
     layer = ksa.MultiHead(2, 4)

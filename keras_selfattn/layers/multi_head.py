@@ -272,6 +272,9 @@ class MultiHead(BaseAttention):
         self_attention = (value is None or value is query) and (
             key is None or key is query
         )
+        # A cross-attention cache stands in for `value`: only masks given
+        # for it apply to it.
+        cache_key_mask = kernels.combine_masks(value_mask, key_mask)
         if value is None:
             value = query
             value_mask = query_mask if value_mask is None else value_mask
@@ -283,8 +286,8 @@ class MultiHead(BaseAttention):
 
         if cache is not None:
             return self._call_with_cache(
-                query, value, key, query_mask, cache, cache_update_index,
-                attention_mask, use_causal_mask, training,
+                query, value, key, query_mask, cache_key_mask, cache,
+                cache_update_index, attention_mask, use_causal_mask, training,
                 return_attention_scores,
             )
 
@@ -382,7 +385,7 @@ class MultiHead(BaseAttention):
             for part, shape in zip(parts, head_shapes)
         )
 
-    def _call_with_cache(self, query, value, key, query_mask, cache,
+    def _call_with_cache(self, query, value, key, query_mask, key_mask, cache,
                          cache_update_index, attention_mask, use_causal_mask,
                          training, return_attention_scores):
         if self.key_dim != self.value_dim:
@@ -397,7 +400,8 @@ class MultiHead(BaseAttention):
             )
         query_heads = self.query_dense(query)
         if cache_update_index is None:
-            # Cross-attention: the cache holds the projected source.
+            # Cross-attention: the cache holds the projected source, whose
+            # padding `value_mask`/`key_mask` still hides.
             key_heads, value_heads = cache[:, 0], cache[:, 1]
             offset, causal = 0, use_causal_mask
         else:
@@ -413,9 +417,9 @@ class MultiHead(BaseAttention):
             size = (batch, filled, heads, width)
             key_heads = ops.slice(key_cache, (0, 0, 0, 0), size)
             value_heads = ops.slice(value_cache, (0, 0, 0, 0), size)
-            offset, causal = cache_update_index, True
+            offset, causal, key_mask = cache_update_index, True, None
         output, scores = self._attend(
-            query_heads, key_heads, value_heads, query_mask, None,
+            query_heads, key_heads, value_heads, query_mask, key_mask,
             attention_mask, causal, training, query_offset=offset,
         )
         output = self._project_output(output, query)

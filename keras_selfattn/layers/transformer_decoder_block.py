@@ -123,6 +123,7 @@ class TransformerDecoderBlock(ResidualBlock):
                 if cross_attention_cache is not None:
                     return self.cross_attention(
                         y, query_mask=decoder_padding_mask,
+                        value_mask=encoder_padding_mask,
                         cache=cross_attention_cache, training=training,
                     )[0]
                 return self.cross_attention(

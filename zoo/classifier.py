@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import presets as preset_io
+from zoo import report as reports
 from zoo.pipeline import RawInputModel
 
 LABELS_FILE = "labels.json"
@@ -42,31 +43,9 @@ def check_classes(num_classes, labels):
     return num_classes, labels
 
 
-def shipped_presets(folder):
-    """`{name: folder}` of the verified-looking preset folders under `folder`."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return {}
-    return {
-        p.name: p for p in sorted(folder.iterdir())
-        if (p / preset_io.METADATA_FILE).is_file()
-    }
-
-
-class _ShippedPresets:
-    """`Model.presets`: `{name: folder}` of the presets shipped for that model."""
-
-    def __get__(self, instance, owner):
-        return shipped_presets(owner.presets_dir) if owner.presets_dir else {}
-
-
-class ClassifierModel(RawInputModel):
+class ClassifierModel(preset_io.PresetModel, RawInputModel):
     """Base of the zoo's classifiers (see the module docstring)."""
 
-    kind = None
-    presets_dir = None
-    presets = _ShippedPresets()
-    # Configuration entries that may differ from a preset's when loading it.
     adjustable_at_load = ("dropout", "num_classes")
 
     def __init__(self, num_classes=None, labels=None, **kwargs):
@@ -124,54 +103,40 @@ class ClassifierModel(RawInputModel):
         names = self.display_labels()
         return [names[i] for i in probabilities.argmax(-1)], probabilities
 
+    # Reports (the training job, `python -m zoo evaluate|predict`).
+
+    def evaluation_report(self, inputs, labels, batch_size=32):
+        """Accuracy, per-class P/R/F1 and the confusion matrix; `"headline"`
+        names the number the command line prints."""
+        predicted, _ = self.predict_labels(inputs, batch_size=batch_size)
+        summary = reports.classification_report(
+            self.label_ids(labels), self.label_ids(predicted), self.display_labels()
+        )
+        return {**summary, "headline": "accuracy"}
+
+    def format_evaluation(self, summary):
+        return reports.format_report(summary)
+
+    def prediction_lines(self, inputs):
+        """`label<TAB>probability<TAB>input` per input."""
+        names, probabilities = self.predict_labels(inputs)
+        return [f"{name}\t{p.max():.3f}\t{given}"
+                for given, name, p in zip(inputs, names, probabilities)]
+
     # Configuration and presets.
 
-    def architecture(self):
-        """The constructor arguments that define the network (JSON-able)."""
-        raise NotImplementedError
-
-    def preset_assets(self):
-        """`{constructor argument: value}` stored as preset assets, not config."""
-        return {}
-
-    def write_assets(self):
-        """`{file name: text}` written under the preset's `assets/`."""
-        return {}
-
-    @classmethod
-    def assets_from_preset(cls, loaded):
-        """Constructor arguments read back from a verified preset's assets."""
-        return {}
+    def constructor_arguments(self):
+        return {**super().constructor_arguments(), "labels": self.label_names}
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            **self.architecture(),
-            "labels": self.label_names,
-            **self.preset_assets(),
-        }
+        return {**super().get_config(), **self.constructor_arguments()}
 
-    def save_to_preset(self, folder, metadata=None):
-        """Writes config, weights, labels and assets, checksummed, atomically."""
-        # An uncompiled twin writes the network's weights without the
-        # optimizer's slots, which would triple the file.
-        twin = type(self)(**self.architecture(), labels=self.label_names,
-                          **self.preset_assets())
-        twin.set_weights(self.get_weights())
-        return preset_io.save_preset(
-            folder, self.kind, self.architecture(), twin.save_weights,
-            assets={**self.write_assets(),
-                    LABELS_FILE: json.dumps(self.display_labels())},
-            metadata=metadata,
-        )
+    def write_assets(self):
+        return {LABELS_FILE: json.dumps(self.display_labels())}
 
     @classmethod
-    def load_verified_preset(cls, preset):
-        """The verified `Preset` for a shipped name or a folder, and its labels."""
-        loaded = preset_io.load_preset(
-            preset_io.resolve(preset, cls.presets), cls.kind
-        )
-        return loaded, json.loads(loaded.asset(LABELS_FILE).read_text())
+    def preset_labels(cls, loaded):
+        return json.loads(loaded.asset(LABELS_FILE).read_text())
 
     @classmethod
     def from_preset(cls, preset, num_classes=None, labels=None, **overrides):
@@ -182,33 +147,14 @@ class ClassifierModel(RawInputModel):
         entries in `adjustable_at_load`; sizes that shape weights cannot
         change.
         """
-        loaded, preset_labels = cls.load_verified_preset(preset)
+        loaded = cls.load_verified_preset(preset)
+        preset_labels = cls.preset_labels(loaded)
         config = dict(loaded.config)
         assets = cls.assets_from_preset(loaded)
-        unknown = set(overrides) - set(config)
-        if unknown:
-            raise ValueError(
-                f"Unknown arguments {sorted(unknown)} for a {cls.kind} preset; "
-                f"it is configured by {sorted(config)}."
-            )
-        changed = {
-            k for k in overrides
-            if k not in cls.adjustable_at_load and overrides[k] != config[k]
-        }
-        if changed:
-            allowed = [k for k in cls.adjustable_at_load if k != "num_classes"]
-            raise ValueError(
-                f"Cannot change {sorted(changed)} of a pretrained preset: they "
-                f"shape its weights. Only {allowed}, `num_classes` and "
-                "`labels` may differ."
-            )
-        pretrained = cls(**{**config, "labels": preset_labels}, **assets)
-        try:
-            pretrained.load_weights(str(loaded.weights))
-        except Exception as error:  # keras raises several types here
-            raise ValueError(
-                f"{loaded.weights} does not match the preset's config: {error}"
-            ) from None
+        cls.check_overrides(config, overrides)
+        pretrained = cls.with_preset_weights(
+            loaded, **{**config, "labels": preset_labels}, **assets
+        )
         wanted = len(labels) if labels is not None else (num_classes or config["num_classes"])
         same_head = wanted == config["num_classes"] and (
             labels is None or [str(v) for v in labels] == preset_labels

@@ -30,6 +30,11 @@ class RawInputModel(keras.Model):
     - `augment(model_inputs)`: random augmentation of a preprocessed batch,
       applied to `fit`'s training data only, in the pipeline, so that the
       network stays free of ops XLA cannot compile.
+    - `targets(y)`, `tf_targets(y)` and `preprocess_pair(inputs, targets)`:
+      what `y` becomes (default: label ids, by name or number) and how a
+      batch of raw pairs becomes the model's `(x, y[, sample_weight])`
+      (default: `(preprocess(inputs), targets)`); a translator's targets
+      are texts.
     and may keep label names in `self.label_names`.
     """
 
@@ -53,6 +58,15 @@ class RawInputModel(keras.Model):
 
     def raw_examples(self, x, y=None):
         return self.raw_array(x), y
+
+    def targets(self, y):
+        return self.label_ids(y)
+
+    def tf_targets(self, y):
+        return self._tf_label_ids(y)
+
+    def preprocess_pair(self, inputs, targets):
+        return self.preprocess(inputs), targets
 
     # Labels.
 
@@ -99,7 +113,7 @@ class RawInputModel(keras.Model):
                 # this method already built.
                 return data
             if isinstance(element, tuple) and len(element) == 2:
-                data = data.map(lambda a, b: (a, self._tf_label_ids(b)))
+                data = data.map(lambda a, b: (a, self.tf_targets(b)))
             if self.is_batched(spec):
                 return self._preprocessed(data)
             if self.preprocess_example is not None:
@@ -114,21 +128,24 @@ class RawInputModel(keras.Model):
         if y is None:
             data = tf.data.Dataset.from_tensor_slices(inputs)
         else:
-            ids = self.label_ids(y)
-            if len(ids) != len(inputs):
+            targets = self.targets(y)
+            if len(targets) != len(inputs):
                 raise ValueError(
-                    f"Got {len(inputs)} inputs but {len(ids)} labels."
+                    f"Got {len(inputs)} inputs but {len(targets)} targets."
                 )
-            data = tf.data.Dataset.from_tensor_slices((inputs, ids))
+            data = tf.data.Dataset.from_tensor_slices((inputs, targets))
         if shuffle:
             data = data.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
         drop = training and self.drop_remainder_in_training and len(inputs) >= batch_size
         return self._preprocessed(data.batch(batch_size, drop_remainder=drop))
 
     def _preprocessed(self, batches):
-        return batches.map(
-            self._preprocess_element(self.preprocess), num_parallel_calls=AUTOTUNE
-        ).prefetch(AUTOTUNE)
+        def apply(*element):
+            if len(element) == 2:
+                return self.preprocess_pair(*element)
+            return self.preprocess(element[0])
+
+        return batches.map(apply, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
     def raw_array(self, x):
         return np.asarray(x)

@@ -156,3 +156,115 @@ def load_preset(folder, kind):
             )
     config = json.loads((folder / CONFIG_FILE).read_text())
     return Preset(folder, kind, config["config"], metadata)
+
+
+class _ShippedPresets:
+    """`Model.presets`: `{name: folder}` of the presets shipped for that model."""
+
+    def __get__(self, instance, owner):
+        return shipped_presets(owner.presets_dir) if owner.presets_dir else {}
+
+
+def shipped_presets(folder):
+    """`{name: folder}` of the preset folders under `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {p.name: p for p in sorted(folder.iterdir()) if (p / METADATA_FILE).is_file()}
+
+
+class PresetModel:
+    """What every zoo model shares for presets: `from_preset`, `save_to_preset`
+    and the list of shipped ones.
+
+    A subclass sets `kind` (stored in the preset) and `presets_dir`, and
+    implements `architecture()`; it may store constructor arguments as
+    assets (vocabularies) through `preset_assets()`, `write_assets()` and
+    `assets_from_preset()`.
+    """
+
+    kind = None
+    presets_dir = None
+    presets = _ShippedPresets()
+    # Configuration entries that may differ from a preset's when loading it.
+    adjustable_at_load = ("dropout",)
+
+    def architecture(self):
+        """The constructor arguments that define the network (JSON-able)."""
+        raise NotImplementedError
+
+    def preset_assets(self):
+        """`{constructor argument: value}` stored as preset assets, not config."""
+        return {}
+
+    def write_assets(self):
+        """`{file name: text}` written under the preset's `assets/`."""
+        return {}
+
+    @classmethod
+    def assets_from_preset(cls, loaded):
+        """Constructor arguments read back from a verified preset's assets."""
+        return {}
+
+    def constructor_arguments(self):
+        """Everything that rebuilds this model: architecture and assets."""
+        return {**self.architecture(), **self.preset_assets()}
+
+    def save_to_preset(self, folder, metadata=None):
+        """Writes config, weights and assets, checksummed, atomically."""
+        # An uncompiled twin writes the network's weights without the
+        # optimizer's slots, which would triple the file.
+        twin = type(self)(**self.constructor_arguments())
+        twin.set_weights(self.get_weights())
+        return save_preset(
+            folder, self.kind, self.architecture(), twin.save_weights,
+            assets=self.write_assets(), metadata=metadata,
+        )
+
+    @classmethod
+    def load_verified_preset(cls, preset):
+        """The verified `Preset` for a shipped name or a folder."""
+        return load_preset(resolve(preset, cls.presets), cls.kind)
+
+    @classmethod
+    def check_overrides(cls, config, overrides):
+        unknown = set(overrides) - set(config)
+        if unknown:
+            raise ValueError(
+                f"Unknown arguments {sorted(unknown)} for a {cls.kind} preset; "
+                f"it is configured by {sorted(config)}."
+            )
+        changed = {
+            k for k in overrides
+            if k not in cls.adjustable_at_load and overrides[k] != config[k]
+        }
+        if changed:
+            raise ValueError(
+                f"Cannot change {sorted(changed)} of a pretrained preset: they "
+                f"shape its weights. Only {list(cls.adjustable_at_load)} may differ."
+            )
+
+    @classmethod
+    def with_preset_weights(cls, loaded, **arguments):
+        """`cls(**arguments)` with the weights of the verified preset `loaded`."""
+        model = cls(**arguments)
+        try:
+            model.load_weights(str(loaded.weights))
+        except Exception as error:  # keras raises several types here
+            raise ValueError(
+                f"{loaded.weights} does not match the preset's config: {error}"
+            ) from None
+        return model
+
+    @classmethod
+    def from_preset(cls, preset, **overrides):
+        """Loads a shipped preset by name, or a preset folder.
+
+        `overrides` may change the entries in `adjustable_at_load`; sizes
+        that shape weights cannot change.
+        """
+        loaded = cls.load_verified_preset(preset)
+        cls.check_overrides(loaded.config, overrides)
+        return cls.with_preset_weights(
+            loaded, **{**loaded.config, **overrides, **cls.assets_from_preset(loaded)}
+        )

@@ -1,4 +1,4 @@
-"""Evaluation reports and figures for the zoo's classifiers."""
+"""Evaluation reports and figures for the zoo's models."""
 
 import numpy as np
 
@@ -45,6 +45,43 @@ def format_report(report):
     return "\n".join(lines)
 
 
+def corpus_bleu(references, hypotheses):
+    """Corpus BLEU (4-gram, keras-hub's `Bleu`, its default 13a-style
+    tokenization), one reference per hypothesis, in [0, 1]."""
+    import keras_hub
+
+    metric = keras_hub.metrics.Bleu(max_order=4)
+    metric.update_state([[str(r)] for r in references], [str(h) for h in hypotheses])
+    return float(metric.result())
+
+
+def translation_report(sources, references, translations_by_beam, examples=5):
+    """BLEU for each beam size and a few example translations.
+
+    Args:
+        translations_by_beam: `{beam_size: translations}`.
+    """
+    beams = sorted(translations_by_beam)
+    return {
+        "bleu": {str(k): corpus_bleu(references, translations_by_beam[k]) for k in beams},
+        "examples": [
+            {"source": str(sources[i]), "reference": str(references[i]),
+             **{f"beam_{k}": translations_by_beam[k][i] for k in beams}}
+            for i in range(min(examples, len(sources)))
+        ],
+    }
+
+
+def format_translation_report(report):
+    lines = [f"BLEU (beam {k}): {100 * v:.2f}" for k, v in report["bleu"].items()]
+    for example in report["examples"]:
+        lines += ["", f"  source:    {example['source']}",
+                  f"  reference: {example['reference']}"]
+        lines += [f"  {key.replace('_', ' ') + ':':<11}{value}"
+                  for key, value in example.items() if key.startswith("beam_")]
+    return "\n".join(lines)
+
+
 def _pyplot():
     import matplotlib
 
@@ -81,15 +118,19 @@ def _integer_ticks():
     return MaxNLocator(integer=True)
 
 
-def plot_attention(tokens, weights, path, title="attention weights"):
-    """Heatmap of `(heads, T, T)` weights, averaged over heads, as a PNG."""
+def plot_attention(tokens, weights, path, title="attention weights", query_tokens=None):
+    """Heatmap of `(heads, T_q, T_k)` weights, averaged over heads, as a PNG.
+    `tokens` label the keys, and the queries too unless `query_tokens` is given
+    (cross-attention)."""
     plt = _pyplot()
+    query_tokens = tokens if query_tokens is None else query_tokens
     mean = np.asarray(weights).mean(0)
-    size = max(4.0, 0.35 * len(tokens) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
+    width = max(4.0, 0.35 * len(tokens) + 2)
+    height = max(4.0, 0.35 * len(query_tokens) + 2)
+    figure, axis = plt.subplots(figsize=(width, height))
     image = axis.imshow(mean, cmap="viridis")
     axis.set_xticks(range(len(tokens)), tokens, rotation=90)
-    axis.set_yticks(range(len(tokens)), tokens)
+    axis.set_yticks(range(len(query_tokens)), query_tokens)
     axis.set_xlabel("key")
     axis.set_ylabel("query")
     axis.set_title(title)

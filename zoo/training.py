@@ -1,4 +1,4 @@
-"""The training job every zoo classifier shares: fit, report, figures, preset, export.
+"""The training job every zoo model shares: fit, report, figures, preset, export.
 
 A model's `train_*` function loads its data, builds (or loads) the model under
 the strategy and hands it here; what is written under `out/` is the same for
@@ -6,7 +6,8 @@ every model:
 
     preset/                 checksummed preset (weights without optimizer state)
     export/<version>/       TF Serving SavedModel
-    report.json             accuracy, per-class P/R/F1, confusion matrix, history
+    report.json             the model's evaluation (accuracy, per-class P/R/F1 and
+                            confusion matrix; or BLEU and examples), history
     training_curves.png     loss and accuracy per epoch
     attention.png           the model's own view of its attention
     backup/                 while training: an interrupted run resumes from it
@@ -20,7 +21,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from zoo import report as reports
 from zoo.presets import atomic_directory
 
 
@@ -53,7 +53,7 @@ def label_names(*splits):
 
 def train_and_report(model, train, validation, test, out, epochs, batch_size,
                      verbose="auto", callbacks=(), training_metadata=None,
-                     summary_extra=None):
+                     summary_extra=None, evaluation_options=None, export_options=None):
     """Fits `model` (compiled), reports on `test` (or `validation` when `test`
     is None), and writes everything listed in the module docstring.
 
@@ -62,7 +62,6 @@ def train_and_report(model, train, validation, test, out, epochs, batch_size,
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = model.display_labels()
     history = model.fit(
         train[0], train[1], validation_data=validation, epochs=epochs,
         batch_size=batch_size, verbose=verbose,
@@ -71,12 +70,10 @@ def train_and_report(model, train, validation, test, out, epochs, batch_size,
     evaluated_on, (inputs, labels) = (
         ("test", test) if test is not None else ("validation", validation)
     )
-    predicted, _ = model.predict_labels(inputs, batch_size=batch_size)
-    summary = reports.classification_report(
-        model.label_ids(labels), model.label_ids(predicted), names
-    )
+    summary = model.evaluation_report(inputs, labels, batch_size=batch_size,
+                                      **(evaluation_options or {}))
     print(f"\nEvaluation on the {evaluated_on} set ({len(inputs)} examples):")
-    print(reports.format_report(summary))
+    print(model.format_evaluation(summary))
 
     reports.plot_history(history.history, out / "training_curves.png")
     model.save_attention_figure(validation[0], out / "attention.png")
@@ -90,9 +87,9 @@ def train_and_report(model, train, validation, test, out, epochs, batch_size,
     })
     model.save_to_preset(out / "preset", metadata={"training": {
         **(training_metadata or {}), "epochs": epochs, "batch_size": batch_size,
-        f"{evaluated_on}_accuracy": summary["accuracy"],
+        f"{evaluated_on}_{summary['headline']}": summary[summary["headline"]],
     }})
-    summary["export"] = str(model.export(out / "export"))
+    summary["export"] = str(model.export(out / "export", **(export_options or {})))
     (out / "report.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -112,12 +109,13 @@ def reproduce_preset(train, target):
         summary = train(work)
         with atomic_directory(target) as staging:
             shutil.copytree(Path(work) / "preset", staging, dirs_exist_ok=True)
-    print(f"wrote {target}; {summary['evaluated_on']} accuracy {summary['accuracy']:.4f}")
+    print(f"wrote {target}; {summary['evaluated_on']} {summary['headline']} "
+          f"{summary[summary['headline']]:.4f}")
     return summary
 
 
 def preset_label_order(model_class, preset, names):
     """The preset's label order when the data has the same labels, so that
     fine-tuning keeps the pretrained head; else `names`."""
-    _, preset_labels = model_class.load_verified_preset(preset)
+    preset_labels = model_class.preset_labels(model_class.load_verified_preset(preset))
     return preset_labels if set(preset_labels) == set(names) else names

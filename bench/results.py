@@ -19,12 +19,21 @@ def fit_throughput(model, inputs, labels, batch_size, repeats, jit_compile="auto
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=jit_compile)
     data = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(batch_size).cache()
+    return dataset_fit_throughput(model, data, len(inputs), repeats)
+
+
+def dataset_fit_throughput(model, data, examples, repeats):
+    """Best examples/s of one `keras.Model.fit` epoch of a compiled `model`
+    over the (cached) dataset `data` of `examples` examples, after a short
+    warm-up that traces the step."""
+    import keras
+
     keras.Model.fit(model, data.take(4), epochs=1, verbose=0)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         keras.Model.fit(model, data, epochs=1, verbose=0)
-        rates.append(len(inputs) / (time.perf_counter() - start))
+        rates.append(examples / (time.perf_counter() - start))
     return max(rates)
 
 

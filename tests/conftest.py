@@ -158,3 +158,15 @@ def _encode_gif(image):
     buffer = io.BytesIO()
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "GIF")
     return tf.constant(buffer.getvalue())
+
+
+NUMBERS = {"one": "eins", "two": "zwei", "three": "drei", "four": "vier", "five": "fünf",
+           "six": "sechs", "seven": "sieben", "eight": "acht", "nine": "neun", "ten": "zehn"}
+
+
+def number_pairs(count, seed):
+    """English number words -> German, 1 to 6 words: a task a tiny translator learns."""
+    rng = np.random.default_rng(seed)
+    words = list(NUMBERS)
+    sources = [" ".join(rng.choice(words, rng.integers(1, 7))) for _ in range(count)]
+    return sources, [" ".join(NUMBERS[w] for w in s.split()) for s in sources]

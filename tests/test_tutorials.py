@@ -1,5 +1,7 @@
 """The tutorials run end to end (in their fast mode)."""
 
+import json
+
 import pytest
 
 from conftest import REPO_ROOT, run_python
@@ -41,3 +43,12 @@ def test_fine_tune_image_tutorial_runs(tmp_path):
     assert (tmp_path / "served" / "1" / "saved_model.pb").exists()
     answers = [line for line in out.splitlines() if line.startswith("  ") and ".png:" in line]
     assert len(answers) == 4 and all(("even" in a) or ("odd" in a) for a in answers)
+
+
+@pytest.mark.slow
+def test_train_translator_tutorial_runs(tmp_path):
+    out = run_tutorial("train_translator.py", "--work", str(tmp_path), cwd=tmp_path)
+    assert "BLEU on 40 held-out pairs: greedy" in out
+    assert (tmp_path / "served" / "1" / "saved_model.pb").exists()
+    answer = out.split("REST answer:")[1].strip().splitlines()[0]
+    assert len(json.loads(answer)["predictions"]) == 2

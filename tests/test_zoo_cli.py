@@ -1,4 +1,4 @@
-"""`python -m zoo ...` end to end on a user's CSV."""
+"""`python -m zoo ...` end to end on users' files."""
 
 import csv
 import json
@@ -199,8 +199,87 @@ def test_missing_embedded_data_is_a_user_error():
 
 def test_the_registry_finds_every_model_from_its_preset():
     from zoo.__main__ import MODELS, entry_for
-    from zoo import ImageClassifier, TextClassifier
+    from zoo import ImageClassifier, TextClassifier, Translator
 
     assert entry_for(TextClassifier.presets["rotten_tomatoes_small"]).model_class is TextClassifier
     assert entry_for(ImageClassifier.presets["mnist_vit_micro"]).model_class is ImageClassifier
-    assert {entry.kind for entry in MODELS.values()} == {"text_classifier", "image_classifier"}
+    assert {entry.kind for entry in MODELS.values()} == {
+        "text_classifier", "image_classifier", "translator"}
+    assert MODELS["translator"].model_class is Translator
+
+
+# The translator.
+
+def run_main(args, capsys):
+    """`python -m zoo ARGS` in this process: (exit code, stdout, stderr)."""
+    from zoo.__main__ import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def pairs_tsv(tmp_path_factory):
+    from conftest import number_pairs
+
+    folder = tmp_path_factory.mktemp("pairs")
+    sources, targets = number_pairs(80, seed=11)
+    (folder / "pairs.tsv").write_text(
+        "source\ttarget\n" + "".join(f"{s}\t{t}\n" for s, t in zip(sources, targets)))
+    return folder / "pairs.tsv"
+
+
+@pytest.mark.slow
+def test_translator_train_predict_evaluate_export(pairs_tsv, tmp_path, capsys):
+    done = zoo("train", "translator", "--data", str(pairs_tsv), "--out", "run",
+               "--epochs", "2", "--beam-size", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "BLEU (beam 1):" in done.stdout and "BLEU (beam 2):" in done.stdout
+    assert "reference:" in done.stdout and "validation bleu_beam_2:" in done.stdout
+    for name in ("training_curves.png", "attention.png", "report.json", "preset/metadata.json",
+                 "preset/assets/target_vocabulary.txt", "export/1/saved_model.pb"):
+        assert (tmp_path / "run" / name).exists(), name
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["examples"]["validation"] == 8 and set(report["bleu"]) == {"1", "2"}
+
+    code, out, err = run_main(["predict", str(tmp_path / "run"), "one two", "three"], capsys)
+    assert code == 0, err
+    lines = out.rstrip("\n").split("\n")  # an untrained translation may be empty
+    assert [line.split("\t")[1] for line in lines] == ["one two", "three"]
+
+    code, out, err = run_main(["evaluate", str(tmp_path / "run"), "--data", str(pairs_tsv),
+                               "--beam-size", "3"], capsys)
+    assert code == 0, err
+    assert "BLEU (beam 3):" in out
+
+    code, out, err = run_main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "served"),
+                               "--beam-size", "3"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "served" / "1" / "saved_model.pb").exists()
+
+
+def test_translator_user_errors_print_one_line_and_exit_2(pairs_tsv, tmp_path, capsys):
+    (tmp_path / "no_tab.tsv").write_text("just a sentence\n" * 12)
+    (tmp_path / "few.tsv").write_text("a\tb\n" * 3)
+    cases = {
+        ("train", "translator", "--data", str(tmp_path / "no_tab.tsv"), "--out", "x"):
+            "line 1 has 0 tabs",
+        ("train", "translator", "--data", str(tmp_path / "few.tsv"), "--out", "x"):
+            "3 sentence pair(s); a translator needs at least 10",
+        ("train", "translator", "--data", "gramps:xx", "--out", "x"):
+            "The Gramps catalogues have no language 'xx'. They have: ar, ba,",
+        ("train", "translator", "--data", str(pairs_tsv), "--out", "x", "--image-size", "32"):
+            "--image-size does not apply to translator",
+        ("train", "translator", "--data", str(pairs_tsv), "--out", "x",
+         "--preset", str(REPO_ROOT / "zoo/text_classifier/presets/rotten_tomatoes_small")):
+            "is a 'text_classifier' preset; expected a 'translator' preset",
+        ("export", str(REPO_ROOT / "zoo/text_classifier/presets/rotten_tomatoes_small"),
+         "--to", str(tmp_path / "e"), "--beam-size", "2"):
+            "--beam-size does not apply to `export` on a text_classifier model",
+    }
+    for args, message in cases.items():
+        code, _, err = run_main(args, capsys)
+        assert code == 2, (args, err[-2000:])
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], (args, err[-2000:])

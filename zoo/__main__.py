@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,14 +48,25 @@ def _labelled_images(args):
     return images, labels
 
 
+def _sentence_pairs(args):
+    from zoo.translator.train import load_training_data
+
+    train, validation, test = load_training_data(args.data)
+    if test is not None:  # the embedded corpus: its fixed held-out split
+        return test
+    return (np.concatenate([train[0], validation[0]]),
+            np.concatenate([train[1], validation[1]]))
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     kind: str            # the preset kind, stored in every preset's metadata
     model: str           # "module:Class"
     train: str           # "module:function(data, out, ...)"
     options: tuple       # train options that only this model takes
-    labelled_data: object  # args -> (inputs, labels) for `evaluate`
+    labelled_data: object  # args -> (inputs, targets) for `evaluate`
     data_help: str
+    evaluate_options: tuple = ()  # options of `evaluate` and `export` for this model
 
     @property
     def model_class(self):
@@ -73,10 +86,19 @@ MODELS = {
         ("image_size",), _labelled_images,
         "folder of class folders of PNG/JPEG/BMP/GIF images, or 'mnist'",
     ),
+    "translator": ModelEntry(
+        "translator", "zoo.translator:Translator",
+        "zoo.translator.train:train_translator",
+        ("beam_size",), _sentence_pairs,
+        "TSV of source<TAB>target lines or JSONL with source/target fields, or "
+        "'gramps' (English -> German) / 'gramps:LANG'",
+        evaluate_options=("beam_size",),
+    ),
 }
 COMMON_TRAIN_OPTIONS = ("preset", "epochs", "batch_size", "strategy", "learning_rate",
                         "max_train_examples")
 MODEL_OPTIONS = sorted({option for entry in MODELS.values() for option in entry.options})
+DECODING_OPTIONS = sorted({o for entry in MODELS.values() for o in entry.evaluate_options})
 
 
 def _train(args):
@@ -89,7 +111,8 @@ def _train(args):
                if getattr(args, o) is not None}
     summary = _import(entry.train)(args.data, args.out, **options)
     out = Path(args.out)
-    print(f"\n{summary['evaluated_on']} accuracy: {summary['accuracy']:.4f}")
+    headline = summary["headline"]
+    print(f"\n{summary['evaluated_on']} {headline}: {summary[headline]:.4f}")
     print(f"preset:  {out / 'preset'}")
     print(f"export:  {summary['export']}")
     print(f"figures: {out / 'training_curves.png'}, {out / 'attention.png'}")
@@ -121,28 +144,32 @@ def _load(directory):
 
 
 def _evaluate(args):
-    from zoo import report as reports
-
     entry, model = _load(args.model_dir)
     inputs, labels = entry.labelled_data(args)
-    predicted, _ = model.predict_labels(inputs, batch_size=args.batch_size)
-    summary = reports.classification_report(
-        model.label_ids(labels), model.label_ids(predicted), model.display_labels()
-    )
-    print(reports.format_report(summary))
+    options = _options_for(entry, args, "evaluate")
+    summary = model.evaluation_report(inputs, labels, batch_size=args.batch_size, **options)
+    print(model.format_evaluation(summary))
 
 
 def _predict(args):
     _, model = _load(args.model_dir)
-    names, probabilities = model.predict_labels(args.inputs)
-    for given, name, p in zip(args.inputs, names, probabilities):
-        print(f"{name}\t{p.max():.3f}\t{given}")
+    for line in model.prediction_lines(args.inputs):
+        print(line)
+
+
+def _options_for(entry, args, command):
+    given = [o for o in DECODING_OPTIONS if getattr(args, o, None) is not None]
+    foreign = [o for o in given if o not in entry.evaluate_options]
+    if foreign:
+        flags = ", ".join("--" + o.replace("_", "-") for o in foreign)
+        raise ValueError(f"{flags} does not apply to `{command}` on a {entry.kind} model.")
+    return {o: getattr(args, o) for o in given}
 
 
 def _export(args):
-    _, model = _load(args.model_dir)
+    entry, model = _load(args.model_dir)
     target = args.to or str(Path(args.model_dir) / "export")
-    print(f"exported to {model.export(target)}")
+    print(f"exported to {model.export(target, **_options_for(entry, args, 'export'))}")
 
 
 def _parser():
@@ -166,14 +193,18 @@ def _parser():
     train.add_argument("--image-size", type=int,
                        help="image-classifier: model input side (default: chosen from the images, "
                             "or the preset's)")
+    train.add_argument("--beam-size", type=int,
+                       help="translator: beam size of the report and the export (default 4)")
     train.set_defaults(run=_train)
 
-    evaluate = commands.add_parser("evaluate", help="report accuracy, P/R/F1 and confusion matrix")
+    evaluate = commands.add_parser(
+        "evaluate", help="report accuracy, P/R/F1 and confusion matrix (classifiers) or BLEU")
     evaluate.add_argument("model_dir")
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--text-column")
     evaluate.add_argument("--label-column")
+    evaluate.add_argument("--beam-size", type=int, help="translator: beam size (default 4)")
     evaluate.set_defaults(run=_evaluate)
 
     predict = commands.add_parser("predict", help="print labels with probabilities")
@@ -185,6 +216,7 @@ def _parser():
     export = commands.add_parser("export", help="export a TF Serving SavedModel")
     export.add_argument("model_dir")
     export.add_argument("--to", help="model folder (default: MODEL_DIR/export)")
+    export.add_argument("--beam-size", type=int, help="translator: beam size served (default 4)")
     export.set_defaults(run=_export)
     return parser
 

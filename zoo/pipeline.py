@@ -30,6 +30,8 @@ class RawInputModel(keras.Model):
     - `augment(model_inputs)`: random augmentation of a preprocessed batch,
       applied to `fit`'s training data only, in the pipeline, so that the
       network stays free of ops XLA cannot compile.
+    - `batch_raw(data, batch_size, drop_remainder)`: how raw examples are
+      grouped into batches (a translator puts similar lengths together).
     - `targets(y)`, `tf_targets(y)` and `preprocess_pair(inputs, targets)`:
       what `y` becomes (default: label ids, by name or number) and how a
       batch of raw pairs becomes the model's `(x, y[, sample_weight])`
@@ -108,7 +110,7 @@ class RawInputModel(keras.Model):
             data = x
             element = data.element_spec
             spec = element[0] if isinstance(element, tuple) else element
-            if spec.dtype not in self.raw_dtypes:
+            if getattr(spec, "dtype", None) not in self.raw_dtypes:
                 # Keras's `fit` validates by calling `evaluate` on the dataset
                 # this method already built.
                 return data
@@ -121,7 +123,7 @@ class RawInputModel(keras.Model):
                     self._preprocess_element(self.preprocess_example),
                     num_parallel_calls=AUTOTUNE,
                 ).batch(batch_size).prefetch(AUTOTUNE)
-            return self._preprocessed(data.batch(batch_size))
+            return self._preprocessed(self.batch_raw(data, batch_size))
         inputs, y = self.raw_examples(x, y)
         if len(inputs) == 0:
             raise ValueError("No inputs: received an empty list or array.")
@@ -137,7 +139,11 @@ class RawInputModel(keras.Model):
         if shuffle:
             data = data.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
         drop = training and self.drop_remainder_in_training and len(inputs) >= batch_size
-        return self._preprocessed(data.batch(batch_size, drop_remainder=drop))
+        return self._preprocessed(self.batch_raw(data, batch_size, drop))
+
+    def batch_raw(self, data, batch_size, drop_remainder=False):
+        """Batches raw examples (before `preprocess`)."""
+        return data.batch(batch_size, drop_remainder=drop_remainder)
 
     def _preprocessed(self, batches):
         def apply(*element):

@@ -12,6 +12,7 @@ Run it as a script so that nothing else is imported:
 
     python zoo/serving_client.py EXPORT_DIR "a text" "another text"
     python zoo/serving_client.py EXPORT_DIR image.png another.jpg
+    python zoo/serving_client.py TRANSLATOR_EXPORT_DIR "Open the family tree"
 """
 
 import base64
@@ -130,8 +131,11 @@ def main(argv):
     body = json.dumps({"signature_name": "serving_default", "instances": instances})
     answer = json.loads(rest_predict(loaded, body))
     for text, prediction in zip(argv[1:], answer["predictions"]):
-        probability = max(prediction["probabilities"])
-        print(f"{prediction['label']}\t{probability:.3f}\t{text}")
+        if isinstance(prediction, str):  # a translator's single output
+            print(f"{prediction}\t{text}")
+        else:
+            probability = max(prediction["probabilities"])
+            print(f"{prediction['label']}\t{probability:.3f}\t{text}")
     return 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from zoo import report as reports
 from zoo.presets import atomic_directory
 
 

@@ -1,0 +1,97 @@
+"""The translator's training job: sentence pairs in, BLEU, figures, preset and export out."""
+
+import keras
+import numpy as np
+
+from zoo.data import read_sentence_pairs
+from zoo.datasets import load_message_pairs, split_pairs
+from zoo.distribute import get_strategy
+from zoo.training import train_and_report
+from zoo.translator.model import Translator
+
+EMBEDDED_DATA = "gramps"
+DEFAULT_LANGUAGE = "de"
+
+# The from-scratch architecture of the command line and the shipped preset.
+DEFAULT_ARCHITECTURE = dict(
+    vocabulary_size=4000, source_sequence_length=40, target_sequence_length=40,
+    hidden_dim=128, num_encoder_layers=2, num_decoder_layers=2, num_heads=4,
+    intermediate_dim=512, dropout=0.1, label_smoothing=0.1,
+)
+DEFAULT_EPOCHS = 30
+WARMUP_STEPS = 300
+
+
+def embedded_language(data):
+    """The language of `"gramps"` / `"gramps:LANG"`, or None for a file."""
+    if data == EMBEDDED_DATA:
+        return DEFAULT_LANGUAGE
+    if isinstance(data, str) and data.startswith(EMBEDDED_DATA + ":"):
+        return data.split(":", 1)[1]
+    return None
+
+
+def load_training_data(data, validation_fraction=0.1, seed=0):
+    """`(train, validation, test)`, each `(sources, targets)`; test may be None.
+
+    `data` is a TSV/JSONL file of pairs, or `"gramps[:LANG]"` for the
+    embedded interface messages, English -> LANG (German by default), with
+    their fixed held-out test split of 500 pairs.
+    """
+    language = embedded_language(data)
+    if language is not None:
+        (sources, targets), test = split_pairs(load_message_pairs(language))
+    else:
+        sources, targets = read_sentence_pairs(data)
+        sources, targets = np.array(sources, dtype=object), np.array(targets, dtype=object)
+        test = None
+    order = np.random.default_rng(seed).permutation(len(sources))
+    cut = max(1, int(len(sources) * validation_fraction))
+    validation, train = order[:cut], order[cut:]
+    return ((sources[train], targets[train]), (sources[validation], targets[validation]), test)
+
+
+def learning_rate_schedule(peak, steps, warmup=WARMUP_STEPS):
+    """Linear warmup to `peak`, then cosine decay to 2% of it."""
+    warmup = min(warmup, max(1, steps // 10))
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, steps - warmup), alpha=0.02, warmup_target=peak, warmup_steps=warmup,
+    )
+
+
+def train_translator(data, out, preset=None, epochs=None, batch_size=64, strategy="auto",
+                     learning_rate=None, max_train_examples=None, beam_size=4,
+                     architecture=None, verbose="auto", seed=0):
+    """Trains (or fine-tunes `preset`), reports BLEU, plots, saves and exports.
+
+    Writes under `out/` what `zoo.training.train_and_report` lists; the
+    export decodes with `beam_size`.
+
+    Returns:
+        The summary dict also written to `report.json`.
+    """
+    keras.utils.set_random_seed(seed)
+    epochs = epochs or DEFAULT_EPOCHS
+    learning_rate = learning_rate or (5e-4 if preset else 2e-3)
+    train, validation, test = load_training_data(data, seed=seed)
+    if max_train_examples:
+        train = (train[0][:max_train_examples], train[1][:max_train_examples])
+    steps = epochs * -(-len(train[0]) // batch_size)
+
+    with get_strategy(strategy).scope():
+        if preset is not None:
+            model = Translator.from_preset(preset)
+        else:
+            model = Translator(**(architecture or DEFAULT_ARCHITECTURE))
+            model.adapt(*train)
+        model.compile(optimizer=keras.optimizers.AdamW(
+            learning_rate_schedule(learning_rate, steps), weight_decay=0.01
+        ))
+
+    return train_and_report(
+        model, train, validation, test, out, epochs, batch_size, verbose=verbose,
+        training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
+        summary_extra={"preset": preset},
+        evaluation_options={"beam_size": beam_size},
+        export_options={"beam_size": beam_size},
+    )

@@ -34,16 +34,14 @@ sys.path.insert(0, str(REPO))
 
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from results import dataset_fit_throughput, update_section  # noqa: E402
 from zoo import Translator, report  # noqa: E402
+from zoo.training import warmup_cosine  # noqa: E402
 from zoo.translator.decoding import beam_search  # noqa: E402
 from zoo.translator.model import END_ID, START_ID  # noqa: E402
-from zoo.translator.train import (  # noqa: E402
-    DEFAULT_ARCHITECTURE, learning_rate_schedule, load_training_data,
-)
+from zoo.translator.train import DEFAULT_ARCHITECTURE, load_training_data  # noqa: E402
 
 BATCH = 64
 
@@ -68,7 +66,7 @@ def keras_hub_translator(a):
 
 def compile_like_ours(model, steps):
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate_schedule(2e-3, steps), weight_decay=0.01),
+        optimizer=keras.optimizers.AdamW(warmup_cosine(2e-3, steps), weight_decay=0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
                                                         reduction="mean_with_sample_weight"),
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
@@ -169,7 +167,7 @@ def main(quick=False):
     keras.utils.set_random_seed(0)
     ours = Translator(**architecture, source_vocabulary=ours.source_vocabulary,
                       target_vocabulary=ours.target_vocabulary)
-    ours.compile(optimizer=keras.optimizers.AdamW(learning_rate_schedule(2e-3, steps),
+    ours.compile(optimizer=keras.optimizers.AdamW(warmup_cosine(2e-3, steps),
                                                   weight_decay=0.01))
     start = time.perf_counter()
     ours.fit(*train, epochs=epochs, batch_size=BATCH, verbose=2)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import reference as ref
 import keras_selfattn as ksa
 
 

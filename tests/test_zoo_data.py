@@ -114,7 +114,7 @@ def test_embedded_message_pairs_are_clean_and_split_the_same_every_time():
     assert all(s != t for s, t in zip(pairs.sources, pairs.targets))
     index = pairs.sources.index("Copy")  # from "_Copy", its accelerator dropped
     assert pairs.targets[index] == "Kopieren"
-    (train, test), (train_again, test_again) = split_pairs(pairs), split_pairs(pairs)
+    (train, test), (_, test_again) = split_pairs(pairs), split_pairs(pairs)
     assert len(test[0]) == 500 and list(test[0]) == list(test_again[0])
     assert not set(test[0]) & set(train[0])
 

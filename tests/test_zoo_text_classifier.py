@@ -1,6 +1,5 @@
 """TextClassifier on raw strings: fit, predict, labels and bad input."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf

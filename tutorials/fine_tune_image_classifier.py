@@ -20,8 +20,6 @@ import argparse
 import base64
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -34,8 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from zoo import ImageClassifier, report  # noqa: E402
 from zoo.datasets import load_digits  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from zoo.serving_client import rest_in_fresh_process  # noqa: E402
 
 
 def write_your_folder(folder, images, labels):
@@ -72,14 +69,8 @@ def main(fast=False, work=None):
     pngs = sorted((held_out / "odd").glob("*.png"))[:2] + sorted((held_out / "even").glob("*.png"))[:2]
     request = json.dumps({"signature_name": "serving_default", "instances": [
         {"b64": base64.b64encode(p.read_bytes()).decode()} for p in pngs]})
-    answer = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, json; sys.path.insert(0, sys.argv[1]); import serving_client;"
-         "print(serving_client.rest_predict(serving_client.load(sys.argv[2]), sys.argv[3]))",
-         str(REPO / "zoo"), str(work / "served"), request],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    for path, row in zip(pngs, json.loads(answer)["predictions"]):
+    answer = rest_in_fresh_process(work / "served", request)
+    for path, row in zip(pngs, answer["predictions"]):
         print(f"  {path.parent.name}/{path.name}: {row['label']} ({max(row['probabilities']):.2f})")
     return summary["accuracy"]
 

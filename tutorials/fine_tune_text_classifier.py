@@ -17,8 +17,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -30,8 +28,7 @@ import keras  # noqa: E402
 from zoo import TextClassifier, report  # noqa: E402
 from zoo.data import read_labelled_texts  # noqa: E402
 from zoo.datasets import load_sentiment  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from zoo.serving_client import rest_in_fresh_process  # noqa: E402
 
 
 def write_your_csv(path, count):
@@ -69,14 +66,8 @@ def main(fast=False, work=None):
     print(f"Exported to {version}")
     request = json.dumps({"signature_name": "serving_default",
                           "instances": ["I loved every minute.", "A waste of an evening."]})
-    answer = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, json; sys.path.insert(0, sys.argv[1]); import serving_client;"
-         "print(serving_client.rest_predict(serving_client.load(sys.argv[2]), sys.argv[3]))",
-         str(REPO / "zoo"), str(work / "served"), request],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    for row in json.loads(answer)["predictions"]:
+    answer = rest_in_fresh_process(work / "served", request)
+    for row in answer["predictions"]:
         print(f"  {row['label']:>8}  {max(row['probabilities']):.2f}")
     return summary["accuracy"]
 

@@ -19,8 +19,6 @@ Run: `python tutorials/train_translator.py [--fast] [--work DIR]`.
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -32,9 +30,8 @@ import keras  # noqa: E402
 from zoo import Translator, report  # noqa: E402
 from zoo.data import read_sentence_pairs  # noqa: E402
 from zoo.datasets import load_message_pairs  # noqa: E402
-from zoo.translator.train import learning_rate_schedule  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from zoo.serving_client import rest_in_fresh_process  # noqa: E402
+from zoo.training import warmup_cosine  # noqa: E402
 
 
 def write_your_pairs(path, count):
@@ -65,7 +62,7 @@ def main(fast=False, work=None):
                            intermediate_dim=512)
     epochs, batch_size = (2, 32) if fast else (30, 64)
     steps = epochs * -(-len(train[0]) // batch_size)
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate_schedule(2e-3, steps),
+    model.compile(optimizer=keras.optimizers.AdamW(warmup_cosine(2e-3, steps),
                                                    weight_decay=0.01))
     model.fit(*train, epochs=epochs, batch_size=batch_size, verbose=2)
 
@@ -81,14 +78,8 @@ def main(fast=False, work=None):
     print(f"Exported to {version}")
     request = json.dumps({"signature_name": "serving_default",
                           "instances": ["Open the family tree", "Delete the selected person"]})
-    answer = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, json; sys.path.insert(0, sys.argv[1]); import serving_client;"
-         "print(serving_client.rest_predict(serving_client.load(sys.argv[2]), sys.argv[3]))",
-         str(REPO / "zoo"), str(work / "served"), request],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    print("REST answer:", answer.strip())
+    answer = rest_in_fresh_process(work / "served", request)
+    print("REST answer:", json.dumps(answer, ensure_ascii=False))
 
 
 if __name__ == "__main__":

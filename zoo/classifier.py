@@ -10,7 +10,6 @@ a new configuration in `transfer_weights()`.
 """
 
 import json
-from pathlib import Path
 
 import keras
 import numpy as np

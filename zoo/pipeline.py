@@ -13,6 +13,27 @@ import tensorflow as tf
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def text_array(x):
+    """A 1-D list or array of texts (str or UTF-8 bytes) -> NumPy array of str."""
+    if isinstance(x, str):
+        raise TypeError("Give a list of texts, not a single string. Received: a str.")
+    array = np.asarray(x, dtype=object)
+    if array.ndim != 1:
+        raise ValueError(f"Texts must be a 1-D list or array. Received shape {array.shape}.")
+    return np.array(
+        [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array],
+        dtype=object,
+    ).astype(str)
+
+
+def valid_utf8(texts):
+    """String tensor with invalid UTF-8 replaced by U+FFFD, so that one bad
+    input does not fail its whole batch in the tokenizer."""
+    return tf.strings.unicode_transcode(
+        texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
+    )
+
+
 class RawInputModel(keras.Model):
     """Base of the zoo models. Subclasses implement:
 

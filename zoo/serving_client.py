@@ -118,7 +118,24 @@ def grpc_predict(loaded, request_bytes):
     return response.SerializeToString()
 
 
+def rest_in_fresh_process(model_dir, body):
+    """Sends a REST `:predict` body to the newest export under `model_dir`
+    from a new Python process that imports only this module (so only
+    tensorflow, and tensorflow_text when the export needs it); returns the
+    response body as a dict."""
+    import subprocess
+
+    answer = subprocess.run(
+        [sys.executable, __file__, "--rest", str(model_dir), body],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(answer)
+
+
 def main(argv):
+    if len(argv) == 3 and argv[0] == "--rest":  # one raw request body
+        print(rest_predict(load(argv[1]), argv[2]))
+        return 0
     if len(argv) < 2:
         print(__doc__)
         return 2

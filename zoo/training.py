@@ -52,6 +52,16 @@ def label_names(*splits):
     return sorted({str(label) for _, labels in splits for label in labels.tolist()})
 
 
+def warmup_cosine(learning_rate, total_steps, warmup_fraction=0.1):
+    """Linear warmup over the first `warmup_fraction` of the steps to
+    `learning_rate`, then cosine decay to 1% of it."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, total_steps - warmup), alpha=0.01,
+        warmup_target=learning_rate, warmup_steps=warmup,
+    )
+
+
 def train_and_report(model, train, validation, test, out, epochs, batch_size,
                      verbose="auto", callbacks=(), training_metadata=None,
                      summary_extra=None, evaluation_options=None, export_options=None):
@@ -113,6 +123,17 @@ def reproduce_preset(train, target):
     print(f"wrote {target}; {summary['evaluated_on']} {summary['headline']} "
           f"{summary[summary['headline']]:.4f}")
     return summary
+
+
+def recipe_command(description, default_target, train, argv=None):
+    """The command line of a preset recipe module: `reproduce_preset(train,
+    --out FOLDER)`, by default into the shipped preset's folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description.strip().splitlines()[0])
+    parser.add_argument("--out", help=f"preset folder (default: {default_target})")
+    out = parser.parse_args(argv).out
+    return reproduce_preset(train, Path(out) if out else Path(default_target))
 
 
 def preset_label_order(model_class, preset, names):

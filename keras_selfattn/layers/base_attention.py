@@ -5,7 +5,6 @@ import string
 import keras
 from keras import constraints
 from keras import initializers
-from keras import ops
 from keras import regularizers
 
 from keras_selfattn import kernels

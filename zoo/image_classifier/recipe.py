@@ -8,24 +8,16 @@ and writes it to `zoo/image_classifier/presets/mnist_vit_micro/`. Rerunning
 it on the same versions of TensorFlow and Keras reproduces the same weights.
 """
 
-import argparse
-from pathlib import Path
-
 from zoo.image_classifier.model import PRESETS_DIR
 from zoo.image_classifier.train import EMBEDDED_DATA, train_image_classifier
-from zoo.training import reproduce_preset
+from zoo.training import recipe_command
 
 PRESET_NAME = "mnist_vit_micro"
 
 
-def main(out=None):
-    return reproduce_preset(
-        lambda work: train_image_classifier(EMBEDDED_DATA, work, verbose=2, seed=0),
-        Path(out) if out else PRESETS_DIR / PRESET_NAME,
-    )
+def train(work):
+    return train_image_classifier(EMBEDDED_DATA, work, verbose=2, seed=0)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help=f"preset folder (default: the shipped {PRESET_NAME})")
-    main(parser.parse_args().out)
+    recipe_command(__doc__, PRESETS_DIR / PRESET_NAME, train)

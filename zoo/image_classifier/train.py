@@ -10,7 +10,9 @@ from zoo.data import read_image_folder
 from zoo.datasets import load_digits
 from zoo.distribute import get_strategy
 from zoo.image_classifier.model import CONFIGURATIONS, ImageClassifier
-from zoo.training import label_names, preset_label_order, split_validation, train_and_report
+from zoo.training import (
+    label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
+)
 
 EMBEDDED_DATA = "mnist"
 
@@ -91,14 +93,6 @@ def choose_geometry(shapes):
     grid = min(14, max(7, round(side / patch)))
     channels = 3 if any(colour for _, _, colour in shapes) else 1
     return dict(image_size=grid * patch, patch_size=patch, channels=channels)
-
-
-def warmup_cosine(learning_rate, total_steps, warmup_fraction=0.1):
-    warmup = max(1, int(total_steps * warmup_fraction))
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, max(1, total_steps - warmup), alpha=0.01,
-        warmup_target=learning_rate, warmup_steps=warmup,
-    )
 
 
 def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,

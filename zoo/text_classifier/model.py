@@ -10,6 +10,7 @@ import tensorflow as tf
 import keras_selfattn as ksa
 from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
+from zoo.pipeline import text_array, valid_utf8
 
 KIND = "text_classifier"
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
@@ -157,25 +158,10 @@ class TextClassifier(ClassifierModel):
                 "The model has no vocabulary yet: call `fit` (which learns "
                 "one from the training texts), `adapt`, or load a preset."
             )
-        texts = tf.strings.unicode_transcode(
-            texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
-        )
-        return self.packer(self.tokenizer(texts))
+        return self.packer(self.tokenizer(valid_utf8(texts)))
 
     def raw_array(self, x):
-        if isinstance(x, str):
-            raise TypeError(
-                "Give a list of texts, not a single string. Received: a str."
-            )
-        array = np.asarray(x, dtype=object)
-        if array.ndim != 1:
-            raise ValueError(
-                f"Texts must be a 1-D list or array. Received shape {array.shape}."
-            )
-        return np.array(
-            [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array],
-            dtype=object,
-        ).astype(str)
+        return text_array(x)
 
     def prepare_for_training(self, x, y):
         if self.tokenizer is None:

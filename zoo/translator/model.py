@@ -11,7 +11,7 @@ import tensorflow as tf
 import keras_selfattn as ksa
 from zoo import report as reports
 from zoo.export import export_saved_model
-from zoo.pipeline import RawInputModel
+from zoo.pipeline import RawInputModel, text_array, valid_utf8
 from zoo.presets import PresetModel
 from zoo.translator.decoding import beam_search
 
@@ -287,12 +287,6 @@ class Translator(PresetModel, RawInputModel):
                 "them from the training pairs), `adapt`, or load a preset."
             )
 
-    @staticmethod
-    def _valid_utf8(texts):
-        return tf.strings.unicode_transcode(
-            texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
-        )
-
     def _in_graph(self, function, *texts):
         """Runs `function` on string tensors as a (cached) `tf.function` when
         called eagerly: keras-hub's tokenizers give Python lists there."""
@@ -311,7 +305,7 @@ class Translator(PresetModel, RawInputModel):
         self._check_vocabularies()
         if tf.executing_eagerly():
             return self._in_graph(self.preprocess, texts)
-        tokens = self.source_tokenizer(self._valid_utf8(texts))
+        tokens = self.source_tokenizer(valid_utf8(texts))
         tokens = tokens[:, :self.source_sequence_length - 1]
         ends = tf.fill([tokens.nrows(), 1], END_ID)
         # Padded to the batch's longest, not to `source_sequence_length`:
@@ -323,7 +317,7 @@ class Translator(PresetModel, RawInputModel):
         next-token targets, weights that are 0 on padding)`."""
         if tf.executing_eagerly():
             return self._in_graph(self.preprocess_pair, sources, targets)
-        tokens = self.target_tokenizer(self._valid_utf8(targets))
+        tokens = self.target_tokenizer(valid_utf8(targets))
         tokens = tokens[:, :self.target_sequence_length - 1]
         rows = tokens.nrows()
         decoder_in = tf.concat([tf.fill([rows, 1], START_ID), tokens], axis=1)
@@ -371,15 +365,7 @@ class Translator(PresetModel, RawInputModel):
         return y
 
     def raw_array(self, x):
-        if isinstance(x, str):
-            raise TypeError("Give a list of texts, not a single string. Received: a str.")
-        array = np.asarray(x, dtype=object)
-        if array.ndim != 1:
-            raise ValueError(f"Texts must be a 1-D list or array. Received shape {array.shape}.")
-        return np.array(
-            [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array],
-            dtype=object,
-        ).astype(str)
+        return text_array(x)
 
     def prepare_for_training(self, x, y):
         if self.source_tokenizer is None:

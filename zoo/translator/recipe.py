@@ -8,24 +8,16 @@ writes it to `zoo/translator/presets/gramps_en_de_small/`. Rerunning it on
 the same versions of TensorFlow and Keras reproduces the same weights.
 """
 
-import argparse
-from pathlib import Path
-
-from zoo.training import reproduce_preset
+from zoo.training import recipe_command
 from zoo.translator.model import PRESETS_DIR
 from zoo.translator.train import EMBEDDED_DATA, train_translator
 
 PRESET_NAME = "gramps_en_de_small"
 
 
-def main(out=None):
-    return reproduce_preset(
-        lambda work: train_translator(EMBEDDED_DATA, work, verbose=2, seed=0),
-        Path(out) if out else PRESETS_DIR / PRESET_NAME,
-    )
+def train(work):
+    return train_translator(EMBEDDED_DATA, work, verbose=2, seed=0)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help=f"preset folder (default: the shipped {PRESET_NAME})")
-    main(parser.parse_args().out)
+    recipe_command(__doc__, PRESETS_DIR / PRESET_NAME, train)

@@ -6,7 +6,7 @@ import numpy as np
 from zoo.data import read_sentence_pairs
 from zoo.datasets import load_message_pairs, split_pairs
 from zoo.distribute import get_strategy
-from zoo.training import train_and_report
+from zoo.training import train_and_report, warmup_cosine
 from zoo.translator.model import Translator
 
 EMBEDDED_DATA = "gramps"
@@ -19,7 +19,6 @@ DEFAULT_ARCHITECTURE = dict(
     intermediate_dim=512, dropout=0.1, label_smoothing=0.1,
 )
 DEFAULT_EPOCHS = 30
-WARMUP_STEPS = 300
 
 
 def embedded_language(data):
@@ -51,14 +50,6 @@ def load_training_data(data, validation_fraction=0.1, seed=0):
     return ((sources[train], targets[train]), (sources[validation], targets[validation]), test)
 
 
-def learning_rate_schedule(peak, steps, warmup=WARMUP_STEPS):
-    """Linear warmup to `peak`, then cosine decay to 2% of it."""
-    warmup = min(warmup, max(1, steps // 10))
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, max(1, steps - warmup), alpha=0.02, warmup_target=peak, warmup_steps=warmup,
-    )
-
-
 def train_translator(data, out, preset=None, epochs=None, batch_size=64, strategy="auto",
                      learning_rate=None, max_train_examples=None, beam_size=4,
                      architecture=None, verbose="auto", seed=0):
@@ -85,7 +76,7 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, strateg
             model = Translator(**(architecture or DEFAULT_ARCHITECTURE))
             model.adapt(*train)
         model.compile(optimizer=keras.optimizers.AdamW(
-            learning_rate_schedule(learning_rate, steps), weight_decay=0.01
+            warmup_cosine(learning_rate, steps), weight_decay=0.01
         ))
 
     return train_and_report(

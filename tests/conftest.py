@@ -170,3 +170,18 @@ def number_pairs(count, seed):
     words = list(NUMBERS)
     sources = [" ".join(rng.choice(words, rng.integers(1, 7))) for _ in range(count)]
     return sources, [" ".join(NUMBERS[w] for w in s.split()) for s in sources]
+
+
+def xla_only_ops(export_version_dir):
+    """The op types in a SavedModel (graph and every function) that run only
+    through XLA (`Xla*`): a stock TF Serving binary may not run them."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((Path(export_version_dir) / "saved_model.pb").read_bytes())
+    ops = set()
+    for graph in saved.meta_graphs:
+        ops.update(node.op for node in graph.graph_def.node)
+        for function in graph.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    return sorted(op for op in ops if op.startswith("Xla"))

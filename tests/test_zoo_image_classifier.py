@@ -282,6 +282,9 @@ def test_export_answers_rest_and_grpc_with_tensorflow_alone(tiny_image_classifie
     _, (images, _) = digits_sample
     images = images[:6]
     version = tiny_image_classifier.export(tmp_path / "served")
+    from conftest import xla_only_ops
+
+    assert xla_only_ops(version) == []  # the stock server need not compile anything
     assert version.name == "1"
     expected = tf.nn.softmax(probabilities(tiny_image_classifier, images)).numpy()
     np.save(tmp_path / "expected.npy", expected)

@@ -117,7 +117,10 @@ def test_exports_are_numbered_versions(tiny_classifier, tmp_path):
 
 @pytest.mark.slow
 def test_export_answers_rest_and_grpc_requests_with_tensorflow_alone(tiny_classifier, tmp_path):
-    tiny_classifier.export(tmp_path / "served")
+    from conftest import xla_only_ops
+
+    version = tiny_classifier.export(tmp_path / "served")
+    assert xla_only_ops(version) == []  # the stock server need not compile anything
     expected = tf.nn.softmax(tiny_classifier.predict(TEXTS, verbose=0)).numpy()
     np.save(tmp_path / "expected.npy", expected)
     (tmp_path / "texts.json").write_text(json.dumps(TEXTS))

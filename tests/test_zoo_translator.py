@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, number_pairs, run_python
+from conftest import REPO_ROOT, number_pairs, run_python, xla_only_ops
 from zoo import Translator
 from zoo.translator.decoding import beam_search, length_penalty
 from zoo.translator.model import END_ID, PAD_ID, START_ID, SmoothedSequenceCrossEntropy
@@ -252,7 +252,10 @@ def test_keras_save_and_load_round_trip(tiny_translator, tmp_path):
 @pytest.mark.slow
 def test_export_answers_rest_and_grpc_requests_with_tensorflow_alone(tiny_translator, tmp_path):
     sources = number_pairs(6, seed=9)[0] + ["", "one two thr\u00e9e"]
-    tiny_translator.export(tmp_path / "served", beam_size=3)
+    version = tiny_translator.export(tmp_path / "served", beam_size=3)
+    # The decoder's cache writes must not lower to XlaDynamicUpdateSlice,
+    # which runs only through XLA's on-demand compiler.
+    assert xla_only_ops(version) == []
     expected = tiny_translator.translate(sources, beam_size=3)
     (tmp_path / "case.json").write_text(json.dumps({"sources": sources, "expected": expected}))
     out = run_python(

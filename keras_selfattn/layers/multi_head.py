@@ -405,11 +405,8 @@ class MultiHead(BaseAttention):
             key_heads, value_heads = cache[:, 0], cache[:, 1]
             offset, causal = 0, use_causal_mask
         else:
-            new_key = self.key_dense(key)
-            new_value = self.value_dense(value)
-            start = [0, cache_update_index, 0, 0]
-            key_cache = ops.slice_update(cache[:, 0], start, new_key)
-            value_cache = ops.slice_update(cache[:, 1], start, new_value)
+            key_cache = _write_at(cache[:, 0], self.key_dense(key), cache_update_index)
+            value_cache = _write_at(cache[:, 1], self.value_dense(value), cache_update_index)
             cache = ops.stack((key_cache, value_cache), axis=1)
             # Attend only to the filled part, so step t costs O(t).
             batch, _, heads, width = kernels.static_or_dynamic_shape(key_cache)
@@ -577,3 +574,22 @@ def _product(dims):
     for dim in dims:
         result = result * dim
     return result
+
+
+def _write_at(cache, new, index):
+    """`cache` `(B, S_max, ...)` with `new` `(B, T, ...)` written at positions
+    `index .. index + T - 1`.
+
+    A select over the cache rather than `ops.slice_update`, which the
+    TensorFlow backend lowers to `XlaDynamicUpdateSlice`: an op that runs
+    only through XLA's on-demand compiler, which a stock TF Serving binary
+    may lack, so an exported decoder using it can fail to serve.
+    """
+    positions = ops.arange(ops.shape(cache)[1], dtype="int32")
+    offsets = positions - ops.cast(index, "int32")
+    steps = ops.shape(new)[1]
+    written = ops.logical_and(offsets >= 0, offsets < steps)
+    aligned = ops.take(new, ops.clip(offsets, 0, steps - 1), axis=1)
+    written = ops.reshape(written, (1, -1) + (1,) * (len(cache.shape) - 2))
+    return ops.where(written, ops.cast(aligned, cache.dtype), cache)
+

@@ -113,7 +113,7 @@ def decoding_speed(translator, hub_model, sources, length):
             @tf.function
             def ours(use_cache=use_cache, beam=beam):
                 encoded, mask = translator.encode(source_ids)
-                state, step = translator._step_functions(encoded, mask, beam, use_cache)
+                state, step = translator.step_functions(encoded, mask, beam, length, use_cache)
                 # end_id=-1: no sentence ends, every one decodes `length` tokens.
                 return beam_search(step, state, tf.shape(source_ids)[0], beam, length,
                                    START_ID, -1)

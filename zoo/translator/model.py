@@ -423,8 +423,11 @@ class Translator(PresetModel, RawInputModel):
 
     # Decoding.
 
-    def _step_functions(self, encoded, source_mask, beam_size, use_cache):
-        """`(initial state, step)` for `beam_search`, rows repeated per beam."""
+    def step_functions(self, encoded, source_mask, beam_size, max_length, use_cache=True):
+        """`(initial state, step)` for `zoo.translator.decoding.beam_search`
+        over the encoded sources, rows repeated per beam. The state is each
+        decoder block's self-attention cache, `max_length` positions long;
+        without `use_cache` there is none and each step recomputes the prefix."""
         encoded = tf.repeat(encoded, beam_size, axis=0)
         source_mask = tf.repeat(source_mask, beam_size, axis=0)
         rows = tf.shape(encoded)[0]
@@ -438,7 +441,7 @@ class Translator(PresetModel, RawInputModel):
             return (), recompute
 
         cross_caches = [block.cross_attention_cache_for(encoded) for block in self.decoder_blocks]
-        state = [block.empty_self_attention_cache(rows, self.target_sequence_length)
+        state = [block.empty_self_attention_cache(rows, max_length)
                  for block in self.decoder_blocks]
 
         def cached(tokens, index, caches):
@@ -466,7 +469,7 @@ class Translator(PresetModel, RawInputModel):
         """
         max_length = self._check_max_length(max_length)
         encoded, source_mask = self.encode(source_ids)
-        state, step = self._step_functions(encoded, source_mask, beam_size, use_cache)
+        state, step = self.step_functions(encoded, source_mask, beam_size, max_length, use_cache)
         return beam_search(step, state, tf.shape(source_ids)[0], beam_size, max_length,
                            START_ID, END_ID, length_penalty)
 

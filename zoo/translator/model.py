@@ -450,8 +450,7 @@ class Translator(PresetModel, RawInputModel):
             updated = []
             for block, cache, cross in zip(self.decoder_blocks, caches, cross_caches):
                 x, cache, _ = block(
-                    x, decoder_padding_mask=tf.ones_like(token, tf.bool),
-                    encoder_padding_mask=source_mask, self_attention_cache=cache,
+                    x, encoder_padding_mask=source_mask, self_attention_cache=cache,
                     self_attention_cache_update_index=index,
                     cross_attention_cache=cross,
                 )

@@ -1,7 +1,7 @@
 """Translator: decoding speed, training throughput and BLEU against keras-hub.
 
-- Decoding: target tokens/s for a batch of sentences decoded to exactly
-  `--decode-length` tokens (the end token is disabled), at beam 1 and 4:
+- Decoding: target tokens/s for 32 and 128 sentences decoded to exactly
+  40 tokens (the target length; the end token is disabled), at beam 1 and 4:
   our search with the decoder's key/value cache, the same search
   recomputing the whole prefix at every step, and keras-hub's
   `GreedySampler` / `BeamSampler` on the keras-hub model, driven as in the
@@ -16,7 +16,8 @@
   schedule, plain cross-entropy over real tokens as in the keras.io
   example) and decodes greedily with `GreedySampler`.
 
-Usage: `python bench/zoo_translate.py [--quick]`; writes its section of RESULTS.md.
+Usage: `python bench/zoo_translate.py [--quick] [--decode-only]`; writes its
+section of RESULTS.md (`--decode-only`: a section of its own).
 """
 
 import argparse
@@ -130,7 +131,34 @@ def decoding_speed(translator, hub_model, sources, length):
     return rates
 
 
-def main(quick=False):
+def environment():
+    return (f"Run {datetime.date.today()} on {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+            f"keras-hub {keras_hub.__version__}.")
+
+
+def decoding_table(ours, hub, sentences, length, batch_sizes):
+    """Markdown lines: tokens/s decoding `batch` sentences to exactly `length`
+    tokens, for each batch size and beam."""
+    lines = [
+        f"Decoding held-out sentences to exactly {length} target tokens (tokens/s, best of 3; "
+        "untrained weights, as speed does not depend on them):",
+        "",
+        "| sentences | beam | ours, KV cache | ours, recomputing the prefix | cache speed-up | "
+        "keras-hub sampler (keras.io style) | ours / keras-hub |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for batch in batch_sizes:
+        rates = decoding_speed(ours, hub, sentences[:batch], length)
+        for beam in (1, 4):
+            cached, recomputed = rates[("cache", beam)], rates[("recompute", beam)]
+            sampler = rates[("keras-hub sampler", beam)]
+            lines.append(f"| {batch} | {beam} | {cached:.0f} | {recomputed:.0f} | "
+                         f"{cached / recomputed:.1f}x | {sampler:.0f} | {cached / sampler:.1f}x |")
+    return lines
+
+
+def main(quick=False, decode_only=False):
     keras.utils.set_random_seed(0)
     architecture = dict(DEFAULT_ARCHITECTURE)
     train, validation, test = load_training_data("gramps")
@@ -147,9 +175,12 @@ def main(quick=False):
 
     # Decoding speed (untrained weights: speed does not depend on them).
     length = architecture["target_sequence_length"]
-    rates = decoding_speed(ours, hub, list(test[0][:32]), length)
-    for (method, beam), rate in rates.items():
-        print(f"decode {method:>18} beam {beam}: {rate:8.0f} tokens/s")
+    decode_lines = decoding_table(ours, hub, list(test[0]), length, (32,) if quick else (32, 128))
+    print("\n".join(decode_lines))
+    if decode_only:
+        if not quick:
+            update_section("Translator decoding", "\n".join([environment(), "", *decode_lines]))
+        return
 
     # Training throughput on the same cached batches (filled before timing),
     # measured in turns so that neither model gets the quieter minutes.
@@ -200,26 +231,15 @@ def main(quick=False):
         return
     a = architecture
     lines = [
-        f"Run {datetime.date.today()} on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-        f"keras-hub {keras_hub.__version__}. Sizes (both models): {a['num_encoder_layers']}+"
+        f"{environment()} Sizes (both models): {a['num_encoder_layers']}+"
         f"{a['num_decoder_layers']} layers, width {a['hidden_dim']}, {a['num_heads']} heads, "
         f"feed-forward {a['intermediate_dim']}, vocabularies of {a['vocabulary_size']}, "
         f"{a['source_sequence_length']}/{a['target_sequence_length']} tokens; ours ties the "
         f"output projection to the target embedding ({ours.count_params():,} parameters "
         f"against {hub.count_params():,}).",
         "",
-        f"Decoding 32 held-out sentences to exactly {length} target tokens (tokens/s, best of 3):",
-        "",
-        "| beam | ours, KV cache | ours, recomputing the prefix | cache speed-up | "
-        "keras-hub sampler (keras.io style) | ours / keras-hub |",
-        "|---|---|---|---|---|---|",
+        *decode_lines,
     ]
-    for beam in (1, 4):
-        cached, recomputed = rates[("cache", beam)], rates[("recompute", beam)]
-        sampler = rates[("keras-hub sampler", beam)]
-        lines.append(f"| {beam} | {cached:.0f} | {recomputed:.0f} | {cached / recomputed:.1f}x | "
-                     f"{sampler:.0f} | {cached / sampler:.1f}x |")
     lines += [
         "",
         f"Training (the same 40 batches of {BATCH} pairs, bucketed by length, best of 3 epochs "
@@ -242,4 +262,7 @@ def main(quick=False):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run; writes nothing")
-    main(parser.parse_args().quick)
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only the decoding speed (its own section of RESULTS.md)")
+    arguments = parser.parse_args()
+    main(arguments.quick, arguments.decode_only)

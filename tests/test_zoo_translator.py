@@ -312,3 +312,23 @@ def test_fits_under_a_mirrored_strategy(mirrored_strategy, tiny_translator):
     losses = history.history["loss"]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert len(model.translate(sources[:3], beam_size=2)) == 3
+
+
+def test_shipped_preset_translates_held_out_pairs_and_fine_tunes():
+    from zoo import report
+    from zoo.datasets import load_message_pairs, split_pairs
+
+    assert "gramps_en_de_small" in Translator.presets
+    model = Translator.from_preset("gramps_en_de_small")
+    metadata = json.loads((Translator.presets["gramps_en_de_small"] / "metadata.json").read_text())
+    assert metadata["training"]["test_bleu_beam_4"] > 0.3
+    _, (sources, references) = split_pairs(load_message_pairs("de"))
+    translations = model.translate(sources[:100])
+    assert report.corpus_bleu(references[:100], translations) > 0.2
+    assert model.translate(["Delete the selected person"], beam_size=4)[0]
+
+    sources, targets = number_pairs(32, seed=13)
+    model.compile(optimizer=keras.optimizers.AdamW(5e-4))
+    history = model.fit(sources, targets, epochs=2, batch_size=16, verbose=0)
+    assert history.history["loss"][1] < history.history["loss"][0]
+    assert model.source_vocabulary == Translator.from_preset("gramps_en_de_small").source_vocabulary

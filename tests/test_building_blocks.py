@@ -126,6 +126,23 @@ def test_cached_cross_attention_hides_source_padding(rng):
     )
 
 
+def test_cross_attention_scores_skip_source_padding(rng):
+    block = ksa.TransformerDecoderBlock(num_heads=2, intermediate_dim=16)
+    target = rng.normal(size=(2, 3, 8)).astype("float32")
+    source = rng.normal(size=(2, 5, 8)).astype("float32")
+    source_mask = np.array([[True] * 5, [True, True, False, False, False]])
+    block(target, source)
+    scores = np.asarray(block.cross_attention_scores(target, source,
+                                                     encoder_padding_mask=source_mask))
+    assert scores.shape == (2, 2, 3, 5)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
+    assert (scores[1, :, :, 2:] == 0).all()
+    with pytest.raises(ValueError, match="no cross-attention"):
+        decoder_only = ksa.TransformerDecoderBlock(num_heads=2, intermediate_dim=16)
+        decoder_only(target)
+        decoder_only.cross_attention_scores(target, source)
+
+
 def test_cached_step_attends_over_filled_prefix_only(rng):
     """Step t reads t + 1 cached keys, not the whole cache: the work is O(t)."""
     layer = ksa.MultiHead(2, 4)

@@ -16,8 +16,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -49,13 +47,14 @@ def _labelled_images(args):
 
 
 def _sentence_pairs(args):
-    from zoo.translator.train import load_training_data
+    from zoo.data import read_sentence_pairs
+    from zoo.datasets import load_message_pairs, split_pairs
+    from zoo.translator.train import embedded_language
 
-    train, validation, test = load_training_data(args.data)
-    if test is not None:  # the embedded corpus: its fixed held-out split
-        return test
-    return (np.concatenate([train[0], validation[0]]),
-            np.concatenate([train[1], validation[1]]))
+    language = embedded_language(args.data)
+    if language is not None:  # the embedded corpus: its fixed held-out split
+        return split_pairs(load_message_pairs(language))[1]
+    return read_sentence_pairs(args.data)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,22 @@ def text_array(x):
     ).astype(str)
 
 
+def learn_word_piece_vocabulary(texts, size, reserved_tokens, lowercase):
+    """A WordPiece vocabulary of at most `size` tokens (keras-hub's learner)
+    from the non-blank `texts`, `reserved_tokens` first; accents are kept
+    exactly when case is."""
+    import keras_hub
+
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError("Cannot learn a vocabulary from no (non-empty) text.")
+    return keras_hub.tokenizers.compute_word_piece_vocabulary(
+        tf.data.Dataset.from_tensor_slices(texts).batch(256),
+        vocabulary_size=size, lowercase=lowercase, strip_accents=lowercase,
+        reserved_tokens=list(reserved_tokens),
+    )
+
+
 def valid_utf8(texts):
     """String tensor with invalid UTF-8 replaced by U+FFFD, so that one bad
     input does not fail its whole batch in the tokenizer."""

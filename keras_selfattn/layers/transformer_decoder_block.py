@@ -95,23 +95,9 @@ class TransformerDecoderBlock(ResidualBlock):
                 "cross_attention_cache"
             )
 
-        def self_attend(x):
-            if use_cache:
-                return self.self_attention(
-                    x, query_mask=decoder_padding_mask,
-                    cache=self_attention_cache,
-                    cache_update_index=self_attention_cache_update_index,
-                    training=training,
-                )
-            return self.self_attention(
-                x, query_mask=decoder_padding_mask,
-                value_mask=decoder_padding_mask,
-                use_causal_mask=use_causal_mask, training=training,
-            )
-
-        x = self.residual(
-            decoder_sequence, self_attend, self.self_attention_norm,
-            self.self_attention_dropout, training,
+        x = self._self_attention_sublayer(
+            decoder_sequence, decoder_padding_mask, use_causal_mask, training,
+            self_attention_cache, self_attention_cache_update_index,
         )
         if use_cache:
             x, self_attention_cache = x
@@ -139,6 +125,45 @@ class TransformerDecoderBlock(ResidualBlock):
         if use_cache:
             return x, self_attention_cache, cross_attention_cache
         return x
+
+    def _self_attention_sublayer(self, decoder_sequence, padding_mask, use_causal_mask,
+                                 training, cache=None, cache_update_index=None):
+        """The residual self-attention sublayer; with a cache, `(output, cache)`."""
+        def self_attend(x):
+            if cache is not None:
+                return self.self_attention(
+                    x, query_mask=padding_mask, cache=cache,
+                    cache_update_index=cache_update_index, training=training,
+                )
+            return self.self_attention(
+                x, query_mask=padding_mask, value_mask=padding_mask,
+                use_causal_mask=use_causal_mask, training=training,
+            )
+
+        return self.residual(
+            decoder_sequence, self_attend, self.self_attention_norm,
+            self.self_attention_dropout, training,
+        )
+
+    def cross_attention_scores(self, decoder_sequence, encoder_sequence,
+                               decoder_padding_mask=None, encoder_padding_mask=None,
+                               use_causal_mask=True):
+        """The block's cross-attention weights `(B, heads, T, S)`: how much
+        each decoder position attends to each encoder position."""
+        if self.cross_attention is None:
+            raise ValueError(
+                "This block was built without an encoder sequence, so it has "
+                "no cross-attention weights."
+            )
+        x = self._self_attention_sublayer(
+            decoder_sequence, decoder_padding_mask, use_causal_mask, training=False
+        )
+        query = self.cross_attention_norm(x) if self.normalize_first else x
+        _, scores = self.cross_attention(
+            query, encoder_sequence, query_mask=decoder_padding_mask,
+            value_mask=encoder_padding_mask, return_attention_scores=True,
+        )
+        return scores
 
     def cross_attention_cache_for(self, encoder_sequence):
         """Projects the encoder output once: `(B, 2, S, heads, key_dim)`."""

@@ -10,7 +10,7 @@ import tensorflow as tf
 import keras_selfattn as ksa
 from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
-from zoo.pipeline import text_array, valid_utf8
+from zoo.pipeline import learn_word_piece_vocabulary, text_array, valid_utf8
 
 KIND = "text_classifier"
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
@@ -135,17 +135,10 @@ class TextClassifier(ClassifierModel):
 
     def adapt(self, texts):
         """Learns the WordPiece vocabulary from `texts`."""
-        texts = [t for t in self.raw_array(texts).tolist() if t.strip()]
-        if not texts:
-            raise ValueError("Cannot learn a vocabulary from no (non-empty) text.")
-        vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
-            tf.data.Dataset.from_tensor_slices(texts).batch(256),
-            vocabulary_size=self.vocabulary_size,
+        self.set_vocabulary(learn_word_piece_vocabulary(
+            self.raw_array(texts).tolist(), self.vocabulary_size, RESERVED_TOKENS,
             lowercase=True,
-            strip_accents=True,
-            reserved_tokens=list(RESERVED_TOKENS),
-        )
-        self.set_vocabulary(vocabulary)
+        ))
 
     def preprocess(self, texts):
         """`(B,)` strings -> `(B, sequence_length)` int32 token ids.

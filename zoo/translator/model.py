@@ -11,7 +11,7 @@ import tensorflow as tf
 import keras_selfattn as ksa
 from zoo import report as reports
 from zoo.export import export_saved_model
-from zoo.pipeline import RawInputModel, text_array, valid_utf8
+from zoo.pipeline import RawInputModel, learn_word_piece_vocabulary, text_array, valid_utf8
 from zoo.presets import PresetModel
 from zoo.translator.decoding import beam_search
 
@@ -259,26 +259,18 @@ class Translator(PresetModel, RawInputModel):
             graph_functions={},
         )
 
-    @staticmethod
-    def learn_vocabulary(texts, size):
-        texts = [t for t in texts if t.strip()]
-        if not texts:
-            raise ValueError("Cannot learn a vocabulary from no (non-empty) text.")
-        return keras_hub.tokenizers.compute_word_piece_vocabulary(
-            tf.data.Dataset.from_tensor_slices(texts).batch(256),
-            vocabulary_size=size, lowercase=False, strip_accents=False,
-            reserved_tokens=list(RESERVED_TOKENS),
-        )
-
     def adapt(self, source_texts, target_texts):
         """Learns the WordPiece vocabularies from training pairs."""
         sources = self.raw_array(source_texts).tolist()
         targets = self.raw_array(target_texts).tolist()
+        def learn(texts):  # case and accents kept: they carry meaning in translations
+            return learn_word_piece_vocabulary(texts, self.vocabulary_size, RESERVED_TOKENS,
+                                               lowercase=False)
+
         if self.shared_vocabulary:
-            self.set_vocabularies(self.learn_vocabulary(sources + targets, self.vocabulary_size))
+            self.set_vocabularies(learn(sources + targets))
         else:
-            self.set_vocabularies(self.learn_vocabulary(sources, self.vocabulary_size),
-                                  self.learn_vocabulary(targets, self.vocabulary_size))
+            self.set_vocabularies(learn(sources), learn(targets))
 
     def _check_vocabularies(self):
         if self.source_tokenizer is None:
@@ -548,9 +540,8 @@ class Translator(PresetModel, RawInputModel):
         """Source tokens, target tokens and the last decoder block's
         cross-attention weights `(heads, T, S)` for one sentence."""
         translation = self.translate([text])[0] if translation is None else translation
-        source_ids = self.preprocess(tf.constant([text]))
         inputs, _, weights = self.preprocess_pair(tf.constant([text]), tf.constant([translation]))
-        decoder_ids = inputs["decoder_token_ids"]
+        source_ids, decoder_ids = inputs["encoder_token_ids"], inputs["decoder_token_ids"]
         source_length = int(tf.reduce_sum(tf.cast(source_ids[0] != PAD_ID, tf.int32)))
         target_length = int(tf.reduce_sum(weights[0]))
         encoded, source_mask = self.encode(source_ids)
@@ -559,15 +550,8 @@ class Translator(PresetModel, RawInputModel):
         for block in self.decoder_blocks[:-1]:
             x = block(x, encoded, decoder_padding_mask=decoder_mask,
                       encoder_padding_mask=source_mask)
-        last = self.decoder_blocks[-1]
-        x = last.residual(
-            x, lambda y: last.self_attention(y, query_mask=decoder_mask, value_mask=decoder_mask,
-                                             use_causal_mask=True),
-            last.self_attention_norm, last.self_attention_dropout, False,
-        )
-        query = last.cross_attention_norm(x) if last.normalize_first else x
-        _, scores = last.cross_attention(
-            query, encoded, value_mask=source_mask, return_attention_scores=True
+        scores = self.decoder_blocks[-1].cross_attention_scores(
+            x, encoded, decoder_padding_mask=decoder_mask, encoder_padding_mask=source_mask
         )
         source_tokens = [self.source_vocabulary[int(i)] for i in source_ids[0][:source_length]]
         target_tokens = [self.target_vocabulary[int(i)] for i in decoder_ids[0][:target_length]]

@@ -49,12 +49,20 @@ def position_mask(query_length, key_length, causal=False, window_size=None,
     a window of `w` allows `abs(i - j) < w`. Returns `None` when neither
     applies.
     """
+    return positions_mask(
+        ops.arange(query_length, dtype="int32") + query_offset,
+        ops.arange(key_length, dtype="int32"),
+        causal, window_size,
+    )
+
+
+def positions_mask(query_positions, key_positions, causal=False,
+                   window_size=None):
+    """`position_mask` for given int32 query `(n,)` and key `(m,)` positions."""
     if not causal and window_size is None:
         return None
-    query_positions = ops.expand_dims(
-        ops.arange(query_length, dtype="int32") + query_offset, -1
-    )
-    key_positions = ops.expand_dims(ops.arange(key_length, dtype="int32"), 0)
+    query_positions = ops.expand_dims(query_positions, -1)
+    key_positions = ops.expand_dims(key_positions, 0)
     mask = None
     if causal:
         mask = combine_masks(
@@ -228,6 +236,400 @@ def dot_product_attention(query, key, value, mask=None, scale=None,
     weights = masked_softmax(dot_product_logits(query, key), mask, query.dtype)
     combined = dropout(weights) if dropout is not None else weights
     return weighted_values(combined, value), weights
+
+
+# Elements of one block's float32 scores in the blocked kernel: 32 MB,
+# small enough that a few live temporaries per block stay far below the
+# dense kernel's `(B, H, T_q, T_k)` tensors, large enough to keep the
+# matmuls efficient.
+_BLOCK_SCORE_ELEMENTS = 1 << 23
+# With `"auto"`, the blocked kernel takes over above this many score
+# elements (256 MB in float32). Below it the dense kernel is faster on the
+# CPU (it does 6 matmuls where the blocked one recomputes to do 9) and its
+# weights are cheap to hold.
+BLOCKED_MIN_SCORE_ELEMENTS = 1 << 26
+ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blocked")
+
+
+def check_attention_impl(attention_impl):
+    if attention_impl not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            "`attention_impl` must be one of "
+            f"{ATTENTION_IMPLEMENTATIONS}. Received: "
+            f"attention_impl={attention_impl!r}"
+        )
+    return attention_impl
+
+
+def uses_blocked_kernel(attention_impl, batch, heads, query_length,
+                        key_length):
+    """Whether `attention_impl` (`"auto"|"dense"|"blocked"`) means blocked.
+
+    `"auto"` picks the blocked kernel when the lengths are known while
+    tracing and the `(B, H, T_q, T_k)` scores would exceed
+    `BLOCKED_MIN_SCORE_ELEMENTS` (an unknown batch counts as 1).
+    """
+    if attention_impl != "auto":
+        return attention_impl == "blocked"
+    if not isinstance(query_length, int) or not isinstance(key_length, int):
+        return False
+    batch = batch if isinstance(batch, int) else 1
+    return batch * heads * query_length * key_length > (
+        BLOCKED_MIN_SCORE_ELEMENTS
+    )
+
+
+def attention_block_size(rows_per_position, length):
+    """Positions per block so that one block holds about
+    `_BLOCK_SCORE_ELEMENTS` scores: a power of two in `[16, 512]`."""
+    if not isinstance(length, int) or not isinstance(rows_per_position, int):
+        return 128
+    size = _BLOCK_SCORE_ELEMENTS // max(1, rows_per_position * length)
+    return int(min(512, max(16, 2 ** int(math.log2(max(size, 1))))))
+
+
+def _in_order(body, blocks, like):
+    """`[body(block) for block in blocks]`, stacked, one block at a time.
+
+    `ops.map` is `tf.map_fn` on TensorFlow, which runs up to 10 iterations
+    at once and so holds 10 blocks' scores; `ops.scan` runs them in order.
+    The TensorFlow backend's scan writes its outputs into arrays shaped like
+    the carry, so the carry is the last output, `like` its initial value.
+    """
+    def step(carry, block):
+        del carry
+        output = body(block)
+        return output, output
+
+    return ops.scan(step, like, blocks)[1]
+
+
+def _blocks(x, axis, block, num_blocks):
+    """Pads `axis` to `num_blocks * block` and moves the blocks to axis 0."""
+    shape = static_or_dynamic_shape(x)
+    padded = _pad_axis(x, axis, 0, num_blocks * block - shape[axis])
+    split = shape[:axis] + (num_blocks, block) + shape[axis + 1:]
+    return ops.moveaxis(ops.reshape(padded, split), axis, 0)
+
+
+def _pad_bool(mask, axis, length):
+    shape = static_or_dynamic_shape(mask)
+    padded = _pad_axis(ops.cast(mask, "int32"), axis, 0, length - shape[axis])
+    return ops.cast(padded, "bool")
+
+
+def _grouped_mask(query_positions, key_positions, causal, window_size,
+                  query_mask=None, key_mask=None, explicit=None,
+                  key_length=None, groups=1):
+    """The mask of a block as `(B|1, G|1, R|1, n_q, n_k)`, or `None`.
+
+    `query_mask` is `(B, n_q)`, `key_mask` `(B, n_k)`, `explicit`
+    `(B|1, H|1, n_q, n_k)`; keys at positions `>= key_length` (the padding
+    of the last key block) are masked when `key_length` is given.
+    """
+    masks = []
+    positions = positions_mask(
+        query_positions, key_positions, causal, window_size
+    )
+    if positions is not None:
+        masks.append(positions[None, None, None])
+    if key_length is not None:
+        masks.append(ops.less(key_positions, key_length)[None, None, None, None])
+    if query_mask is not None:
+        masks.append(query_mask[:, None, None, :, None])
+    if key_mask is not None:
+        masks.append(key_mask[:, None, None, None, :])
+    if explicit is not None:
+        lead, heads, rows, cols = static_or_dynamic_shape(explicit)
+        if heads == 1:
+            masks.append(explicit[:, :, None])
+        else:
+            masks.append(ops.reshape(
+                explicit, (lead, groups, heads // groups, rows, cols)
+            ))
+    return combine_masks(*masks)
+
+
+def blocked_attention(query, key, value, scale=None, query_mask=None,
+                      key_mask=None, attention_mask=None, causal=False,
+                      window_size=None, query_offset=0, block_size=None):
+    """Scaled dot-product attention that never holds `(B, H, T_q, T_k)`.
+
+    Queries are processed in blocks against all keys, so each block's
+    softmax is exact; only the output and one log-sum-exp per query row
+    are kept. The gradient (FlashAttention-2's) recomputes each block's
+    weights from that log-sum-exp: one pass over query blocks gives the
+    query gradient, one over key blocks the key and value gradients, so
+    the backward pass holds no `T_q x T_k` tensor either and no loop
+    carries an accumulator. Masks follow `dense_attention_mask`, combined
+    by AND; rows with no allowed key give zero output and zero gradients;
+    the softmax runs in float32.
+
+    Args:
+        query: `(B, T_q, H, K)`.
+        key: `(B, T_k, G, K)`, `G` dividing `H`.
+        value: `(B, T_k, G, V)`.
+        scale: multiplies the logits; default `1 / sqrt(K)`.
+        query_mask, key_mask: `(B, T_q)` and `(B, T_k)` padding masks.
+        attention_mask: explicit mask normalized to `(B|1, H|1, T_q, T_k)`.
+        causal, window_size, query_offset: see `position_mask`.
+        block_size: positions per query and per key block; default from
+            `attention_block_size`.
+
+    Returns:
+        The output `(B, T_q, H, V)`. There is no dropout on this path; the
+        layers use the dense kernel when dropout is active.
+    """
+    batch, q_len, heads, key_width = static_or_dynamic_shape(query)
+    k_len = static_or_dynamic_shape(key)[1]
+    groups, value_width = key.shape[2], value.shape[-1]
+    ratio = heads // groups
+    dtype = query.dtype
+    if scale is None:
+        scale = 1.0 / math.sqrt(key_width)
+    rows = (batch if isinstance(batch, int) else 1) * heads
+    q_block = block_size or attention_block_size(rows, k_len)
+    k_block = block_size or attention_block_size(rows, q_len)
+    num_q_blocks = (q_len + q_block - 1) // q_block
+    num_k_blocks = (k_len + k_block - 1) // k_block
+    q_padded = num_q_blocks * q_block
+    k_padded = num_k_blocks * k_block
+    padded_keys = not (isinstance(k_len, int) and k_padded == k_len)
+
+    query = ops.multiply(query, ops.cast(scale, dtype))
+    # (B, T, H, K) -> (B, G, R, T_pad, K): the R query heads sharing a key
+    # head become rows of one matmul against that key head.
+    queries = ops.transpose(
+        ops.reshape(
+            _pad_axis(query, 1, 0, q_padded - q_len),
+            (batch, q_padded, groups, ratio, key_width),
+        ),
+        (0, 2, 3, 1, 4),
+    )
+    query_positions = ops.arange(q_padded, dtype="int32") + query_offset
+    key_positions = ops.arange(k_padded, dtype="int32")
+    if query_mask is not None:
+        query_mask = _pad_bool(query_mask, 1, q_padded)
+    if key_mask is not None:
+        key_mask = _pad_bool(key_mask, 1, k_padded)
+    query_pass_masks, key_pass_masks = {}, {}
+    if query_mask is not None:
+        query_pass_masks["query_mask"] = _blocks(
+            query_mask, 1, q_block, num_q_blocks
+        )
+    if attention_mask is not None:
+        lead = static_or_dynamic_shape(attention_mask)[:2]
+        attention_mask = _pad_bool(
+            ops.broadcast_to(attention_mask, lead + (q_len, k_len)),
+            2, q_padded,
+        )
+        query_pass_masks["explicit"] = _blocks(
+            attention_mask, 2, q_block, num_q_blocks
+        )
+        key_pass_masks["explicit"] = _blocks(
+            _pad_bool(attention_mask, 3, k_padded), 3, k_block, num_k_blocks
+        )
+    if key_mask is not None:
+        key_pass_masks["key_mask"] = _blocks(
+            key_mask, 1, k_block, num_k_blocks
+        )
+    query_pass_masks["query_positions"] = _blocks(
+        query_positions, 0, q_block, num_q_blocks
+    )
+    key_pass_masks["key_positions"] = _blocks(
+        key_positions, 0, k_block, num_k_blocks
+    )
+
+    def query_block_mask(block):
+        return _grouped_mask(
+            block["query_positions"], key_positions[:k_len], causal,
+            window_size, block.get("query_mask"),
+            None if key_mask is None else key_mask[:, :k_len],
+            None if "explicit" not in block else block["explicit"][..., :k_len],
+            groups=groups,
+        )
+
+    def key_block_mask(block):
+        mask = _grouped_mask(
+            query_positions, block["key_positions"], causal, window_size,
+            query_mask, block.get("key_mask"), block.get("explicit"),
+            key_length=k_len if padded_keys else None, groups=groups,
+        )
+        # (.., R, n_q, n_k) -> (.., n_k, R, n_q), the key pass's layout.
+        return None if mask is None else ops.transpose(mask, (0, 1, 4, 2, 3))
+
+    def rows_of(x):
+        """(B, G, R, n, D) -> (B, G, R * n, D), the matmul's rows."""
+        shape = static_or_dynamic_shape(x)
+        return ops.reshape(x, shape[:2] + (shape[2] * shape[3], shape[4]))
+
+    def logits(left, right, shape, mask):
+        """`left @ right` in float32, shaped `shape` and masked."""
+        scores = ops.reshape(
+            ops.cast(ops.matmul(left, right), "float32"), shape
+        )
+        return scores if mask is None else ops.where(
+            mask, scores, _MASKED_LOGIT
+        )
+
+    def query_block_shape(width):
+        return (batch, groups, ratio, q_block, width)
+
+    @ops.custom_gradient
+    def attend(queries, keys, values):
+        # queries (B, G, R, T_pad, K), keys (B, G, T_k, K), values
+        # (B, G, T_k, V).
+        keys_t = ops.transpose(keys, (0, 1, 3, 2))
+        query_blocks = {
+            "query": _blocks(queries, 3, q_block, num_q_blocks),
+            **query_pass_masks,
+        }
+
+        def forward(block):
+            mask = query_block_mask(block)
+            scores = logits(
+                rows_of(block["query"]), keys_t,
+                query_block_shape(k_len), mask,
+            )
+            row_max = ops.max(scores, axis=-1, keepdims=True)
+            weights = ops.exp(scores - row_max)
+            row_sum = ops.sum(weights, axis=-1, keepdims=True)
+            output = ops.matmul(
+                rows_of(ops.cast(weights, dtype)), values
+            )
+            output = ops.reshape(
+                ops.cast(output, "float32"), query_block_shape(value_width)
+            ) / row_sum
+            log_sum = row_max + ops.log(row_sum)
+            if mask is not None:
+                # A row with no allowed key: zero output, and a log-sum-exp
+                # of 0 so that recomputed weights exp(-1e9 - 0) are 0 too.
+                row_has_key = row_max > _MASKED_LOGIT / 2
+                output = ops.where(row_has_key, output, 0.0)
+                log_sum = ops.where(row_has_key, log_sum, 0.0)
+            return ops.cast(output, dtype), ops.squeeze(log_sum, -1)
+
+        output_blocks, log_sum_blocks = _in_order(
+            forward, query_blocks,
+            (ops.zeros(query_block_shape(value_width), dtype),
+             ops.zeros(query_block_shape(1)[:-1], "float32")),
+        )
+        output = _unblock(output_blocks, 3)
+        log_sum = _unblock(log_sum_blocks, 3)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, dtype)
+            # D = rowsum(dO * O): the softmax gradient's row term.
+            row_dot = ops.sum(
+                ops.cast(upstream, "float32") * ops.cast(output, "float32"),
+                axis=-1,
+            )
+            values_t = ops.transpose(values, (0, 1, 3, 2))
+
+            def query_gradient(block):
+                scores = logits(
+                    rows_of(block["query"]), keys_t,
+                    query_block_shape(k_len), query_block_mask(block),
+                )
+                weights = ops.exp(scores - block["log_sum"][..., None])
+                weight_grads = ops.reshape(
+                    ops.cast(
+                        ops.matmul(rows_of(block["upstream"]), values_t),
+                        "float32",
+                    ),
+                    query_block_shape(k_len),
+                )
+                score_grads = weights * (
+                    weight_grads - block["row_dot"][..., None]
+                )
+                return ops.reshape(
+                    ops.matmul(rows_of(ops.cast(score_grads, dtype)), keys),
+                    query_block_shape(key_width),
+                )
+
+            query_grad = _unblock(_in_order(
+                query_gradient,
+                {
+                    **query_blocks,
+                    "upstream": _blocks(upstream, 3, q_block, num_q_blocks),
+                    "log_sum": _blocks(log_sum, 3, q_block, num_q_blocks),
+                    "row_dot": _blocks(row_dot, 3, q_block, num_q_blocks),
+                },
+                ops.zeros(query_block_shape(key_width), dtype),
+            ), 3)
+
+            query_rows = rows_of(queries)
+            upstream_rows = rows_of(upstream)
+            queries_t = ops.transpose(query_rows, (0, 1, 3, 2))
+            upstream_t = ops.transpose(upstream_rows, (0, 1, 3, 2))
+            # (B, G, R, T_pad) -> (B, G, 1, R, T_pad), against key rows.
+            log_sum_t = log_sum[:, :, None]
+            row_dot_t = row_dot[:, :, None]
+            key_block_shape = (batch, groups, k_block, ratio, q_padded)
+
+            def key_value_gradient(block):
+                scores = logits(
+                    block["key"], queries_t, key_block_shape,
+                    key_block_mask(block),
+                )
+                weights = ops.exp(scores - log_sum_t)
+                weight_rows = ops.reshape(
+                    weights, (batch, groups, k_block, ratio * q_padded)
+                )
+                value_grad = ops.matmul(
+                    ops.cast(weight_rows, dtype), upstream_rows
+                )
+                weight_grads = ops.reshape(
+                    ops.cast(ops.matmul(block["value"], upstream_t), "float32"),
+                    key_block_shape,
+                )
+                score_grads = ops.reshape(
+                    weights * (weight_grads - row_dot_t),
+                    (batch, groups, k_block, ratio * q_padded),
+                )
+                key_grad = ops.matmul(
+                    ops.cast(score_grads, dtype), query_rows
+                )
+                return key_grad, value_grad
+
+            key_grad, value_grad = _in_order(
+                key_value_gradient,
+                {
+                    "key": _blocks(keys, 2, k_block, num_k_blocks),
+                    "value": _blocks(values, 2, k_block, num_k_blocks),
+                    **key_pass_masks,
+                },
+                (ops.zeros((batch, groups, k_block, key_width), dtype),
+                 ops.zeros((batch, groups, k_block, value_width), dtype)),
+            )
+            key_grad = _unblock(key_grad, 2)[:, :, :k_len]
+            value_grad = _unblock(value_grad, 2)[:, :, :k_len]
+            return query_grad, key_grad, value_grad
+
+        return output, grad
+
+    output = attend(
+        queries,
+        ops.transpose(key, (0, 2, 1, 3)),
+        ops.transpose(value, (0, 2, 1, 3)),
+    )
+    # (B, G, R, T_pad, V) -> (B, T, H, V)
+    output = ops.reshape(
+        ops.transpose(output, (0, 3, 1, 2, 4)),
+        (batch, q_padded, heads, value_width),
+    )
+    return output[:, :q_len]
+
+
+def _unblock(blocks, axis):
+    """Inverse of `_blocks` (without removing the padding)."""
+    x = ops.moveaxis(blocks, 0, axis)
+    shape = static_or_dynamic_shape(x)
+    return ops.reshape(
+        x, shape[:axis] + (shape[axis] * shape[axis + 1],) + shape[axis + 2:]
+    )
 
 
 def _pad_axis(x, axis, before, after):

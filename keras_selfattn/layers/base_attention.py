@@ -175,6 +175,20 @@ class BaseAttention(keras.layers.Layer):
             return None
         return lambda weights: self.dropout_layer(weights, training=training)
 
+    def uses_blocked_kernel(self, batch, query_length, key_length, training,
+                            return_attention_scores):
+        """Whether this call takes `kernels.blocked_attention`.
+
+        Read from `self.attention_impl`; returned weights and active dropout
+        need the dense kernel whatever it says.
+        """
+        if return_attention_scores or (self.dropout > 0.0 and training):
+            return False
+        return kernels.uses_blocked_kernel(
+            self.attention_impl, batch, self.num_heads, query_length,
+            key_length,
+        )
+
     def get_config(self):
         return {
             **super().get_config(),

@@ -62,6 +62,13 @@ class MultiHead(BaseAttention):
         seed: seed of the dropout.
         num_key_value_heads: number of key/value heads; must divide
             `num_heads`. Defaults to `num_heads`.
+        attention_impl: `"dense"` computes the `(B, H, T, S)` weights at
+            once; `"blocked"` computes attention a block of queries at a
+            time and recomputes the weights in the backward pass, so no
+            `(B, H, T, S)` tensor is ever held; `"auto"` (default) takes
+            the blocked kernel when those weights would be large (see
+            `kernels.uses_blocked_kernel`). Calls that return the scores or
+            apply dropout always take the dense kernel.
 
     Call arguments:
         query: `(B, T, dim)` (or more attention axes).
@@ -115,8 +122,10 @@ class MultiHead(BaseAttention):
         use_gate=False,
         seed=None,
         num_key_value_heads=None,
+        attention_impl="auto",
         **kwargs,
     ):
+        kernels.check_attention_impl(attention_impl)
         check_positive_int("num_heads", num_heads)
         check_positive_int("key_dim", key_dim)
         check_positive_int("value_dim", value_dim, allow_none=True)
@@ -181,6 +190,7 @@ class MultiHead(BaseAttention):
         self._output_shape_arg = output_shape
         self._value_dim_arg = value_dim
         self._num_key_value_heads_arg = num_key_value_heads
+        self.attention_impl = attention_impl
 
     def build(self, query_shape, value_shape=None, key_shape=None):
         query_shape = check_feature_shape("query", query_shape)
@@ -301,7 +311,7 @@ class MultiHead(BaseAttention):
         output, scores = self._attend(
             query_heads, key_heads, value_heads, query_mask,
             kernels.combine_masks(value_mask, key_mask), attention_mask,
-            use_causal_mask, training,
+            use_causal_mask, training, return_attention_scores,
         )
         output = self._project_output(output, query)
         if return_attention_scores:
@@ -320,8 +330,13 @@ class MultiHead(BaseAttention):
         )
 
     def _attend(self, query, key, value, query_mask, key_mask,
-                attention_mask, use_causal_mask, training, query_offset=0):
-        """Flattens the attention axes, masks, attends and restores the axes."""
+                attention_mask, use_causal_mask, training,
+                return_attention_scores, query_offset=0):
+        """Flattens the attention axes, masks, attends and restores the axes.
+
+        Returns `(output, weights)`; the weights are `None` on the blocked
+        kernel, which only runs when they are not asked for.
+        """
         flat_query, restore = self._flatten_axes(query)
         flat_key, _ = self._flatten_axes(key)
         flat_value, _ = self._flatten_axes(value)
@@ -332,11 +347,20 @@ class MultiHead(BaseAttention):
             attention_mask, query, key, q_len, k_len,
             batch if isinstance(batch, int) else None,
         )
+        query_mask = self._flatten_mask(query_mask, query)
+        key_mask = self._flatten_mask(key_mask, key)
+        if self.uses_blocked_kernel(batch, q_len, k_len, training,
+                                    return_attention_scores):
+            output = kernels.blocked_attention(
+                flat_query, flat_key, flat_value,
+                scale=1.0 / math.sqrt(self.key_dim),
+                query_mask=query_mask, key_mask=key_mask,
+                attention_mask=attention_mask, causal=use_causal_mask,
+                window_size=self.sliding_window, query_offset=query_offset,
+            )
+            return restore(output), None
         mask = kernels.dense_attention_mask(
-            q_len, k_len,
-            self._flatten_mask(query_mask, query),
-            self._flatten_mask(key_mask, key),
-            attention_mask,
+            q_len, k_len, query_mask, key_mask, attention_mask,
             causal=use_causal_mask,
             window_size=self.sliding_window,
             query_offset=query_offset,
@@ -417,7 +441,8 @@ class MultiHead(BaseAttention):
             offset, causal, key_mask = cache_update_index, True, None
         output, scores = self._attend(
             query_heads, key_heads, value_heads, query_mask, key_mask,
-            attention_mask, causal, training, query_offset=offset,
+            attention_mask, causal, training, return_attention_scores,
+            query_offset=offset,
         )
         output = self._project_output(output, query)
         if return_attention_scores:
@@ -566,6 +591,7 @@ class MultiHead(BaseAttention):
             "flash_attention": self.flash_attention,
             "use_gate": self.use_gate,
             "num_key_value_heads": self._num_key_value_heads_arg,
+            "attention_impl": self.attention_impl,
         }
 
 

@@ -22,6 +22,8 @@ class SelfAttention(SequenceSelfAttention):
         units: width of the projections and of the output. Defaults to the
             input width.
         use_scale: whether to divide the logits by `sqrt(units)`.
+        attention_impl: `"auto"`, `"dense"` or `"blocked"`, as in
+            `MultiHead`.
         dropout, use_bias, kernel_initializer, bias_initializer,
         kernel_regularizer, bias_regularizer, activity_regularizer,
         kernel_constraint, bias_constraint, seed: as in `MultiHead`.
@@ -47,11 +49,14 @@ class SelfAttention(SequenceSelfAttention):
     (2, 5, 4)
     """
 
-    def __init__(self, units=None, use_scale=True, **kwargs):
+    def __init__(self, units=None, use_scale=True, attention_impl="auto",
+                 **kwargs):
         check_positive_int("units", units, allow_none=True)
+        kernels.check_attention_impl(attention_impl)
         super().__init__(**kwargs)
         self.units = units
         self.use_scale = use_scale
+        self.attention_impl = attention_impl
         self.num_heads = 1
 
     def build(self, input_shape):
@@ -65,17 +70,25 @@ class SelfAttention(SequenceSelfAttention):
     def compute_attention(self, inputs, padding_mask, attention_mask,
                           use_causal_mask, training, return_attention_scores):
         width = self.output_width_for(inputs.shape)
-        length = kernels.static_or_dynamic_shape(inputs)[1]
+        batch, length = kernels.static_or_dynamic_shape(inputs)[:2]
+        query = self.query_dense(inputs)
+        key = self.key_dense(inputs)
+        value = self.value_dense(inputs)
+        scale = 1.0 / math.sqrt(width) if self.use_scale else 1.0
+        if self.uses_blocked_kernel(batch, length, length, training,
+                                    return_attention_scores):
+            output = kernels.blocked_attention(
+                query, key, value, scale=scale, query_mask=padding_mask,
+                key_mask=padding_mask, attention_mask=attention_mask,
+                causal=use_causal_mask,
+            )
+            return keras.ops.squeeze(output, axis=2), None
         mask = kernels.dense_attention_mask(
             length, length, padding_mask, padding_mask, attention_mask,
             causal=use_causal_mask,
         )
         output, weights = kernels.dot_product_attention(
-            self.query_dense(inputs),
-            self.key_dense(inputs),
-            self.value_dense(inputs),
-            mask=mask,
-            scale=1.0 / math.sqrt(width) if self.use_scale else 1.0,
+            query, key, value, mask=mask, scale=scale,
             dropout=self.apply_dropout(training),
         )
         return keras.ops.squeeze(output, axis=2), weights
@@ -91,4 +104,5 @@ class SelfAttention(SequenceSelfAttention):
             **super().get_config(),
             "units": self.units,
             "use_scale": self.use_scale,
+            "attention_impl": self.attention_impl,
         }

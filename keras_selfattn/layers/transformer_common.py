@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_selfattn import kernels
 from keras_selfattn.layers.base_attention import check_positive_int
 from keras_selfattn.layers.base_attention import check_rate
 
@@ -13,12 +14,13 @@ class ResidualBlock(keras.layers.Layer):
                  attention_dropout=0.0, activation="gelu",
                  normalize_first=False, layer_norm_epsilon=1e-5,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 **kwargs):
+                 attention_impl="auto", **kwargs):
         check_positive_int("num_heads", num_heads)
         check_positive_int("intermediate_dim", intermediate_dim)
         check_positive_int("key_dim", key_dim, allow_none=True)
         check_rate("dropout", dropout)
         check_rate("attention_dropout", attention_dropout)
+        kernels.check_attention_impl(attention_impl)
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
@@ -30,6 +32,7 @@ class ResidualBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.attention_impl = attention_impl
         self.supports_masking = True
 
     def head_width(self, hidden_dim):
@@ -119,6 +122,7 @@ class ResidualBlock(keras.layers.Layer):
             "bias_initializer": keras.initializers.serialize(
                 self.bias_initializer
             ),
+            "attention_impl": self.attention_impl,
         }
 
 

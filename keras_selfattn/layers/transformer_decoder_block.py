@@ -20,7 +20,7 @@ class TransformerDecoderBlock(ResidualBlock):
     Args:
         num_heads, intermediate_dim, key_dim, dropout, attention_dropout,
         activation, normalize_first, layer_norm_epsilon, kernel_initializer,
-        bias_initializer: as in `TransformerEncoderBlock`.
+        bias_initializer, attention_impl: as in `TransformerEncoderBlock`.
 
     Call arguments:
         decoder_sequence: `(B, T, dim)`.
@@ -55,6 +55,7 @@ class TransformerDecoderBlock(ResidualBlock):
         self.self_attention = MultiHead(
             self.num_heads, width, dropout=self.attention_dropout,
             dtype=self.dtype_policy, name="self_attention",
+            attention_impl=self.attention_impl,
             **self.initializers(),
         )
         self.self_attention.build(shape)
@@ -69,6 +70,7 @@ class TransformerDecoderBlock(ResidualBlock):
             self.cross_attention = MultiHead(
                 self.num_heads, width, dropout=self.attention_dropout,
                 dtype=self.dtype_policy, name="cross_attention",
+                attention_impl=self.attention_impl,
                 **self.initializers(),
             )
             self.cross_attention.build(shape, source)

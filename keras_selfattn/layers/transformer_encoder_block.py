@@ -35,6 +35,8 @@ class TransformerEncoderBlock(ResidualBlock):
         normalize_first: pre-norm instead of post-norm.
         layer_norm_epsilon: epsilon of the layer norms.
         kernel_initializer, bias_initializer: of the dense layers.
+        attention_impl: `"auto"`, `"dense"` or `"blocked"`, passed to the
+            `multi_head` and `self_attention` layers (see `MultiHead`).
 
     Call arguments:
         inputs: `(B, T, dim)`.
@@ -75,7 +77,8 @@ class TransformerEncoderBlock(ResidualBlock):
             name="attention", **self.initializers(),
         )
         if self.attention == "multi_head":
-            layer = MultiHead(self.num_heads, self.head_width(dim), **common)
+            layer = MultiHead(self.num_heads, self.head_width(dim),
+                              attention_impl=self.attention_impl, **common)
         elif self.attention == "local_window":
             layer = LocalWindow(self.num_heads, self.head_width(dim),
                                 self.window_size, **common)
@@ -83,7 +86,8 @@ class TransformerEncoderBlock(ResidualBlock):
             layer = Additive(units=dim, num_heads=self.num_heads,
                              window_size=self.window_size, **common)
         else:
-            layer = SelfAttention(units=dim, **common)
+            layer = SelfAttention(units=dim,
+                                  attention_impl=self.attention_impl, **common)
         layer.build(shape)
         self.attention_layer = layer
         self.attention_norm, self.attention_dropout_layer = (

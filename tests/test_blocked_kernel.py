@@ -1,0 +1,244 @@
+"""The memory-efficient blocked kernel: values and gradients against float64
+references, masks, fully masked rows, XLA, mixed precision, and the proof
+that no `(B, H, T_q, T_k)` tensor exists in its forward or backward graph."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import reference as ref
+from keras_selfattn import MultiHead, SelfAttention, kernels
+
+SCALE = 0.4
+
+
+def blocked(q, k, v, masks, block_size):
+    return kernels.blocked_attention(
+        q, k, v, scale=SCALE, query_mask=masks.get("query_mask"),
+        key_mask=masks.get("key_mask"),
+        attention_mask=masks.get("attention_mask"),
+        causal=masks.get("causal", False),
+        window_size=masks.get("window_size"),
+        query_offset=masks.get("query_offset", 0), block_size=block_size,
+    )
+
+
+def random_case(rng, batch=2, q_len=13, k_len=11, heads=4, groups=2,
+                width=5, value_width=3, **mask_kinds):
+    q = rng.normal(size=(batch, q_len, heads, width))
+    k = rng.normal(size=(batch, k_len, groups, width))
+    v = rng.normal(size=(batch, k_len, groups, value_width))
+    masks = {}
+    if mask_kinds.get("padding"):
+        masks["query_mask"] = ref.random_padding_mask(rng, batch, q_len, 0)
+        masks["key_mask"] = ref.random_padding_mask(rng, batch, k_len, 0)
+    if mask_kinds.get("explicit"):
+        explicit = rng.random((batch, heads, q_len, k_len)) < 0.6
+        explicit[0, 1, 3, :] = False  # one row with no key at all
+        masks["attention_mask"] = explicit
+    for name in ("causal", "window_size", "query_offset"):
+        if name in mask_kinds:
+            masks[name] = mask_kinds[name]
+    return q, k, v, masks
+
+
+def allowed_of(q, k, masks):
+    allowed = ref.allowed_positions(
+        q.shape[0], q.shape[1], k.shape[1], masks.get("query_mask"),
+        masks.get("key_mask"), masks.get("attention_mask"),
+        masks.get("causal", False), masks.get("window_size"),
+        masks.get("query_offset", 0),
+    )
+    return allowed
+
+
+def reference_loss(q, k, v, upstream, allowed):
+    out, _ = ref.dot_attention(q, k, v, allowed, SCALE)
+    return float(np.sum(out * upstream)), out
+
+
+def tf_inputs(q, k, v, masks):
+    tensors = [tf.constant(x, tf.float32) for x in (q, k, v)]
+    tf_masks = dict(masks)
+    if "attention_mask" in masks:
+        tf_masks["attention_mask"] = kernels.normalize_attention_mask(
+            tf.constant(masks["attention_mask"]), q.shape[1], k.shape[1]
+        )
+    return tensors, tf_masks
+
+
+MASK_KINDS = {
+    "none": {},
+    "padding": dict(padding=True),
+    "causal": dict(causal=True),
+    "window": dict(window_size=3),
+    "explicit": dict(explicit=True),
+    "all": dict(padding=True, causal=True, window_size=4, explicit=True),
+    "decoding_offset": dict(causal=True, query_offset=5, q_len=6),
+}
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("block_size", [4, 16])
+def test_values_and_gradients_match_float64_reference(rng, kind, block_size):
+    options = dict(MASK_KINDS[kind])
+    q, k, v, masks = random_case(rng, **options)
+    upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],))
+    (tq, tk, tv), tf_masks = tf_inputs(q, k, v, masks)
+    with tf.GradientTape() as tape:
+        tape.watch([tq, tk, tv])
+        out = blocked(tq, tk, tv, tf_masks, block_size)
+        loss = tf.reduce_sum(out * tf.constant(upstream, tf.float32))
+    grads = [np.asarray(g) for g in tape.gradient(loss, [tq, tk, tv])]
+
+    allowed = allowed_of(q, k, masks)
+    _, expected = reference_loss(q, k, v, upstream, allowed)
+    np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5)
+    # Central differences of the float64 reference, at every element of
+    # one query, key and value row.
+    eps = 1e-6
+    for which, grad in zip(range(3), grads):
+        inputs = [q, k, v]
+        row = inputs[which].shape[1] // 2
+        for index in np.ndindex(inputs[which].shape[2:]):
+            full = (1, row) + index
+            bumped = [x.copy() for x in inputs]
+            bumped[which][full] += eps
+            lowered = [x.copy() for x in inputs]
+            lowered[which][full] -= eps
+            numeric = (reference_loss(*bumped, upstream, allowed)[0]
+                       - reference_loss(*lowered, upstream, allowed)[0]) / (2 * eps)
+            assert abs(numeric - grad[full]) < 2e-4, (which, full)
+
+
+def test_gradients_equal_dense_kernel_autodiff(rng):
+    q, k, v, masks = random_case(rng, q_len=37, k_len=29, padding=True, causal=True,
+                                 explicit=True)
+    (tq, tk, tv), tf_masks = tf_inputs(q, k, v, masks)
+    dense_mask = kernels.dense_attention_mask(
+        37, 29, tf_masks["query_mask"], tf_masks["key_mask"],
+        tf_masks["attention_mask"], causal=True,
+    )
+    results = []
+    for attend in (lambda a, b, c: blocked(a, b, c, tf_masks, 8),
+                   lambda a, b, c: kernels.dot_product_attention(a, b, c, dense_mask, SCALE)[0]):
+        with tf.GradientTape() as tape:
+            tape.watch([tq, tk, tv])
+            loss = tf.reduce_sum(tf.sin(attend(tq, tk, tv)))
+        results.append(tape.gradient(loss, [tq, tk, tv]))
+    for ours, dense in zip(*results):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(dense), atol=1e-5)
+
+
+def test_fully_masked_rows_give_zero_output_and_gradients(rng):
+    q, k, v, _ = random_case(rng)
+    key_mask = np.zeros((2, 11), bool)
+    key_mask[1, :4] = True  # batch 0 sees no key at all
+    (tq, tk, tv), _ = tf_inputs(q, k, v, {})
+    with tf.GradientTape() as tape:
+        tape.watch([tq, tk, tv])
+        out = blocked(tq, tk, tv, {"key_mask": key_mask}, 4)
+        loss = tf.reduce_sum(out ** 2)
+    grads = tape.gradient(loss, [tq, tk, tv])
+    assert np.all(np.asarray(out)[0] == 0)
+    for grad in grads:
+        assert np.all(np.isfinite(np.asarray(grad)))
+    assert np.all(np.asarray(grads[0])[0] == 0)
+    assert np.all(np.asarray(grads[1])[1, 4:] == 0)  # masked keys learn nothing
+
+
+def test_compiles_with_xla_and_gives_the_same_gradients(rng):
+    q, k, v, masks = random_case(rng, padding=True, causal=True)
+    (tq, tk, tv), tf_masks = tf_inputs(q, k, v, masks)
+
+    def step(a, b, c):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b, c])
+            loss = tf.reduce_sum(tf.square(blocked(a, b, c, tf_masks, 4)))
+        return tape.gradient(loss, [a, b, c])
+
+    plain = tf.function(step)(tq, tk, tv)
+    compiled = tf.function(step, jit_compile=True)(tq, tk, tv)
+    for a, b in zip(plain, compiled):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_no_tensor_of_the_full_score_size_in_forward_or_backward():
+    """Every op output in the traced training step is far below B*H*T*T."""
+    batch, length, heads, width = 1, 4096, 8, 2
+    layer = MultiHead(heads, width, attention_impl="blocked")
+    layer.build((batch, length, 16))
+
+    @tf.function
+    def train_step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x, use_causal_mask=True)))
+        return tape.gradient(loss, [x] + layer.trainable_weights)
+
+    graph = train_step.get_concrete_function(
+        tf.TensorSpec((batch, length, 16))
+    ).graph
+    full_scores = batch * heads * length * length
+    largest = 0
+    for graph_or_body in _graphs(graph):
+        for op in graph_or_body.get_operations():
+            for output in op.outputs:
+                shape = output.shape
+                if shape.rank is not None and shape.is_fully_defined():
+                    largest = max(largest, int(np.prod(shape)))
+    # The blocks' scores are the largest tensors: seen (so the loop bodies
+    # were searched), and a small share of the full scores.
+    assert full_scores // 64 <= largest <= full_scores // 8, (largest, full_scores)
+
+
+def _graphs(graph):
+    """The graph and the bodies of its loops and gradient functions."""
+    yield graph
+    for function in graph._functions.values():
+        yield from _graphs(function.graph) if hasattr(function, "graph") else ()
+
+
+def test_dense_kernel_is_what_auto_picks_for_small_scores_and_config_keeps_it():
+    assert not kernels.uses_blocked_kernel("auto", 8, 8, 512, 512)
+    assert kernels.uses_blocked_kernel("auto", 1, 8, 4096, 4096)
+    assert not kernels.uses_blocked_kernel("auto", 1, 8, None, 4096)
+    layer = MultiHead(2, 4, attention_impl="blocked")
+    assert MultiHead.from_config(layer.get_config()).attention_impl == "blocked"
+    with pytest.raises(ValueError, match="attention_impl.*'flash'"):
+        MultiHead(2, 4, attention_impl="flash")
+
+
+@pytest.mark.parametrize("layer_class", [MultiHead, SelfAttention])
+def test_mixed_float16_blocked_layer_matches_float32(rng, layer_class):
+    x = rng.normal(size=(2, 40, 8)).astype("float32")
+    make = (lambda policy: MultiHead(2, 4, attention_impl="blocked", dtype=policy)) \
+        if layer_class is MultiHead else \
+        (lambda policy: SelfAttention(units=6, attention_impl="blocked", dtype=policy))
+    full, half = make("float32"), make("mixed_float16")
+    full.build(x.shape)
+    half.build(x.shape)
+    half.set_weights(full.get_weights())
+    expected = np.asarray(full(x, use_causal_mask=True))
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        out = half(xt, use_causal_mask=True)
+        loss = tf.reduce_sum(tf.cast(out, tf.float32) ** 2)
+    grads = tape.gradient(loss, [xt] + half.trainable_weights)
+    assert out.dtype == tf.float16
+    np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=1e-2)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+
+
+def test_dropout_in_training_takes_the_dense_kernel(rng):
+    """The blocked kernel has no dropout; training with it falls back."""
+    x = rng.normal(size=(1, 16, 8)).astype("float32")
+    layer = MultiHead(2, 4, dropout=0.5, attention_impl="blocked", seed=1)
+    out_train = np.asarray(layer(x, training=True))
+    out_eval = np.asarray(layer(x, training=False))
+    assert not np.allclose(out_train, out_eval)
+    assert layer.uses_blocked_kernel(1, 16, 16, False, False)
+    assert not layer.uses_blocked_kernel(1, 16, 16, True, False)
+    assert keras.ops.convert_to_numpy(out_eval).shape == (1, 16, 8)

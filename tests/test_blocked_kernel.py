@@ -202,7 +202,8 @@ def _graphs(graph):
 
 def test_dense_kernel_is_what_auto_picks_for_small_scores_and_config_keeps_it():
     assert not kernels.uses_blocked_kernel("auto", 8, 8, 512, 512)
-    assert kernels.uses_blocked_kernel("auto", 1, 8, 4096, 4096)
+    assert not kernels.uses_blocked_kernel("auto", 1, 8, 4096, 4096)
+    assert kernels.uses_blocked_kernel("auto", 1, 8, 8192, 4096)
     assert not kernels.uses_blocked_kernel("auto", 1, 8, None, 4096)
     layer = MultiHead(2, 4, attention_impl="blocked")
     assert MultiHead.from_config(layer.get_config()).attention_impl == "blocked"

@@ -19,7 +19,8 @@ def check_positive_int(name, value, allow_none=False):
             "a positive integer"
         )
         raise ValueError(
-            f"`{name}` must be {expected}. Received: {name}={value!r}"
+            f"Invalid argument `{name}`: it must be {expected}. "
+            f"Received: {name}={value!r}"
         )
 
 

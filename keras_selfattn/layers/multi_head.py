@@ -146,8 +146,8 @@ class MultiHead(BaseAttention):
                 isinstance(d, int) and d > 0 for d in output_shape
             ):
                 raise ValueError(
-                    "`output_shape` must be a positive int or a tuple of "
-                    f"them. Received: output_shape={output_shape!r}"
+                    "Invalid `output_shape`: it must be a positive int or a "
+                    f"tuple of them. Received: output_shape={output_shape!r}"
                 )
             output_shape = tuple(output_shape)
         if isinstance(attention_axes, int):
@@ -197,15 +197,9 @@ class MultiHead(BaseAttention):
         value_shape = check_feature_shape(
             "value", query_shape if value_shape is None else value_shape
         )
-        key_shape = check_feature_shape(
-            "key", value_shape if key_shape is None else key_shape
-        )
-        if value_shape[1:-1] != key_shape[1:-1]:
-            raise ValueError(
-                "All dimensions of `value` and `key`, except the last one, "
-                f"must be equal. Received: value_shape={value_shape} and "
-                f"key_shape={key_shape}"
-            )
+        key_shape = value_shape if key_shape is None else tuple(key_shape)
+        _check_key_matches_value(value_shape, key_shape)
+        key_shape = check_feature_shape("key", key_shape)
         if len(query_shape) != len(value_shape):
             raise ValueError(
                 "`query` and `value` must have the same rank. Received: "
@@ -242,6 +236,33 @@ class MultiHead(BaseAttention):
             self._output_shape_arg or (query_shape[-1],),
             bound_dims=2,
         )
+
+    # The private names Keras's layer uses for its sublayers and window.
+    # Code written against `keras.layers.MultiHeadAttention` reads them
+    # (weight surgery, LoRA, quantization checks), so they point at ours.
+    @property
+    def _query_dense(self):
+        return self.query_dense
+
+    @property
+    def _key_dense(self):
+        return self.key_dense
+
+    @property
+    def _value_dense(self):
+        return self.value_dense
+
+    @property
+    def _output_dense(self):
+        return self.output_dense
+
+    @property
+    def _gate_dense(self):
+        return self.gate_dense
+
+    @property
+    def _sliding_window(self):
+        return self.sliding_window
 
     def _axes_for_rank(self, rank):
         """`(attention axes, batch-like axes)` of `rank`-D inputs, validated."""
@@ -544,12 +565,7 @@ class MultiHead(BaseAttention):
         query_shape = tuple(query_shape)
         value_shape = query_shape if value_shape is None else tuple(value_shape)
         key_shape = value_shape if key_shape is None else tuple(key_shape)
-        if value_shape[1:-1] != key_shape[1:-1]:
-            raise ValueError(
-                "All dimensions of `value` and `key`, except the last one, "
-                f"must be equal. Received: value_shape={value_shape} and "
-                f"key_shape={key_shape}"
-            )
+        _check_key_matches_value(value_shape, key_shape)
         return query_shape[:-1] + (self._output_shape_arg or query_shape[-1:])
 
     def compute_output_spec(self, query, value=None, key=None,
@@ -593,6 +609,15 @@ class MultiHead(BaseAttention):
             "num_key_value_heads": self._num_key_value_heads_arg,
             "attention_impl": self.attention_impl,
         }
+
+
+def _check_key_matches_value(value_shape, key_shape):
+    if tuple(value_shape[1:-1]) != tuple(key_shape[1:-1]):
+        raise ValueError(
+            "All dimensions of `value` and `key`, except the last one, "
+            f"must be equal. Received: value_shape={tuple(value_shape)} and "
+            f"key_shape={tuple(key_shape)}"
+        )
 
 
 def _product(dims):

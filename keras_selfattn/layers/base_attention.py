@@ -24,6 +24,20 @@ def check_positive_int(name, value, allow_none=False):
         )
 
 
+def check_grouped_heads(num_heads, num_key_value_heads):
+    """Validates `num_heads` and `num_key_value_heads` (which may be None)."""
+    check_positive_int("num_heads", num_heads)
+    check_positive_int(
+        "num_key_value_heads", num_key_value_heads, allow_none=True
+    )
+    if num_key_value_heads is not None and num_heads % num_key_value_heads:
+        raise ValueError(
+            "`num_heads` must be divisible by `num_key_value_heads`. "
+            f"Received: num_heads={num_heads}, "
+            f"num_key_value_heads={num_key_value_heads}"
+        )
+
+
 def check_rate(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
         0.0 <= value < 1.0
@@ -170,6 +184,36 @@ class BaseAttention(keras.layers.Layer):
         layer.supports_masking = True
         layer.build(tuple(input_shape))
         return layer
+
+    def build_head_projections(self, query_shape, key_shape, value_shape,
+                               num_heads, num_key_value_heads, key_dim,
+                               value_dim, output_shape, use_gate=False):
+        """Creates the query, key, (gate,) value and output projections.
+
+        Sets `query_dense`, `key_dense`, `gate_dense` when `use_gate`,
+        `value_dense` and `output_dense`, created in the order of
+        `keras.layers.MultiHeadAttention`, so weight lists line up with it.
+        """
+        self.query_dense = self.projection(
+            "query", query_shape, (num_heads, key_dim)
+        )
+        self.key_dense = self.projection(
+            "key", key_shape, (num_key_value_heads, key_dim)
+        )
+        if use_gate:
+            self.gate_dense = self.projection(
+                "gate", query_shape, (num_heads, value_dim),
+                activation="sigmoid",
+            )
+        self.value_dense = self.projection(
+            "value", value_shape, (num_key_value_heads, value_dim)
+        )
+        self.output_dense = self.projection(
+            "attention_output",
+            tuple(query_shape[:-1]) + (num_heads, value_dim),
+            tuple(output_shape),
+            bound_dims=2,
+        )
 
     def apply_dropout(self, training):
         if self.dropout == 0.0:

@@ -6,6 +6,7 @@ import keras
 
 from keras_selfattn import kernels
 from keras_selfattn.layers.base_attention import SequenceSelfAttention
+from keras_selfattn.layers.base_attention import check_grouped_heads
 from keras_selfattn.layers.base_attention import check_positive_int
 
 
@@ -56,19 +57,10 @@ class LocalWindow(SequenceSelfAttention):
 
     def __init__(self, num_heads, key_dim, window_size, value_dim=None,
                  num_key_value_heads=None, **kwargs):
-        check_positive_int("num_heads", num_heads)
+        check_grouped_heads(num_heads, num_key_value_heads)
         check_positive_int("key_dim", key_dim)
         check_positive_int("window_size", window_size)
         check_positive_int("value_dim", value_dim, allow_none=True)
-        check_positive_int(
-            "num_key_value_heads", num_key_value_heads, allow_none=True
-        )
-        if num_key_value_heads is not None and num_heads % num_key_value_heads:
-            raise ValueError(
-                "`num_heads` must be divisible by `num_key_value_heads`. "
-                f"Received: num_heads={num_heads}, "
-                f"num_key_value_heads={num_key_value_heads}"
-            )
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.key_dim = key_dim
@@ -79,22 +71,10 @@ class LocalWindow(SequenceSelfAttention):
     def build(self, input_shape):
         input_shape = self.check_input_shape(input_shape)
         self.input_width = input_shape[-1]
-        value_dim = self.value_dim or self.key_dim
-        kv_heads = self.num_key_value_heads or self.num_heads
-        self.query_dense = self.projection(
-            "query", input_shape, (self.num_heads, self.key_dim)
-        )
-        self.key_dense = self.projection(
-            "key", input_shape, (kv_heads, self.key_dim)
-        )
-        self.value_dense = self.projection(
-            "value", input_shape, (kv_heads, value_dim)
-        )
-        self.output_dense = self.projection(
-            "attention_output",
-            input_shape[:-1] + (self.num_heads, value_dim),
-            (input_shape[-1],),
-            bound_dims=2,
+        self.build_head_projections(
+            input_shape, input_shape, input_shape, self.num_heads,
+            self.num_key_value_heads or self.num_heads, self.key_dim,
+            self.value_dim or self.key_dim, (input_shape[-1],),
         )
 
     def compute_attention(self, inputs, padding_mask, attention_mask,

@@ -10,6 +10,7 @@ from keras_selfattn import kernels
 from keras_selfattn.layers.base_attention import BaseAttention
 from keras_selfattn.layers.base_attention import check_feature_shape
 from keras_selfattn.layers.base_attention import check_float_tensor
+from keras_selfattn.layers.base_attention import check_grouped_heads
 from keras_selfattn.layers.base_attention import check_positive_int
 from keras_selfattn.layers.base_attention import check_width
 
@@ -126,19 +127,10 @@ class MultiHead(BaseAttention):
         **kwargs,
     ):
         kernels.check_attention_impl(attention_impl)
-        check_positive_int("num_heads", num_heads)
+        check_grouped_heads(num_heads, num_key_value_heads)
         check_positive_int("key_dim", key_dim)
         check_positive_int("value_dim", value_dim, allow_none=True)
         check_positive_int("sliding_window", sliding_window, allow_none=True)
-        check_positive_int(
-            "num_key_value_heads", num_key_value_heads, allow_none=True
-        )
-        if num_key_value_heads is not None and num_heads % num_key_value_heads:
-            raise ValueError(
-                "`num_heads` must be divisible by `num_key_value_heads`. "
-                f"Received: num_heads={num_heads}, "
-                f"num_key_value_heads={num_key_value_heads}"
-            )
         if output_shape is not None:
             if isinstance(output_shape, int):
                 output_shape = (output_shape,)
@@ -214,27 +206,10 @@ class MultiHead(BaseAttention):
             len(query_shape)
         )
 
-        heads, kv_heads = self.num_heads, self.num_key_value_heads
-        # Created in Keras's order, so the weight lists line up.
-        self.query_dense = self.projection(
-            "query", query_shape, (heads, self.key_dim)
-        )
-        self.key_dense = self.projection(
-            "key", key_shape, (kv_heads, self.key_dim)
-        )
-        if self.use_gate:
-            self.gate_dense = self.projection(
-                "gate", query_shape, (heads, self.value_dim),
-                activation="sigmoid",
-            )
-        self.value_dense = self.projection(
-            "value", value_shape, (kv_heads, self.value_dim)
-        )
-        self.output_dense = self.projection(
-            "attention_output",
-            query_shape[:-1] + (heads, self.value_dim),
-            self._output_shape_arg or (query_shape[-1],),
-            bound_dims=2,
+        self.build_head_projections(
+            query_shape, key_shape, value_shape, self.num_heads,
+            self.num_key_value_heads, self.key_dim, self.value_dim,
+            self._output_shape_arg or (query_shape[-1],), self.use_gate,
         )
 
     # The private names Keras's layer uses for its sublayers and window.

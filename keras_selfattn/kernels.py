@@ -250,6 +250,9 @@ _BLOCK_SCORE_ELEMENTS = 1 << 23
 # affordable to hold.
 BLOCKED_MIN_SCORE_ELEMENTS = 1 << 27
 ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blocked")
+# Smallest block of the banded blocked kernel: below it the loop's
+# per-block overhead outweighs computing a wider band than the window needs.
+_BAND_MIN_BLOCK = 64
 
 
 def check_attention_impl(attention_impl):
@@ -292,17 +295,24 @@ def attention_block_size(rows_per_position, length):
 def _in_order(body, blocks, like):
     """`[body(block) for block in blocks]`, stacked, one block at a time.
 
-    `ops.map` is `tf.map_fn` on TensorFlow, which runs up to 10 iterations
-    at once and so holds 10 blocks' scores; `ops.scan` runs them in order.
-    The TensorFlow backend's scan writes its outputs into arrays shaped like
-    the carry, so the carry is the last output, `like` its initial value.
+    `blocks` is a dict of tensors stacked on axis 0. `ops.map` is
+    `tf.map_fn` on TensorFlow, which runs up to 10 iterations at once and
+    so holds 10 blocks' scores; `ops.scan` runs them in order. The
+    TensorFlow backend's scan writes its outputs into arrays shaped like the
+    carry, so the carry is the last output, `like` its initial value; and
+    it fails on several inputs of unknown length, so it scans block indices
+    and each step takes its block.
     """
-    def step(carry, block):
+    def step(carry, index):
         del carry
-        output = body(block)
+        output = body({
+            name: ops.take(stacked, index, axis=0)
+            for name, stacked in blocks.items()
+        })
         return output, output
 
-    return ops.scan(step, like, blocks)[1]
+    count = ops.shape(next(iter(blocks.values())))[0]
+    return ops.scan(step, like, ops.arange(count, dtype="int32"))[1]
 
 
 def _blocks(x, axis, block, num_blocks):
@@ -321,12 +331,13 @@ def _pad_bool(mask, axis, length):
 
 def _grouped_mask(query_positions, key_positions, causal, window_size,
                   query_mask=None, key_mask=None, explicit=None,
-                  key_length=None, groups=1):
+                  query_length=None, key_length=None, groups=1):
     """The mask of a block as `(B|1, G|1, R|1, n_q, n_k)`, or `None`.
 
     `query_mask` is `(B, n_q)`, `key_mask` `(B, n_k)`, `explicit`
-    `(B|1, H|1, n_q, n_k)`; keys at positions `>= key_length` (the padding
-    of the last key block) are masked when `key_length` is given.
+    `(B|1, H|1, n_q, n_k)`. Positions outside `[0, query_length)` and
+    `[0, key_length)` (padding of the last block, or neighbour blocks past
+    either end) are masked when those lengths are given.
     """
     masks = []
     positions = positions_mask(
@@ -334,8 +345,12 @@ def _grouped_mask(query_positions, key_positions, causal, window_size,
     )
     if positions is not None:
         masks.append(positions[None, None, None])
+    if query_length is not None:
+        inside = _inside(query_positions, query_length)
+        masks.append(inside[None, None, None, :, None])
     if key_length is not None:
-        masks.append(ops.less(key_positions, key_length)[None, None, None, None])
+        inside = _inside(key_positions, key_length)
+        masks.append(inside[None, None, None, None, :])
     if query_mask is not None:
         masks.append(query_mask[:, None, None, :, None])
     if key_mask is not None:
@@ -351,20 +366,61 @@ def _grouped_mask(query_positions, key_positions, causal, window_size,
     return combine_masks(*masks)
 
 
+def _inside(positions, length):
+    return ops.logical_and(
+        ops.greater_equal(positions, 0), ops.less(positions, length)
+    )
+
+
+def _neighbours(x, axis, block, num_blocks, offsets):
+    """For each block along `axis`, its neighbour blocks side by side.
+
+    Block `i` gets blocks `i + o - 1` for `o` in `offsets` (zeros outside
+    the sequence). Returns the blocks on axis 0: `x.shape` with `axis`
+    replaced by `len(offsets) * block`, behind `num_blocks`.
+    """
+    shape = static_or_dynamic_shape(x)
+    padded = _pad_axis(x, axis, block, (num_blocks + 1) * block - shape[axis])
+    split = ops.reshape(
+        padded, shape[:axis] + (num_blocks + 2, block) + shape[axis + 1:]
+    )
+    index = [slice(None)] * (len(shape) + 1)
+    spans = []
+    for offset in offsets:
+        index[axis] = slice(offset, offset + num_blocks)
+        spans.append(split[tuple(index)])
+    return ops.moveaxis(ops.concatenate(spans, axis=axis + 1), axis, 0)
+
+
+def _neighbour_positions(block, num_blocks, offsets):
+    """Positions `(num_blocks, len(offsets) * block)` of `_neighbours`."""
+    starts = ops.arange(num_blocks, dtype="int32") * block
+    return ops.concatenate(
+        [(starts + (offset - 1) * block)[:, None]
+         + ops.arange(block, dtype="int32")[None] for offset in offsets],
+        axis=1,
+    )
+
+
 def blocked_attention(query, key, value, scale=None, query_mask=None,
                       key_mask=None, attention_mask=None, causal=False,
-                      window_size=None, query_offset=0, block_size=None):
+                      window_size=None, query_offset=0, block_size=None,
+                      band=False):
     """Scaled dot-product attention that never holds `(B, H, T_q, T_k)`.
 
-    Queries are processed in blocks against all keys, so each block's
-    softmax is exact; only the output and one log-sum-exp per query row
-    are kept. The gradient (FlashAttention-2's) recomputes each block's
-    weights from that log-sum-exp: one pass over query blocks gives the
-    query gradient, one over key blocks the key and value gradients, so
-    the backward pass holds no `T_q x T_k` tensor either and no loop
-    carries an accumulator. Masks follow `dense_attention_mask`, combined
-    by AND; rows with no allowed key give zero output and zero gradients;
-    the softmax runs in float32.
+    Queries are processed in blocks, so each block's softmax is exact; only
+    the output and one log-sum-exp per query row are kept. The gradient
+    (FlashAttention-2's) recomputes each block's weights from that
+    log-sum-exp: one pass over query blocks gives the query gradient, one
+    over key blocks the key and value gradients, so the backward pass holds
+    no `T_q x T_k` tensor either and no loop carries an accumulator. Masks
+    follow `dense_attention_mask`, combined by AND; rows with no allowed
+    key give zero output and zero gradients; the softmax runs in float32.
+
+    With `band=True` (self-attention with a `window_size`, as in
+    `LocalWindow`) a query block meets only the key blocks its window can
+    reach, and a key block only the query blocks that can reach it, so the
+    work and the memory grow with `T * window_size`.
 
     Args:
         query: `(B, T_q, H, K)`.
@@ -374,8 +430,11 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
         query_mask, key_mask: `(B, T_q)` and `(B, T_k)` padding masks.
         attention_mask: explicit mask normalized to `(B|1, H|1, T_q, T_k)`.
         causal, window_size, query_offset: see `position_mask`.
-        block_size: positions per query and per key block; default from
-            `attention_block_size`.
+        block_size: positions per block; default from `attention_block_size`
+            (with `band`, the window size or `_BAND_MIN_BLOCK`, whichever is
+            larger).
+        band: restrict each block to its window's neighbour blocks; needs
+            `window_size`, `T_q == T_k` and no `query_offset`.
 
     Returns:
         The output `(B, T_q, H, V)`. There is no dropout on this path; the
@@ -388,14 +447,22 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
     dtype = query.dtype
     if scale is None:
         scale = 1.0 / math.sqrt(key_width)
-    rows = (batch if isinstance(batch, int) else 1) * heads
-    q_block = block_size or attention_block_size(rows, k_len)
-    k_block = block_size or attention_block_size(rows, q_len)
+    if band:
+        if window_size is None:
+            raise ValueError("`band=True` needs a `window_size`.")
+        q_block = k_block = max(window_size, block_size or _BAND_MIN_BLOCK)
+    else:
+        rows = (batch if isinstance(batch, int) else 1) * heads
+        q_block = block_size or attention_block_size(rows, k_len)
+        k_block = block_size or attention_block_size(rows, q_len)
     num_q_blocks = (q_len + q_block - 1) // q_block
     num_k_blocks = (k_len + k_block - 1) // k_block
     q_padded = num_q_blocks * q_block
     k_padded = num_k_blocks * k_block
-    padded_keys = not (isinstance(k_len, int) and k_padded == k_len)
+    # Key pass: the query blocks that see key block j; query pass: the key
+    # blocks query block i sees.
+    query_side = (1, 2) if causal else (0, 1, 2)
+    key_side = (0, 1) if causal else (0, 1, 2)
 
     query = ops.multiply(query, ops.cast(scale, dtype))
     # (B, T, H, K) -> (B, G, R, T_pad, K): the R query heads sharing a key
@@ -407,54 +474,96 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
         ),
         (0, 2, 3, 1, 4),
     )
+    keys = _pad_axis(ops.transpose(key, (0, 2, 1, 3)), 2, 0, k_padded - k_len)
+    values = _pad_axis(
+        ops.transpose(value, (0, 2, 1, 3)), 2, 0, k_padded - k_len
+    )
     query_positions = ops.arange(q_padded, dtype="int32") + query_offset
     key_positions = ops.arange(k_padded, dtype="int32")
     if query_mask is not None:
         query_mask = _pad_bool(query_mask, 1, q_padded)
     if key_mask is not None:
         key_mask = _pad_bool(key_mask, 1, k_padded)
-    query_pass_masks, key_pass_masks = {}, {}
-    if query_mask is not None:
-        query_pass_masks["query_mask"] = _blocks(
-            query_mask, 1, q_block, num_q_blocks
-        )
     if attention_mask is not None:
         lead = static_or_dynamic_shape(attention_mask)[:2]
         attention_mask = _pad_bool(
-            ops.broadcast_to(attention_mask, lead + (q_len, k_len)),
-            2, q_padded,
+            _pad_bool(
+                ops.broadcast_to(attention_mask, lead + (q_len, k_len)),
+                2, q_padded,
+            ),
+            3, k_padded,
         )
-        query_pass_masks["explicit"] = _blocks(
+
+    # What each pass reads per block (stacked on axis 0, the scan's) and
+    # what it reads whole: the other side, whole or as neighbour blocks.
+    query_pass = {"query_positions": _blocks(
+        query_positions, 0, q_block, num_q_blocks)}
+    query_pass_whole = {"key_positions": key_positions}
+    key_pass = {"key_positions": _blocks(
+        key_positions, 0, k_block, num_k_blocks)}
+    key_pass_whole = {"query_positions": query_positions}
+    if query_mask is not None:
+        query_pass["query_mask"] = _blocks(query_mask, 1, q_block, num_q_blocks)
+        key_pass_whole["query_mask"] = query_mask
+    if key_mask is not None:
+        key_pass["key_mask"] = _blocks(key_mask, 1, k_block, num_k_blocks)
+        query_pass_whole["key_mask"] = key_mask
+    if band:
+        query_pass["key_positions"] = _neighbour_positions(
+            k_block, num_k_blocks, key_side
+        )
+        key_pass["query_positions"] = _neighbour_positions(
+            q_block, num_q_blocks, query_side
+        )
+        if key_mask is not None:
+            query_pass["key_mask"] = _neighbours(
+                key_mask, 1, k_block, num_k_blocks, key_side
+            )
+        if query_mask is not None:
+            key_pass["query_mask"] = _neighbours(
+                query_mask, 1, q_block, num_q_blocks, query_side
+            )
+        if attention_mask is not None:
+            own_queries = query_pass["query_positions"][:, :, None]
+            own_keys = key_pass["key_positions"][:, None, :]
+            query_pass["explicit"] = ops.moveaxis(_band_of_dense_mask(
+                attention_mask, q_padded,
+                own_queries, query_pass["key_positions"][:, None, :],
+            ), 2, 0)
+            key_pass["explicit"] = ops.moveaxis(_band_of_dense_mask(
+                attention_mask, q_padded,
+                key_pass["query_positions"][:, :, None], own_keys,
+            ), 2, 0)
+    elif attention_mask is not None:
+        query_pass["explicit"] = _blocks(
             attention_mask, 2, q_block, num_q_blocks
         )
-        key_pass_masks["explicit"] = _blocks(
-            _pad_bool(attention_mask, 3, k_padded), 3, k_block, num_k_blocks
+        key_pass["explicit"] = _blocks(
+            attention_mask, 3, k_block, num_k_blocks
         )
-    if key_mask is not None:
-        key_pass_masks["key_mask"] = _blocks(
-            key_mask, 1, k_block, num_k_blocks
-        )
-    query_pass_masks["query_positions"] = _blocks(
-        query_positions, 0, q_block, num_q_blocks
-    )
-    key_pass_masks["key_positions"] = _blocks(
-        key_positions, 0, k_block, num_k_blocks
-    )
+    # Padding of the last block and neighbours past either end.
+    query_limit = q_len if band else None
+    key_limit = k_len if band or not (
+        isinstance(k_len, int) and k_padded == k_len) else None
+
+    def part(block, whole, name):
+        return block[name] if name in block else whole.get(name)
 
     def query_block_mask(block):
         return _grouped_mask(
-            block["query_positions"], key_positions[:k_len], causal,
-            window_size, block.get("query_mask"),
-            None if key_mask is None else key_mask[:, :k_len],
-            None if "explicit" not in block else block["explicit"][..., :k_len],
-            groups=groups,
+            block["query_positions"],
+            part(block, query_pass_whole, "key_positions"),
+            causal, window_size, block.get("query_mask"),
+            part(block, query_pass_whole, "key_mask"), block.get("explicit"),
+            query_limit, key_limit, groups,
         )
 
     def key_block_mask(block):
         mask = _grouped_mask(
-            query_positions, block["key_positions"], causal, window_size,
-            query_mask, block.get("key_mask"), block.get("explicit"),
-            key_length=k_len if padded_keys else None, groups=groups,
+            part(block, key_pass_whole, "query_positions"),
+            block["key_positions"], causal, window_size,
+            part(block, key_pass_whole, "query_mask"), block.get("key_mask"),
+            block.get("explicit"), query_limit, key_limit, groups,
         )
         # (.., R, n_q, n_k) -> (.., n_k, R, n_q), the key pass's layout.
         return None if mask is None else ops.transpose(mask, (0, 1, 4, 2, 3))
@@ -463,6 +572,9 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
         """(B, G, R, n, D) -> (B, G, R * n, D), the matmul's rows."""
         shape = static_or_dynamic_shape(x)
         return ops.reshape(x, shape[:2] + (shape[2] * shape[3], shape[4]))
+
+    def transposed(x):
+        return ops.transpose(x, (0, 1, 3, 2))
 
     def logits(left, right, shape, mask):
         """`left @ right` in float32, shaped `shape` and masked."""
@@ -473,45 +585,60 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
             mask, scores, _MASKED_LOGIT
         )
 
+    key_span = (len(key_side) * k_block) if band else k_padded
+    query_span = (len(query_side) * q_block) if band else q_padded
+
     def query_block_shape(width):
         return (batch, groups, ratio, q_block, width)
 
+    key_block_shape = (batch, groups, k_block, ratio, query_span)
+
     @ops.custom_gradient
     def attend(queries, keys, values):
-        # queries (B, G, R, T_pad, K), keys (B, G, T_k, K), values
-        # (B, G, T_k, V).
-        keys_t = ops.transpose(keys, (0, 1, 3, 2))
-        query_blocks = {
-            "query": _blocks(queries, 3, q_block, num_q_blocks),
-            **query_pass_masks,
-        }
+        # queries (B, G, R, T_pad, K), keys (B, G, T_pad, K), values
+        # (B, G, T_pad, V).
+        query_pass["query"] = _blocks(queries, 3, q_block, num_q_blocks)
+        if band:
+            query_pass["keys"] = _neighbours(
+                keys, 2, k_block, num_k_blocks, key_side
+            )
+            query_pass["values"] = _neighbours(
+                values, 2, k_block, num_k_blocks, key_side
+            )
+        else:
+            query_pass_whole["keys"] = keys
+            query_pass_whole["values"] = values
+
+        def block_logits(block):
+            return logits(
+                rows_of(block["query"]),
+                transposed(part(block, query_pass_whole, "keys")),
+                query_block_shape(key_span), query_block_mask(block),
+            )
 
         def forward(block):
-            mask = query_block_mask(block)
-            scores = logits(
-                rows_of(block["query"]), keys_t,
-                query_block_shape(k_len), mask,
-            )
+            scores = block_logits(block)
             row_max = ops.max(scores, axis=-1, keepdims=True)
             weights = ops.exp(scores - row_max)
             row_sum = ops.sum(weights, axis=-1, keepdims=True)
             output = ops.matmul(
-                rows_of(ops.cast(weights, dtype)), values
+                rows_of(ops.cast(weights, dtype)),
+                part(block, query_pass_whole, "values"),
             )
             output = ops.reshape(
                 ops.cast(output, "float32"), query_block_shape(value_width)
             ) / row_sum
-            log_sum = row_max + ops.log(row_sum)
-            if mask is not None:
-                # A row with no allowed key: zero output, and a log-sum-exp
-                # of 0 so that recomputed weights exp(-1e9 - 0) are 0 too.
-                row_has_key = row_max > _MASKED_LOGIT / 2
-                output = ops.where(row_has_key, output, 0.0)
-                log_sum = ops.where(row_has_key, log_sum, 0.0)
+            # A row with no allowed key: zero output, and a log-sum-exp of 0
+            # so that recomputed weights exp(-1e9 - 0) are 0 too.
+            row_has_key = row_max > _MASKED_LOGIT / 2
+            output = ops.where(row_has_key, output, 0.0)
+            log_sum = ops.where(
+                row_has_key, row_max + ops.log(row_sum), 0.0
+            )
             return ops.cast(output, dtype), ops.squeeze(log_sum, -1)
 
         output_blocks, log_sum_blocks = _in_order(
-            forward, query_blocks,
+            forward, query_pass,
             (ops.zeros(query_block_shape(value_width), dtype),
              ops.zeros(query_block_shape(1)[:-1], "float32")),
         )
@@ -527,33 +654,33 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
                 ops.cast(upstream, "float32") * ops.cast(output, "float32"),
                 axis=-1,
             )
-            values_t = ops.transpose(values, (0, 1, 3, 2))
 
             def query_gradient(block):
-                scores = logits(
-                    rows_of(block["query"]), keys_t,
-                    query_block_shape(k_len), query_block_mask(block),
+                weights = ops.exp(
+                    block_logits(block) - block["log_sum"][..., None]
                 )
-                weights = ops.exp(scores - block["log_sum"][..., None])
                 weight_grads = ops.reshape(
-                    ops.cast(
-                        ops.matmul(rows_of(block["upstream"]), values_t),
-                        "float32",
-                    ),
-                    query_block_shape(k_len),
+                    ops.cast(ops.matmul(
+                        rows_of(block["upstream"]),
+                        transposed(part(block, query_pass_whole, "values")),
+                    ), "float32"),
+                    query_block_shape(key_span),
                 )
                 score_grads = weights * (
                     weight_grads - block["row_dot"][..., None]
                 )
                 return ops.reshape(
-                    ops.matmul(rows_of(ops.cast(score_grads, dtype)), keys),
+                    ops.matmul(
+                        rows_of(ops.cast(score_grads, dtype)),
+                        part(block, query_pass_whole, "keys"),
+                    ),
                     query_block_shape(key_width),
                 )
 
             query_grad = _unblock(_in_order(
                 query_gradient,
                 {
-                    **query_blocks,
+                    **query_pass,
                     "upstream": _blocks(upstream, 3, q_block, num_q_blocks),
                     "log_sum": _blocks(log_sum, 3, q_block, num_q_blocks),
                     "row_dot": _blocks(row_dot, 3, q_block, num_q_blocks),
@@ -561,34 +688,47 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
                 ops.zeros(query_block_shape(key_width), dtype),
             ), 3)
 
-            query_rows = rows_of(queries)
-            upstream_rows = rows_of(upstream)
-            queries_t = ops.transpose(query_rows, (0, 1, 3, 2))
-            upstream_t = ops.transpose(upstream_rows, (0, 1, 3, 2))
-            # (B, G, R, T_pad) -> (B, G, 1, R, T_pad), against key rows.
-            log_sum_t = log_sum[:, :, None]
-            row_dot_t = row_dot[:, :, None]
-            key_block_shape = (batch, groups, k_block, ratio, q_padded)
+            key_pass["key"] = _blocks(keys, 2, k_block, num_k_blocks)
+            key_pass["value"] = _blocks(values, 2, k_block, num_k_blocks)
+            sides = {"queries": queries, "upstream": upstream,
+                     "log_sum": log_sum, "row_dot": row_dot}
+            for name, x in sides.items():
+                if band:
+                    key_pass[name] = _neighbours(
+                        x, 3, q_block, num_q_blocks, query_side
+                    )
+                else:
+                    key_pass_whole[name] = x
 
             def key_value_gradient(block):
+                query_rows = rows_of(part(block, key_pass_whole, "queries"))
+                upstream_rows = rows_of(
+                    part(block, key_pass_whole, "upstream")
+                )
                 scores = logits(
-                    block["key"], queries_t, key_block_shape,
+                    block["key"], transposed(query_rows), key_block_shape,
                     key_block_mask(block),
                 )
-                weights = ops.exp(scores - log_sum_t)
+                # (B, G, R, n) -> (B, G, 1, R, n), against key rows.
+                weights = ops.exp(
+                    scores - part(block, key_pass_whole, "log_sum")[:, :, None]
+                )
                 weight_rows = ops.reshape(
-                    weights, (batch, groups, k_block, ratio * q_padded)
+                    weights, (batch, groups, k_block, ratio * query_span)
                 )
                 value_grad = ops.matmul(
                     ops.cast(weight_rows, dtype), upstream_rows
                 )
                 weight_grads = ops.reshape(
-                    ops.cast(ops.matmul(block["value"], upstream_t), "float32"),
+                    ops.cast(ops.matmul(
+                        block["value"], transposed(upstream_rows)
+                    ), "float32"),
                     key_block_shape,
                 )
+                row_dot_t = part(block, key_pass_whole, "row_dot")[:, :, None]
                 score_grads = ops.reshape(
                     weights * (weight_grads - row_dot_t),
-                    (batch, groups, k_block, ratio * q_padded),
+                    (batch, groups, k_block, ratio * query_span),
                 )
                 key_grad = ops.matmul(
                     ops.cast(score_grads, dtype), query_rows
@@ -596,26 +736,15 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
                 return key_grad, value_grad
 
             key_grad, value_grad = _in_order(
-                key_value_gradient,
-                {
-                    "key": _blocks(keys, 2, k_block, num_k_blocks),
-                    "value": _blocks(values, 2, k_block, num_k_blocks),
-                    **key_pass_masks,
-                },
+                key_value_gradient, key_pass,
                 (ops.zeros((batch, groups, k_block, key_width), dtype),
                  ops.zeros((batch, groups, k_block, value_width), dtype)),
             )
-            key_grad = _unblock(key_grad, 2)[:, :, :k_len]
-            value_grad = _unblock(value_grad, 2)[:, :, :k_len]
-            return query_grad, key_grad, value_grad
+            return query_grad, _unblock(key_grad, 2), _unblock(value_grad, 2)
 
         return output, grad
 
-    output = attend(
-        queries,
-        ops.transpose(key, (0, 2, 1, 3)),
-        ops.transpose(value, (0, 2, 1, 3)),
-    )
+    output = attend(queries, keys, values)
     # (B, G, R, T_pad, V) -> (B, T, H, V)
     output = ops.reshape(
         ops.transpose(output, (0, 3, 1, 2, 4)),
@@ -783,7 +912,7 @@ def _band_of_dense_mask(attention_mask, length, query_positions,
     """Reads the blocked band of a `(B|1, H|1, T, T)` mask without copying it."""
     lead = static_or_dynamic_shape(attention_mask)[:2]
     flat = ops.reshape(attention_mask, lead + (-1,))
-    rows = ops.minimum(query_positions, length - 1)
+    rows = ops.clip(query_positions, 0, length - 1)
     cols = ops.clip(key_positions, 0, length - 1)
     return ops.take(flat, rows * length + cols, axis=2)
 

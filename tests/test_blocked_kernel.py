@@ -21,6 +21,7 @@ def blocked(q, k, v, masks, block_size):
         causal=masks.get("causal", False),
         window_size=masks.get("window_size"),
         query_offset=masks.get("query_offset", 0), block_size=block_size,
+        band=masks.get("band", False),
     )
 
 
@@ -37,7 +38,7 @@ def random_case(rng, batch=2, q_len=13, k_len=11, heads=4, groups=2,
         explicit = rng.random((batch, heads, q_len, k_len)) < 0.6
         explicit[0, 1, 3, :] = False  # one row with no key at all
         masks["attention_mask"] = explicit
-    for name in ("causal", "window_size", "query_offset"):
+    for name in ("causal", "window_size", "query_offset", "band"):
         if name in mask_kinds:
             masks[name] = mask_kinds[name]
     return q, k, v, masks
@@ -76,6 +77,10 @@ MASK_KINDS = {
     "explicit": dict(explicit=True),
     "all": dict(padding=True, causal=True, window_size=4, explicit=True),
     "decoding_offset": dict(causal=True, query_offset=5, q_len=6),
+    # Only the neighbour blocks a window reaches, as LocalWindow computes.
+    "band": dict(band=True, window_size=3, q_len=23, k_len=23),
+    "band_all": dict(band=True, window_size=4, causal=True, padding=True,
+                     explicit=True, q_len=23, k_len=23),
 }
 
 

@@ -207,3 +207,43 @@ def test_additive_chunked_gradient_matches_unchunked(rng):
         lowered[index] -= eps
         numeric = (loss64(bumped) - loss64(lowered)) / (2 * eps)
         assert abs(numeric - np.asarray(grads[0][0])[index]) < 1e-3
+
+
+@pytest.mark.parametrize("case", MASK_CASES)
+def test_local_window_training_path_matches_reference_and_dense_gradients(rng, case):
+    """Without returned scores LocalWindow runs the banded blocked kernel
+    (here 3 blocks of 64): values against the float64 reference, gradients
+    against autodiff through `MultiHead(sliding_window=...)`'s dense path."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)  # the layers' weights, for a fixed tolerance
+    batch, length, window = 2, 150, 5
+    options = MASK_CASES[case]
+    causal = options.get("causal", False)
+    padding = ref.random_padding_mask(rng, batch, length, 1) if options.get("padding") else None
+    explicit = rng.random((batch, length, length)) < 0.7 if options.get("explicit") else None
+    x = tf.constant(rng.normal(size=(batch, length, D)).astype("float32"))
+    local = LocalWindow(2, 4, window_size=window, bias_initializer="random_normal")
+    dense = MultiHead(2, 4, sliding_window=window, attention_impl="dense")
+    local.build(x.shape)
+    dense.build(x.shape)
+    dense.set_weights(local.get_weights())
+    results = []
+    for layer, call in ((local, lambda v: local(v, mask=padding, attention_mask=explicit,
+                                                use_causal_mask=causal)),
+                        (dense, lambda v: dense(v, query_mask=padding, value_mask=padding,
+                                                attention_mask=explicit,
+                                                use_causal_mask=causal))):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = call(x)
+            loss = tf.reduce_sum(tf.sin(out))
+        results.append([out] + tape.gradient(loss, [x] + layer.trainable_weights))
+    allowed = ref.allowed_positions(batch, length, length, padding, padding, explicit,
+                                    causal, window)
+    expected, _ = ref.multi_head(local, np.asarray(x), allowed=allowed)
+    np.testing.assert_allclose(np.asarray(results[0][0]), expected, atol=3e-5)
+    for ours, theirs in zip(results[0][1:], results[1][1:]):
+        # Summed over 300 positions in another order: float32 rounding.
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=2e-5)

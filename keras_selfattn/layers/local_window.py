@@ -97,6 +97,17 @@ class LocalWindow(SequenceSelfAttention):
                 query, key, value, mask=mask, scale=scale, dropout=dropout
             )
             return self.output_dense(output), scores
+        if not return_attention_scores and not (
+                self.dropout > 0.0 and training):
+            # One block at a time, weights recomputed in the backward pass:
+            # training never holds every block's weights at once.
+            output = kernels.blocked_attention(
+                query, key, value, scale=scale, query_mask=padding_mask,
+                key_mask=padding_mask, attention_mask=attention_mask,
+                causal=use_causal_mask, window_size=self.window_size,
+                band=True,
+            )
+            return self.output_dense(output), None
         output, band_weights = kernels.banded_attention(
             query, key, value, self.window_size,
             causal=use_causal_mask,

@@ -3,6 +3,10 @@
 Every measurement runs in a fresh process, so its peak resident memory is its
 own. A watchdog ends a measurement whose memory passes `--memory-limit-gb`
 (the machine has 24 GB), and the table records that it did not fit.
+`MultiHead` and `LocalWindow` are measured with and without XLA
+(`jit_compile=True`), and each row gives the share of the machine's matmul
+ceiling (a 2048^3 float32 matmul, measured in the same run) that its useful
+matmul work reaches.
 
 Usage: `make bench` or `python bench/layers.py [--quick] [--only KIND] [--out bench/RESULTS.md]`;
 raw figures are kept in bench/layers_results.json so `--only` can refresh one pair.
@@ -24,6 +28,13 @@ BATCH, HEADS, HEAD_DIM = 1, 8, 64
 WIDTH = HEADS * HEAD_DIM
 WINDOW = 256
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
+# Lengths only our layers are run at: Keras needs 32 GB for one score tensor.
+LONG_LENGTH = 32768
+# (kind, batch, T) measured besides batch 1 at every length.
+EXTRA_BATCHES = (("multi_head", 8, 512),)
+WITH_XLA = ("multi_head", "local_window")
+# Additive at T=16384 did not finish in 600 s in earlier runs: not tried.
+MAX_LENGTH = {"additive": 8192}
 
 # (our layer, the Keras equivalent), measured at the same lengths.
 PAIRS = {
@@ -61,17 +72,48 @@ def _resident_bytes():
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure_one(kind, ours, length, repeats, memory_limit):
+def useful_flops(kind, batch, length):
+    """Matmul FLOPs of one forward+backward step that any implementation
+    must do: the 4 projections (forward, and input and weight gradients),
+    and 6 score-sized matmuls (QK^T and PV forward; dV, dP, dQ, dK) over the
+    keys each query may see. Recomputation is not counted as useful."""
+    projections = 4 * 3 * 2 * batch * length * WIDTH * WIDTH
+    if kind == "multi_head":
+        keys_seen = length
+    elif kind == "local_window":
+        keys_seen = min(length, 2 * WINDOW - 1)
+    else:
+        return None
+    return projections + 6 * 2 * batch * HEADS * length * keys_seen * HEAD_DIM
+
+
+def measure_ceiling():
+    """Runs in the child: best GFLOP/s of a 2048^3 float32 matmul."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    a, b = tf.random.normal((2048, 2048)), tf.random.normal((2048, 2048))
+    matmul = tf.function(tf.matmul)
+    matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(20):
+        start = time.perf_counter()
+        matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    print(json.dumps({"status": "ok", "gflops": 2 * 2048 ** 3 / best / 1e9}), flush=True)
+
+
+def measure_one(kind, ours, length, repeats, memory_limit, batch=BATCH, jit=False):
     """Runs in the child: prints one JSON line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
     import tensorflow as tf
 
     layer, apply = build(kind, ours)
-    x = tf.constant(np.random.default_rng(0).normal(size=(BATCH, length, WIDTH)).astype("float32"))
+    x = tf.constant(np.random.default_rng(0).normal(size=(batch, length, WIDTH)).astype("float32"))
     apply(x[:, :8])  # builds the weights
 
-    @tf.function
+    @tf.function(jit_compile=jit)
     def step(inputs):
         with tf.GradientTape() as tape:
             tape.watch(inputs)
@@ -103,9 +145,9 @@ def measure_one(kind, ours, length, repeats, memory_limit):
     }), flush=True)
 
 
-def run_child(kind, ours, length, repeats, memory_limit, timeout):
+def run_child(kind, ours, length, repeats, memory_limit, timeout, batch=BATCH, jit=False):
     command = [sys.executable, __file__, "--child", kind, str(int(ours)), str(length),
-               str(repeats), str(memory_limit)]
+               str(repeats), str(memory_limit), str(batch), str(int(jit))]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
@@ -158,70 +200,115 @@ def main():
     keep = args.only or args.render
     raw = json.loads(RAW_RESULTS.read_text()) if RAW_RESULTS.exists() and keep else {}
 
+    configurations = []  # (kind, batch, length, jit)
     for kind in [] if args.render else PAIRS if args.only is None else [args.only]:
-        skipped = {}  # a layer that did not fit at T does not fit beyond
-        for length in lengths:
-            results = {}
-            for side in ("ours", "keras"):
-                if side in skipped:
-                    results[side] = {"status": skipped[side]}
-                    continue
-                results[side] = run_child(kind, side == "ours", length, repeats_for(length), limit, args.timeout)
-                if results[side]["status"] != "ok":
-                    skipped[side] = results[side]["status"]
-            raw[f"{kind}|{length}"] = results
-            print(f"{kind:13s} T={length:6d}  ours {cell(results['ours'], args.memory_limit_gb):22s} "
-                  f"keras {cell(results['keras'], args.memory_limit_gb):22s} "
-                  f"{ratio(results['ours'], results['keras'])}", flush=True)
+        for jit in (False, True) if kind in WITH_XLA else (False,):
+            configurations += [(kind, BATCH, length, jit) for length in lengths
+                               if length <= MAX_LENGTH.get(kind, length)]
+            configurations += [(k, b, t, jit) for k, b, t in EXTRA_BATCHES if k == kind]
+    if not args.render:
+        raw["matmul_ceiling"] = run_child("ceiling", True, 0, 0, limit, args.timeout)
+        print(f"matmul ceiling: {raw['matmul_ceiling'].get('gflops', 0):.0f} GFLOP/s", flush=True)
+    skipped = {}  # a layer that did not fit at T does not fit beyond (same batch, XLA)
+    for kind, batch, length, jit in configurations:
+        results = {}
+        for side in ("ours", "keras"):
+            group = (kind, side, batch, jit)
+            if group in skipped:
+                results[side] = {"status": skipped[group]}
+                continue
+            results[side] = run_child(kind, side == "ours", length, repeats_for(length), limit,
+                                      args.timeout, batch, jit)
+            if results[side]["status"] != "ok":
+                skipped[group] = results[side]["status"]
+        raw[config_key(kind, batch, length, jit)] = results
+        print(f"{kind:13s} B={batch} T={length:6d} xla={int(jit)}  ours {cell(results['ours'], args.memory_limit_gb):22s} "
+              f"keras {cell(results['keras'], args.memory_limit_gb):22s} "
+              f"{ratio(results['ours'], results['keras'])}", flush=True)
 
-    if not args.quick and not args.render and args.only in (None, "local_window"):
-        raw["local_window|32768"] = {"ours": run_child("local_window", True, 32768, 1, limit, args.timeout)}
-        print(f"local_window  T= 32768  ours {cell(raw['local_window|32768']['ours'], args.memory_limit_gb)}", flush=True)
+    if not args.quick and not args.render:
+        for kind in WITH_XLA if args.only is None else [k for k in WITH_XLA if k == args.only]:
+            result = run_child(kind, True, LONG_LENGTH, 1, limit, args.timeout)
+            raw[config_key(kind, BATCH, LONG_LENGTH, False)] = {"ours": result}
+            print(f"{kind:13s} T={LONG_LENGTH}  ours {cell(result, args.memory_limit_gb)}", flush=True)
 
     RAW_RESULTS.write_text(json.dumps(raw, indent=1, sort_keys=True))
-    rows = [(kind, *PAIRS[kind], length, raw[f"{kind}|{length}"]["ours"], raw[f"{kind}|{length}"]["keras"])
-            for kind in PAIRS for length in LENGTHS if f"{kind}|{length}" in raw]
-    long_run = raw.get("local_window|32768", {}).get("ours")
-    write_results(args.out, rows, long_run, args.memory_limit_gb)
+    write_results(args.out, raw, args.memory_limit_gb)
 
 
-def write_results(path, rows, long_run, limit_gb):
+def config_key(kind, batch, length, jit):
+    return f"{kind}|B{batch}|{length}|{'xla' if jit else 'graph'}"
+
+
+def share(result, kind, batch, length, ceiling):
+    flops = useful_flops(kind, batch, length)
+    if result["status"] != "ok" or not flops or not ceiling:
+        return "-"
+    return f"{flops / result['seconds'] / 1e9 / ceiling:.0%}"
+
+
+def write_results(path, raw, limit_gb):
     import keras
     import tensorflow as tf
 
     from results import update_section
 
+    ceiling = raw.get("matmul_ceiling", {}).get("gflops")
     lines = [
         f"Latest run: {datetime.date.today().isoformat()}, `python bench/layers.py` on "
         f"{platform.machine()} with {os.cpu_count()} CPU cores; TensorFlow {tf.__version__}, Keras {keras.__version__}.",
         "",
-        f"Batch {BATCH}, width {WIDTH} ({HEADS} heads of {HEAD_DIM}), float32, `tf.function` without XLA. "
+        f"Width {WIDTH} ({HEADS} heads of {HEAD_DIM}), float32, `tf.function` without XLA unless the row says XLA. "
         "Each cell: fastest of 5 (T <= 2048), 3 (T = 4096) or 1 (longer) forward+backward steps / peak resident memory above the process's "
         f"baseline, each measured in a fresh process; `over {limit_gb:g} GB` means the watchdog stopped it there "
-        "(the machine has 24 GB). Keras's AdditiveAttention has no projections and one head; ours projects Q/K/V.",
+        "(the machine has 24 GB). Our layers run as users get them (`attention_impl=\"auto\"`: the dense kernel up to 2^27 "
+        "score elements, the blocked one above; `LocalWindow` trains on the banded blocked kernel). "
+        "Keras's AdditiveAttention has no projections and one head; ours projects Q/K/V.",
         "",
-        "| layer | T | ours | Keras | ratio (Keras / ours) |",
-        "|---|---:|---|---|---|",
+        f"Matmul ceiling measured in this run: {ceiling:.0f} GFLOP/s (2048^3 float32). "
+        "\"Share\" = useful matmul FLOPs (4 projections forward and backward, and 6 score-sized matmuls over the keys each "
+        "query may see; recomputation not counted) / our time / the ceiling." if ceiling else "",
+        "",
+        "| layer | B | T | XLA | ours | Keras | ratio (Keras / ours) | ours: share of matmul ceiling |",
+        "|---|---:|---:|---|---|---|---|---:|",
     ]
-    for kind, our_name, their_name, length, ours, theirs in rows:
-        lines.append(
-            f"| {our_name} vs {their_name} | {length} | {cell(ours, limit_gb)} | "
-            f"{cell(theirs, limit_gb)} | {ratio(ours, theirs)} |"
-        )
-    if long_run is not None:
-        scores_gb = HEADS * 32768 ** 2 * 4 / 2**30
-        lines += [
-            "",
-            f"LocalWindow(w={WINDOW}) at T=32768: {cell(long_run, limit_gb)}. "
-            f"Keras's MultiHeadAttention(sliding_window={WINDOW}) materializes the full (B, H, T, T) scores: "
-            f"{scores_gb:.0f} GB for one float32 score tensor alone, more than this machine has, so it is not run.",
-        ]
+    for kind in PAIRS:
+        our_name, their_name = PAIRS[kind]
+        for jit in (False, True):
+            keys = [config_key(kind, BATCH, t, jit) for t in LENGTHS]
+            keys += [config_key(k, b, t, jit) for k, b, t in EXTRA_BATCHES if k == kind]
+            for key in keys:
+                if key not in raw:
+                    continue
+                _, batch, length, _ = key.split("|")
+                batch, length = int(batch[1:]), int(length)
+                ours, theirs = raw[key]["ours"], raw[key]["keras"]
+                lines.append(
+                    f"| {our_name} vs {their_name} | {batch} | {length} | {'yes' if jit else 'no'} | "
+                    f"{cell(ours, limit_gb)} | {cell(theirs, limit_gb)} | {ratio(ours, theirs)} | "
+                    f"{share(ours, kind, batch, length, ceiling)} |"
+                )
+    scores_gb = HEADS * LONG_LENGTH ** 2 * 4 / 2**30
+    for kind in WITH_XLA:
+        long_run = raw.get(config_key(kind, BATCH, LONG_LENGTH, False), {}).get("ours")
+        if long_run is not None:
+            lines += [
+                "",
+                f"{PAIRS[kind][0]} at T={LONG_LENGTH}: {cell(long_run, limit_gb)} "
+                f"(share of the matmul ceiling {share(long_run, kind, BATCH, LONG_LENGTH, ceiling)}). "
+                f"{PAIRS[kind][1]} materializes the full (B, H, T, T) scores: {scores_gb:.0f} GB for one float32 "
+                "score tensor alone, more than this machine has, so it is not run.",
+            ]
     print(f"wrote {update_section('Attention layers: forward + backward on the CPU', chr(10).join(lines), path)}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        kind, ours, length, repeats, limit = sys.argv[2:7]
-        measure_one(kind, bool(int(ours)), int(length), int(repeats), int(limit))
+        kind, ours, length, repeats, limit, batch, jit = sys.argv[2:9]
+        if kind == "ceiling":
+            measure_ceiling()
+        else:
+            measure_one(kind, bool(int(ours)), int(length), int(repeats), int(limit),
+                        int(batch), bool(int(jit)))
     else:
         main()

@@ -16,6 +16,8 @@ LAYERS = {
     "self_attention_blocked": lambda: SelfAttention(
         units=6, attention_impl="blocked"),
     "local_window": lambda: LocalWindow(2, 3, window_size=3),
+    # Called without scores above T = 4: the banded blocked kernel.
+    "local_window_blocked": lambda: LocalWindow(2, 3, window_size=1),
     "additive": lambda: Additive(units=6, num_heads=2, query_chunk_size=3),
 }
 _BUILT = {}
@@ -35,7 +37,8 @@ def attend(layer, x, padding, explicit, causal):
     """`(output, weights)`; weights `None` for a layer forced onto the
     blocked kernel, which asking for them would take the layer off."""
     kwargs = dict(attention_mask=explicit, use_causal_mask=causal)
-    if getattr(layer, "attention_impl", "auto") == "blocked":
+    if getattr(layer, "attention_impl", "auto") == "blocked" or (
+            isinstance(layer, LocalWindow) and layer.window_size == 1):
         output = _call(layer, x, padding, kwargs)
         return output, None
     return _call(layer, x, padding, dict(kwargs, return_attention_scores=True))
@@ -76,8 +79,9 @@ def allowed_keys(s):
     i, j = np.indices((length, length))
     if s["causal"]:
         allowed = allowed & (j <= i)[None]
-    if s["name"] == "local_window":
-        allowed = allowed & (abs(i - j) < 3)[None]
+    window = {"local_window": 3, "local_window_blocked": 1}.get(s["name"])
+    if window is not None:
+        allowed = allowed & (abs(i - j) < window)[None]
     return allowed
 
 

@@ -353,6 +353,10 @@ class MultiHead(BaseAttention):
                 query_mask=query_mask, key_mask=key_mask,
                 attention_mask=attention_mask, causal=use_causal_mask,
                 window_size=self.sliding_window, query_offset=query_offset,
+                # Self-attention in a window: only the neighbour blocks.
+                band=self.sliding_window is not None
+                and isinstance(q_len, int) and q_len == k_len
+                and isinstance(query_offset, int) and query_offset == 0,
             )
             return restore(output), None
         mask = kernels.dense_attention_mask(

@@ -51,7 +51,7 @@ def test_awkward_texts_have_defined_answers(tiny_classifier):
     ids = tiny_classifier.preprocess(tf.constant(["word " * 20000, ""]))
     assert ids.shape == (2, TINY_ARCHITECTURE["sequence_length"])  # truncated, not crashing
     raw_bytes = tiny_classifier.preprocess(tf.constant([b"\xff\xfe bad bytes"]))
-    assert raw_bytes.shape == (1, TINY_ARCHITECTURE["sequence_length"])
+    assert raw_bytes.shape[0] == 1 and raw_bytes.shape[1] <= TINY_ARCHITECTURE["sequence_length"]
 
 
 def test_a_single_string_is_refused(tiny_classifier):
@@ -92,3 +92,38 @@ def test_attention_weights_for_a_sentence(tiny_classifier):
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
     assert weights.shape == (2, len(tokens), len(tokens))
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+
+
+def test_batches_pad_to_their_longest_text_and_predictions_do_not_depend_on_it(tiny_classifier):
+    short, long = "a fine film", "word " * 200
+    ids = tiny_classifier.preprocess(tf.constant([short]))
+    assert ids.shape[1] % 8 == 0 and ids.shape[1] < TINY_ARCHITECTURE["sequence_length"]
+    alone = tiny_classifier.predict_labels([short])[1][0]
+    beside_long = tiny_classifier.predict_labels([short, long])[1][0]
+    np.testing.assert_allclose(alone, beside_long, atol=1e-5)
+
+
+def test_predict_keeps_the_order_of_its_inputs(tiny_classifier, sentiment_sample):
+    (texts, _), _ = sentiment_sample
+    texts = list(texts[:70])
+    forward = tiny_classifier.predict(texts, verbose=0)
+    backward = tiny_classifier.predict(texts[::-1], verbose=0)
+    np.testing.assert_allclose(forward, backward[::-1], atol=1e-5)
+
+
+def test_length_grouped_batches_hold_every_example_once_in_a_known_count():
+    from zoo.pipeline import length_grouped_batches
+
+    rng = np.random.default_rng(0)
+    texts = np.array(["x" * int(n) for n in rng.integers(1, 300, size=1000)])
+    data = tf.data.Dataset.from_tensor_slices((texts, np.arange(1000)))
+    batches = length_grouped_batches(data.shuffle(1000, seed=0), 16)
+    assert int(batches.cardinality()) == 63
+    seen, spreads = [], []
+    for batch_texts, ids in batches:
+        seen += ids.numpy().tolist()
+        lengths = [len(t) for t in batch_texts.numpy()]
+        spreads.append(max(lengths) - min(lengths))
+    assert sorted(seen) == list(range(1000))
+    # Sorted runs: a batch spans a few characters, not the whole range.
+    assert np.median(spreads) < 20

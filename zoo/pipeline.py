@@ -42,6 +42,40 @@ def learn_word_piece_vocabulary(texts, size, reserved_tokens, lowercase):
     )
 
 
+def length_grouped_batches(data, batch_size, drop_remainder=False):
+    """Batches of raw examples of similar length, in random order.
+
+    Text models pad each batch to its longest text, so random batches of
+    short and long texts cost the long one's length for all. Each run of
+    `32 * batch_size` (already shuffled) examples is sorted by the length
+    in characters of its string columns (the longest, for pairs) and cut
+    into batches, whose order is shuffled again; only the last run leaves a
+    partial batch, so an epoch has as many batches as plain batching gives,
+    and Keras knows how many.
+    """
+    run = 32 * batch_size
+
+    def sorted_batches(*columns):
+        lengths = [tf.strings.length(column, unit="UTF8_CHAR")
+                   for column in columns if column.dtype == tf.string]
+        length = lengths[0]
+        for other in lengths[1:]:
+            length = tf.maximum(length, other)
+        order = tf.argsort(length, stable=True)
+        columns = tuple(tf.gather(column, order) for column in columns)
+        return tf.data.Dataset.from_tensor_slices(
+            columns if len(columns) > 1 else columns[0]
+        ).batch(batch_size, drop_remainder=drop_remainder)
+
+    batches = data.batch(run).flat_map(sorted_batches).shuffle(32)
+    count = int(data.cardinality())
+    if count >= 0:
+        batches = batches.apply(tf.data.experimental.assert_cardinality(
+            count // batch_size if drop_remainder else -(-count // batch_size)
+        ))
+    return batches
+
+
 def valid_utf8(texts):
     """String tensor with invalid UTF-8 replaced by U+FFFD, so that one bad
     input does not fail its whole batch in the tokenizer."""
@@ -67,8 +101,9 @@ class RawInputModel(keras.Model):
     - `augment(model_inputs)`: random augmentation of a preprocessed batch,
       applied to `fit`'s training data only, in the pipeline, so that the
       network stays free of ops XLA cannot compile.
-    - `batch_raw(data, batch_size, drop_remainder)`: how raw examples are
-      grouped into batches (a translator puts similar lengths together).
+    - `batch_raw(data, batch_size, drop_remainder, ordered)`: how raw
+      examples are grouped into batches; text models put similar lengths
+      together (`length_grouped_batches`) unless `ordered` (`predict`).
     - `targets(y)`, `tf_targets(y)` and `preprocess_pair(inputs, targets)`:
       what `y` becomes (default: label ids, by name or number) and how a
       batch of raw pairs becomes the model's `(x, y[, sample_weight])`
@@ -139,8 +174,12 @@ class RawInputModel(keras.Model):
 
     # Datasets.
 
-    def dataset(self, x, y=None, batch_size=32, shuffle=False, seed=0, training=False):
-        """Raw inputs (list, array or `tf.data`) -> batched, preprocessed data."""
+    def dataset(self, x, y=None, batch_size=32, shuffle=False, seed=0, training=False,
+                ordered=False):
+        """Raw inputs (list, array or `tf.data`) -> batched, preprocessed data.
+
+        `ordered`: the batches must follow the inputs' order (`predict`).
+        """
         if isinstance(x, tf.data.Dataset):
             if y is not None:
                 raise ValueError("Give labels inside the dataset, not as `y`.")
@@ -160,7 +199,9 @@ class RawInputModel(keras.Model):
                     self._preprocess_element(self.preprocess_example),
                     num_parallel_calls=AUTOTUNE,
                 ).batch(batch_size).prefetch(AUTOTUNE)
-            return self._preprocessed(self.batch_raw(data, batch_size))
+            return self._preprocessed(
+                self.batch_raw(data, batch_size, ordered=ordered)
+            )
         inputs, y = self.raw_examples(x, y)
         if len(inputs) == 0:
             raise ValueError("No inputs: received an empty list or array.")
@@ -176,9 +217,9 @@ class RawInputModel(keras.Model):
         if shuffle:
             data = data.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
         drop = training and self.drop_remainder_in_training and len(inputs) >= batch_size
-        return self._preprocessed(self.batch_raw(data, batch_size, drop))
+        return self._preprocessed(self.batch_raw(data, batch_size, drop, ordered))
 
-    def batch_raw(self, data, batch_size, drop_remainder=False):
+    def batch_raw(self, data, batch_size, drop_remainder=False, ordered=False):
         """Batches raw examples (before `preprocess`)."""
         return data.batch(batch_size, drop_remainder=drop_remainder)
 
@@ -192,6 +233,25 @@ class RawInputModel(keras.Model):
 
     def raw_array(self, x):
         return np.asarray(x)
+
+    def in_graph(self, function, *texts):
+        """Runs `function` on string tensors as a (cached) `tf.function` when
+        called eagerly: keras-hub's tokenizers give Python lists there.
+
+        The cache, `self.graph_functions`, captures the tokenizers: a model
+        resets it to `{}` when it replaces them.
+        """
+        if not tf.executing_eagerly():
+            return function(*texts)
+        functions = getattr(self, "graph_functions", None)
+        if functions is None:
+            functions = {}
+            object.__setattr__(self, "graph_functions", functions)
+        key = function.__name__
+        if key not in functions:
+            spec = tf.TensorSpec([None], tf.string)
+            functions[key] = tf.function(function, input_signature=[spec] * len(texts))
+        return functions[key](*(tf.constant(t) for t in texts))
 
     @staticmethod
     def _preprocess_element(function):
@@ -244,7 +304,9 @@ class RawInputModel(keras.Model):
     def predict(self, x, batch_size=None, **kwargs):
         if not isinstance(x, tf.data.Dataset):
             x, _ = self.raw_examples(x)  # a folder's labels are not needed
-        return super().predict(self.dataset(x, batch_size=batch_size or 32), **kwargs)
+        return super().predict(
+            self.dataset(x, batch_size=batch_size or 32, ordered=True), **kwargs
+        )
 
     def prepare_for_training(self, x, y):
         """Hook run before `fit` builds its dataset (e.g. to learn a vocabulary)."""

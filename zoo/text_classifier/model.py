@@ -10,7 +10,12 @@ import tensorflow as tf
 import keras_selfattn as ksa
 from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
-from zoo.pipeline import learn_word_piece_vocabulary, text_array, valid_utf8
+from zoo.pipeline import (
+    learn_word_piece_vocabulary,
+    length_grouped_batches,
+    text_array,
+    valid_utf8,
+)
 
 KIND = "text_classifier"
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
@@ -90,7 +95,7 @@ class TextClassifier(ClassifierModel):
         self.pooling = keras.layers.GlobalAveragePooling1D(name="pooling")
         self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
         self.head = keras.layers.Dense(self.num_classes, dtype="float32", name=HEAD_NAME)
-        self._set_untracked(tokenizer=None, packer=None, vocabulary=None)
+        self._set_untracked(tokenizer=None, vocabulary=None)
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         # Calling the network once creates every weight, so presets and
@@ -123,14 +128,12 @@ class TextClassifier(ClassifierModel):
             tokenizer=keras_hub.tokenizers.WordPieceTokenizer(
                 vocabulary=vocabulary, lowercase=True, strip_accents=True,
                 oov_token="[UNK]", dtype="int32",
+                # The TF path everywhere, eager included: ragged tensors out.
+                _allow_python_workflow=False,
             ),
-            packer=keras_hub.layers.StartEndPacker(
-                sequence_length=self.sequence_length,
-                start_value=vocabulary.index("[CLS]"),
-                end_value=vocabulary.index("[SEP]"),
-                pad_value=0,
-                return_padding_mask=False,
-            ),
+            start_id=vocabulary.index("[CLS]"),
+            end_id=vocabulary.index("[SEP]"),
+            graph_functions={},
         )
 
     def adapt(self, texts):
@@ -141,17 +144,39 @@ class TextClassifier(ClassifierModel):
         ))
 
     def preprocess(self, texts):
-        """`(B,)` strings -> `(B, sequence_length)` int32 token ids.
+        """`(B,)` strings -> `(B, T)` int32 token ids, `[CLS]` first and
+        `[SEP]` last, padded with 0 to the longest text of the batch
+        (rounded up to a multiple of 8).
 
-        Invalid UTF-8 is replaced by U+FFFD rather than failing the batch;
-        texts longer than `sequence_length - 2` tokens are truncated.
+        `T <= sequence_length`: texts longer than `sequence_length - 2`
+        tokens are truncated. Padding to the batch rather than to
+        `sequence_length` changes no prediction (padding is masked) and
+        makes a step cost what its texts hold. Invalid UTF-8 is replaced by
+        U+FFFD rather than failing the batch.
         """
         if self.tokenizer is None:
             raise ValueError(
                 "The model has no vocabulary yet: call `fit` (which learns "
                 "one from the training texts), `adapt`, or load a preset."
             )
-        return self.packer(self.tokenizer(valid_utf8(texts)))
+        if tf.executing_eagerly():
+            return self.in_graph(self.preprocess, texts)
+        tokens = self.tokenizer(valid_utf8(texts))[:, :self.sequence_length - 2]
+        rows = tokens.nrows()
+        ids = tf.concat([
+            tf.fill([rows, 1], self.start_id), tokens,
+            tf.fill([rows, 1], self.end_id),
+        ], axis=1)
+        # To a multiple of 8: few distinct shapes, so a compiled (XLA) step
+        # is compiled a few times, not once per length.
+        longest = tf.reduce_max(ids.row_lengths())
+        length = tf.minimum((longest + 7) // 8 * 8, self.sequence_length)
+        return ids.to_tensor(0, shape=tf.stack([rows, tf.cast(length, rows.dtype)]))
+
+    def batch_raw(self, data, batch_size, drop_remainder=False, ordered=False):
+        if ordered:
+            return super().batch_raw(data, batch_size, drop_remainder)
+        return length_grouped_batches(data, batch_size, drop_remainder)
 
     def raw_array(self, x):
         return text_array(x)

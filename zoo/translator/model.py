@@ -11,7 +11,13 @@ import tensorflow as tf
 import keras_selfattn as ksa
 from zoo import report as reports
 from zoo.export import export_saved_model
-from zoo.pipeline import RawInputModel, learn_word_piece_vocabulary, text_array, valid_utf8
+from zoo.pipeline import (
+    RawInputModel,
+    learn_word_piece_vocabulary,
+    length_grouped_batches,
+    text_array,
+    valid_utf8,
+)
 from zoo.presets import PresetModel
 from zoo.translator.decoding import beam_search
 
@@ -279,24 +285,13 @@ class Translator(PresetModel, RawInputModel):
                 "them from the training pairs), `adapt`, or load a preset."
             )
 
-    def _in_graph(self, function, *texts):
-        """Runs `function` on string tensors as a (cached) `tf.function` when
-        called eagerly: keras-hub's tokenizers give Python lists there."""
-        if not tf.executing_eagerly():
-            return function(*texts)
-        key = function.__name__
-        if key not in self.graph_functions:
-            spec = tf.TensorSpec([None], tf.string)
-            self.graph_functions[key] = tf.function(function, input_signature=[spec] * len(texts))
-        return self.graph_functions[key](*(tf.constant(t) for t in texts))
-
     def preprocess(self, texts):
         """`(B,)` source strings -> `(B, S)` token ids, `S <= source_sequence_length`,
         `[END]` last, padded to the longest in the batch; longer sources
         are truncated. Invalid UTF-8 is replaced by U+FFFD."""
         self._check_vocabularies()
         if tf.executing_eagerly():
-            return self._in_graph(self.preprocess, texts)
+            return self.in_graph(self.preprocess, texts)
         tokens = self.source_tokenizer(valid_utf8(texts))
         tokens = tokens[:, :self.source_sequence_length - 1]
         ends = tf.fill([tokens.nrows(), 1], END_ID)
@@ -308,7 +303,7 @@ class Translator(PresetModel, RawInputModel):
         """Raw pairs -> `({"encoder_token_ids", "decoder_token_ids"},
         next-token targets, weights that are 0 on padding)`."""
         if tf.executing_eagerly():
-            return self._in_graph(self.preprocess_pair, sources, targets)
+            return self.in_graph(self.preprocess_pair, sources, targets)
         tokens = self.target_tokenizer(valid_utf8(targets))
         tokens = tokens[:, :self.target_sequence_length - 1]
         rows = tokens.nrows()
@@ -320,35 +315,12 @@ class Translator(PresetModel, RawInputModel):
                   "decoder_token_ids": decoder_in}
         return inputs, decoder_out, tf.cast(decoder_out != PAD_ID, tf.float32)
 
-    def batch_raw(self, data, batch_size, drop_remainder=False):
-        """Batches of sentences of similar length, in random order.
-
-        Random batches of interface messages are padded to about 5x their
-        mean length. Here each run of `32 * batch_size` (shuffled) pairs is
-        sorted by length (characters, the longer side) and cut into batches,
-        whose order is shuffled again; only the last run leaves a partial
-        batch, so an epoch has as many batches as plain batching gives, and
-        Keras knows how many.
-        """
-        run = 32 * batch_size
-
-        def sorted_batches(*columns):
-            length = tf.strings.length(columns[0], unit="UTF8_CHAR")
-            for column in columns[1:]:
-                length = tf.maximum(length, tf.strings.length(column, unit="UTF8_CHAR"))
-            order = tf.argsort(length, stable=True)
-            columns = tuple(tf.gather(column, order) for column in columns)
-            return tf.data.Dataset.from_tensor_slices(
-                columns if len(columns) > 1 else columns[0]
-            ).batch(batch_size, drop_remainder=drop_remainder)
-
-        batches = data.batch(run).flat_map(sorted_batches).shuffle(32)
-        count = int(data.cardinality())
-        if count >= 0:
-            batches = batches.apply(tf.data.experimental.assert_cardinality(
-                count // batch_size if drop_remainder else -(-count // batch_size)
-            ))
-        return batches
+    def batch_raw(self, data, batch_size, drop_remainder=False, ordered=False):
+        # Random batches of interface messages are padded to about 5x their
+        # mean length; grouped by length, an epoch took 14 s instead of 41.
+        if ordered:
+            return super().batch_raw(data, batch_size, drop_remainder)
+        return length_grouped_batches(data, batch_size, drop_remainder)
 
     def targets(self, y):
         return self.raw_array(y)

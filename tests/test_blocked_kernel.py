@@ -248,3 +248,21 @@ def test_dropout_in_training_takes_the_dense_kernel(rng):
     assert layer.uses_blocked_kernel(1, 16, 16, False, False)
     assert not layer.uses_blocked_kernel(1, 16, 16, True, False)
     assert keras.ops.convert_to_numpy(out_eval).shape == (1, 16, 8)
+
+
+def test_a_subclass_overriding_compute_attention_is_always_called(rng):
+    calls = []
+
+    class Traced(MultiHead):
+        def compute_attention(self, query, key, value, mask, training):
+            calls.append(query.shape)
+            return super().compute_attention(query, key, value, mask, training)
+
+    x = rng.normal(size=(1, 12, 8)).astype("float32")
+    layer = Traced(2, 4, attention_impl="blocked")
+    expected = MultiHead(2, 4)
+    expected.build(x.shape)
+    layer.build(x.shape)
+    layer.set_weights(expected.get_weights())
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(expected(x)), atol=1e-6)
+    assert calls

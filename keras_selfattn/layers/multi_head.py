@@ -317,7 +317,9 @@ class MultiHead(BaseAttention):
     def compute_attention(self, query, key, value, mask, training):
         """The math: `(B, T, H, K)` inputs, dense mask -> `(output, weights)`.
 
-        Override to change how projected heads attend.
+        Override to change how projected heads attend; a layer whose class
+        overrides it always calls it (the dense path), whatever
+        `attention_impl` says.
         """
         return kernels.dot_product_attention(
             query, key, value, mask=mask,
@@ -345,8 +347,10 @@ class MultiHead(BaseAttention):
         )
         query_mask = self._flatten_mask(query_mask, query)
         key_mask = self._flatten_mask(key_mask, key)
-        if self.uses_blocked_kernel(batch, q_len, k_len, training,
-                                    return_attention_scores):
+        # A subclass that overrides `compute_attention` gets it called.
+        overridden = type(self).compute_attention is not MultiHead.compute_attention
+        if not overridden and self.uses_blocked_kernel(
+                batch, q_len, k_len, training, return_attention_scores):
             output = kernels.blocked_attention(
                 flat_query, flat_key, flat_value,
                 scale=1.0 / math.sqrt(self.key_dim),

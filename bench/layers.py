@@ -166,6 +166,10 @@ def cell(result, limit_gb):
         return f"over {limit_gb:g} GB"
     if result["status"] == "timeout":
         return "not done in 600 s"
+    if result["status"] == "skipped":
+        return f"not run (did not fit at T={result['after']})"
+    if any(word in result.get("error", "") for word in ("OOM", "ResourceExhausted", "bad_alloc", "MemoryError")):
+        return "out of memory"
     return result["status"]
 
 
@@ -215,12 +219,12 @@ def main():
         for side in ("ours", "keras"):
             group = (kind, side, batch, jit)
             if group in skipped:
-                results[side] = {"status": skipped[group]}
+                results[side] = {"status": "skipped", "after": skipped[group]}
                 continue
             results[side] = run_child(kind, side == "ours", length, repeats_for(length), limit,
                                       args.timeout, batch, jit)
             if results[side]["status"] != "ok":
-                skipped[group] = results[side]["status"]
+                skipped[group] = length
         raw[config_key(kind, batch, length, jit)] = results
         print(f"{kind:13s} B={batch} T={length:6d} xla={int(jit)}  ours {cell(results['ours'], args.memory_limit_gb):22s} "
               f"keras {cell(results['keras'], args.memory_limit_gb):22s} "

@@ -775,15 +775,8 @@ def _neighbour_blocks(x, num_blocks, block, causal):
     blocks `b - 1, b` (causal) or `b - 1, b, b + 1`, with zero blocks outside
     the sequence.
     """
-    shape = static_or_dynamic_shape(x)
-    padded = _pad_axis(x, 1, block, (num_blocks + 1) * block - shape[1])
-    blocks = ops.reshape(
-        padded, (shape[0], num_blocks + 2, block) + tuple(shape[2:])
-    )
     offsets = (0, 1) if causal else (0, 1, 2)
-    return ops.concatenate(
-        [blocks[:, offset:offset + num_blocks] for offset in offsets], axis=2
-    )
+    return ops.moveaxis(_neighbours(x, 1, block, num_blocks, offsets), 0, 1)
 
 
 def banded_positions(length, window_size, causal):
@@ -795,15 +788,11 @@ def banded_positions(length, window_size, causal):
     """
     block = window_size
     num_blocks = (length + block - 1) // block
-    span = 2 if causal else 3
-    block_starts = ops.arange(num_blocks, dtype="int32") * block
-    query_positions = block_starts[:, None, None] + ops.arange(
-        block, dtype="int32"
-    )[None, :, None]
-    key_positions = (block_starts - block)[:, None, None] + ops.arange(
-        span * block, dtype="int32"
-    )[None, None, :]
-    return num_blocks, query_positions, key_positions
+    query_positions = _neighbour_positions(block, num_blocks, (1,))
+    key_positions = _neighbour_positions(
+        block, num_blocks, (0, 1) if causal else (0, 1, 2)
+    )
+    return num_blocks, query_positions[:, :, None], key_positions[:, None, :]
 
 
 def banded_attention(query, key, value, window_size, causal=False,

@@ -102,8 +102,8 @@ class RawInputModel(keras.Model):
       applied to `fit`'s training data only, in the pipeline, so that the
       network stays free of ops XLA cannot compile.
     - `batch_raw(data, batch_size, drop_remainder, ordered)`: how raw
-      examples are grouped into batches; text models put similar lengths
-      together (`length_grouped_batches`) unless `ordered` (`predict`).
+      examples are grouped into batches; with `groups_by_length`, similar
+      lengths together unless `ordered` (`predict`).
     - `targets(y)`, `tf_targets(y)` and `preprocess_pair(inputs, targets)`:
       what `y` becomes (default: label ids, by name or number) and how a
       batch of raw pairs becomes the model's `(x, y[, sample_weight])`
@@ -114,6 +114,9 @@ class RawInputModel(keras.Model):
 
     raw_input_spec = None
     label_names = None
+    # Text models pad each batch to its longest text: grouping similar
+    # lengths (`length_grouped_batches`) spares the padding.
+    groups_by_length = False
     preprocess_example = None
     augment = None
     # Whether `fit` drops the last, partial batch of in-memory training
@@ -220,7 +223,10 @@ class RawInputModel(keras.Model):
         return self._preprocessed(self.batch_raw(data, batch_size, drop, ordered))
 
     def batch_raw(self, data, batch_size, drop_remainder=False, ordered=False):
-        """Batches raw examples (before `preprocess`)."""
+        """Batches raw examples (before `preprocess`): texts of similar
+        length together when `groups_by_length`, unless `ordered`."""
+        if self.groups_by_length and not ordered:
+            return length_grouped_batches(data, batch_size, drop_remainder)
         return data.batch(batch_size, drop_remainder=drop_remainder)
 
     def _preprocessed(self, batches):

@@ -220,6 +220,11 @@ class BaseAttention(keras.layers.Layer):
             return None
         return lambda weights: self.dropout_layer(weights, training=training)
 
+    def needs_dense_weights(self, training, return_attention_scores):
+        """Whether this call needs the weights themselves: to return them,
+        or to drop some out (the blocked kernels have no dropout)."""
+        return bool(return_attention_scores or (self.dropout > 0.0 and training))
+
     def uses_blocked_kernel(self, batch, query_length, key_length, training,
                             return_attention_scores):
         """Whether this call takes `kernels.blocked_attention`.
@@ -227,7 +232,7 @@ class BaseAttention(keras.layers.Layer):
         Read from `self.attention_impl`; returned weights and active dropout
         need the dense kernel whatever it says.
         """
-        if return_attention_scores or (self.dropout > 0.0 and training):
+        if self.needs_dense_weights(training, return_attention_scores):
             return False
         return kernels.uses_blocked_kernel(
             self.attention_impl, batch, self.num_heads, query_length,

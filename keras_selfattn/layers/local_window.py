@@ -99,8 +99,7 @@ class LocalWindow(SequenceSelfAttention):
                 query, key, value, mask=mask, scale=scale, dropout=dropout
             )
             return self.output_dense(output), scores
-        if not return_attention_scores and not (
-                self.dropout > 0.0 and training):
+        if not self.needs_dense_weights(training, return_attention_scores):
             # One block at a time, weights recomputed in the backward pass:
             # training never holds every block's weights at once.
             output = kernels.blocked_attention(

@@ -12,7 +12,6 @@ from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
 from zoo.pipeline import (
     learn_word_piece_vocabulary,
-    length_grouped_batches,
     text_array,
     valid_utf8,
 )
@@ -55,6 +54,8 @@ class TextClassifier(ClassifierModel):
     >>> model.predict(["good film"], verbose=0).shape
     (1, 2)
     """
+
+    groups_by_length = True
 
     raw_input_spec = tf.TensorSpec((), tf.string)
     kind = KIND
@@ -172,11 +173,6 @@ class TextClassifier(ClassifierModel):
         longest = tf.reduce_max(ids.row_lengths())
         length = tf.minimum((longest + 7) // 8 * 8, self.sequence_length)
         return ids.to_tensor(0, shape=tf.stack([rows, tf.cast(length, rows.dtype)]))
-
-    def batch_raw(self, data, batch_size, drop_remainder=False, ordered=False):
-        if ordered:
-            return super().batch_raw(data, batch_size, drop_remainder)
-        return length_grouped_batches(data, batch_size, drop_remainder)
 
     def raw_array(self, x):
         return text_array(x)

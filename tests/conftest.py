@@ -160,6 +160,10 @@ def _encode_gif(image):
     return tf.constant(buffer.getvalue())
 
 
+TINY_TRANSLATOR = dict(vocabulary_size=80, source_sequence_length=12, target_sequence_length=12,
+                       hidden_dim=32, num_encoder_layers=1, num_decoder_layers=2, num_heads=2,
+                       intermediate_dim=64, dropout=0.0)
+
 NUMBERS = {"one": "eins", "two": "zwei", "three": "drei", "four": "vier", "five": "fünf",
            "six": "sechs", "seven": "sieben", "eight": "acht", "nine": "neun", "ten": "zehn"}
 

@@ -87,11 +87,16 @@ def test_fits_under_mirrored_strategy(tiny_classifier, sentiment_sample, mirrore
     assert history.history["loss"][1] < history.history["loss"][0]
 
 
-def test_attention_weights_for_a_sentence(tiny_classifier):
-    tokens, weights = tiny_classifier.attention_weights("a wonderful film")
+def test_attention_maps_of_every_block(tiny_classifier):
+    maps = tiny_classifier.attention_maps(["a wonderful film", "dull"])
+    tokens, _ = tiny_classifier.attention_tokens(["a wonderful film"])
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
-    assert weights.shape == (2, len(tokens), len(tokens))
-    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    assert [name for name, *_ in maps] == ["block 1"]
+    _, weights, allowed, query_mask = maps[0]
+    assert weights.shape[:2] == (2, 2) and query_mask[0].sum() == len(tokens)
+    np.testing.assert_allclose(weights[query_mask.nonzero()[0], :, query_mask.nonzero()[1]].sum(-1),
+                               1.0, atol=1e-5)
+    assert np.all(weights * ~allowed == 0)  # nothing on padding
 
 
 def test_batches_pad_to_their_longest_text_and_predictions_do_not_depend_on_it(tiny_classifier):

@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, number_pairs, run_python, xla_only_ops
+from conftest import REPO_ROOT, TINY_TRANSLATOR, number_pairs, run_python, xla_only_ops
 from zoo import Translator
 from zoo.translator.decoding import beam_search, length_penalty
 from zoo.translator.model import END_ID, PAD_ID, START_ID, SmoothedSequenceCrossEntropy
 
-TINY = dict(vocabulary_size=80, source_sequence_length=12, target_sequence_length=12,
-            hidden_dim=32, num_encoder_layers=1, num_decoder_layers=2, num_heads=2,
-            intermediate_dim=64, dropout=0.0)
+TINY = TINY_TRANSLATOR
 
 
 @pytest.fixture(scope="module")
@@ -332,3 +330,19 @@ def test_shipped_preset_translates_held_out_pairs_and_fine_tunes():
     history = model.fit(sources, targets, epochs=2, batch_size=16, verbose=0)
     assert history.history["loss"][1] < history.history["loss"][0]
     assert model.source_vocabulary == Translator.from_preset("gramps_en_de_small").source_vocabulary
+
+
+def test_ids_past_the_learned_vocabulary_never_reach_the_detokenizer():
+    """`vocabulary_size` sizes the output layer; the learned vocabulary can be
+    smaller, and an untrained model picks such ids. The WordPiece
+    detokenizer crashed the whole process on them (a segmentation fault)."""
+    keras.utils.set_random_seed(0)
+    model = Translator(**TINY)
+    sources, targets = number_pairs(40, seed=2)
+    model.adapt(sources, targets)
+    assert len(model.target_vocabulary) < TINY["vocabulary_size"]
+    beyond = len(model.target_vocabulary) + 3
+    ids = tf.constant([[beyond, 7, beyond, END_ID, 9]], tf.int32)
+    expected = model.detokenize(tf.constant([[7, END_ID]], tf.int32))
+    assert model.detokenize(ids).numpy().tolist() == expected.numpy().tolist()
+    assert len(model.translate(sources[:3])) == 3

@@ -1,4 +1,4 @@
-"""`python -m zoo train|evaluate|predict|export ...`: the zoo's command line.
+"""`python -m zoo train|tune|evaluate|predict|export ...`: the zoo's command line.
 
 One registry, `MODELS`, says for each model its command-line name, its preset
 kind, its class, its training job, the options that apply to it and how its
@@ -94,9 +94,10 @@ MODELS = {
         evaluate_options=("beam_size",),
     ),
 }
-COMMON_TRAIN_OPTIONS = ("preset", "epochs", "batch_size", "strategy", "learning_rate",
-                        "max_train_examples")
+COMMON_TRAIN_OPTIONS = ("preset", "epochs", "batch_size", "learning_rate", "max_train_examples",
+                        "dropout")
 MODEL_OPTIONS = sorted({option for entry in MODELS.values() for option in entry.options})
+TUNE_MODEL_OPTIONS = ("text_column", "label_column")
 DECODING_OPTIONS = sorted({o for entry in MODELS.values() for o in entry.evaluate_options})
 
 
@@ -108,13 +109,48 @@ def _train(args):
         raise ValueError(f"{flags} does not apply to {args.model}.")
     options = {o: getattr(args, o) for o in (*COMMON_TRAIN_OPTIONS, *entry.options)
                if getattr(args, o) is not None}
-    summary = _import(entry.train)(args.data, args.out, **options)
+    summary = _import(entry.train)(args.data, args.out, run=_training_run(args), **options)
     out = Path(args.out)
     headline = summary["headline"]
     print(f"\n{summary['evaluated_on']} {headline}: {summary[headline]:.4f}")
+    if not summary["wrote_outputs"]:
+        print(f"outputs: written by the chief worker into its {out}")
+        return
     print(f"preset:  {out / 'preset'}")
     print(f"export:  {summary['export']}")
     print(f"figures: {out / 'training_curves.png'}, {out / 'attention.png'}")
+
+
+def _tune(args):
+    from zoo.tuning import format_table, tune
+
+    entry = MODELS[args.model]
+    options = {o: getattr(args, o) for o in entry.options
+               if o in TUNE_MODEL_OPTIONS and getattr(args, o, None) is not None}
+    rows = tune(entry.train, args.data, args.out, args.trials, epochs=args.epochs,
+                max_train_examples=args.max_train_examples, run=_training_run(args), **options)
+    out = Path(args.out)
+    print("\n" + format_table(rows))
+    print(f"\ntable:   {out / 'trials.csv'}")
+    print(f"best:    {out / 'preset'} (trial {rows[0]['trial']}; {out / 'best.json'})")
+
+
+def _training_run(args):
+    from zoo.training import TrainingRun
+
+    profile = None
+    if getattr(args, "profile_steps", None):
+        try:
+            profile = tuple(int(step) for step in args.profile_steps.split(","))
+        except ValueError:
+            raise ValueError("--profile-steps takes two step numbers, e.g. 10,12. "
+                             f"Received: {args.profile_steps!r}.") from None
+    return TrainingRun(
+        strategy=args.strategy, precision=args.precision, jit_compile=args.jit_compile,
+        checkpoint_every=getattr(args, "checkpoint_every", None),
+        tensorboard=getattr(args, "tensorboard", None), profile_steps=profile,
+        attention_statistics=getattr(args, "attention_statistics", False),
+    )
 
 
 def entry_for(preset_folder):
@@ -184,9 +220,18 @@ def _parser():
     train.add_argument("--epochs", type=int, help="default: the model's recipe")
     train.add_argument("--batch-size", type=int, help="default: the model's recipe")
     train.add_argument("--learning-rate", type=float, help="default: the model's recipe")
-    train.add_argument("--strategy", default="auto",
-                       choices=("auto", "cpu", "mirrored", "multi_worker", "tpu"))
+    _add_run_options(train)
+    train.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                       help="back up the training state every STEPS steps as well as each epoch; "
+                            "an interrupted run resumes from the last backup")
+    train.add_argument("--tensorboard", metavar="DIR",
+                       help="TensorBoard logs: losses, attention statistics and maps, profiles")
+    train.add_argument("--profile-steps", metavar="FIRST,LAST",
+                       help="profile these steps with the TensorFlow profiler (needs --tensorboard)")
+    train.add_argument("--no-attention-stats", dest="attention_statistics", action="store_false",
+                       help="do not log attention entropy and collapsed heads each epoch")
     train.add_argument("--max-train-examples", type=int)
+    train.add_argument("--dropout", type=float, help="default: the model's recipe or preset")
     train.add_argument("--text-column", help="text-classifier: the text column")
     train.add_argument("--label-column", help="text-classifier: the label column")
     train.add_argument("--image-size", type=int,
@@ -195,6 +240,19 @@ def _parser():
     train.add_argument("--beam-size", type=int,
                        help="translator: beam size of the report and the export (default 4)")
     train.set_defaults(run=_train)
+
+    tune = commands.add_parser(
+        "tune", help="search sizes, dropout and learning rate with KerasTuner; keep the best")
+    tune.add_argument("model", choices=sorted(MODELS))
+    tune.add_argument("--data", required=True, help="as for `train`")
+    tune.add_argument("--out", required=True, help="output folder (a rerun goes on)")
+    tune.add_argument("--trials", type=int, required=True, help="configurations to try")
+    tune.add_argument("--epochs", type=int, help="per trial (default: the model's recipe)")
+    tune.add_argument("--max-train-examples", type=int)
+    tune.add_argument("--text-column")
+    tune.add_argument("--label-column")
+    _add_run_options(tune)
+    tune.set_defaults(run=_tune)
 
     evaluate = commands.add_parser(
         "evaluate", help="report accuracy, P/R/F1 and confusion matrix (classifiers) or BLEU")
@@ -218,6 +276,16 @@ def _parser():
     export.add_argument("--beam-size", type=int, help="translator: beam size served (default 4)")
     export.set_defaults(run=_export)
     return parser
+
+
+def _add_run_options(parser):
+    parser.add_argument("--strategy", default="auto",
+                        help="auto (TPU, else a TF_CONFIG cluster, else several GPUs, else one "
+                             "device), cpu, mirrored, multi_worker or tpu")
+    parser.add_argument("--precision", default="float32",
+                        choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    parser.add_argument("--jit-compile", default="auto", choices=("auto", "true", "false"),
+                        help="XLA for the train step (auto: the model's choice for the device)")
 
 
 def _user_error(error):

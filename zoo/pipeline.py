@@ -42,7 +42,7 @@ def learn_word_piece_vocabulary(texts, size, reserved_tokens, lowercase):
     )
 
 
-def length_grouped_batches(data, batch_size, drop_remainder=False):
+def length_grouped_batches(data, batch_size, drop_remainder=False, seed=None):
     """Batches of raw examples of similar length, in random order.
 
     Text models pad each batch to its longest text, so random batches of
@@ -67,7 +67,11 @@ def length_grouped_batches(data, batch_size, drop_remainder=False):
             columns if len(columns) > 1 else columns[0]
         ).batch(batch_size, drop_remainder=drop_remainder)
 
-    batches = data.batch(run).flat_map(sorted_batches).shuffle(32)
+    # With a seed, every pass over the data gives the same order: `fit`
+    # builds each epoch's batches with that epoch's seed, and Keras's first
+    # look at a distributed dataset (to build the model) must not shift it.
+    batches = data.batch(run).flat_map(sorted_batches).shuffle(
+        32, seed=seed, reshuffle_each_iteration=seed is None)
     count = int(data.cardinality())
     if count >= 0:
         batches = batches.apply(tf.data.experimental.assert_cardinality(
@@ -122,6 +126,11 @@ class RawInputModel(keras.Model):
     # Whether `fit` drops the last, partial batch of in-memory training
     # data: under XLA every new batch shape compiles the step again.
     drop_remainder_in_training = False
+    # Every batch padded to the full sequence length, partial batches
+    # dropped: what a TPU needs (set by `zoo.training.TrainingRun`).
+    static_shapes = False
+    # Whether `attention_maps` needs the targets (a decoder's attention does).
+    attention_needs_targets = False
 
     def preprocess(self, inputs):
         raise NotImplementedError
@@ -205,28 +214,69 @@ class RawInputModel(keras.Model):
             return self._preprocessed(
                 self.batch_raw(data, batch_size, ordered=ordered)
             )
+        data = self._examples(x, y)
+        if shuffle:
+            data = data.shuffle(int(data.cardinality()), seed=seed,
+                                reshuffle_each_iteration=True)
+        drop = training and self._drops_remainder(int(data.cardinality()), batch_size)
+        return self._preprocessed(self.batch_raw(data, batch_size, drop, ordered))
+
+    def training_batches(self, x, y, batch_size, epoch, skip_batches=0, shuffle=True, seed=0):
+        """In-memory raw training data -> `(batches, steps_per_epoch)`: one
+        epoch of preprocessed batches, less the first `skip_batches`.
+
+        `epoch()` gives the epoch number (a scalar int64 tensor) when a pass
+        over the dataset begins; the order of the examples depends only on
+        it and `seed`, so a run resumed from a checkpoint taken after batch
+        `b` of epoch `e` goes on with exactly the batches the interrupted
+        run would have trained on next, on any number of replicas.
+        """
         inputs, y = self.raw_examples(x, y)
+        columns = self._columns(inputs, y)
+        count = len(inputs)
+        drop = self._drops_remainder(count, batch_size)
+        steps = count // batch_size if drop else -(-count // batch_size)
+
+        def examples(number):
+            order = tf.range(count)
+            if shuffle:
+                order = tf.random.experimental.stateless_shuffle(
+                    order, seed=tf.stack([tf.constant(seed, tf.int64), number]))
+            picked = tuple(tf.gather(column, order) for column in columns)
+            return tf.data.Dataset.from_tensor_slices(picked if len(picked) > 1 else picked[0])
+
+        data = tf.data.Dataset.from_tensors(0).map(lambda _: epoch()).flat_map(examples)
+        batches = self.batch_raw(data, batch_size, drop, ordered=not shuffle, seed=seed)
+        batches = batches.skip(skip_batches).apply(
+            tf.data.experimental.assert_cardinality(steps - skip_batches))
+        return self._preprocessed(_sharded_by_data(batches)), steps
+
+    def _columns(self, inputs, y):
         if len(inputs) == 0:
             raise ValueError("No inputs: received an empty list or array.")
         if y is None:
-            data = tf.data.Dataset.from_tensor_slices(inputs)
-        else:
-            targets = self.targets(y)
-            if len(targets) != len(inputs):
-                raise ValueError(
-                    f"Got {len(inputs)} inputs but {len(targets)} targets."
-                )
-            data = tf.data.Dataset.from_tensor_slices((inputs, targets))
-        if shuffle:
-            data = data.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-        drop = training and self.drop_remainder_in_training and len(inputs) >= batch_size
-        return self._preprocessed(self.batch_raw(data, batch_size, drop, ordered))
+            return (inputs,)
+        targets = self.targets(y)
+        if len(targets) != len(inputs):
+            raise ValueError(f"Got {len(inputs)} inputs but {len(targets)} targets.")
+        return inputs, targets
 
-    def batch_raw(self, data, batch_size, drop_remainder=False, ordered=False):
+    def _examples(self, x, y):
+        inputs, y = self.raw_examples(x, y)
+        columns = self._columns(inputs, y)
+        data = tf.data.Dataset.from_tensor_slices(columns if len(columns) > 1 else columns[0])
+        return _sharded_by_data(data)
+
+    def _drops_remainder(self, count, batch_size):
+        # XLA compiles the step again for every new batch shape; a TPU
+        # needs static shapes.
+        return (self.drop_remainder_in_training or self.static_shapes) and count >= batch_size
+
+    def batch_raw(self, data, batch_size, drop_remainder=False, ordered=False, seed=None):
         """Batches raw examples (before `preprocess`): texts of similar
         length together when `groups_by_length`, unless `ordered`."""
-        if self.groups_by_length and not ordered:
-            return length_grouped_batches(data, batch_size, drop_remainder)
+        if self.groups_by_length and not ordered and not self.static_shapes:
+            return length_grouped_batches(data, batch_size, drop_remainder, seed)
         return data.batch(batch_size, drop_remainder=drop_remainder)
 
     def _preprocessed(self, batches):
@@ -287,12 +337,37 @@ class RawInputModel(keras.Model):
     # Keras entry points on raw data.
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, validation_data=None,
-            shuffle=True, **kwargs):
+            shuffle=True, initial_epoch=0, skip_batches=0, seed=0, **kwargs):
+        """Keras's `fit` on raw inputs (or a `tf.data.Dataset` of them).
+
+        Beyond Keras's arguments, for in-memory data: `seed` fixes each
+        epoch's order, and `skip_batches` runs epoch `initial_epoch` from
+        that batch on, and only that epoch (resuming from a checkpoint taken
+        mid-epoch; a second `fit` from `initial_epoch + 1` goes on).
+        """
         batch_size = batch_size or 32
         if not isinstance(x, tf.data.Dataset):
             x, y = self.raw_examples(x, y)
         self.prepare_for_training(x, y)
-        data = self.dataset(x, y, batch_size, shuffle=shuffle, training=True)
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if isinstance(x, tf.data.Dataset):
+            data = self.dataset(x, y, batch_size, shuffle=shuffle, training=True)
+            data = data.skip(skip_batches) if skip_batches else data
+        else:
+            epoch = _EpochNumber(initial_epoch)
+            callbacks.append(epoch)
+            data, steps = self.training_batches(
+                x, y, batch_size, epoch.tensor, skip_batches, shuffle, seed)
+            if skip_batches >= steps:
+                raise ValueError(
+                    f"`skip_batches` must be less than the {steps} batches of an epoch. "
+                    f"Received: skip_batches={skip_batches}."
+                )
+        if skip_batches:
+            # Resuming mid-epoch runs the rest of that one epoch only (shown
+            # as epoch `initial_epoch + 1` of `epochs`); a second `fit` goes on.
+            callbacks.append(_StopAfterEpoch())
+        kwargs["callbacks"] = callbacks
         if self.augment is not None:
             data = data.map(lambda inputs, labels: (self.augment(inputs), labels),
                             num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
@@ -302,7 +377,7 @@ class RawInputModel(keras.Model):
             else:  # a tf.data.Dataset, or inputs that carry their labels (a folder)
                 validation_data = self.dataset(validation_data, batch_size=batch_size)
         return super().fit(data, epochs=epochs, validation_data=validation_data,
-                           shuffle=False, **kwargs)
+                           shuffle=False, initial_epoch=initial_epoch, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
         return super().evaluate(self.dataset(x, y, batch_size or 32), **kwargs)
@@ -316,4 +391,111 @@ class RawInputModel(keras.Model):
 
     def prepare_for_training(self, x, y):
         """Hook run before `fit` builds its dataset (e.g. to learn a vocabulary)."""
+
+    # Attention, for the training job's figure and statistics.
+
+    def attention_maps(self, inputs, targets=None):
+        """Every attention layer's weights on a batch of raw `inputs`:
+        `[(name, weights (B, H, T_q, T_k), allowed, query mask (B, T_q))]`,
+        `allowed` True where a query may attend a key (broadcastable)."""
+        raise NotImplementedError
+
+    def attention_tokens(self, inputs, targets=None):
+        """Axis labels for `plot_attention_heads` of the first input:
+        `(key tokens, query tokens)` per layer, or None."""
+        return None, None
+
+    def attention_sample(self, inputs, targets=None):
+        """`(inputs, targets)` of the one example the figure shows."""
+        return self.raw_array(inputs)[:1], None if targets is None else self.raw_array(targets)[:1]
+
+    def save_attention_figure(self, inputs, path, targets=None):
+        """Every head of every attention layer on one of `inputs`, as a PNG
+        grid (see `zoo.report.plot_attention_heads`)."""
+        from zoo import report
+
+        sample, sample_targets = self.attention_sample(inputs, targets)
+        maps = []
+        for name, weights, allowed, query_mask in self.attention_maps(sample, sample_targets):
+            allowed = np.broadcast_to(np.asarray(allowed, bool)[0], np.shape(weights)[1:])
+            queries = np.asarray(query_mask, bool)[0]
+            keys = allowed.any(axis=(0, 1))
+            weights = np.asarray(weights, np.float32)[0][:, queries][:, :, keys]
+            maps.append((name, weights, allowed[:1][:, queries][:, :, keys]))
+        key_tokens, query_tokens = self.attention_tokens(sample, sample_targets)
+        return report.plot_attention_heads(maps, path, key_tokens, query_tokens,
+                                           title=f"{type(self).__name__}: every head")
+
+    # Keras 3.15's `fit` and `evaluate` under `MultiWorkerMirroredStrategy`
+    # (keras-team/keras#20585): two private steps fail there, and these two
+    # overrides route around them (tests/test_zoo_scale.py trains two worker
+    # processes through the command line).
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras averages the first distributed batch over the replicas to
+        # build the model on it, which multi-worker collectives cannot do
+        # with a tuple; building needs only shapes and dtypes, so the local
+        # replica's batch serves.
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None and in_multi_worker_mode(strategy):
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: strategy.experimental_local_results(value)[0]
+                    if isinstance(value, tf.distribute.DistributedValues) else value,
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        return self._reducible_across_workers(super().train_step(data))
+
+    def test_step(self, data):
+        return self._reducible_across_workers(super().test_step(data))
+
+    def _reducible_across_workers(self, logs):
+        # In multi-worker mode Keras reduces each step output with
+        # `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalar
+        # loss and metric results; as vectors of one they average correctly.
+        strategy = tf.distribute.get_strategy()
+        if not in_multi_worker_mode(strategy):
+            return logs
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
+def _sharded_by_data(data):
+    # Arrays in memory: under several workers each keeps its share of every
+    # global batch (there are no files to share out).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.with_options(options)
+
+
+class _EpochNumber(keras.callbacks.Callback):
+    """The epoch `fit` is in, for the training data to read when a pass
+    begins. Keras starts each epoch's pass after `on_epoch_begin` (its
+    dataset has a known number of batches and no `steps_per_epoch`)."""
+
+    def __init__(self, initial_epoch):
+        super().__init__()
+        self.epoch = initial_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def tensor(self):
+        return tf.py_function(lambda: np.int64(self.epoch), [], tf.int64)
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
+
+
+def in_multi_worker_mode(strategy):
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning
+    several workers (one worker runs it like `MirroredStrategy`)."""
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
 

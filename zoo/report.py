@@ -124,27 +124,133 @@ def _integer_ticks():
     return MaxNLocator(integer=True)
 
 
-def plot_attention(tokens, weights, path, title="attention weights", query_tokens=None):
-    """Heatmap of `(heads, T_q, T_k)` weights, averaged over heads, as a PNG.
-    `tokens` label the keys, and the queries too unless `query_tokens` is given
-    (cross-attention)."""
+# A head is "one-hot" when its rows put this much weight on one key on
+# average, "uniform" when its entropy is this close to log(keys).
+ONE_HOT_WEIGHT = 0.9
+UNIFORM_ENTROPY = 0.98
+
+
+def attention_statistics(maps):
+    """Per layer and head: normalized entropy, mean largest weight and
+    whether the head has collapsed.
+
+    Args:
+        maps: `[(layer name, weights (B, H, T_q, T_k), allowed, query mask)]`:
+            `allowed` (broadcastable to the weights) is True where a query may
+            attend a key (padding and causal masks), the query mask `(B, T_q)`
+            True on real queries.
+
+    Returns:
+        `{"layers": {name: [{"entropy", "max_weight", "state"} per head]},
+        "mean_entropy", "collapsed_share", "one_hot", "uniform", "heads"}`.
+        A row's entropy is divided by log(the keys it may attend), so 1 is
+        uniform and 0 one-hot; rows that may attend fewer than two keys say
+        nothing and are left out. A head is `"one-hot"` when its mean
+        largest weight is at least 0.9, `"uniform"` when its normalized
+        entropy is at least 0.98, else `"attends"`.
+    """
+    layers, states = {}, []
+    for name, weights, allowed, query_mask in maps:
+        weights = np.asarray(weights, np.float64)
+        allowed = np.broadcast_to(np.asarray(allowed, bool), weights.shape)
+        positive = allowed & (weights > 0)
+        entropy = -np.where(positive, weights * np.log(np.where(positive, weights, 1.0)), 0).sum(-1)
+        visible = allowed.sum(-1)
+        rows = np.asarray(query_mask, bool)[:, None, :] & (visible >= 2)
+        normalized = entropy / np.log(np.maximum(visible, 2))
+        largest = weights.max(-1)
+        heads = []
+        for head in range(weights.shape[1]):
+            chosen = rows[:, head]
+            if not chosen.any():
+                continue
+            head_entropy = float(normalized[:, head][chosen].mean())
+            head_max = float(largest[:, head][chosen].mean())
+            state = ("one-hot" if head_max >= ONE_HOT_WEIGHT else
+                     "uniform" if head_entropy >= UNIFORM_ENTROPY else "attends")
+            heads.append({"entropy": head_entropy, "max_weight": head_max, "state": state})
+            states.append(state)
+        layers[name] = heads
+    entropies = [h["entropy"] for heads in layers.values() for h in heads]
+    return {
+        "layers": layers,
+        "heads": len(states),
+        "mean_entropy": float(np.mean(entropies)) if entropies else float("nan"),
+        "one_hot": states.count("one-hot"),
+        "uniform": states.count("uniform"),
+        "collapsed_share": (states.count("one-hot") + states.count("uniform")) / max(1, len(states)),
+    }
+
+
+def format_attention_statistics(statistics):
+    return (f"attention: mean normalized entropy {statistics['mean_entropy']:.3f}; "
+            f"collapsed heads {statistics['one_hot'] + statistics['uniform']}/"
+            f"{statistics['heads']} ({statistics['one_hot']} one-hot, "
+            f"{statistics['uniform']} uniform)")
+
+
+def plot_attention_heads(maps, path, key_tokens=None, query_tokens=None,
+                         title="attention weights"):
+    """Every head of every layer for one example, as a grid PNG: a row per
+    layer, a column per head, each on a colour scale from zero to its own
+    largest weight, titled with its normalized entropy and state, so a flat
+    head looks flat.
+
+    Args:
+        maps: `[(layer name, weights (H, T_q, T_k), allowed (1, T_q, T_k))]`
+            of one example, padding already cut off; `allowed` as in
+            `attention_statistics`.
+        key_tokens, query_tokens: axis labels (per layer: a list of lists, or
+            one list for all); None for none (image patches).
+    """
     plt = _pyplot()
-    query_tokens = tokens if query_tokens is None else query_tokens
-    mean = np.asarray(weights).mean(0)
-    width = max(4.0, 0.35 * len(tokens) + 2)
-    height = max(4.0, 0.35 * len(query_tokens) + 2)
-    figure, axis = plt.subplots(figsize=(width, height))
-    image = axis.imshow(mean, cmap="viridis")
-    axis.set_xticks(range(len(tokens)), tokens, rotation=90)
-    axis.set_yticks(range(len(query_tokens)), query_tokens)
-    axis.set_xlabel("key")
-    axis.set_ylabel("query")
-    axis.set_title(title)
-    figure.colorbar(image, ax=axis, fraction=0.046)
+    statistics = attention_statistics([
+        (name, weights[None], allowed[None], np.ones((1, np.shape(weights)[1]), bool))
+        for name, weights, allowed in maps
+    ])["layers"]
+    rows, columns = len(maps), max(np.shape(w)[0] for _, w, _ in maps)
+    longest = max(max(np.shape(w)[1:]) for _, w, _ in maps)
+    side = min(6.0, max(2.6, 0.16 * longest + 1.2))
+    figure, axes = plt.subplots(rows, columns, figsize=(side * columns + 1, side * rows + 0.8),
+                                squeeze=False)
+    for row, (name, weights, _) in enumerate(maps):
+        weights = np.asarray(weights)
+        for head in range(columns):
+            axis = axes[row, head]
+            if head >= weights.shape[0]:
+                axis.axis("off")
+                continue
+            image = axis.imshow(weights[head], cmap="viridis", vmin=0.0,
+                                vmax=max(float(weights[head].max()), 1e-9))
+            stats = statistics[name][head] if head < len(statistics.get(name, [])) else None
+            label = f"{name}\nhead {head + 1}"
+            if stats:
+                label += f": entropy {stats['entropy']:.2f} ({stats['state']})"
+            axis.set_title(label, fontsize=8)
+            keys = _layer_tokens(key_tokens, row)
+            queries = _layer_tokens(query_tokens if query_tokens is not None else key_tokens, row)
+            small = longest <= 40
+            if keys is not None and small:
+                axis.set_xticks(range(len(keys)), keys, rotation=90, fontsize=6)
+            else:
+                axis.set_xticks([])
+            if queries is not None and small and head == 0:
+                axis.set_yticks(range(len(queries)), queries, fontsize=6)
+            else:
+                axis.set_yticks([])
+            figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.suptitle(f"{title} (entropy: 1 = uniform over the keys, 0 = one key; "
+                    "each panel's colours run from 0 to its largest weight)", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _layer_tokens(tokens, row):
+    if tokens is None or not tokens:
+        return None
+    return tokens[row] if isinstance(tokens[0], (list, tuple)) else tokens
 
 
 def plot_attention_rollout(images, maps, titles, path, title="attention rollout"):

@@ -13,16 +13,137 @@ every model:
     backup/                 while training: an interrupted run resumes from it
 """
 
+import contextlib
+import functools
 import json
+import os
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from zoo import distribute
 from zoo import report as reports
 from zoo.presets import atomic_directory
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+JIT_COMPILE = ("auto", "true", "false")
+# Steps per call of the compiled train function on a TPU: the host loop
+# would otherwise dominate small steps.
+TPU_STEPS_PER_EXECUTION = 32
+
+
+@dataclass
+class TrainingRun:
+    """How a zoo training job runs: the things that change where and how
+    fast it trains, not what it learns.
+
+    Args:
+        strategy: a name for `zoo.distribute.get_strategy`.
+        precision: `"float32"`, `"mixed_float16"` (with Keras's dynamic loss
+            scaling) or `"mixed_bfloat16"`: the dtype policy the model is
+            built under.
+        jit_compile: `"auto"` (Keras's choice, or the model's own rule),
+            `"true"` or `"false"`: XLA for the train step.
+        checkpoint_every: a checkpoint every this many steps as well as at
+            each epoch's end; None for epochs only.
+        tensorboard: folder for TensorBoard logs (losses, attention
+            statistics and maps, profiles), or None.
+        profile_steps: `(first, last)` steps profiled with the TensorFlow
+            profiler into the TensorBoard folder.
+        attention_statistics: log each attention head's entropy and
+            collapse on a fixed sample batch at each epoch's end.
+        export, figures: whether the job exports a SavedModel and draws its
+            figures (a hyperparameter search's trials do neither).
+    """
+
+    strategy: str = "auto"
+    precision: str = "float32"
+    jit_compile: object = "auto"
+    checkpoint_every: int = None
+    tensorboard: str = None
+    profile_steps: tuple = None
+    attention_statistics: bool = True
+    export: bool = True
+    figures: bool = True
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}; expected one of {PRECISIONS}.")
+        if isinstance(self.jit_compile, str):
+            if self.jit_compile not in JIT_COMPILE:
+                raise ValueError(
+                    f"jit_compile must be one of {JIT_COMPILE}. Received: {self.jit_compile!r}.")
+        elif not isinstance(self.jit_compile, bool):
+            raise TypeError(f"jit_compile must be a bool or one of {JIT_COMPILE}. "
+                            f"Received: {self.jit_compile!r}.")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(
+                f"checkpoint_every must be a positive number of steps. "
+                f"Received: {self.checkpoint_every}.")
+        if self.profile_steps is not None:
+            steps = tuple(self.profile_steps)
+            if len(steps) != 2 or not all(isinstance(s, int) and s >= 1 for s in steps) \
+                    or steps[0] > steps[1]:
+                raise ValueError(
+                    "profile_steps must be two step numbers `first,last` with "
+                    f"1 <= first <= last. Received: {self.profile_steps!r}.")
+            self.profile_steps = steps
+        distribute.check_strategy_name(self.strategy)
+
+    @functools.cached_property
+    def distribution(self):
+        """The strategy, created on first use and announced once."""
+        strategy = distribute.get_strategy(self.strategy)
+        print(f"strategy: {distribute.describe(strategy)}", flush=True)
+        return strategy
+
+    @contextlib.contextmanager
+    def scope(self):
+        """Builds under the strategy and the precision policy; the global
+        policy is restored afterwards, so later models (a preset's twin, a
+        reloaded copy) are float32."""
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.precision)
+        try:
+            with self.distribution.scope():
+                yield self.distribution
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+    def compile_options(self, steps_per_execution=1):
+        """`compile` arguments: XLA choice and steps per execution."""
+        options = {"steps_per_execution": steps_per_execution}
+        if distribute.is_tpu(self.distribution):
+            options["steps_per_execution"] = max(steps_per_execution, TPU_STEPS_PER_EXECUTION)
+        if self.jit_compile != "auto":
+            options["jit_compile"] = self.jit_compile in (True, "true")
+        return options
+
+    def prepare(self, model):
+        """Model settings the hardware needs (static shapes on a TPU)."""
+        model.static_shapes = distribute.is_tpu(self.distribution)
+        return model
+
+    @property
+    def is_chief(self):
+        return distribute.is_chief(self.distribution)
+
+    def worker_name(self):
+        return distribute.worker_name(self.distribution)
+
+
+def dropout_override(dropout):
+    """`{"dropout": dropout}` when given (the command line's `--dropout`), else `{}`."""
+    if dropout is None:
+        return {}
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1). Received: {dropout}.")
+    return {"dropout": dropout}
 
 
 def split_validation(inputs, labels, source, validation_fraction=0.1, seed=0):
@@ -62,22 +183,181 @@ def warmup_cosine(learning_rate, total_steps, warmup_fraction=0.1):
     )
 
 
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """Backs up the training state every `every_steps` steps and at each
+    epoch's end, so that a killed run resumes where it stopped.
+
+    A checkpoint is a folder `step-<N>` holding the weights with the
+    optimizer's state and `state.json` (epoch, batches done in it, total
+    steps, history so far); it is written under a temporary name and
+    renamed into place, so a kill while writing leaves the previous one
+    whole. The two newest are kept: a resume falls back to the older when
+    the newer cannot be read.
+
+    Args:
+        directory: the backup folder (its own, nothing else in it).
+        every_steps: steps between checkpoints; None for epoch ends only.
+    """
+
+    STATE_FILE = "state.json"
+    WEIGHTS_FILE = "state.weights.h5"
+
+    def __init__(self, directory, every_steps=None):
+        super().__init__()
+        self.directory = Path(directory)
+        self.every_steps = every_steps
+        self.history = {}
+        self._epoch = 0
+        self._skipped = 0
+
+    def restore(self, model):
+        """Loads the newest readable checkpoint into `model` (built under its
+        strategy); returns its state, or None when there is none."""
+        for folder in reversed(self._checkpoints()):
+            try:
+                state = json.loads((folder / self.STATE_FILE).read_text())
+                if model.optimizer is not None and not model.optimizer.built:
+                    model.optimizer.build(model.trainable_variables)
+                model.load_weights(str(folder / self.WEIGHTS_FILE))
+            except (OSError, ValueError, KeyError) as error:
+                print(f"checkpoint {folder} is unreadable ({error}); trying an older one")
+                continue
+            self.history = state["history"]
+            return state
+        return None
+
+    def start(self, epoch, skipped_batches):
+        """Tells the callback where the coming `fit` call starts."""
+        self._epoch, self._skipped = epoch, skipped_batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_begin(self, logs=None):
+        self._last_saved = self._steps()
+
+    def on_train_batch_end(self, batch, logs=None):
+        # `batch` is the last of the steps one call ran (steps_per_execution);
+        # an epoch's last batch is saved as the epoch's end.
+        if batch + 1 >= self.params.get("steps", float("inf")):
+            return
+        if self.every_steps and self._steps() - self._last_saved >= self.every_steps:
+            self._save(self._epoch, self._skipped + batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        self._skipped = 0
+        self._save(epoch + 1, 0)
+
+    def _steps(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _save(self, epoch, batches_done):
+        steps = self._last_saved = self._steps()
+        target = self.directory / f"step-{steps:09d}"
+        if target.exists():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=self.directory))
+        try:
+            self.model.save_weights(str(staging / self.WEIGHTS_FILE))
+            (staging / self.STATE_FILE).write_text(json.dumps({
+                "epoch": epoch, "batches_done": batches_done, "steps": steps,
+                "history": self.history,
+            }))
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        where = (f"epoch {epoch + 1}, after batch {batches_done}" if batches_done
+                 else f"end of epoch {epoch}")
+        print(f"\ncheckpoint: step {steps} ({where})", flush=True)
+        for old in self._checkpoints()[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _checkpoints(self):
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir()
+                      if re.fullmatch(r"step-\d{9}", p.name) and p.is_dir())
+
+
+def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, callbacks=(),
+                  verbose="auto", seed=0):
+    """`model.fit` that resumes from `checkpoint`'s newest state: the rest
+    of an interrupted epoch (its remaining batches, in the same order),
+    then the remaining epochs.
+
+    Returns:
+        `(history, steps)`: the history of every epoch (those before the
+        interruption included) and `{"total", "resumed_at", "this_run"}`.
+    """
+    with model.distribute_strategy.scope():
+        state = checkpoint.restore(model)
+    epoch, skipped = (state["epoch"], state["batches_done"]) if state else (0, 0)
+    resumed_at = state["steps"] if state else 0
+    if state:
+        print(f"resuming from the checkpoint at step {resumed_at}: epoch {epoch + 1}"
+              f"{f', after batch {skipped}' if skipped else ''}", flush=True)
+    fit = functools.partial(
+        model.fit, train[0], train[1], validation_data=validation, batch_size=batch_size,
+        verbose=verbose, seed=seed, callbacks=[checkpoint, *callbacks],
+    )
+    if skipped:
+        checkpoint.start(epoch, skipped)
+        fit(initial_epoch=epoch, epochs=epochs, skip_batches=skipped)
+        epoch += 1
+    if epoch < epochs:
+        checkpoint.start(epoch, 0)
+        fit(initial_epoch=epoch, epochs=epochs)
+    total = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    return checkpoint.history, {"total": total, "resumed_at": resumed_at,
+                                "this_run": total - resumed_at}
+
+
 def train_and_report(model, train, validation, test, out, epochs, batch_size,
                      verbose="auto", callbacks=(), training_metadata=None,
-                     summary_extra=None, evaluation_options=None, export_options=None):
-    """Fits `model` (compiled), reports on `test` (or `validation` when `test`
-    is None), and writes everything listed in the module docstring.
+                     summary_extra=None, evaluation_options=None, export_options=None,
+                     run=None, seed=0):
+    """Fits `model` (compiled under `run`), reports on `test` (or
+    `validation` when `test` is None), and writes everything listed in the
+    module docstring.
+
+    In a cluster every worker runs all of it (the steps are collective) but
+    only the chief writes into `out`; the others write into temporary
+    folders that are removed. Each worker keeps its own backup,
+    `out/backup/<task>`, to rejoin from after a restart.
 
     Returns:
         The summary dict also written to `report.json`.
     """
+    run = run or TrainingRun()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    history = model.fit(
-        train[0], train[1], validation_data=validation, epochs=epochs,
-        batch_size=batch_size, verbose=verbose,
-        callbacks=[keras.callbacks.BackupAndRestore(str(out / "backup")), *callbacks],
+    worker = run.worker_name()
+    backup = out / "backup" / worker if worker else out / "backup"
+    if run.is_chief:
+        out.mkdir(parents=True, exist_ok=True)
+        return _train_and_report(model, train, validation, test, out, backup, epochs,
+                                 batch_size, verbose, callbacks, training_metadata,
+                                 summary_extra, evaluation_options, export_options, run, seed)
+    with tempfile.TemporaryDirectory(prefix=f"zoo-{worker}-") as scratch:
+        return _train_and_report(model, train, validation, test, Path(scratch), backup, epochs,
+                                 batch_size, verbose, callbacks, training_metadata,
+                                 summary_extra, evaluation_options, export_options, run, seed)
+
+
+def _train_and_report(model, train, validation, test, out, backup, epochs, batch_size, verbose,
+                      callbacks, training_metadata, summary_extra, evaluation_options,
+                      export_options, run, seed):
+    checkpoint = TrainingCheckpoint(backup, run.checkpoint_every)
+    monitoring = monitoring_callbacks(model, run, validation, out)
+    history, steps = resumable_fit(
+        model, train, validation, epochs, batch_size, checkpoint, verbose=verbose, seed=seed,
+        callbacks=[*monitoring, *callbacks],
     )
+    attention = next((c.statistics for c in monitoring if isinstance(c, AttentionMonitor)), None)
+    if attention is not None:
+        print(reports.format_attention_statistics(attention))
     evaluated_on, (inputs, labels) = (
         ("test", test) if test is not None else ("validation", validation)
     )
@@ -86,23 +366,111 @@ def train_and_report(model, train, validation, test, out, epochs, batch_size,
     print(f"\nEvaluation on the {evaluated_on} set ({len(inputs)} examples):")
     print(model.format_evaluation(summary))
 
-    reports.plot_history(history.history, out / "training_curves.png")
-    model.save_attention_figure(validation[0], out / "attention.png")
+    if run.figures:
+        reports.plot_history(history, out / "training_curves.png")
+        model.save_attention_figure(validation[0], out / "attention.png")
     summary.update({
         "evaluated_on": evaluated_on,
         "examples": {"train": len(train[0]), "validation": len(validation[0]),
                      "evaluated": len(inputs)},
         "epochs": epochs,
-        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+        "steps": steps,
+        "strategy": distribute.describe(run.distribution),
+        "precision": run.precision,
+        "wrote_outputs": run.is_chief,
+        "attention": attention,
+        "history": history,
         **(summary_extra or {}),
     })
     model.save_to_preset(out / "preset", metadata={"training": {
         **(training_metadata or {}), "epochs": epochs, "batch_size": batch_size,
         f"{evaluated_on}_{summary['headline']}": summary[summary["headline"]],
     }})
-    summary["export"] = str(model.export(out / "export", **(export_options or {})))
+    if run.export:
+        summary["export"] = str(model.export(out / "export", **(export_options or {})))
     (out / "report.json").write_text(json.dumps(summary, indent=2))
+    # Done: the backup would only make a rerun skip its training.
+    shutil.rmtree(backup, ignore_errors=True)
+    if backup.parent.name == "backup" and not any(backup.parent.iterdir()):
+        backup.parent.rmdir()
     return summary
+
+
+class AttentionMonitor(keras.callbacks.Callback):
+    """Logs, at each epoch's end, every attention head's normalized entropy
+    and the share of heads that have collapsed (near one-hot or near
+    uniform; see `zoo.report.attention_statistics`) on a fixed sample
+    batch: one line on stdout, and with `log_dir` TensorBoard scalars and
+    images of the sample's first example (every head of every layer).
+
+    Args:
+        inputs, targets: the fixed sample batch of raw inputs (and targets
+            where the model's attention depends on them: a translator's).
+        log_dir: TensorBoard folder, or None.
+    """
+
+    def __init__(self, inputs, targets=None, log_dir=None):
+        super().__init__()
+        self.inputs, self.targets = inputs, targets
+        self.log_dir = log_dir
+        self.statistics = None
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        maps = self.model.attention_maps(self.inputs, self.targets)
+        self.statistics = reports.attention_statistics(maps)
+        print(reports.format_attention_statistics(self.statistics), flush=True)
+        if self.log_dir is not None:
+            self._log(epoch, maps)
+
+    def _log(self, epoch, maps):
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(Path(self.log_dir) / "attention"))
+        with self._writer.as_default(step=epoch):
+            tf.summary.scalar("attention/mean_entropy", self.statistics["mean_entropy"])
+            tf.summary.scalar("attention/collapsed_share", self.statistics["collapsed_share"])
+            for (name, weights, _, _), heads in zip(maps, self.statistics["layers"].values()):
+                tag = name.replace(" ", "_")
+                for head, values in enumerate(heads, 1):
+                    tf.summary.scalar(f"attention_entropy/{tag}/head_{head}", values["entropy"])
+                # One image per head, scaled from zero to its largest weight.
+                heads_maps = np.asarray(weights, np.float32)[0]
+                peaks = np.maximum(heads_maps.max(axis=(1, 2), keepdims=True), 1e-9)
+                tf.summary.image(f"attention_maps/{tag}", (heads_maps / peaks)[..., None],
+                                 max_outputs=heads_maps.shape[0])
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+# The sample batch the attention statistics are computed on.
+ATTENTION_SAMPLE = 8
+
+
+def monitoring_callbacks(model, run, validation, out):
+    """TensorBoard logs, profiled steps and attention statistics, as `run`
+    asks; a non-chief worker logs into `out` (its temporary folder)."""
+    callbacks = []
+    log_dir = None
+    if run.tensorboard:
+        log_dir = Path(run.tensorboard) if run.is_chief else Path(out) / "tensorboard"
+        callbacks.append(keras.callbacks.TensorBoard(
+            str(log_dir), profile_batch=run.profile_steps or 0))
+    elif run.profile_steps:
+        raise ValueError("--profile-steps writes into the TensorBoard folder: give --tensorboard DIR.")
+    if run.attention_statistics:
+        inputs, targets = validation
+        callbacks.append(AttentionMonitor(
+            model.raw_array(inputs)[:ATTENTION_SAMPLE],
+            model.raw_array(targets)[:ATTENTION_SAMPLE] if model.attention_needs_targets else None,
+            log_dir,
+        ))
+    return callbacks
 
 
 def reproduce_preset(train, target):

@@ -390,18 +390,33 @@ class ImageClassifier(ClassifierModel):
         maps = maps / tf.reduce_sum(maps, axis=-1, keepdims=True)
         return tf.reshape(maps, (-1, *self.grid_shape)).numpy()
 
-    def save_attention_figure(self, images, path, count=6):
-        """Attention rollout over the first `count` of `images`, as a PNG."""
+    def attention_maps(self, inputs, targets=None):
+        x, maps = self._embed(self.preprocess(self.raw_array(inputs))), []
+        every = np.ones((1, 1, 1, x.shape[1]), bool)
+        for number, block in enumerate(self.blocks, 1):
+            maps.append((f"block {number}", np.asarray(block.attention_scores(x)), every,
+                         np.ones(x.shape[:2], bool)))
+            x = block(x, training=False)
+        return maps
+
+    def save_attention_figure(self, images, path, count=6, targets=None):
+        """Every head of every block on one image (`path`), and the
+        attention rollout over the first `count` of `images` beside it
+        (`<path stem>_rollout.png`)."""
         from zoo import report
 
+        super().save_attention_figure(images, path)
+        path = Path(path)
+        rollout_path = path.with_name(f"{path.stem}_rollout{path.suffix}")
         images = self.raw_array(images)[:count]
         pixels = self.preprocess(images).numpy()
         names, probabilities = self.predict_labels(images)
         titles = [f"{name} ({p.max():.2f})" for name, p in zip(names, probabilities)]
-        return report.plot_attention_rollout(
-            pixels, self.attention_rollout(images), titles, path,
+        report.plot_attention_rollout(
+            pixels, self.attention_rollout(images), titles, rollout_path,
             title=f"attention rollout over {self.num_layers} blocks",
         )
+        return path
 
     # Configuration, presets and export.
 

@@ -8,10 +8,9 @@ import tensorflow as tf
 
 from zoo.data import read_image_folder
 from zoo.datasets import load_digits
-from zoo.distribute import get_strategy
 from zoo.image_classifier.model import CONFIGURATIONS, ImageClassifier
 from zoo.training import (
-    label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
+    TrainingRun, dropout_override, label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
 )
 
 EMBEDDED_DATA = "mnist"
@@ -96,9 +95,9 @@ def choose_geometry(shapes):
 
 
 def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
-                           batch_size=64, strategy="auto", learning_rate=None,
+                           batch_size=64, run=None, learning_rate=None,
                            max_train_examples=None, architecture=None,
-                           augmentation=None, verbose="auto", seed=0):
+                           augmentation=None, dropout=None, verbose="auto", seed=0):
     """Trains (or fine-tunes `preset`), reports, plots, saves and exports.
 
     Writes under `out/` what `zoo.training.train_and_report` lists; the
@@ -116,9 +115,12 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
     epochs = epochs or recipe["epochs"]
     learning_rate = learning_rate or recipe["learning_rate"]
 
-    with get_strategy(strategy).scope():
+    run = run or TrainingRun()
+    with run.scope():
         if preset is not None:
-            overrides = {} if image_size is None else {"image_size": image_size}
+            overrides = dropout_override(dropout)
+            if image_size is not None:
+                overrides["image_size"] = image_size
             model = ImageClassifier.from_preset(
                 preset, labels=preset_label_order(ImageClassifier, preset, names), **overrides
             )
@@ -127,14 +129,16 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
             if image_size is not None:
                 geometry["image_size"] = image_size
             model = ImageClassifier(
-                labels=names, **{**SCRATCH_ARCHITECTURE, **geometry, **(architecture or {})},
+                labels=names, **{**SCRATCH_ARCHITECTURE, **geometry, **(architecture or {}),
+                                   **dropout_override(dropout)},
                 augmentation=SCRATCH_AUGMENTATION if augmentation is None else augmentation,
             )
+        run.prepare(model)
         steps = epochs * math.ceil(len(train[0]) / batch_size)
         model.compile(
             optimizer=keras.optimizers.AdamW(
                 warmup_cosine(learning_rate, steps), weight_decay=recipe["weight_decay"]),
-            steps_per_execution=STEPS_PER_EXECUTION,
+            **run.compile_options(steps_per_execution=STEPS_PER_EXECUTION),
         )
     print(f"model: {model.image_size[0]}x{model.image_size[1]}x{model.channels} images, "
           f"{model.patch_size}x{model.patch_size} patches ({np.prod(model.grid_shape)}), "
@@ -142,7 +146,27 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
           + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
 
     return train_and_report(
-        model, train, validation, test, out, epochs, batch_size, verbose=verbose,
+        model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
         training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
         summary_extra={"preset": preset, "skipped_files": skipped},
     )
+
+
+# `python -m zoo tune image-classifier`: the sizes, dropout and learning rate
+# searched (zoo.tuning), and the validation metric that picks the best.
+TUNING_OBJECTIVE = ("val_accuracy", "max")
+
+
+def search_space(hp):
+    """KerasTuner hyperparameters -> `train_image_classifier` arguments."""
+    hidden_dim = hp.Choice("hidden_dim", [64, 96, 128])
+    return {
+        "architecture": {
+            "hidden_dim": hidden_dim,
+            "num_layers": hp.Int("num_layers", 2, 6, step=2),
+            "num_heads": hp.Choice("num_heads", [2, 4]),
+            "intermediate_dim": 2 * hidden_dim,
+        },
+        "dropout": hp.Float("dropout", 0.0, 0.2, step=0.1),
+        "learning_rate": hp.Float("learning_rate", 5e-4, 4e-3, sampling="log"),
+    }

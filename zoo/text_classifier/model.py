@@ -172,6 +172,8 @@ class TextClassifier(ClassifierModel):
         # is compiled a few times, not once per length.
         longest = tf.reduce_max(ids.row_lengths())
         length = tf.minimum((longest + 7) // 8 * 8, self.sequence_length)
+        if self.static_shapes:  # a TPU compiles one shape
+            length = tf.constant(self.sequence_length, longest.dtype)
         return ids.to_tensor(0, shape=tf.stack([rows, tf.cast(length, rows.dtype)]))
 
     def raw_array(self, x):
@@ -202,26 +204,25 @@ class TextClassifier(ClassifierModel):
         x = self.pooling(x)
         return self.head(self.head_dropout(x, training=training))
 
-    def attention_weights(self, text):
-        """Tokens of `text` and the first block's weights `(heads, T, T)`."""
-        ids = self.preprocess(tf.constant([text]))
-        length = int(tf.reduce_sum(tf.cast(ids[0] != 0, tf.int32)))
-        weights = self.blocks[0].attention_scores(
-            self.embedding(ids), padding_mask=ids != 0
-        )
-        tokens = [self.vocabulary[int(i)] for i in ids[0][:length]]
-        return tokens, np.asarray(weights)[0, :, :length, :length]
+    def attention_maps(self, inputs, targets=None):
+        ids = self.preprocess(tf.constant(self.raw_array(inputs)))
+        mask = ids != 0
+        x, maps = self.embedding(ids), []
+        for number, block in enumerate(self.blocks, 1):
+            weights = block.attention_scores(x, padding_mask=mask)
+            maps.append((f"block {number}", np.asarray(weights), mask.numpy()[:, None, None, :],
+                         mask.numpy()))
+            x = block(x, padding_mask=mask)
+        return maps
 
-    def save_attention_figure(self, texts, path):
-        """Heatmap of the first block's attention on one of `texts` (PNG)."""
-        from zoo import report
+    def attention_tokens(self, inputs, targets=None):
+        ids = self.preprocess(tf.constant(self.raw_array(inputs)[:1])).numpy()[0]
+        return [self.vocabulary[int(i)] for i in ids if i != 0], None
 
-        # A short sentence keeps the heatmap readable.
-        candidates = [str(t) for t in self.raw_array(texts)[:50]]
-        sample = min(candidates, key=lambda t: abs(len(t.split()) - 12))
-        tokens, weights = self.attention_weights(sample)
-        return report.plot_attention(tokens, weights, path,
-                                     title="first encoder block, mean over heads")
+    def attention_sample(self, inputs, targets=None):
+        # A sentence of about 12 words keeps the panels readable.
+        candidates = [str(t) for t in self.raw_array(inputs)[:50]]
+        return np.array([min(candidates, key=lambda t: abs(len(t.split()) - 12))]), None
 
     # Configuration, presets and export.
 

@@ -5,9 +5,10 @@ import numpy as np
 
 from zoo.data import read_labelled_texts
 from zoo.datasets import load_sentiment
-from zoo.distribute import get_strategy
 from zoo.text_classifier.model import TextClassifier
-from zoo.training import label_names, preset_label_order, split_validation, train_and_report
+from zoo.training import (
+    TrainingRun, dropout_override, label_names, preset_label_order, split_validation, train_and_report,
+)
 
 EMBEDDED_DATA = "rotten-tomatoes"
 
@@ -38,9 +39,9 @@ def load_training_data(data, text_column=None, label_column=None,
 
 
 def train_text_classifier(data, out, preset=None, epochs=3, batch_size=32,
-                          strategy="auto", text_column=None, label_column=None,
+                          run=None, text_column=None, label_column=None,
                           learning_rate=None, max_train_examples=None,
-                          architecture=None, verbose="auto", seed=0):
+                          architecture=None, dropout=None, verbose="auto", seed=0):
     """Trains (or fine-tunes `preset`), reports, plots, saves and exports.
 
     Writes under `out/` what `zoo.training.train_and_report` lists.
@@ -55,19 +56,44 @@ def train_text_classifier(data, out, preset=None, epochs=3, batch_size=32,
         train = (train[0][:max_train_examples], train[1][:max_train_examples])
     names = label_names(train, validation)
 
-    with get_strategy(strategy).scope():
+    run = run or TrainingRun()
+    with run.scope():
         if preset is not None:
             model = TextClassifier.from_preset(
-                preset, labels=preset_label_order(TextClassifier, preset, names)
+                preset, labels=preset_label_order(TextClassifier, preset, names),
+                **dropout_override(dropout),
             )
         else:
-            model = TextClassifier(labels=names, **(architecture or DEMO_ARCHITECTURE))
-        model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=0.01))
+            model = TextClassifier(labels=names, **{**(architecture or DEMO_ARCHITECTURE),
+                                                     **dropout_override(dropout)})
+        run.prepare(model)
+        model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=0.01),
+                      **run.compile_options())
         if preset is None:
             model.adapt(train[0])
 
     return train_and_report(
-        model, train, validation, test, out, epochs, batch_size, verbose=verbose,
+        model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
         training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
         summary_extra={"preset": preset},
     )
+
+
+# `python -m zoo tune text-classifier`: the sizes, dropout and learning rate
+# searched (zoo.tuning), and the validation metric that picks the best.
+TUNING_OBJECTIVE = ("val_accuracy", "max")
+
+
+def search_space(hp):
+    """KerasTuner hyperparameters -> `train_text_classifier` arguments."""
+    hidden_dim = hp.Choice("hidden_dim", [64, 128, 192])
+    return {
+        "architecture": {
+            **DEMO_ARCHITECTURE, "hidden_dim": hidden_dim,
+            "num_layers": hp.Int("num_layers", 1, 3),
+            "num_heads": hp.Choice("num_heads", [2, 4]),
+            "intermediate_dim": 2 * hidden_dim,
+        },
+        "dropout": hp.Float("dropout", 0.0, 0.3, step=0.1),
+        "learning_rate": hp.Float("learning_rate", 3e-4, 3e-3, sampling="log"),
+    }

@@ -86,6 +86,22 @@ class SmoothedSequenceCrossEntropy(keras.losses.Loss):
         super().__init__(name=name, reduction="mean_with_sample_weight", **kwargs)
         self.label_smoothing = label_smoothing
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        context = tf.distribute.get_replica_context()
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if sample_weight is None or context is None or replicas == 1:
+            return super().__call__(y_true, y_pred, sample_weight)
+        # Under several replicas each one's mean over its own tokens would
+        # weigh a token by how many tokens its replica happened to get: each
+        # replica returns its tokens' share of the mean over the global
+        # batch's tokens, so the summed gradients are one device's. (Keras's
+        # own reduction would divide by the replica count here instead, and
+        # its loss tracker multiplies back.)
+        weights = keras.ops.cast(sample_weight, "float32")
+        total = keras.ops.sum(self.call(y_true, y_pred) * weights)
+        tokens = context.all_reduce("SUM", keras.ops.sum(weights))
+        return total / keras.ops.maximum(tokens, 1.0)
+
     def call(self, y_true, y_pred):
         # With log p = z - logsumexp(z): -(1 - e) log p[target] - e mean(log p)
         # = logsumexp(z) - (1 - e) z[target] - e mean(z), which never
@@ -300,7 +316,8 @@ class Translator(PresetModel, RawInputModel):
         ends = tf.fill([tokens.nrows(), 1], END_ID)
         # Padded to the batch's longest, not to `source_sequence_length`:
         # interface messages are short, and a step costs what it holds.
-        return tf.concat([tokens, ends], axis=1).to_tensor(PAD_ID)
+        return tf.concat([tokens, ends], axis=1).to_tensor(
+            PAD_ID, shape=[None, self.source_sequence_length] if self.static_shapes else None)
 
     def preprocess_pair(self, sources, targets):
         """Raw pairs -> `({"encoder_token_ids", "decoder_token_ids"},
@@ -312,8 +329,9 @@ class Translator(PresetModel, RawInputModel):
         rows = tokens.nrows()
         decoder_in = tf.concat([tf.fill([rows, 1], START_ID), tokens], axis=1)
         decoder_out = tf.concat([tokens, tf.fill([rows, 1], END_ID)], axis=1)
-        decoder_in = decoder_in.to_tensor(PAD_ID)
-        decoder_out = decoder_out.to_tensor(PAD_ID)
+        shape = [None, self.target_sequence_length] if self.static_shapes else None
+        decoder_in = decoder_in.to_tensor(PAD_ID, shape=shape)
+        decoder_out = decoder_out.to_tensor(PAD_ID, shape=shape)
         inputs = {"encoder_token_ids": self.preprocess(sources),
                   "decoder_token_ids": decoder_in}
         return inputs, decoder_out, tf.cast(decoder_out != PAD_ID, tf.float32)
@@ -447,7 +465,11 @@ class Translator(PresetModel, RawInputModel):
         ended = tf.cumsum(tf.cast(target_ids == END_ID, tf.int32), axis=1) > 0
         lengths = tf.reduce_sum(tf.cast(~ended, tf.int32), axis=1)
         words = tf.RaggedTensor.from_tensor(target_ids, lengths=lengths)
-        words = tf.ragged.boolean_mask(words, words > END_ID)  # no [PAD]/[UNK]/[START]
+        # No [PAD]/[UNK]/[START]; and no id past the learned vocabulary (the
+        # output layer has `vocabulary_size` of them, the vocabulary may be
+        # smaller), on which the WordPiece detokenizer crashes the process.
+        known = (words > END_ID) & (words < len(self.target_vocabulary))
+        words = tf.ragged.boolean_mask(words, known)
         text = self.target_tokenizer.detokenize(words)
         for pattern, rewrite in _DETOKENIZED_SPACING:
             text = tf.strings.regex_replace(text, pattern, rewrite)
@@ -504,37 +526,49 @@ class Translator(PresetModel, RawInputModel):
                 [t.decode("utf-8") for t in x.as_numpy_iterator()]
         return np.array(self.translate(x, batch_size=batch_size or 64), dtype=object)
 
-    def cross_attention_weights(self, text, translation=None):
-        """Source tokens, target tokens and the last decoder block's
-        cross-attention weights `(heads, T, S)` for one sentence."""
-        translation = self.translate([text])[0] if translation is None else translation
-        inputs, _, weights = self.preprocess_pair(tf.constant([text]), tf.constant([translation]))
-        source_ids, decoder_ids = inputs["encoder_token_ids"], inputs["decoder_token_ids"]
-        source_length = int(tf.reduce_sum(tf.cast(source_ids[0] != PAD_ID, tf.int32)))
-        target_length = int(tf.reduce_sum(weights[0]))
-        encoded, source_mask = self.encode(source_ids)
-        decoder_mask = decoder_ids != PAD_ID
+    attention_needs_targets = True
+
+    def attention_maps(self, inputs, targets=None):
+        """Encoder self-attention and decoder cross-attention of each block,
+        decoding `targets` (teacher forcing), or the greedy translations."""
+        sources = self.raw_array(inputs)
+        targets = self.translate(sources) if targets is None else self.raw_array(targets)
+        model_inputs, _, _ = self.preprocess_pair(tf.constant(sources), tf.constant(targets))
+        source_ids, decoder_ids = model_inputs["encoder_token_ids"], model_inputs["decoder_token_ids"]
+        source_mask, decoder_mask = source_ids != PAD_ID, decoder_ids != PAD_ID
+        keys = source_mask.numpy()[:, None, None, :]
+        maps = []
+        x = self.source_embedding(source_ids)
+        for number, block in enumerate(self.encoder_blocks, 1):
+            maps.append((f"encoder {number}", np.asarray(block.attention_scores(
+                x, padding_mask=source_mask)), keys, source_mask.numpy()))
+            x = block(x, padding_mask=source_mask)
+        encoded = x
         x = self.target_embedding(decoder_ids)
-        for block in self.decoder_blocks[:-1]:
+        for number, block in enumerate(self.decoder_blocks, 1):
+            scores = block.cross_attention_scores(
+                x, encoded, decoder_padding_mask=decoder_mask, encoder_padding_mask=source_mask)
+            maps.append((f"decoder {number} cross", np.asarray(scores), keys, decoder_mask.numpy()))
             x = block(x, encoded, decoder_padding_mask=decoder_mask,
                       encoder_padding_mask=source_mask)
-        scores = self.decoder_blocks[-1].cross_attention_scores(
-            x, encoded, decoder_padding_mask=decoder_mask, encoder_padding_mask=source_mask
-        )
-        source_tokens = [self.source_vocabulary[int(i)] for i in source_ids[0][:source_length]]
-        target_tokens = [self.target_vocabulary[int(i)] for i in decoder_ids[0][:target_length]]
-        return source_tokens, target_tokens, np.asarray(scores)[0, :, :target_length, :source_length]
+        return maps
 
-    def save_attention_figure(self, texts, path):
-        """Heatmap of the last decoder block's cross-attention for one of
-        `texts`: target tokens (rows) against source tokens (columns)."""
-        candidates = [str(t) for t in self.raw_array(texts)[:50]]
-        sample = min(candidates, key=lambda t: abs(len(t.split()) - 8))
-        source_tokens, target_tokens, weights = self.cross_attention_weights(sample)
-        return reports.plot_attention(
-            source_tokens, weights, path, query_tokens=target_tokens,
-            title="last decoder block: cross-attention, mean over heads",
-        )
+    def attention_tokens(self, inputs, targets=None):
+        sources = self.raw_array(inputs)[:1]
+        targets = self.translate(sources) if targets is None else self.raw_array(targets)[:1]
+        model_inputs, _, _ = self.preprocess_pair(tf.constant(sources), tf.constant(targets))
+        source = [self.source_vocabulary[int(i)]
+                  for i in model_inputs["encoder_token_ids"].numpy()[0] if i != PAD_ID]
+        target = [self.target_vocabulary[int(i)]
+                  for i in model_inputs["decoder_token_ids"].numpy()[0] if i != PAD_ID]
+        keys = [source] * (len(self.encoder_blocks) + len(self.decoder_blocks))
+        queries = [source] * len(self.encoder_blocks) + [target] * len(self.decoder_blocks)
+        return keys, queries
+
+    def attention_sample(self, inputs, targets=None):
+        # A sentence of about 8 words keeps the panels readable.
+        candidates = [str(t) for t in self.raw_array(inputs)[:50]]
+        return np.array([min(candidates, key=lambda t: abs(len(t.split()) - 8))]), None
 
     # Reports (the training job, `python -m zoo evaluate|predict`).
 

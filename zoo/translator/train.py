@@ -5,8 +5,7 @@ import numpy as np
 
 from zoo.data import read_sentence_pairs
 from zoo.datasets import load_message_pairs, split_pairs
-from zoo.distribute import get_strategy
-from zoo.training import train_and_report, warmup_cosine
+from zoo.training import TrainingRun, dropout_override, train_and_report, warmup_cosine
 from zoo.translator.model import Translator
 
 EMBEDDED_DATA = "gramps"
@@ -50,9 +49,9 @@ def load_training_data(data, validation_fraction=0.1, seed=0):
     return ((sources[train], targets[train]), (sources[validation], targets[validation]), test)
 
 
-def train_translator(data, out, preset=None, epochs=None, batch_size=64, strategy="auto",
+def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=None,
                      learning_rate=None, max_train_examples=None, beam_size=4,
-                     architecture=None, verbose="auto", seed=0):
+                     architecture=None, dropout=None, verbose="auto", seed=0):
     """Trains (or fine-tunes `preset`), reports BLEU, plots, saves and exports.
 
     Writes under `out/` what `zoo.training.train_and_report` lists; the
@@ -69,20 +68,43 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, strateg
         train = (train[0][:max_train_examples], train[1][:max_train_examples])
     steps = epochs * -(-len(train[0]) // batch_size)
 
-    with get_strategy(strategy).scope():
+    run = run or TrainingRun()
+    with run.scope():
         if preset is not None:
-            model = Translator.from_preset(preset)
+            model = Translator.from_preset(preset, **dropout_override(dropout))
         else:
-            model = Translator(**(architecture or DEFAULT_ARCHITECTURE))
+            model = Translator(**{**(architecture or DEFAULT_ARCHITECTURE), **dropout_override(dropout)})
             model.adapt(*train)
+        run.prepare(model)
         model.compile(optimizer=keras.optimizers.AdamW(
             warmup_cosine(learning_rate, steps), weight_decay=0.01
-        ))
+        ), **run.compile_options())
 
     return train_and_report(
-        model, train, validation, test, out, epochs, batch_size, verbose=verbose,
+        model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
         training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
         summary_extra={"preset": preset},
         evaluation_options={"beam_size": beam_size},
         export_options={"beam_size": beam_size},
     )
+
+
+# `python -m zoo tune translator`: the sizes, dropout and learning rate
+# searched (zoo.tuning), and the validation metric that picks the best.
+TUNING_OBJECTIVE = ("val_loss", "min")
+
+
+def search_space(hp):
+    """KerasTuner hyperparameters -> `train_translator` arguments."""
+    hidden_dim = hp.Choice("hidden_dim", [64, 128, 192])
+    layers = hp.Int("num_layers", 1, 3)
+    return {
+        "architecture": {
+            **DEFAULT_ARCHITECTURE, "hidden_dim": hidden_dim,
+            "num_encoder_layers": layers, "num_decoder_layers": layers,
+            "num_heads": hp.Choice("num_heads", [2, 4]),
+            "intermediate_dim": 4 * hidden_dim,
+        },
+        "dropout": hp.Float("dropout", 0.0, 0.3, step=0.1),
+        "learning_rate": hp.Float("learning_rate", 5e-4, 4e-3, sampling="log"),
+    }

@@ -1,0 +1,342 @@
+"""Training at scale: strategies, several workers, precision, XLA flags,
+resuming a killed run, attention statistics."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT, TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, number_pairs
+from zoo import report
+from zoo.distribute import describe, get_strategy
+from zoo.training import TrainingRun
+
+
+def zoo_command(*args):
+    return [sys.executable, "-m", "zoo", *args]
+
+
+def environment(**extra):
+    return dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2",
+                PYTHONUNBUFFERED="1", **extra)
+
+
+@pytest.fixture(scope="module")
+def reviews_csv(sentiment_sample, tmp_path_factory):
+    """192 labelled reviews: 173 to train on after the 10% validation split."""
+    folder = tmp_path_factory.mktemp("scale")
+    (texts, labels), _ = sentiment_sample
+    with open(folder / "reviews.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "sentiment"])
+        writer.writerows(zip(texts[:192], labels[:192]))
+    return folder / "reviews.csv"
+
+
+# Strategies.
+
+def test_strategy_names_fail_fast_with_reasons(monkeypatch):
+    with pytest.raises(ValueError, match="ParameterServerStrategy is not supported.*multi_worker"):
+        get_strategy("parameter_server")
+    with pytest.raises(ValueError, match="Unknown strategy 'gpus'"):
+        get_strategy("gpus")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs TF_CONFIG"):
+        get_strategy("multi_worker")
+    with pytest.raises(ValueError, match="no TPU found"):
+        get_strategy("tpu")
+    with pytest.raises(ValueError, match="Unknown precision"):
+        TrainingRun(precision="float8")
+    with pytest.raises(ValueError, match="profile_steps"):
+        TrainingRun(profile_steps=(5, 2))
+
+
+def test_auto_picks_one_device_here_and_says_so(mirrored_strategy):
+    # No TPU, no TF_CONFIG and no GPU: the default strategy.
+    assert describe(get_strategy("auto")) == "default strategy (one device), 1 replica"
+    assert describe(mirrored_strategy) == "MirroredStrategy, 2 replicas"
+
+
+def tiny_model(kind, strategy):
+    """A dropout-free tiny model of `kind` with its training data, built and
+    compiled under `strategy` with the same seed every time."""
+    from zoo import ImageClassifier, TextClassifier, Translator
+    from zoo.datasets import load_digits, load_sentiment
+
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        if kind == "text":
+            (texts, labels), _ = load_sentiment()
+            data = (texts[:128], labels[:128])
+            model = TextClassifier(num_classes=2, **TINY_ARCHITECTURE)
+            model.adapt(data[0])
+        elif kind == "image":
+            (images, labels), _ = load_digits()
+            data = (images[:128], labels[:128])
+            model = ImageClassifier(num_classes=10, **TINY_VIT, augmentation=None)
+        else:
+            data = number_pairs(128, seed=0)
+            model = Translator(**TINY_TRANSLATOR)
+            model.adapt(*data)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=False)
+    return model, data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["text", "image", "translator"])
+def test_mirrored_over_two_devices_gives_the_weights_of_one(kind, mirrored_strategy):
+    """Same global batch and seed: two replicas end with one device's
+    weights, within float tolerance (the gradient sums differ in order)."""
+    weights = []
+    for strategy in (tf.distribute.get_strategy(), mirrored_strategy):
+        model, (x, y) = tiny_model(kind, strategy)
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0, seed=3)
+        weights.append(model.get_weights())
+        assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 8
+    changed = 0
+    for one, two, start in zip(*weights, tiny_model(kind, tf.distribute.get_strategy())[0]
+                               .get_weights()):
+        # Adam divides by the root of the squared gradients, so a weight
+        # whose gradient is near zero turns summation-order differences
+        # (~1e-7) into up to 1e-4 after 8 steps at 1e-3; nothing else moves.
+        np.testing.assert_allclose(one, two, rtol=1e-3, atol=1e-4)
+        changed += not np.allclose(one, start)
+    assert changed > len(weights[0]) // 2  # training moved them
+
+
+# Precision and compilation.
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_and_exports_float32_dtypes(precision, tiny_classifier, tmp_path):
+    from zoo import TextClassifier
+
+    (texts, labels) = (np.array(["a fine and moving film", "dull and far too long"] * 48),
+                       np.array(["fresh", "rotten"] * 48))
+    run = TrainingRun(precision=precision, jit_compile="false")
+    keras.utils.set_random_seed(0)
+    with run.scope():
+        model = TextClassifier(labels=["fresh", "rotten"], **TINY_ARCHITECTURE)
+        model.adapt(texts)
+        model.compile(optimizer=keras.optimizers.AdamW(3e-3), **run.compile_options())
+    assert keras.config.dtype_policy().name == "float32"  # restored after building
+    assert model.blocks[0].dtype_policy.name == precision
+    assert model.blocks[0].compute_dtype == precision.split("_")[1]
+    if precision == "mixed_float16":  # dynamic loss scaling, as Keras does
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    losses = model.fit(texts, labels, epochs=4, batch_size=16, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+    signatures = {}
+    for name, trained in (("mixed", model), ("float32", tiny_classifier)):
+        loaded = tf.saved_model.load(str(trained.export(tmp_path / name)))
+        serving = loaded.signatures["serving_default"]
+        signatures[name] = (
+            {k: v.dtype for k, v in serving.structured_input_signature[1].items()},
+            {k: v.dtype for k, v in serving.structured_outputs.items()},
+        )
+        answer = serving(text=tf.constant(["a fine film"]))
+        assert answer["probabilities"].dtype == tf.float32
+        np.testing.assert_allclose(answer["probabilities"].numpy().sum(), 1.0, atol=1e-3)
+    assert signatures["mixed"] == signatures["float32"]
+
+
+def test_jit_compile_flag_reaches_compile(tiny_classifier):
+    assert TrainingRun(jit_compile="true").compile_options() == {
+        "steps_per_execution": 1, "jit_compile": True}
+    assert TrainingRun(jit_compile="false").compile_options(4) == {
+        "steps_per_execution": 4, "jit_compile": False}
+    assert "jit_compile" not in TrainingRun().compile_options()  # the model's own rule
+
+
+# Attention statistics.
+
+def test_attention_statistics_tell_attending_from_collapsed_heads():
+    rng = np.random.default_rng(0)
+    length = 6
+    keys = np.array([[True] * 5 + [False]])  # the last key is padding
+    uniform = np.where(keys, 1 / 5, 0.0)[:, None, None, :].repeat(length, 2)
+    one_hot = np.zeros((1, 1, length, length))
+    one_hot[..., 2] = 1.0
+    peaked = rng.dirichlet(np.ones(5) * 0.3, size=(1, 1, length))
+    peaked = np.concatenate([peaked, np.zeros((1, 1, length, 1))], -1)
+    causal = np.tril(np.ones((length, length), bool))
+    causal_uniform = causal / causal.sum(-1, keepdims=True)
+    allowed = keys[:, None, None, :]
+    statistics = report.attention_statistics([
+        ("encoder", np.concatenate([uniform, one_hot, peaked], 1), allowed,
+         np.array([[True] * 5 + [False]])),
+        ("decoder", causal_uniform[None, None], causal[None, None], np.ones((1, length), bool)),
+    ])
+    encoder = statistics["layers"]["encoder"]
+    assert [head["state"] for head in encoder] == ["uniform", "one-hot", "attends"]
+    np.testing.assert_allclose(encoder[0]["entropy"], 1.0)
+    np.testing.assert_allclose(encoder[1]["entropy"], 0.0, atol=1e-12)
+    expected = np.mean([-(p[p > 0] * np.log(p[p > 0])).sum() / np.log(5)
+                        for p in peaked[0, 0, :5]])
+    np.testing.assert_allclose(encoder[2]["entropy"], expected)
+    # A causal row sees only its past: uniform over it is entropy 1; the
+    # first row (one key) says nothing.
+    np.testing.assert_allclose(statistics["layers"]["decoder"][0]["entropy"], 1.0)
+    assert statistics["heads"] == 4 and statistics["collapsed_share"] == 0.75
+
+
+def test_every_model_draws_every_head_of_every_layer(tiny_classifier, tiny_image_classifier,
+                                                     digits_sample, tmp_path):
+    from zoo import Translator
+
+    keras.utils.set_random_seed(0)
+    translator = Translator(**TINY_TRANSLATOR)
+    sources, targets = number_pairs(64, seed=1)
+    translator.adapt(sources, targets)
+    maps = translator.attention_maps(sources[:4], targets[:4])
+    assert [name for name, *_ in maps] == ["encoder 1", "decoder 1 cross", "decoder 2 cross"]
+    for name, weights, allowed, query_mask in maps:
+        rows = weights.sum(-1)[np.broadcast_to(query_mask[:, None, :], rows_shape := weights.shape[:3])]
+        np.testing.assert_allclose(rows, 1.0, atol=1e-5)
+        assert rows_shape[1] == 2
+    (images, _), _ = digits_sample
+    for model, inputs in ((tiny_classifier, ["a wonderful film", "dull"]),
+                          (tiny_image_classifier, images[:3]), (translator, sources[:3])):
+        path = tmp_path / f"{type(model).__name__}.png"
+        model.save_attention_figure(inputs, path)
+        assert path.read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "ImageClassifier_rollout.png").exists()
+
+
+# Several workers, resuming: real processes through the command line.
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_like_one_process_and_only_the_chief_writes(reviews_csv, tmp_path):
+    arguments = ["train", "text-classifier", "--data", str(reviews_csv), "--epochs", "2",
+                 "--batch-size", "32", "--dropout", "0", "--no-attention-stats"]
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = [
+        subprocess.Popen(
+            zoo_command(*arguments, "--out", "run", "--strategy", "multi_worker"), cwd=tmp_path,
+            env=environment(TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}})),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for index in range(2)
+    ]
+    alone = subprocess.run(zoo_command(*arguments, "--out", "alone"), cwd=tmp_path,
+                           env=environment(), capture_output=True, text=True, timeout=600)
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output[-3000:]
+        assert "strategy: MultiWorkerMirroredStrategy, 2 replicas (worker-" in output
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "written by the chief worker" in outputs[1]
+
+    chief = json.loads((tmp_path / "run" / "report.json").read_text())
+    single = json.loads((tmp_path / "alone" / "report.json").read_text())
+    assert chief["steps"]["total"] == single["steps"]["total"] == 2 * 6  # 173 / 32 per epoch
+    np.testing.assert_allclose(chief["history"]["loss"], single["history"]["loss"], rtol=0.02)
+    np.testing.assert_allclose(chief["history"]["val_loss"], single["history"]["val_loss"],
+                               rtol=0.02)
+    # Only the chief wrote; the other worker's scratch folder is gone.
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "attention.png", "export", "preset", "report.json", "training_curves.png"]
+    assert [p.name for p in (tmp_path / "run" / "export").iterdir()] == ["1"]
+    scratch = [line.split()[-1] for line in outputs[1].splitlines() if "export:" in line]
+    assert not scratch or not os.path.exists(scratch[0])
+
+    served = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "zoo" / "serving_client.py"), "run/export",
+         "a warm and funny film"], cwd=tmp_path, env=environment(), capture_output=True,
+        text=True, timeout=300)
+    assert served.returncode == 0, served.stderr[-2000:]
+    assert served.stdout.split("\t")[0] in ("fresh", "rotten")
+
+
+def run_until(command, cwd, marker):
+    """Starts `command`, reads its output until a line contains `marker`,
+    then kills it with SIGKILL; returns the output so far."""
+    process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if marker in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    return "".join(seen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, data, epochs, steps_per_epoch, every, kill_at", [
+    # 173 texts in batches of 32: 6 steps an epoch.
+    ("text-classifier", "reviews", 3, 6, 2, "(epoch 2, after batch 4)"),
+    # 192 digits in batches of 16: 12 steps an epoch, run 8 at a time.
+    ("image-classifier", "mnist", 2, 12, 4, "(epoch 2, after batch 8)"),
+])
+def test_killed_mid_epoch_resumes_without_repeating_steps(
+        model, data, epochs, steps_per_epoch, every, kill_at, reviews_csv, tmp_path):
+    data = str(reviews_csv) if data == "reviews" else data
+    command = zoo_command(
+        "train", model, "--data", data, "--out", "run", "--epochs", str(epochs),
+        "--batch-size", str(32 if model == "text-classifier" else 16),
+        "--checkpoint-every", str(every), "--no-attention-stats",
+        *(["--max-train-examples", "192"] if model == "image-classifier" else []))
+    first = run_until(command, tmp_path, kill_at)
+    marked = int(first.split(kill_at)[0].rsplit("checkpoint: step", 1)[1])
+    assert marked == steps_per_epoch + int(kill_at.split()[-1].rstrip(")"))
+    # The newest whole checkpoint (one more may have landed before the kill).
+    killed_at = max(int(p.name.split("-")[1]) for p in (tmp_path / "run" / "backup").iterdir()
+                    if p.name.startswith("step-"))
+    assert killed_at >= marked
+
+    second = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True,
+                            text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert f"resuming from the checkpoint at step {killed_at}: epoch" in second.stdout
+    summary = json.loads((tmp_path / "run" / "report.json").read_text())
+    total = epochs * steps_per_epoch
+    assert summary["steps"] == {"total": total, "resumed_at": killed_at,
+                                "this_run": total - killed_at}
+    assert len(summary["history"]["loss"]) == epochs  # the first run's epoch is kept
+    assert "Epoch 1/" not in second.stdout  # finished epochs are not run again
+    assert not (tmp_path / "run" / "backup").exists()
+
+
+def test_static_shapes_for_a_tpu(tiny_classifier, sentiment_sample):
+    """What `--strategy tpu` sets (`TrainingRun.prepare`): every batch padded
+    to the full length, partial batches dropped; shown here without a TPU."""
+    from zoo import TextClassifier, Translator
+
+    model = TextClassifier(num_classes=2, **TINY_ARCHITECTURE, vocabulary=tiny_classifier.vocabulary)
+    model.static_shapes = True
+    (texts, labels), _ = sentiment_sample
+    ids = model.preprocess(tf.constant(["a", "b c"]))
+    assert ids.shape == (2, TINY_ARCHITECTURE["sequence_length"])
+    batches, steps = model.training_batches(texts[:70], (np.array(labels[:70]) == "fresh").astype(int), 32,
+                                            lambda: tf.constant(0, tf.int64))
+    assert steps == 2
+    assert [tuple(x.shape) for x, _ in batches] == [(32, TINY_ARCHITECTURE["sequence_length"])] * 2
+
+    translator = Translator(**TINY_TRANSLATOR)
+    translator.adapt(*number_pairs(40, seed=0))
+    translator.static_shapes = True
+    inputs, targets, _ = translator.preprocess_pair(tf.constant(["one"]), tf.constant(["eins"]))
+    assert inputs["encoder_token_ids"].shape[1] == TINY_TRANSLATOR["source_sequence_length"]
+    assert targets.shape[1] == TINY_TRANSLATOR["target_sequence_length"]

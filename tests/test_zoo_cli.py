@@ -63,46 +63,6 @@ def test_bad_data_gets_a_message_not_a_traceback(tmp_path):
     assert done.returncode == 2 and "is empty" in done.stderr
 
 
-@pytest.mark.slow
-def test_interrupted_training_resumes_from_last_epoch(reviews_csv, tmp_path):
-    """A run killed after its first epoch resumes at the second, not from scratch."""
-    script = f"""
-        import sys, keras
-        from zoo.text_classifier import train
-
-        class StopAfterFirstEpoch(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if epoch == 0 and sys.argv[1] == "interrupt":
-                    raise SystemExit(7)  # as if the machine went away
-
-        original_fit = train.TextClassifier.fit
-        def fit(self, *args, callbacks=(), **kwargs):
-            seen = []
-            class Record(keras.callbacks.Callback):
-                def on_epoch_begin(self, epoch, logs=None):
-                    seen.append(epoch)
-            history = original_fit(self, *args, callbacks=[*callbacks, StopAfterFirstEpoch(), Record()], **kwargs)
-            print("epochs run:", seen)
-            return history
-        train.TextClassifier.fit = fit
-        train.train_text_classifier({str(reviews_csv)!r}, "run", epochs=3, verbose=0,
-                                    architecture=dict(vocabulary_size=600, sequence_length=24, hidden_dim=32,
-                                                      num_layers=1, num_heads=2, intermediate_dim=64, dropout=0.0))
-    """
-    import textwrap
-    (tmp_path / "job.py").write_text(textwrap.dedent(script))
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    first = subprocess.run([sys.executable, "job.py", "interrupt"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=600)
-    assert first.returncode == 7, first.stderr[-2000:]
-    assert (tmp_path / "run" / "backup").exists()
-    second = subprocess.run([sys.executable, "job.py", "resume"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "epochs run: [1, 2]" in second.stdout
-    assert not (tmp_path / "run" / "backup").exists()  # removed once training completed
-
-
 @pytest.fixture(scope="module")
 def digit_folder(digits_sample, tmp_path_factory):
     from conftest import write_image_folder

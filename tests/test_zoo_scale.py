@@ -340,3 +340,39 @@ def test_static_shapes_for_a_tpu(tiny_classifier, sentiment_sample):
     inputs, targets, _ = translator.preprocess_pair(tf.constant(["one"]), tf.constant(["eins"]))
     assert inputs["encoder_token_ids"].shape[1] == TINY_TRANSLATOR["source_sequence_length"]
     assert targets.shape[1] == TINY_TRANSLATOR["target_sequence_length"]
+
+
+# Hyperparameter search.
+
+@pytest.mark.slow
+def test_tune_searches_and_keeps_the_best_trial_as_a_preset(reviews_csv, tmp_path, capsys):
+    from zoo import TextClassifier
+    from zoo.__main__ import main
+
+    arguments = ["tune", "text-classifier", "--data", str(reviews_csv), "--out",
+                 str(tmp_path / "search"), "--trials", "2", "--epochs", "1",
+                 "--max-train-examples", "96"]
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    with open(tmp_path / "search" / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and {"trial", "val_accuracy", "hidden_dim", "num_layers", "dropout",
+                               "learning_rate"} <= set(rows[0])
+    scores = [float(row["val_accuracy"]) for row in rows]
+    assert scores == sorted(scores, reverse=True)  # best first
+    assert "val_accuracy" in printed and "best:" in printed
+    best = json.loads((tmp_path / "search" / "best.json").read_text())
+    assert best["trial"] == rows[0]["trial"] and best["objective"] == "val_accuracy"
+    model = TextClassifier.from_preset(tmp_path / "search" / "preset")
+    assert model.hidden_dim == int(rows[0]["hidden_dim"])
+    assert model.num_layers == int(rows[0]["num_layers"])
+    trial_report = json.loads(
+        (tmp_path / "search" / "trials" / best["trial"] / "report.json").read_text())
+    assert trial_report["history"]["val_accuracy"][-1] == pytest.approx(best["val_accuracy"])
+    assert not (tmp_path / "search" / "trials" / best["trial"] / "export").exists()
+
+    # A rerun with the same number of trials has nothing left to do.
+    assert main(arguments) == 0
+    reran = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("trial ") and " with {" in line]
+    assert reran == []

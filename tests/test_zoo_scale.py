@@ -169,7 +169,11 @@ FLOAT32_SIGNATURES = {
         "predict_images": ({"images": tf.uint8},
                            {"probabilities": tf.float32, "label": tf.string, "label_id": tf.int64}),
     },
-    "translator": {"serving_default": ({"text": tf.string}, {"translation": tf.string})},
+    "translator": {
+        "serving_default": ({"text": tf.string}, {"translation": tf.string}),
+        "translate_with_scores": ({"text": tf.string},
+                                  {"translation": tf.string, "score": tf.float32}),
+    },
 }
 
 

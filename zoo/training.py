@@ -9,8 +9,9 @@ every model:
     report.json             the model's evaluation (accuracy, per-class P/R/F1 and
                             confusion matrix; or BLEU and examples), history
     training_curves.png     loss and accuracy per epoch
-    attention.png           the model's own view of its attention
-    backup/                 while training: an interrupted run resumes from it
+    attention.png           every head of every attention layer on one example
+    backup/                 while training: checkpoints an interrupted run resumes
+                            from (backup/<task>/ per worker in a cluster)
 """
 
 import contextlib
@@ -213,6 +214,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     def restore(self, model):
         """Loads the newest readable checkpoint into `model` (built under its
         strategy); returns its state, or None when there is none."""
+        for unfinished in self.directory.glob(".writing-*"):  # killed while writing
+            shutil.rmtree(unfinished, ignore_errors=True)
         for folder in reversed(self._checkpoints()):
             try:
                 state = json.loads((folder / self.STATE_FILE).read_text())

@@ -98,7 +98,11 @@ def one(args):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     strategy = {"1 replica": "auto", "2 replicas": "mirrored", "2 workers": "multi_worker"}
-    rate = measure(args.model, strategy[args.layout], args.precision, args.xla, args.examples)
+    try:
+        rate = measure(args.model, strategy[args.layout], args.precision, args.xla, args.examples)
+    except ValueError as error:  # a combination the zoo refuses (XLA over logical CPUs)
+        print("RESULT " + json.dumps({"refused": str(error)}), flush=True)
+        return
     print("RESULT " + json.dumps({"examples_per_s": rate}), flush=True)
 
 
@@ -130,7 +134,8 @@ def launch(model, layout, precision, xla, examples):
         print(f"  failed: {outputs[0][-1500:]}", file=sys.stderr)
         return None
     # Under two workers each reports the global rate (both ran every step).
-    return json.loads(lines[0][len("RESULT "):])["examples_per_s"]
+    result = json.loads(lines[0][len("RESULT "):])
+    return result.get("examples_per_s", "refused")
 
 
 def render(results, examples):
@@ -155,7 +160,9 @@ def render(results, examples):
             rate = rates.get(layout)
             if rate is None:
                 cells.append("failed")
-            elif layout == "1 replica" or not base:
+            elif rate == "refused":
+                cells.append("refused (XLA over logical CPUs)")
+            elif layout == "1 replica" or not isinstance(base, float):
                 cells.append(f"{rate:.0f}")
             else:
                 cells.append(f"{rate:.0f} ({rate / base:.2f}x)")

@@ -449,3 +449,11 @@ def test_tune_searches_and_keeps_the_best_trial_as_a_preset(reviews_csv, tmp_pat
     reran = [line for line in capsys.readouterr().out.splitlines()
              if line.startswith("trial ") and " with {" in line]
     assert reran == []
+
+
+def test_xla_over_logical_cpu_replicas_is_refused_with_the_reason(mirrored_strategy):
+    run = TrainingRun(strategy="mirrored", jit_compile="true")
+    assert run.distribution is mirrored_strategy
+    with pytest.raises(ValueError, match="cannot run over 2 CPU devices.*--jit-compile false"):
+        run.compile_options()
+    assert "jit_compile" not in TrainingRun(strategy="mirrored").compile_options()

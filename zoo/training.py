@@ -123,6 +123,15 @@ class TrainingRun:
             options["steps_per_execution"] = max(steps_per_execution, TPU_STEPS_PER_EXECUTION)
         if self.jit_compile != "auto":
             options["jit_compile"] = self.jit_compile in (True, "true")
+        devices = (self.distribution.extended.worker_devices
+                   if self.distribution.num_replicas_in_sync > 1 else ())
+        if options.get("jit_compile") and len(devices) > 1 and all(
+                "CPU" in device.upper() for device in devices):
+            raise ValueError(
+                f"--jit-compile true cannot run over {len(devices)} CPU devices of one process: "
+                "XLA compiles the step for one device and then cannot reach the other replicas' "
+                "variables (TensorFlow 2.21). Use --jit-compile false or auto here; XLA works "
+                "with several GPUs, a TPU, or one CPU device per worker.")
         return options
 
     def prepare(self, model):

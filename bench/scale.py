@@ -161,7 +161,7 @@ def render(results, examples):
             if rate is None:
                 cells.append("failed")
             elif rate == "refused":
-                cells.append("refused (XLA over logical CPUs)")
+                cells.append("refused")
             elif layout == "1 replica" or not isinstance(base, float):
                 cells.append(f"{rate:.0f}")
             else:

@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from zoo.distribute import in_multi_worker_mode
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -493,9 +495,4 @@ class _StopAfterEpoch(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
-def in_multi_worker_mode(strategy):
-    """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning
-    several workers (one worker runs it like `MirroredStrategy`)."""
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
 

@@ -123,16 +123,27 @@ class TrainingRun:
             options["steps_per_execution"] = max(steps_per_execution, TPU_STEPS_PER_EXECUTION)
         if self.jit_compile != "auto":
             options["jit_compile"] = self.jit_compile in (True, "true")
-        devices = (self.distribution.extended.worker_devices
-                   if self.distribution.num_replicas_in_sync > 1 else ())
-        if options.get("jit_compile") and len(devices) > 1 and all(
-                "CPU" in device.upper() for device in devices):
+        if options.get("jit_compile"):
+            self._check_xla_reaches_every_replica()
+        return options
+
+    def _check_xla_reaches_every_replica(self):
+        strategy = self.distribution
+        if strategy.num_replicas_in_sync == 1:
+            return
+        devices = strategy.extended.worker_devices
+        if not all("CPU" in device.upper() for device in devices):
+            return
+        if len(devices) > 1:
             raise ValueError(
                 f"--jit-compile true cannot run over {len(devices)} CPU devices of one process: "
                 "XLA compiles the step for one device and then cannot reach the other replicas' "
-                "variables (TensorFlow 2.21). Use --jit-compile false or auto here; XLA works "
-                "with several GPUs, a TPU, or one CPU device per worker.")
-        return options
+                "variables (TensorFlow 2.21). Use --jit-compile false or auto here.")
+        if distribute.in_multi_worker_mode(strategy):
+            raise ValueError(
+                "--jit-compile true cannot run across CPU workers: the optimizer gathers the "
+                "embeddings' sparse gradients with CollectiveGatherV2, which XLA's CPU backend "
+                "does not implement (TensorFlow 2.21). Use --jit-compile false or auto here.")
 
     def prepare(self, model):
         """Model settings the hardware needs (static shapes on a TPU)."""

@@ -100,7 +100,7 @@ def one(args):
     strategy = {"1 replica": "auto", "2 replicas": "mirrored", "2 workers": "multi_worker"}
     try:
         rate = measure(args.model, strategy[args.layout], args.precision, args.xla, args.examples)
-    except ValueError as error:  # a combination the zoo refuses (XLA over logical CPUs)
+    except ValueError as error:  # a combination the zoo refuses, with its reason
         print("RESULT " + json.dumps({"refused": str(error)}), flush=True)
         return
     print("RESULT " + json.dumps({"examples_per_s": rate}), flush=True)
@@ -183,11 +183,14 @@ def main():
     args = parser.parse_args()
     if args.one:
         return one(args)
-    results = {}
+    # Groups already measured (a rerun after an interruption) are kept.
+    results = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
     for model in args.models.split(","):
         for precision in PRECISIONS:
             for xla in ("false", "true"):
                 key = f"{model}|{precision}|{'on' if xla == 'true' else 'off'}"
+                if key in results and len(results[key]) == len(LAYOUTS):
+                    continue
                 results[key] = {}
                 for layout in LAYOUTS:
                     rate = launch(model, layout, precision, xla, args.examples)

@@ -108,6 +108,13 @@ class TrainingRun:
         """Builds under the strategy and the precision policy; the global
         policy is restored afterwards, so later models (a preset's twin, a
         reloaded copy) are float32."""
+        if self.precision == "mixed_float16" and distribute.in_multi_worker_mode(
+                self.distribution):
+            raise ValueError(
+                "--precision mixed_float16 is not supported across workers: with Keras 3.15's "
+                "loss scaling under MultiWorkerMirroredStrategy both workers stalled, idle, "
+                "before finishing an epoch (bench/scale.py). Use --precision mixed_bfloat16, "
+                "which needs no loss scaling, or float32.")
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(self.precision)
         try:

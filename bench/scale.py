@@ -37,7 +37,7 @@ def build(kind, examples):
     """The model of `kind` (its recipe architecture, built under the current
     scope) and `(inputs, targets)` from the embedded data."""
     from zoo import ImageClassifier, TextClassifier, Translator
-    from zoo.datasets import load_digits, load_message_pairs, load_sentiment
+    from zoo.datasets import load_digits, load_message_pairs, load_sentiment, split_pairs
     from zoo.image_classifier.train import SCRATCH_ARCHITECTURE, SCRATCH_AUGMENTATION
     from zoo.text_classifier.train import DEMO_ARCHITECTURE
     from zoo.translator.train import DEFAULT_ARCHITECTURE
@@ -53,7 +53,7 @@ def build(kind, examples):
         model = ImageClassifier(num_classes=10, image_size=28, patch_size=4, channels=1,
                                 **SCRATCH_ARCHITECTURE, augmentation=SCRATCH_AUGMENTATION)
     else:
-        sources, targets = load_message_pairs("de")
+        (sources, targets), _ = split_pairs(load_message_pairs("de"))
         data = (sources[:examples], targets[:examples])
         model = Translator(**DEFAULT_ARCHITECTURE)
         model.adapt(*data)

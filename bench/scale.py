@@ -167,6 +167,19 @@ def render(results, examples):
             else:
                 cells.append(f"{rate:.0f} ({rate / base:.2f}x)")
         lines.append(f"| {model} | {precision} | {xla} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "- `refused`: the zoo stops these with the reason before training (measured here first): XLA over "
+        "several CPU devices of one process cannot reach the other replicas' variables; XLA across CPU "
+        "workers has no `CollectiveGatherV2` kernel; `mixed_float16` across workers stalled both workers "
+        "(idle for 37 minutes) under Keras's loss scaling.",
+        "- Single runs: about +-10% noise (the text model's float32 2-replica figure, 0.42x, against 0.77x "
+        "under bfloat16, is likely such noise; not re-measured).",
+        "- The translator with XLA on is 5-8x slower on the CPU: batches are padded to their longest "
+        "sentence, and every new length compiles the step again; `--jit-compile auto` keeps it off.",
+        "- No GPU or TPU was lent to this task, so there are no MirroredStrategy GPU rows or MFU figures; "
+        "the code does not assume one.",
+    ]
     update_section("Training at scale: replicas, workers, precision, XLA", "\n".join(lines))
 
 
@@ -180,9 +193,12 @@ def main():
     parser.add_argument("--models", default="text,image,translator")
     parser.add_argument("--examples", type=int, default=1024)
     parser.add_argument("--json", default=str(Path(__file__).with_name("scale_results.json")))
+    parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from --json")
     args = parser.parse_args()
     if args.one:
         return one(args)
+    if args.render:
+        return render(json.loads(Path(args.json).read_text()), args.examples)
     # Groups already measured (a rerun after an interruption) are kept.
     results = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
     for model in args.models.split(","):

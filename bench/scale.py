@@ -17,7 +17,6 @@ processes on 127.0.0.1, one device each. The scaling ratio is the rate over the
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -106,16 +105,6 @@ def one(args):
     print("RESULT " + json.dumps({"examples_per_s": rate}), flush=True)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def launch(model, layout, precision, xla, examples):
     """Runs one measurement in fresh processes; returns examples/s or None."""
     command = [sys.executable, __file__, "--one", "--model", model, "--layout", layout,
@@ -123,9 +112,9 @@ def launch(model, layout, precision, xla, examples):
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
     environments = [env]
     if layout == "2 workers":
-        cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-        environments = [dict(env, TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": i}})) for i in range(2)]
+        from zoo.distribute import local_cluster
+
+        environments = [dict(env, TF_CONFIG=config) for config in local_cluster(2)]
     processes = [subprocess.Popen(command, env=e, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for e in environments]
     outputs = [p.communicate(timeout=1800)[0] for p in processes]

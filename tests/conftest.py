@@ -54,6 +54,18 @@ def run_python(code, cwd, timeout=300):
     return result.stdout
 
 
+def write_reviews_csv(folder, sentiment_sample, count):
+    """The first `count` labelled reviews as `folder/reviews.csv` (review, sentiment)."""
+    import csv
+
+    (texts, labels), _ = sentiment_sample
+    with open(folder / "reviews.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "sentiment"])
+        writer.writerows(zip(texts[:count], labels[:count]))
+    return folder / "reviews.csv"
+
+
 TINY_ARCHITECTURE = dict(vocabulary_size=600, sequence_length=24, hidden_dim=32,
                          num_layers=1, num_heads=2, intermediate_dim=64, dropout=0.0)
 

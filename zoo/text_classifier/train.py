@@ -8,9 +8,17 @@ from zoo.datasets import load_sentiment
 from zoo.text_classifier.model import TextClassifier
 from zoo.training import (
     TrainingRun, dropout_override, label_names, preset_label_order, split_validation, train_and_report,
+    warmup_cosine,
 )
 
 EMBEDDED_DATA = "rotten-tomatoes"
+# What `python -m zoo train text-classifier` fine-tunes unless told
+# `--from-scratch` or `--preset NAME`: the shipped pretrained text body.
+DEFAULT_BODY = "english_body_small"
+# Fine-tuning a pretrained body: a smaller peak learning rate, reached by a
+# linear warm-up over the first 10% of the steps, then cosine decay.
+FINE_TUNING = dict(learning_rate=3e-4, epochs=4, warmup_fraction=0.1)
+FROM_SCRATCH = dict(learning_rate=1e-3, epochs=3)
 
 # The from-scratch architecture of `make demo` and the shipped preset.
 DEMO_ARCHITECTURE = dict(
@@ -38,36 +46,59 @@ def load_training_data(data, text_column=None, label_column=None,
     return train, validation, test
 
 
-def train_text_classifier(data, out, preset=None, epochs=3, batch_size=32,
-                          run=None, text_column=None, label_column=None,
-                          learning_rate=None, max_train_examples=None,
-                          architecture=None, dropout=None, verbose="auto", seed=0):
-    """Trains (or fine-tunes `preset`), reports, plots, saves and exports.
+def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=None,
+                          batch_size=32, run=None, text_column=None, label_column=None,
+                          learning_rate=None, max_train_examples=None, architecture=None,
+                          dropout=None, sequence_length=None, attention=None, window_size=None,
+                          verbose="auto", seed=0):
+    """Fine-tunes a pretrained body or preset, or trains from scratch; then
+    reports, plots, saves and exports.
+
+    Which network: `preset` (a classifier preset or a text body) when given;
+    else from scratch with `architecture` (default `DEMO_ARCHITECTURE`) when
+    `from_scratch` or `architecture` is given; else the shipped body
+    `DEFAULT_BODY`. Epochs and learning rate default to `FINE_TUNING` for a
+    pretrained network (with warm-up and cosine decay) and to
+    `FROM_SCRATCH` otherwise. `sequence_length`, `attention` and
+    `window_size` change the network's (a longer sequence than a preset's
+    extends its position embeddings).
 
     Writes under `out/` what `zoo.training.train_and_report` lists.
 
     Returns:
         The summary dict also written to `report.json`.
     """
+    if from_scratch and preset is not None:
+        raise ValueError(f"Give either a preset to fine-tune or from_scratch=True, not both. "
+                         f"Received: preset={preset!r}, from_scratch=True.")
+    if preset is None and not (from_scratch or architecture):
+        preset = DEFAULT_BODY
+    recipe = FINE_TUNING if preset is not None else FROM_SCRATCH
+    epochs = epochs or recipe["epochs"]
+    learning_rate = learning_rate or recipe["learning_rate"]
     keras.utils.set_random_seed(seed)
-    learning_rate = learning_rate or 1e-3
     train, validation, test = load_training_data(data, text_column, label_column, seed=seed)
     if max_train_examples:
         train = (train[0][:max_train_examples], train[1][:max_train_examples])
     names = label_names(train, validation)
+    shape = {k: v for k, v in (("sequence_length", sequence_length), ("attention", attention),
+                               ("window_size", window_size)) if v is not None}
 
     run = run or TrainingRun()
     with run.scope():
         if preset is not None:
-            model = TextClassifier.from_preset(
-                preset, labels=preset_label_order(TextClassifier, preset, names),
-                **dropout_override(dropout),
-            )
+            labels = (names if TextClassifier.is_body_preset(preset)
+                      else preset_label_order(TextClassifier, preset, names))
+            model = TextClassifier.from_preset(preset, labels=labels,
+                                               **shape, **dropout_override(dropout))
+            steps = -(-len(train[0]) // batch_size) * epochs
+            schedule = warmup_cosine(learning_rate, steps, recipe["warmup_fraction"])
         else:
             model = TextClassifier(labels=names, **{**(architecture or DEMO_ARCHITECTURE),
-                                                     **dropout_override(dropout)})
+                                                     **shape, **dropout_override(dropout)})
+            schedule = learning_rate
         run.prepare(model)
-        model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=0.01),
+        model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01),
                       **run.compile_options())
         if preset is None:
             model.adapt(train[0])

@@ -71,7 +71,7 @@ def mask_tokens(sequences, rng, mask_id, first_word_id, vocabulary_size,
 
     Of each sequence's tokens with id >= `first_word_id` (not padding or
     special tokens), `rate` (at least one, at most `max_predictions`) are
-    picked; 80% of those become `mask_id`, 10% a random word token, 10%
+    picked (none in a sequence without such tokens); 80% of those become `mask_id`, 10% a random word token, 10%
     stay.
 
     Returns:
@@ -105,8 +105,9 @@ class PretrainingData:
     def __init__(self, encoder, sequences, seed=0):
         self.encoder, self.seed = encoder, seed
         order = np.random.default_rng([seed, 0]).permutation(len(sequences))
-        self.validation = sequences[order[:VALIDATION_SEQUENCES]]
-        self.train = sequences[np.sort(order[VALIDATION_SEQUENCES:])]
+        held_out = min(VALIDATION_SEQUENCES, len(sequences) // 10)
+        self.validation = sequences[order[:held_out]]
+        self.train = sequences[np.sort(order[held_out:])]
 
     def _mask(self, sequences, rng):
         return mask_tokens(sequences, rng, self.encoder.mask_id,
@@ -123,24 +124,28 @@ class PretrainingData:
         return -(-len(self.train) // batch_size)
 
 
-def prepare(work, seed=0, verbose=True):
+def prepare(work, texts=None, architecture=None, verbose=True):
     """The encoder (vocabulary learned from the corpus) and its packed
-    sequences, cached in `work` so a resumed run skips both."""
+    sequences, cached in `work` so a resumed run skips both.
+
+    `texts` (`{source: [text, ...]}`) defaults to
+    `corpus.pretraining_texts()`, `architecture` to `ARCHITECTURE`.
+    """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
+    architecture = architecture or ARCHITECTURE
     vocabulary_file, sequences_file = work / "vocabulary.txt", work / "sequences.npy"
-    texts = None
     if not vocabulary_file.is_file():
-        texts = corpus.pretraining_texts()
+        texts = texts or corpus.pretraining_texts()
         started = time.time()
-        encoder = TextEncoder(**ARCHITECTURE)
+        encoder = TextEncoder(**architecture)
         encoder.learn_vocabulary([t for source in texts.values() for t in source])
         _write_atomically(vocabulary_file, "\n".join(encoder.vocabulary) + "\n")
         if verbose:
             print(f"vocabulary: {len(encoder.vocabulary)} WordPiece tokens learned in "
                   f"{time.time() - started:.0f} s", flush=True)
     vocabulary = vocabulary_file.read_text(encoding="utf-8").splitlines()
-    encoder = TextEncoder(vocabulary=vocabulary, **ARCHITECTURE)
+    encoder = TextEncoder(vocabulary=vocabulary, **architecture)
     if not sequences_file.is_file():
         texts = texts or corpus.pretraining_texts()
         packed = []
@@ -164,11 +169,15 @@ def _write_atomically(path, text):
 
 
 def pretrain(work, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
-             seed=0, verbose=2, max_steps_per_epoch=None):
+             seed=0, verbose="auto", max_steps_per_epoch=None, texts=None, architecture=None,
+             checkpoint_every=CHECKPOINT_EVERY):
     """Pretrains (or resumes pretraining) in `work`; returns the encoder and
-    a summary with the validation masked-token accuracy per epoch."""
+    a summary with the validation masked-token accuracy per epoch.
+
+    `texts` and `architecture` default to the recipe's (see `prepare`).
+    """
     keras.utils.set_random_seed(seed)
-    encoder, sequences = prepare(work, seed, verbose=bool(verbose))
+    encoder, sequences = prepare(work, texts, architecture, verbose=bool(verbose))
     data = PretrainingData(encoder, sequences, seed)
     steps = data.steps_per_epoch(batch_size)
     if max_steps_per_epoch:
@@ -179,7 +188,7 @@ def pretrain(work, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_rate=LEARNING_
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
-    checkpoint = TrainingCheckpoint(Path(work) / "backup", every_steps=CHECKPOINT_EVERY)
+    checkpoint = TrainingCheckpoint(Path(work) / "backup", every_steps=checkpoint_every)
     state = checkpoint.restore(encoder)
     epoch, skipped = (state["epoch"], state["batches_done"]) if state else (0, 0)
     if state:

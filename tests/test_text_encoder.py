@@ -1,0 +1,311 @@
+"""The pretrained text body: corpus, masking, the MLM network, resumable
+pretraining, and fine-tuning it as a text classifier (long texts included)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import write_reviews_csv
+from zoo.text_encoder.pretrain import mask_tokens, pack_sequences
+
+TINY_ENCODER = dict(vocabulary_size=400, sequence_length=32, hidden_dim=16, num_layers=1,
+                    num_heads=2, intermediate_dim=32, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_texts(sentiment_sample):
+    (texts, _), _ = sentiment_sample
+    return {"reviews": [str(t) for t in texts[:300]]}
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_texts, tmp_path_factory):
+    from zoo.text_encoder.pretrain import prepare
+
+    work = tmp_path_factory.mktemp("encoder")
+    encoder, sequences = prepare(work, tiny_texts, TINY_ENCODER, verbose=False)
+    return encoder, sequences, work
+
+
+# Packing and masking.
+
+def test_packing_keeps_every_token_in_order_with_separators():
+    lists = [np.array([7, 8, 9]), np.array([10]), np.array([11, 12, 13, 14, 15])]
+    packed = pack_sequences(lists, 5, cls_id=2, sep_id=3)
+    assert packed.shape == (3, 5) and (packed[:, 0] == 2).all()
+    assert packed[:, 1:].ravel().tolist() == [7, 8, 9, 3, 10, 3, 11, 12, 13, 14, 15, 3]
+    assert pack_sequences([], 5, 2, 3).shape == (0, 5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_masking_follows_bert(seed):
+    rng = np.random.default_rng(seed)
+    vocabulary, first_word = 500, 5
+    sequences = rng.integers(first_word, vocabulary, (400, 64)).astype("int32")
+    sequences[:, 0] = 2
+    lengths = rng.integers(2, 65, 400)
+    sequences[np.arange(64)[None, :] >= lengths[:, None]] = 0
+    sequences[np.arange(400), lengths - 1] = 3
+    inputs, labels, weights = mask_tokens(sequences, np.random.default_rng(seed), 4, first_word,
+                                          vocabulary)
+    corrupted, positions = inputs["token_ids"], inputs["mask_positions"]
+    picked = weights.astype(bool)
+    words = (sequences >= first_word).sum(1)
+    # 15% of each sequence's word tokens (at least one, at most 20) and none else.
+    expected = np.where(words > 0, np.clip(np.round(words * 0.15), 1, 20), 0)
+    assert (words == 0).any()
+    np.testing.assert_array_equal(picked.sum(1), expected)
+    rows = np.nonzero(picked)[0]
+    assert (sequences[rows, positions[picked]] >= first_word).all()
+    np.testing.assert_array_equal(labels[picked], sequences[rows, positions[picked]])
+    # Positions are distinct and only they change.
+    for row in range(400):
+        chosen = positions[row][picked[row]]
+        assert len(set(chosen.tolist())) == len(chosen)
+        unchanged = np.setdiff1d(np.arange(64), chosen)
+        np.testing.assert_array_equal(corrupted[row, unchanged], sequences[row, unchanged])
+    now = corrupted[rows, positions[picked]]
+    share_masked = (now == 4).mean()
+    share_kept = (now == labels[picked]).mean()
+    assert abs(share_masked - 0.8) < 0.04 and abs(share_kept - 0.1 - 1 / vocabulary) < 0.03
+    assert (now[(now != 4)] >= first_word).all()
+    # The same generator state gives the same masks.
+    again, _, _ = mask_tokens(sequences, np.random.default_rng(seed), 4, first_word, vocabulary)
+    np.testing.assert_array_equal(again["token_ids"], corrupted)
+
+
+# The network.
+
+def test_mlm_logits_are_tied_to_the_embedding_float64_reference(tiny_encoder):
+    encoder, sequences, _ = tiny_encoder
+    ids = sequences[:3]
+    positions = np.array([[1, 4, 7], [2, 3, 5], [9, 10, 11]], "int32")
+    logits = np.asarray(encoder({"token_ids": ids, "mask_positions": positions}))
+    hidden = np.asarray(encoder.encode(ids), "float64")
+    picked = np.take_along_axis(hidden, positions[..., None], axis=1)
+    kernel, bias = (np.asarray(w, "float64") for w in encoder.mlm_dense.get_weights())
+    z = picked @ kernel + bias
+    z = 0.5 * z * (1 + np.vectorize(__import__("math").erf)(z / np.sqrt(2)))
+    gamma, beta = (np.asarray(w, "float64") for w in encoder.mlm_norm.get_weights())
+    z = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-5) * gamma + beta
+    table = np.asarray(encoder.embedding.token_embedding.embeddings, "float64")
+    expected = z @ table.T + np.asarray(encoder.mlm_logits.bias, "float64")
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    assert encoder.vocabulary[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def test_encoder_preset_round_trip_and_checksums(tiny_encoder, tmp_path):
+    from zoo.text_encoder.model import TextEncoder
+
+    encoder, sequences, _ = tiny_encoder
+    encoder.save_to_preset(tmp_path / "body")
+    assert "WordNet 3.0 Copyright 2006" in (tmp_path / "body/assets/NOTICE").read_text()
+    loaded = TextEncoder.from_preset(tmp_path / "body")
+    inputs = {"token_ids": sequences[:4], "mask_positions": np.ones((4, 2), "int32")}
+    np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(encoder(inputs)))
+    weights = tmp_path / "body/model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="corrupt or changed"):
+        TextEncoder.from_preset(tmp_path / "body")
+
+
+# Pretraining: deterministic and resumable.
+
+PRETRAIN_SCRIPT = """
+import json, sys
+import tensorflow as tf
+from zoo.text_encoder.pretrain import pretrain
+tf.config.experimental.enable_op_determinism()
+texts, architecture = json.load(open(sys.argv[2]))
+encoder, summary = pretrain(sys.argv[1], epochs=2, batch_size=8, texts=texts,
+                            architecture=architecture, checkpoint_every=10, verbose=2)
+encoder.save_weights(sys.argv[3])
+print("summary:", json.dumps(summary))
+"""
+
+
+@pytest.mark.slow
+def test_killed_pretraining_resumes_to_the_uninterrupted_weights(tiny_texts, tmp_path):
+    from test_zoo_scale import environment, run_until
+
+    (tmp_path / "job.py").write_text(PRETRAIN_SCRIPT)
+    (tmp_path / "texts.json").write_text(json.dumps([tiny_texts, TINY_ENCODER]))
+
+    def command(work, weights):
+        return [sys.executable, "job.py", work, "texts.json", weights]
+
+    whole = subprocess.run(command("whole", "whole.weights.h5"), cwd=tmp_path, env=environment(),
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-3000:]
+    summary = json.loads(whole.stdout.split("summary:")[1])
+    assert len(summary["validation_mlm_accuracy"]) == 2
+    assert "pretraining:" in whole.stdout and "val_accuracy" in whole.stdout
+
+    first = run_until(command("killed", "killed.weights.h5"), tmp_path, "checkpoint: step 30")
+    assert "checkpoint: step 20" in first
+    second = subprocess.run(command("killed", "killed.weights.h5"), cwd=tmp_path,
+                            env=environment(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert "resuming from the checkpoint at step 30" in second.stdout
+    assert json.loads(second.stdout.split("summary:")[1])["steps"] == summary["steps"]
+
+    import h5py
+
+    with h5py.File(tmp_path / "whole.weights.h5") as a, h5py.File(tmp_path / "killed.weights.h5") as b:
+        names = []
+        a.visit(lambda name: names.append(name) if isinstance(a[name], h5py.Dataset) else None)
+        assert names
+        for name in names:
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
+# The corpus.
+
+def test_wiki_markup_is_stripped_to_plain_paragraphs():
+    from zoo.text_encoder.corpus import strip_wiki_markup
+
+    text = ("{{Infobox|name={{nested|x}}}}\n'''Anarchism''' is a [[political philosophy]] "
+            "that advocates [[self-governance|self-governed]] societies.<ref>Woodcock</ref>\n"
+            "== History ==\n* a list item\n[[File:A.jpg|thumb|A [[caption]]]]\n"
+            "{| class=wikitable\n| cell\n|}\nSee [http://example.org the site]. <!-- hidden -->")
+    assert strip_wiki_markup(text).split("\n") == [
+        "Anarchism is a political philosophy that advocates self-governed societies.",
+        "See the site.",
+    ]
+
+
+@pytest.mark.slow
+def test_held_out_test_texts_never_reach_pretraining():
+    from zoo import datasets
+    from zoo.text_encoder import corpus
+
+    texts = corpus.pretraining_texts()
+    assert set(texts) == set(corpus.SOURCES) and all(texts.values())
+    everything = {t for source in texts.values() for t in source}
+    (_, _), (sentiment_test, _) = datasets.load_sentiment()
+    assert not everything & set(map(str, sentiment_test))
+    # Glosses carry their lemmas in the corpus: match on the gloss.
+    glosses = {t.split(": ", 1)[1] for t in texts["wordnet"] if ": " in t}
+    (train, _), (test, _) = datasets.load_definitions()
+    held_out = set(map(str, test))
+    assert not glosses & (held_out - set(map(str, train)))
+    assert len(set(map(str, train)) & glosses) > 0.9 * len(set(map(str, train)))
+
+
+# Fine-tuning the shipped body.
+
+def test_shipped_body_gets_a_fresh_head_and_keeps_its_weights():
+    from zoo import TextClassifier
+    from zoo.classifier import HEAD_NAME
+    from zoo.text_encoder.model import TextEncoder
+
+    encoder = TextEncoder.from_preset("english_body_small")
+    classifier = TextClassifier.from_preset("english_body_small", labels=["a", "b", "c"])
+    assert classifier.vocabulary == encoder.vocabulary and classifier.num_classes == 3
+    for name in ("embedding", "encoder_0", f"encoder_{encoder.num_layers - 1}"):
+        for ours, theirs in zip(classifier.get_layer(name).weights, encoder.get_layer(name).weights):
+            np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert classifier.get_layer(HEAD_NAME).kernel.shape == (encoder.hidden_dim, 3)
+    with pytest.raises(ValueError, match="without a classifier head"):
+        TextClassifier.from_preset("english_body_small")
+    with pytest.raises(ValueError, match="hidden_dim"):
+        TextClassifier.from_preset("english_body_small", labels=["a", "b"], hidden_dim=8)
+
+
+def test_longer_sequences_copy_the_learned_positions():
+    from zoo import TextClassifier
+    from zoo.text_encoder.model import TextEncoder
+
+    encoder = TextEncoder.from_preset("english_body_small")
+    learned = encoder.embedding.position_embedding.position_embeddings.numpy()
+    long = TextClassifier.from_preset("english_body_small", labels=["a", "b"],
+                                      sequence_length=1100, attention="local_window",
+                                      window_size=64)
+    extended = long.embedding.position_embedding.position_embeddings.numpy()
+    rows = len(learned)
+    assert extended.shape == (1100, learned.shape[1])
+    for start in range(0, 1100, rows):
+        np.testing.assert_array_equal(extended[start:start + rows], learned[:1100 - start])
+    short = TextClassifier.from_preset("english_body_small", labels=["a", "b"], sequence_length=16)
+    np.testing.assert_array_equal(short.embedding.position_embedding.position_embeddings.numpy(),
+                                  learned[:16])
+
+
+def long_review_documents(texts, labels, tokens_per_document, tokenizer):
+    """Documents of one label each, reviews joined until `tokens_per_document`
+    WordPiece tokens: a long-text sentiment task from the embedded data."""
+    documents = {"rotten": [], "fresh": []}
+    current = {"rotten": ([], 0), "fresh": ([], 0)}
+    for text, label in zip(texts, labels):
+        parts, count = current[label]
+        parts.append(str(text))
+        count += len(tokenizer(str(text)))
+        if count >= tokens_per_document:
+            documents[label].append(" ".join(parts))
+            parts, count = [], 0
+        current[label] = (parts, count)
+    count = min(map(len, documents.values()))
+    pairs = [(d, label) for i in range(count) for label in documents for d in [documents[label][i]]]
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+
+@pytest.mark.slow
+def test_body_fine_tunes_on_texts_of_over_1024_tokens_with_local_window():
+    import keras
+
+    from zoo import TextClassifier
+    from zoo.datasets import load_sentiment
+
+    (texts, labels), (test_texts, test_labels) = load_sentiment()
+    names = np.array(["rotten", "fresh"])
+    model = TextClassifier.from_preset("english_body_small", labels=["rotten", "fresh"],
+                                       sequence_length=1280, attention="local_window",
+                                       window_size=64)
+    count = lambda text: int(model.tokenizer(text).shape[0])  # noqa: E731
+    train = long_review_documents(texts[:3000], names[labels[:3000]], 1100, count)
+    test = long_review_documents(test_texts[:1400], names[test_labels[:1400]], 1100, count)
+    ids = model.preprocess(np.asarray(test[0][:2]))
+    assert ids.shape[1] >= 1024 and int((ids.numpy() > 0).sum(1).min()) >= 1024
+    keras.utils.set_random_seed(0)
+    model.compile(optimizer=keras.optimizers.AdamW(3e-4, weight_decay=0.01))
+    history = model.fit(train[0], train[1], epochs=3, batch_size=4, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    accuracy = model.evaluate(test[0], test[1], verbose=0)[1]
+    assert len(test[0]) >= 16 and accuracy >= 0.75, accuracy
+
+
+@pytest.mark.slow
+def test_command_line_fine_tunes_the_body_by_default_or_trains_from_scratch(
+        sentiment_sample, tmp_path, capsys):
+    from zoo.__main__ import main
+
+    data = write_reviews_csv(tmp_path, sentiment_sample, 200)
+    assert main(["train", "text-classifier", "--data", str(data), "--out", str(tmp_path / "tuned"),
+                 "--epochs", "1", "--no-attention-stats"]) == 0
+    report = json.loads((tmp_path / "tuned/report.json").read_text())
+    assert report["preset"] == "english_body_small"
+    config = json.loads((tmp_path / "tuned/preset/config.json").read_text())["config"]
+    assert config["num_layers"] == 4 and config["vocabulary_size"] == 8192
+    assert main(["train", "text-classifier", "--data", str(data), "--out",
+                 str(tmp_path / "scratch"), "--from-scratch", "--epochs", "1",
+                 "--no-attention-stats"]) == 0
+    report = json.loads((tmp_path / "scratch/report.json").read_text())
+    assert report["preset"] is None
+    assert main(["train", "text-classifier", "--data", str(data), "--out", str(tmp_path / "x"),
+                 "--from-scratch", "--preset", "rotten_tomatoes_small"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_a_rerun_reads_the_vocabulary_and_packed_corpus_from_the_work_folder(tiny_encoder):
+    from zoo.text_encoder.pretrain import prepare
+
+    encoder, sequences, work = tiny_encoder
+    assert sequences.ndim == 2 and sequences.shape[1] == TINY_ENCODER["sequence_length"]
+    assert (sequences[:, 0] == encoder.start_id).all()
+    # No texts given: a missing cache would read the whole corpus instead.
+    again, cached = prepare(work, None, TINY_ENCODER, verbose=False)
+    assert again.vocabulary == encoder.vocabulary
+    np.testing.assert_array_equal(cached, sequences)

@@ -29,7 +29,7 @@ def test_layers_quickstart_runs(tmp_path):
 @pytest.mark.slow
 def test_fine_tune_tutorial_runs(tmp_path):
     out = run_tutorial("fine_tune_text_classifier.py", "--work", str(tmp_path), cwd=tmp_path)
-    assert "rotten_tomatoes_small" in out
+    assert "english_body_small" in out and "rotten_tomatoes_small" in out
     assert "confusion matrix" in out
     assert (tmp_path / "served" / "1" / "saved_model.pb").exists()
     assert out.count("liked") >= 2

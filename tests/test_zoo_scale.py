@@ -274,8 +274,8 @@ def test_tensorboard_gets_losses_attention_statistics_maps_and_a_profile(reviews
 
 @pytest.mark.slow
 def test_two_workers_train_like_one_process_and_only_the_chief_writes(reviews_csv, tmp_path):
-    arguments = ["train", "text-classifier", "--data", str(reviews_csv), "--epochs", "2",
-                 "--batch-size", "32", "--dropout", "0", "--no-attention-stats"]
+    arguments = ["train", "text-classifier", "--data", str(reviews_csv), "--from-scratch",
+                 "--epochs", "2", "--batch-size", "32", "--dropout", "0", "--no-attention-stats"]
     workers = [
         subprocess.Popen(
             zoo_command(*arguments, "--out", "run", "--strategy", "multi_worker"), cwd=tmp_path,
@@ -350,8 +350,9 @@ def digits_folder(digits_sample, tmp_path_factory):
 def test_killed_mid_epoch_resumes_without_repeating_steps(
         model, epochs, steps_per_epoch, every, kill_at, reviews_csv, digits_folder, tmp_path):
     data = reviews_csv if model == "text-classifier" else digits_folder
+    scratch = ("--from-scratch",) if model == "text-classifier" else ()
     command = zoo_command(
-        "train", model, "--data", str(data), "--out", "run", "--epochs", str(epochs),
+        "train", model, "--data", str(data), "--out", "run", *scratch, "--epochs", str(epochs),
         "--batch-size", str(32 if model == "text-classifier" else 16),
         "--checkpoint-every", str(every), "--no-attention-stats", "--jit-compile", "false")
     first = run_until(command, tmp_path, kill_at)

@@ -368,7 +368,7 @@ class RawInputModel(keras.Model):
         if skip_batches:
             # Resuming mid-epoch runs the rest of that one epoch only (shown
             # as epoch `initial_epoch + 1` of `epochs`); a second `fit` goes on.
-            callbacks.append(_StopAfterEpoch())
+            callbacks.append(StopAfterEpoch())
         kwargs["callbacks"] = callbacks
         if self.augment is not None:
             data = data.map(lambda inputs, labels: (self.augment(inputs), labels),
@@ -490,7 +490,10 @@ class _EpochNumber(keras.callbacks.Callback):
         return tf.py_function(lambda: np.int64(self.epoch), [], tf.int64)
 
 
-class _StopAfterEpoch(keras.callbacks.Callback):
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Ends `fit` after one epoch, which Keras shows as epoch
+    `initial_epoch + 1` of all `epochs`."""
+
     def on_epoch_end(self, epoch, logs=None):
         self.model.stop_training = True
 

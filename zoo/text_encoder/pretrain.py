@@ -32,6 +32,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from zoo.pipeline import StopAfterEpoch
 from zoo.text_encoder import corpus
 from zoo.text_encoder.model import PRESETS_DIR, TextEncoder
 from zoo.training import TrainingCheckpoint, warmup_cosine
@@ -206,9 +207,9 @@ def pretrain(work, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_rate=LEARNING_
         encoder.fit(
             {k: v[begin:end] for k, v in inputs.items()}, labels[begin:end],
             sample_weight=weights[begin:end], batch_size=batch_size,
-            initial_epoch=epoch, epochs=epoch + 1, shuffle=False,
+            initial_epoch=epoch, epochs=epochs, shuffle=False,
             validation_data=validation, validation_batch_size=batch_size,
-            callbacks=[checkpoint], verbose=verbose,
+            callbacks=[checkpoint, StopAfterEpoch()], verbose=verbose,
         )
         skipped = 0
     history = checkpoint.history

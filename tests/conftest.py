@@ -3,6 +3,7 @@ initializes its devices, so the distribution tests run a real
 `MirroredStrategy` on this machine."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -201,3 +202,24 @@ def xla_only_ops(export_version_dir):
         for function in graph.graph_def.library.function:
             ops.update(node.op for node in function.node_def)
     return sorted(op for op in ops if op.startswith("Xla"))
+
+
+def environment(**extra):
+    return dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2",
+                PYTHONUNBUFFERED="1", **extra)
+
+
+def run_until(command, cwd, marker):
+    """Starts `command`, reads its output until a line contains `marker`,
+    then kills it with SIGKILL; returns the output so far."""
+    process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if marker in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    return "".join(seen)

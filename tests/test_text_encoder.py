@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import write_reviews_csv
+from conftest import environment, run_until, write_reviews_csv
 from zoo.text_encoder.pretrain import mask_tokens, pack_sequences
 
 TINY_ENCODER = dict(vocabulary_size=400, sequence_length=32, hidden_dim=16, num_layers=1,
@@ -129,8 +129,6 @@ print("summary:", json.dumps(summary))
 
 @pytest.mark.slow
 def test_killed_pretraining_resumes_to_the_uninterrupted_weights(tiny_texts, tmp_path):
-    from test_zoo_scale import environment, run_until
-
     (tmp_path / "job.py").write_text(PRETRAIN_SCRIPT)
     (tmp_path / "texts.json").write_text(json.dumps([tiny_texts, TINY_ENCODER]))
 

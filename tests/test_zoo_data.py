@@ -125,3 +125,24 @@ def test_unknown_message_language_lists_the_known_ones():
     with pytest.raises(ValueError, match="no language 'xx'.*They have: ar, ba, .*de"):
         load_message_pairs("xx")
     assert len(load_message_pairs("fr")) > 4500
+
+
+def test_definitions_topic_task_is_fixed_disjoint_and_labelled_by_wordnet_field():
+    from zoo.datasets import NOUN_FIELDS, definitions_test_offsets, load_definitions
+
+    (train, train_labels), (test, test_labels) = load_definitions()
+    assert (len(train), len(test)) == (8000, 2000)
+    assert set(train_labels) | set(test_labels) <= set(NOUN_FIELDS.values())
+    assert len(set(train_labels)) >= 20
+    assert all(text.strip() and " | " not in text for text in [*train[:50], *test[:50]])
+    (again, _), (again_test, _) = load_definitions()
+    assert list(again) == list(train) and list(again_test) == list(test)
+    assert len(definitions_test_offsets()) == 2000
+    # A data.noun line: offset, field 05 (noun.animal), 0x03 lemmas, pointers, gloss.
+    from zoo.datasets import parse_synset
+
+    synset = parse_synset("02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 001 "
+                          "@ 02083346 n 0000 | a member of the genus Canis; \"the dog barked\"  \n")
+    assert (synset.offset, NOUN_FIELDS[synset.lexicographer_file]) == (2084071, "animal")
+    assert synset.lemmas == ["dog", "domestic dog", "Canis familiaris"]
+    assert synset.gloss == 'a member of the genus Canis; "the dog barked"'

@@ -4,7 +4,6 @@ resuming a killed run, attention statistics."""
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -14,7 +13,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import (
-    REPO_ROOT, TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, number_pairs, write_reviews_csv,
+    REPO_ROOT, TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, environment, number_pairs, run_until,
+    write_reviews_csv,
 )
 from zoo import report
 from zoo.distribute import describe, get_strategy, local_cluster
@@ -23,11 +23,6 @@ from zoo.training import TrainingRun
 
 def zoo_command(*args):
     return [sys.executable, "-m", "zoo", *args]
-
-
-def environment(**extra):
-    return dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2",
-                PYTHONUNBUFFERED="1", **extra)
 
 
 @pytest.fixture(scope="module")
@@ -311,22 +306,6 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(reviews_cs
         text=True, timeout=300)
     assert served.returncode == 0, served.stderr[-2000:]
     assert served.stdout.split("\t")[0] in ("fresh", "rotten")
-
-
-def run_until(command, cwd, marker):
-    """Starts `command`, reads its output until a line contains `marker`,
-    then kills it with SIGKILL; returns the output so far."""
-    process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if marker in line:
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
-    return "".join(seen)
 
 
 @pytest.fixture(scope="module")

@@ -26,11 +26,11 @@ def _import(target):
 
 
 def _labelled_texts(args):
-    from zoo.text_classifier.train import EMBEDDED_DATA, load_training_data
+    from zoo.text_classifier.train import DEFINITIONS_DATA, EMBEDDED_DATA, load_training_data
     from zoo.data import read_labelled_texts
 
-    if args.data == EMBEDDED_DATA:
-        return load_training_data(EMBEDDED_DATA)[2]
+    if args.data in (EMBEDDED_DATA, DEFINITIONS_DATA):
+        return load_training_data(args.data)[2]
     return read_labelled_texts(args.data, args.text_column, args.label_column)
 
 
@@ -78,7 +78,8 @@ MODELS = {
         "zoo.text_classifier.train:train_text_classifier",
         ("text_column", "label_column", "from_scratch", "sequence_length", "attention",
          "window_size"), _labelled_texts,
-        "CSV/TSV/JSONL file with text and label columns, or 'rotten-tomatoes'",
+        "CSV/TSV/JSONL file with text and label columns, or 'rotten-tomatoes' (sentiment) or "
+        "'wordnet-definitions' (topic)",
     ),
     "image-classifier": ModelEntry(
         "image_classifier", "zoo.image_classifier:ImageClassifier",

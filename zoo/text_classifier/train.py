@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from zoo.data import read_labelled_texts
-from zoo.datasets import load_sentiment
+from zoo.datasets import load_definitions, load_sentiment
 from zoo.text_classifier.model import TextClassifier
 from zoo.training import (
     TrainingRun, dropout_override, label_names, preset_label_order, split_validation, train_and_report,
@@ -12,6 +12,8 @@ from zoo.training import (
 )
 
 EMBEDDED_DATA = "rotten-tomatoes"
+# The topic task of the quality benchmark: WordNet noun definitions -> field.
+DEFINITIONS_DATA = "wordnet-definitions"
 # What `python -m zoo train text-classifier` fine-tunes unless told
 # `--from-scratch` or `--preset NAME`: the shipped pretrained text body.
 DEFAULT_BODY = "english_body_small"
@@ -31,14 +33,17 @@ def load_training_data(data, text_column=None, label_column=None,
                        validation_fraction=0.1, seed=0):
     """`(train, validation, test)`, each `(texts, labels)`; test may be None.
 
-    `data` is a CSV/TSV/JSONL file, or `"rotten-tomatoes"` for the embedded
-    sentiment data with its fixed held-out test split.
+    `data` is a CSV/TSV/JSONL file, `"rotten-tomatoes"` for the embedded
+    sentiment data or `"wordnet-definitions"` for the embedded topic task,
+    each with its fixed held-out test split.
     """
     if data == EMBEDDED_DATA:
         (texts, labels), test = load_sentiment()
         names = ("rotten", "fresh")
         labels = np.array([names[i] for i in labels])
         test = (test[0], np.array([names[i] for i in test[1]]))
+    elif data == DEFINITIONS_DATA:
+        (texts, labels), test = load_definitions()
     else:
         texts, labels = read_labelled_texts(data, text_column, label_column)
         texts, labels, test = np.array(texts, dtype=object), np.array(labels), None

@@ -90,10 +90,12 @@ def test_shipped_presets_are_listed_small_and_verified():
     presets = TextClassifier.presets
     assert "rotten_tomatoes_small" in presets
     from zoo import ImageClassifier, Translator
+    from zoo.text_encoder.model import TextEncoder
 
-    every = [folder for model in (TextClassifier, ImageClassifier, Translator)
+    assert "english_body_small" in TextEncoder.presets
+    every = [folder for model in (TextClassifier, ImageClassifier, Translator, TextEncoder)
              for folder in model.presets.values()]
-    assert len(every) >= 3
+    assert len(every) >= 4
     total = sum(p.stat().st_size for folder in every for p in folder.rglob("*.h5"))
     assert total < 25 * 2**20  # the budget of all shipped weights together
     model = TextClassifier.from_preset("rotten_tomatoes_small")

@@ -232,7 +232,7 @@ def test_longer_sequences_copy_the_learned_positions():
                                   learned[:16])
 
 
-def long_review_documents(texts, labels, tokens_per_document, tokenizer):
+def long_review_documents(texts, labels, tokens_per_document, count_tokens):
     """Documents of one label each, reviews joined until `tokens_per_document`
     WordPiece tokens: a long-text sentiment task from the embedded data."""
     documents = {"rotten": [], "fresh": []}
@@ -240,7 +240,7 @@ def long_review_documents(texts, labels, tokens_per_document, tokenizer):
     for text, label in zip(texts, labels):
         parts, count = current[label]
         parts.append(str(text))
-        count += len(tokenizer(str(text)))
+        count += count_tokens(str(text))
         if count >= tokens_per_document:
             documents[label].append(" ".join(parts))
             parts, count = [], 0

@@ -10,6 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from zoo.image_classifier import ImageClassifier  # noqa: E402
 from zoo.text_classifier import TextClassifier  # noqa: E402
+from zoo.text_encoder import TextEncoder  # noqa: E402
 from zoo.translator import Translator  # noqa: E402
 
-__all__ = ["ImageClassifier", "TextClassifier", "Translator"]
+__all__ = ["ImageClassifier", "TextClassifier", "TextEncoder", "Translator"]

@@ -1,0 +1,3 @@
+from zoo.text_encoder.model import TextEncoder
+
+__all__ = ["TextEncoder"]

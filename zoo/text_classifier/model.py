@@ -42,6 +42,8 @@ class TextClassifier(TextBody, ClassifierModel):
         attention: `"multi_head"`, `"local_window"`, `"additive"` or
             `"self_attention"`.
         window_size: band half-width for `"local_window"`.
+        embedding_norm: layer-normalize the embeddings before the first
+            block, as BERT does (the pretrained body does).
 
     Example:
 
@@ -65,10 +67,11 @@ class TextClassifier(TextBody, ClassifierModel):
                  vocabulary_size=8000, sequence_length=128, hidden_dim=128,
                  num_layers=2, num_heads=4, intermediate_dim=256,
                  attention="multi_head", window_size=None, dropout=0.1,
-                 **kwargs):
+                 embedding_norm=False, **kwargs):
         super().__init__(num_classes, labels, **kwargs)
         self.build_body(vocabulary_size, sequence_length, hidden_dim, num_layers,
-                        num_heads, intermediate_dim, attention, window_size, dropout)
+                        num_heads, intermediate_dim, attention, window_size, dropout,
+                        embedding_norm)
         self.pooling = keras.layers.GlobalAveragePooling1D(name="pooling")
         self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
         self.head = keras.layers.Dense(self.num_classes, dtype="float32", name=HEAD_NAME)
@@ -140,7 +143,7 @@ class TextClassifier(TextBody, ClassifierModel):
     def attention_maps(self, inputs, targets=None):
         ids = self.preprocess(tf.constant(self.raw_array(inputs)))
         mask = ids != 0
-        x, maps = self.embedding(ids), []
+        x, maps = self.embed(ids), []
         for number, block in enumerate(self.blocks, 1):
             weights = block.attention_scores(x, padding_mask=mask)
             maps.append((f"block {number}", np.asarray(weights), mask.numpy()[:, None, None, :],

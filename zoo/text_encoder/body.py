@@ -18,7 +18,8 @@ VOCABULARY_FILE = "vocabulary.txt"
 # The constructor arguments that shape the body (and its weights, except
 # `dropout`, `attention` and `window_size`).
 BODY_ARGUMENTS = ("vocabulary_size", "sequence_length", "hidden_dim", "num_layers",
-                  "num_heads", "intermediate_dim", "attention", "window_size", "dropout")
+                  "num_heads", "intermediate_dim", "attention", "window_size", "dropout",
+                  "embedding_norm")
 
 
 class TextBody:
@@ -27,7 +28,8 @@ class TextBody:
     reserved_tokens = RESERVED_TOKENS
 
     def build_body(self, vocabulary_size, sequence_length, hidden_dim, num_layers,
-                   num_heads, intermediate_dim, attention, window_size, dropout):
+                   num_heads, intermediate_dim, attention, window_size, dropout,
+                   embedding_norm=False):
         for name, value in (("vocabulary_size", vocabulary_size),
                             ("sequence_length", sequence_length)):
             if not isinstance(value, int) or value < 8:
@@ -41,9 +43,17 @@ class TextBody:
         self.attention = attention
         self.window_size = window_size
         self.dropout = dropout
+        self.embedding_norm = embedding_norm
         self.embedding = ksa.TokenAndPositionEmbedding(
             vocabulary_size, sequence_length, hidden_dim, mask_zero=True,
             name="embedding",
+        )
+        # As in BERT: embeddings are initialized small, so without a norm the
+        # first block's queries and keys are tiny, its attention stays uniform
+        # and learns slowly (seen in the attention statistics).
+        self.embedding_normalization = (
+            keras.layers.LayerNormalization(epsilon=1e-5, name="embedding_norm")
+            if embedding_norm else None
         )
         self.blocks = [
             ksa.TransformerEncoderBlock(
@@ -58,9 +68,16 @@ class TextBody:
     def body_architecture(self):
         return {name: getattr(self, name) for name in BODY_ARGUMENTS}
 
+    def embed(self, token_ids):
+        """`(B, T)` token ids -> the first block's input `(B, T, hidden_dim)`."""
+        x = self.embedding(token_ids)
+        if self.embedding_normalization is not None:
+            x = self.embedding_normalization(x)
+        return x
+
     def encode(self, token_ids, training=None):
         """`(B, T)` token ids -> `(B, T, hidden_dim)`, padding (id 0) masked."""
-        x = self.embedding(token_ids)
+        x = self.embed(token_ids)
         for block in self.blocks:
             x = block(x, training=training)
         return x

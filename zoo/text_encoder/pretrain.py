@@ -40,7 +40,7 @@ from zoo.training import TrainingCheckpoint, warmup_cosine
 PRESET_NAME = "english_body_small"
 ARCHITECTURE = dict(
     vocabulary_size=8192, sequence_length=128, hidden_dim=128, num_layers=4,
-    num_heads=4, intermediate_dim=512, dropout=0.1,
+    num_heads=4, intermediate_dim=512, dropout=0.1, embedding_norm=True,
 )
 MASK_RATE = 0.15
 MAX_PREDICTIONS = 20

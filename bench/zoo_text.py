@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from results import fit_throughput, update_section  # noqa: E402
-from zoo import TextClassifier  # noqa: E402
+from zoo import TextClassifier, TextEncoder  # noqa: E402
 from zoo.datasets import load_definitions, load_sentiment  # noqa: E402
 from zoo.text_classifier.train import (  # noqa: E402
     DEFAULT_BODY, DEMO_ARCHITECTURE, FINE_TUNING, FROM_SCRATCH,
@@ -221,6 +221,12 @@ def quality_section(results):
         f"fine-tuned: {FINE_TUNING['epochs']} epochs, peak {FINE_TUNING['learning_rate']:g} after a "
         f"{FINE_TUNING['warmup_fraction']:.0%} warm-up, cosine decay; batch {BATCH}.",
     ]
+    body = json.loads((TextEncoder.presets[DEFAULT_BODY] / "metadata.json").read_text())["training"]
+    lines += ["", f"The body `{DEFAULT_BODY}`: pretrained by `python -m zoo.text_encoder.pretrain` in "
+                  f"{body['seconds_this_run'] / 60:.0f} min ({body['epochs']} epochs, {body['steps']} steps "
+                  f"of {body['batch_size']} sequences of 128 tokens); masked-token accuracy on its 512 "
+                  "held-out sequences after each epoch: "
+                  + ", ".join(f"{v:.3f}" for v in body["validation_mlm_accuracy"]) + "."]
     for task, rows in results["tasks"].items():
         lines += ["", f"**{task}**: {rows['train_examples']} training, {rows['test_examples']} test "
                       "examples.", "", "| model | test accuracy | training time |", "|---|---:|---:|"]

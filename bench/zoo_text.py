@@ -215,7 +215,7 @@ def quality_section(results):
         f"{platform.machine()} with {os.cpu_count()} CPU cores; TensorFlow {tf.__version__}, "
         f"Keras {keras.__version__}, keras-hub {keras_hub.__version__}.",
         "",
-        "Test accuracy on fixed held-out splits that never entered pretraining; training time is "
+        "Test accuracy on fixed held-out splits kept out of pretraining; training time is "
         "the wall time of fitting (learning the vocabulary included where there is one), on 2 CPU cores. "
         f"From scratch: {FROM_SCRATCH['epochs']} epochs at {FROM_SCRATCH['learning_rate']:g}; "
         f"fine-tuned: {FINE_TUNING['epochs']} epochs, peak {FINE_TUNING['learning_rate']:g} after a "

@@ -97,6 +97,32 @@ def test_mlm_logits_are_tied_to_the_embedding_float64_reference(tiny_encoder):
     assert encoder.vocabulary[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mlm_trains_under_mixed_precision_with_float32_logits(tiny_encoder, policy):
+    import keras
+
+    from zoo.text_encoder.model import TextEncoder
+
+    encoder, sequences, _ = tiny_encoder
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        mixed = TextEncoder(vocabulary=encoder.vocabulary, **TINY_ENCODER)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed.set_weights(encoder.get_weights())
+    inputs, labels, weights = mask_tokens(sequences[:8], np.random.default_rng(0),
+                                          mixed.mask_id, 5, len(mixed.vocabulary))
+    logits = mixed(inputs)
+    assert logits.dtype == "float32"
+    reference = np.asarray(encoder(inputs))
+    # Half precision keeps about 3 (float16) or 2 (bfloat16) digits.
+    np.testing.assert_allclose(np.asarray(logits), reference, atol=0.1 * np.abs(reference).max())
+    mixed.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = mixed.fit(inputs, labels, sample_weight=weights, epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(loss))
+
+
 def test_encoder_preset_round_trip_and_checksums(tiny_encoder, tmp_path):
     from zoo.text_encoder.model import TextEncoder
 

@@ -16,6 +16,7 @@ from zoo.text_encoder.model import TextEncoder
 
 KIND = "text_classifier"
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+FINE_TUNING_DROPOUT = 0.1
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -44,6 +45,8 @@ class TextClassifier(TextBody, ClassifierModel):
         window_size: band half-width for `"local_window"`.
         embedding_norm: layer-normalize the embeddings before the first
             block, as BERT does (the pretrained body does).
+        normalize_first: pre-norm blocks (layer norm before attention and
+            feed-forward) and a layer norm after the last one.
 
     Example:
 
@@ -67,11 +70,11 @@ class TextClassifier(TextBody, ClassifierModel):
                  vocabulary_size=8000, sequence_length=128, hidden_dim=128,
                  num_layers=2, num_heads=4, intermediate_dim=256,
                  attention="multi_head", window_size=None, dropout=0.1,
-                 embedding_norm=False, **kwargs):
+                 embedding_norm=False, normalize_first=False, **kwargs):
         super().__init__(num_classes, labels, **kwargs)
         self.build_body(vocabulary_size, sequence_length, hidden_dim, num_layers,
                         num_heads, intermediate_dim, attention, window_size, dropout,
-                        embedding_norm)
+                        embedding_norm, normalize_first)
         self.pooling = keras.layers.GlobalAveragePooling1D(name="pooling")
         self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
         self.head = keras.layers.Dense(self.num_classes, dtype="float32", name=HEAD_NAME)
@@ -184,7 +187,9 @@ class TextClassifier(TextBody, ClassifierModel):
         """Loads a classifier preset, or puts a fresh head on a pretrained
         text body (a `TextEncoder` preset such as `"english_body_small"`).
 
-        For a body, `labels` (or `num_classes`) is required. For both,
+        For a body, `labels` (or `num_classes`) is required, and dropout is
+        `FINE_TUNING_DROPOUT` (BERT's 0.1; bodies are pretrained without
+        it) unless given. For both,
         `overrides` may change `dropout`, `sequence_length` (a longer one
         extends the learned position embeddings by copying them end to end,
         see `tiled_positions`), `attention` and `window_size` (between
@@ -198,7 +203,7 @@ class TextClassifier(TextBody, ClassifierModel):
                 "give the classes, e.g. `labels=['negative', 'positive']` or `num_classes=2`."
             )
         encoder = TextEncoder.from_preset(preset)
-        config = encoder.body_architecture()
+        config = {**encoder.body_architecture(), "dropout": FINE_TUNING_DROPOUT}
         cls.check_overrides(config, overrides)
         model = cls(num_classes=num_classes, labels=labels, vocabulary=encoder.vocabulary,
                     **{**config, **overrides})

@@ -19,7 +19,7 @@ VOCABULARY_FILE = "vocabulary.txt"
 # `dropout`, `attention` and `window_size`).
 BODY_ARGUMENTS = ("vocabulary_size", "sequence_length", "hidden_dim", "num_layers",
                   "num_heads", "intermediate_dim", "attention", "window_size", "dropout",
-                  "embedding_norm")
+                  "embedding_norm", "normalize_first")
 
 
 class TextBody:
@@ -29,21 +29,14 @@ class TextBody:
 
     def build_body(self, vocabulary_size, sequence_length, hidden_dim, num_layers,
                    num_heads, intermediate_dim, attention, window_size, dropout,
-                   embedding_norm=False):
+                   embedding_norm=False, normalize_first=False):
         for name, value in (("vocabulary_size", vocabulary_size),
                             ("sequence_length", sequence_length)):
             if not isinstance(value, int) or value < 8:
                 raise ValueError(f"`{name}` must be an int >= 8. Received: {name}={value!r}")
-        self.vocabulary_size = vocabulary_size
-        self.sequence_length = sequence_length
-        self.hidden_dim = hidden_dim
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.attention = attention
-        self.window_size = window_size
-        self.dropout = dropout
-        self.embedding_norm = embedding_norm
+        arguments = locals()
+        for name in BODY_ARGUMENTS:
+            setattr(self, name, arguments[name])
         self.embedding = ksa.TokenAndPositionEmbedding(
             vocabulary_size, sequence_length, hidden_dim, mask_zero=True,
             name="embedding",
@@ -59,10 +52,16 @@ class TextBody:
             ksa.TransformerEncoderBlock(
                 num_heads, intermediate_dim, attention=attention,
                 window_size=window_size, dropout=dropout,
-                attention_dropout=dropout, name=f"encoder_{i}",
+                attention_dropout=dropout, normalize_first=normalize_first,
+                name=f"encoder_{i}",
             )
             for i in range(num_layers)
         ]
+        # Pre-norm blocks leave their residual stream unnormalized.
+        self.final_normalization = (
+            keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
+            if normalize_first else None
+        )
         self._set_untracked(tokenizer=None, vocabulary=None)
 
     def body_architecture(self):
@@ -80,6 +79,8 @@ class TextBody:
         x = self.embed(token_ids)
         for block in self.blocks:
             x = block(x, training=training)
+        if self.final_normalization is not None:
+            x = self.final_normalization(x)
         return x
 
     def _set_untracked(self, **attributes):

@@ -39,7 +39,8 @@ class MaskedTokenLogits(keras.layers.Layer):
 
     def call(self, hidden, embeddings):
         logits = keras.ops.einsum("bpd,vd->bpv", hidden, keras.ops.cast(embeddings, hidden.dtype))
-        return keras.ops.cast(logits, "float32") + self.bias
+        # Under a mixed policy the bias reads in the compute dtype.
+        return keras.ops.cast(logits, "float32") + keras.ops.cast(self.bias, "float32")
 
     def compute_output_shape(self, hidden_shape, embeddings_shape=None):
         return tuple(hidden_shape[:-1]) + (self.vocabulary_size,)
@@ -63,8 +64,8 @@ class TextEncoder(TextBody, PresetModel, keras.Model):
         vocabulary: WordPiece vocabulary, starting with
             `[PAD] [UNK] [CLS] [SEP] [MASK]`.
         vocabulary_size, sequence_length, hidden_dim, num_layers, num_heads,
-            intermediate_dim, attention, window_size, dropout, embedding_norm:
-            as for `TextClassifier`.
+            intermediate_dim, attention, window_size, dropout, embedding_norm,
+            normalize_first: as for `TextClassifier`.
 
     Call arguments:
         inputs: `{"token_ids": (B, T) int32, "mask_positions": (B, P) int32}`.
@@ -89,11 +90,11 @@ class TextEncoder(TextBody, PresetModel, keras.Model):
     def __init__(self, vocabulary=None, vocabulary_size=8192, sequence_length=128,
                  hidden_dim=128, num_layers=4, num_heads=4, intermediate_dim=512,
                  attention="multi_head", window_size=None, dropout=0.1, embedding_norm=True,
-                 **kwargs):
+                 normalize_first=False, **kwargs):
         super().__init__(**kwargs)
         self.build_body(vocabulary_size, sequence_length, hidden_dim, num_layers,
                         num_heads, intermediate_dim, attention, window_size, dropout,
-                        embedding_norm)
+                        embedding_norm, normalize_first)
         self.mlm_dense = keras.layers.Dense(hidden_dim, activation="gelu", name="mlm_dense")
         self.mlm_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="mlm_norm")
         self.mlm_logits = MaskedTokenLogits(vocabulary_size, name="mlm_logits")

@@ -123,6 +123,29 @@ def test_mlm_trains_under_mixed_precision_with_float32_logits(tiny_encoder, poli
     assert np.all(np.isfinite(loss))
 
 
+def test_pre_norm_body_moves_with_its_final_norm_and_fine_tunes_with_dropout(
+        tiny_encoder, tmp_path):
+    from zoo import TextClassifier
+    from zoo.text_encoder.model import TextEncoder
+
+    encoder, sequences, _ = tiny_encoder
+    pre_norm = TextEncoder(vocabulary=encoder.vocabulary,
+                           **{**TINY_ENCODER, "normalize_first": True})
+    final_norm = pre_norm.get_layer("final_norm")
+    final_norm.set_weights([np.linspace(0.5, 2.0, 16), np.linspace(-1.0, 1.0, 16)])
+    hidden = np.asarray(pre_norm.encode(sequences[:3]), "float64")
+    gamma, beta = (np.asarray(w, "float64") for w in final_norm.get_weights())
+    standardized = (hidden - beta) / gamma
+    np.testing.assert_allclose(standardized.mean(-1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(standardized.std(-1), 1.0, atol=1e-3)
+
+    pre_norm.save_to_preset(tmp_path / "body")
+    classifier = TextClassifier.from_preset(tmp_path / "body", labels=["a", "b"])
+    assert classifier.normalize_first and classifier.dropout == 0.1  # body pretrained at 0.0
+    np.testing.assert_array_equal(classifier.get_layer("final_norm").get_weights()[1], beta)
+    assert TextClassifier.from_preset(tmp_path / "body", labels=["a", "b"], dropout=0.3).dropout == 0.3
+
+
 def test_encoder_preset_round_trip_and_checksums(tiny_encoder, tmp_path):
     from zoo.text_encoder.model import TextEncoder
 

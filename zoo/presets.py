@@ -205,6 +205,14 @@ class PresetModel:
         """`{constructor argument: value}` stored as preset assets, not config."""
         return {}
 
+    def _set_untracked(self, **attributes):
+        # Tokenizers and vocabularies hold no weights and are replaced when a
+        # vocabulary is learned after the network is built, which Keras's
+        # state tracking forbids; the export modules track tokenizers
+        # explicitly instead.
+        for name, value in attributes.items():
+            object.__setattr__(self, name, value)
+
     def write_assets(self):
         """`{file name: text}` written under the preset's `assets/`."""
         return {}

@@ -83,13 +83,6 @@ class TextBody:
             x = self.final_normalization(x)
         return x
 
-    def _set_untracked(self, **attributes):
-        # The tokenizer holds no weights and may be replaced after the network
-        # is built (vocabulary learned at `fit`), which Keras's state tracking
-        # forbids; the export module tracks it explicitly instead.
-        for name, value in attributes.items():
-            object.__setattr__(self, name, value)
-
     # Tokenization.
 
     def set_vocabulary(self, vocabulary):

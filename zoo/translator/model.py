@@ -244,12 +244,6 @@ class Translator(PresetModel, RawInputModel):
         self({"encoder_token_ids": np.ones((1, source_sequence_length), "int32"),
               "decoder_token_ids": np.ones((1, target_sequence_length), "int32")})
 
-    def _set_untracked(self, **attributes):
-        # Tokenizers hold no weights and are replaced when vocabularies are
-        # learned, which Keras's state tracking forbids after building.
-        for name, value in attributes.items():
-            object.__setattr__(self, name, value)
-
     # Tokenization.
 
     def set_vocabularies(self, source_vocabulary, target_vocabulary=None):

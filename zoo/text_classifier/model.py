@@ -188,8 +188,8 @@ class TextClassifier(TextBody, ClassifierModel):
         text body (a `TextEncoder` preset such as `"english_body_small"`).
 
         For a body, `labels` (or `num_classes`) is required, and dropout is
-        `FINE_TUNING_DROPOUT` (BERT's 0.1; bodies are pretrained without
-        it) unless given. For both,
+        `FINE_TUNING_DROPOUT` (BERT's 0.1, whatever dropout the body was
+        pretrained with) unless given. For both,
         `overrides` may change `dropout`, `sequence_length` (a longer one
         extends the learned position embeddings by copying them end to end,
         see `tiled_positions`), `attention` and `window_size` (between

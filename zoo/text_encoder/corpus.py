@@ -54,8 +54,7 @@ def pretraining_texts():
     """
     held_out = held_out_texts()
     sources = {
-        "wordnet": wordnet_glosses(exclude_offsets=datasets.definitions_test_offsets(),
-                                   exclude_glosses=held_out),
+        "wordnet": wordnet_glosses(exclude_glosses=held_out),
         **_rotten_tomatoes_texts(held_out),
         "speeches and debates": [],
         "hamlet": _hamlet(),
@@ -76,17 +75,16 @@ def held_out_texts():
 
 # WordNet.
 
-def wordnet_glosses(exclude_offsets=(), exclude_glosses=()):
+def wordnet_glosses(exclude_glosses=()):
     """`"lemma, lemma: gloss"` for every synset of WordNet 3.0, noun, verb,
-    adjective and adverb files in turn, skipping the noun synsets whose
-    offsets are in `exclude_offsets` and every synset whose gloss is in
-    `exclude_glosses` (other synsets may share a held-out gloss)."""
-    exclude = set(exclude_offsets)
+    adjective and adverb files in turn, skipping every synset whose gloss is
+    in `exclude_glosses`: the held-out synsets and the others that share
+    their gloss word for word."""
     exclude_glosses = set(exclude_glosses)
     texts = []
     for part in ("noun", "verb", "adj", "adv"):
         for synset in wordnet_synsets(part):
-            if (part == "noun" and synset.offset in exclude) or synset.gloss in exclude_glosses:
+            if synset.gloss in exclude_glosses:
                 continue
             texts.append(f"{', '.join(synset.lemmas)}: {synset.gloss}")
     return texts

@@ -305,23 +305,29 @@ def test_body_fine_tunes_on_texts_of_over_1024_tokens_with_local_window():
 
     from zoo import TextClassifier
     from zoo.datasets import load_sentiment
+    from zoo.text_classifier.train import FINE_TUNING
+    from zoo.training import warmup_cosine
 
     (texts, labels), (test_texts, test_labels) = load_sentiment()
     names = np.array(["rotten", "fresh"])
+    # Seeded before the head is built, so the result does not depend on which tests ran first.
+    keras.utils.set_random_seed(0)
     model = TextClassifier.from_preset("english_body_small", labels=["rotten", "fresh"],
                                        sequence_length=1280, attention="local_window",
                                        window_size=64)
     count = lambda text: int(model.tokenizer(text).shape[0])  # noqa: E731
-    train = long_review_documents(texts[:3000], names[labels[:3000]], 1100, count)
-    test = long_review_documents(test_texts[:1400], names[test_labels[:1400]], 1100, count)
+    train = long_review_documents(texts[:6000], names[labels[:6000]], 1100, count)
+    test = long_review_documents(test_texts, names[test_labels], 1100, count)
     ids = model.preprocess(np.asarray(test[0][:2]))
     assert ids.shape[1] >= 1024 and int((ids.numpy() > 0).sum(1).min()) >= 1024
-    keras.utils.set_random_seed(0)
-    model.compile(optimizer=keras.optimizers.AdamW(3e-4, weight_decay=0.01))
-    history = model.fit(train[0], train[1], epochs=3, batch_size=4, verbose=0)
+    epochs, batch_size = 2, 4
+    steps = -(-len(train[0]) // batch_size) * epochs
+    schedule = warmup_cosine(FINE_TUNING["learning_rate"], steps, FINE_TUNING["warmup_fraction"])
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01))
+    history = model.fit(train[0], train[1], epochs=epochs, batch_size=batch_size, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     accuracy = model.evaluate(test[0], test[1], verbose=0)[1]
-    assert len(test[0]) >= 16 and accuracy >= 0.75, accuracy
+    assert len(test[0]) >= 50 and accuracy >= 0.75, accuracy
 
 
 @pytest.mark.slow

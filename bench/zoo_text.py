@@ -51,9 +51,8 @@ from results import fit_throughput, update_section  # noqa: E402
 from zoo import TextClassifier, TextEncoder  # noqa: E402
 from zoo.datasets import load_definitions, load_sentiment  # noqa: E402
 from zoo.text_classifier.train import (  # noqa: E402
-    DEFAULT_BODY, DEMO_ARCHITECTURE, FINE_TUNING, FROM_SCRATCH,
+    DEFAULT_BODY, DEMO_ARCHITECTURE, FINE_TUNING, FROM_SCRATCH, fine_tuning_schedule,
 )
-from zoo.training import warmup_cosine  # noqa: E402
 
 BATCH = 32
 
@@ -124,8 +123,7 @@ def ours(train, test, pretrained, epochs=None):
         recipe = FINE_TUNING
         model = TextClassifier.from_preset(DEFAULT_BODY, labels=labels)
         epochs = epochs or recipe["epochs"]
-        steps = -(-len(train[0]) // BATCH) * epochs
-        schedule = warmup_cosine(recipe["learning_rate"], steps, recipe["warmup_fraction"])
+        schedule = fine_tuning_schedule(len(train[0]), BATCH, epochs)
     else:
         recipe = FROM_SCRATCH
         model = TextClassifier(labels=labels, **DEMO_ARCHITECTURE)

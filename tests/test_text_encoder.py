@@ -305,8 +305,7 @@ def test_body_fine_tunes_on_texts_of_over_1024_tokens_with_local_window():
 
     from zoo import TextClassifier
     from zoo.datasets import load_sentiment
-    from zoo.text_classifier.train import FINE_TUNING
-    from zoo.training import warmup_cosine
+    from zoo.text_classifier.train import fine_tuning_schedule
 
     (texts, labels), (test_texts, test_labels) = load_sentiment()
     names = np.array(["rotten", "fresh"])
@@ -321,8 +320,7 @@ def test_body_fine_tunes_on_texts_of_over_1024_tokens_with_local_window():
     ids = model.preprocess(np.asarray(test[0][:2]))
     assert ids.shape[1] >= 1024 and int((ids.numpy() > 0).sum(1).min()) >= 1024
     epochs, batch_size = 2, 4
-    steps = -(-len(train[0]) // batch_size) * epochs
-    schedule = warmup_cosine(FINE_TUNING["learning_rate"], steps, FINE_TUNING["warmup_fraction"])
+    schedule = fine_tuning_schedule(len(train[0]), batch_size, epochs)
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01))
     history = model.fit(train[0], train[1], epochs=epochs, batch_size=batch_size, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]

@@ -22,6 +22,15 @@ DEFAULT_BODY = "english_body_small"
 FINE_TUNING = dict(learning_rate=3e-4, epochs=4, warmup_fraction=0.1)
 FROM_SCRATCH = dict(learning_rate=1e-3, epochs=3)
 
+
+def fine_tuning_schedule(examples, batch_size, epochs=None, learning_rate=None):
+    """The `FINE_TUNING` learning-rate schedule for `epochs` passes over
+    `examples` training examples in batches of `batch_size` (epochs and
+    peak learning rate default to the recipe's)."""
+    steps = -(-examples // batch_size) * (epochs or FINE_TUNING["epochs"])
+    return warmup_cosine(learning_rate or FINE_TUNING["learning_rate"], steps,
+                         FINE_TUNING["warmup_fraction"])
+
 # The from-scratch architecture of `make demo` and the shipped preset.
 DEMO_ARCHITECTURE = dict(
     vocabulary_size=8000, sequence_length=64, hidden_dim=128, num_layers=2,
@@ -96,8 +105,7 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
                       else preset_label_order(TextClassifier, preset, names))
             model = TextClassifier.from_preset(preset, labels=labels,
                                                **shape, **dropout_override(dropout))
-            steps = -(-len(train[0]) // batch_size) * epochs
-            schedule = warmup_cosine(learning_rate, steps, recipe["warmup_fraction"])
+            schedule = fine_tuning_schedule(len(train[0]), batch_size, epochs, learning_rate)
         else:
             model = TextClassifier(labels=names, **{**(architecture or DEMO_ARCHITECTURE),
                                                      **shape, **dropout_override(dropout)})

@@ -41,23 +41,25 @@ def combine_masks(*masks):
 
 
 def position_mask(query_length, key_length, causal=False, window_size=None,
-                  query_offset=0):
+                  query_offset=0, global_tokens=0):
     """Boolean `(T_q, T_k)` mask for causal and sliding-window attention.
 
     Query `i` stands at absolute position `i + query_offset` (non-zero while
     decoding with a cache); key `j` at position `j`. Causal allows `j <= i`;
-    a window of `w` allows `abs(i - j) < w`. Returns `None` when neither
-    applies.
+    a window of `w` allows `abs(i - j) < w`, and with `global_tokens` `g`
+    also `i < g` or `j < g` (Longformer's global attention: the first `g`
+    tokens see every token and every token sees them). Returns `None` when
+    none applies.
     """
     return positions_mask(
         ops.arange(query_length, dtype="int32") + query_offset,
         ops.arange(key_length, dtype="int32"),
-        causal, window_size,
+        causal, window_size, global_tokens,
     )
 
 
 def positions_mask(query_positions, key_positions, causal=False,
-                   window_size=None):
+                   window_size=None, global_tokens=0):
     """`position_mask` for given int32 query `(n,)` and key `(m,)` positions."""
     if not causal and window_size is None:
         return None
@@ -69,10 +71,14 @@ def positions_mask(query_positions, key_positions, causal=False,
             mask, ops.greater_equal(query_positions, key_positions)
         )
     if window_size is not None:
-        mask = combine_masks(
-            mask,
-            ops.less(ops.abs(query_positions - key_positions), window_size),
-        )
+        in_window = ops.less(ops.abs(query_positions - key_positions),
+                             window_size)
+        if global_tokens:
+            in_window = ops.logical_or(in_window, ops.logical_or(
+                ops.less(query_positions, global_tokens),
+                ops.less(key_positions, global_tokens),
+            ))
+        mask = combine_masks(mask, in_window)
     return mask
 
 
@@ -118,7 +124,7 @@ def normalize_attention_mask(attention_mask, query_length, key_length,
 
 def dense_attention_mask(query_length, key_length, query_mask=None,
                          key_mask=None, attention_mask=None, causal=False,
-                         window_size=None, query_offset=0):
+                         window_size=None, query_offset=0, global_tokens=0):
     """Merges padding, causal, window and explicit masks into one dense mask.
 
     Args:
@@ -126,7 +132,8 @@ def dense_attention_mask(query_length, key_length, query_mask=None,
         query_mask: `(B, T_q)` padding mask of the queries, or `None`.
         key_mask: `(B, T_k)` padding mask of the keys, or `None`.
         attention_mask: explicit mask, already normalized to 4 dimensions.
-        causal, window_size, query_offset: see `position_mask`.
+        causal, window_size, query_offset, global_tokens: see
+            `position_mask`.
 
     Returns:
         A boolean tensor broadcastable to `(B, H, T_q, T_k)`, or `None`.
@@ -137,7 +144,8 @@ def dense_attention_mask(query_length, key_length, query_mask=None,
     if key_mask is not None:
         masks.append(ops.cast(key_mask, "bool")[:, None, None, :])
     positions = position_mask(
-        query_length, key_length, causal, window_size, query_offset
+        query_length, key_length, causal, window_size, query_offset,
+        global_tokens,
     )
     if positions is not None:
         masks.append(positions[None, None])
@@ -405,7 +413,7 @@ def _neighbour_positions(block, num_blocks, offsets):
 def blocked_attention(query, key, value, scale=None, query_mask=None,
                       key_mask=None, attention_mask=None, causal=False,
                       window_size=None, query_offset=0, block_size=None,
-                      band=False):
+                      band=False, return_log_sum=False):
     """Scaled dot-product attention that never holds `(B, H, T_q, T_k)`.
 
     Queries are processed in blocks, so each block's softmax is exact; only
@@ -435,10 +443,16 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
             larger).
         band: restrict each block to its window's neighbour blocks; needs
             `window_size`, `T_q == T_k` and no `query_offset`.
+        return_log_sum: also return each row's log-sum-exp of its allowed
+            logits, differentiable, so that a caller can merge this
+            attention with attention over other keys
+            (`merge_global_tokens`).
 
     Returns:
-        The output `(B, T_q, H, V)`. There is no dropout on this path; the
-        layers use the dense kernel when dropout is active.
+        The output `(B, T_q, H, V)`, and with `return_log_sum` the float32
+        log-sum-exp `(B, T_q, H)` (`_MASKED_LOGIT` on rows with no allowed
+        key). There is no dropout on this path; the layers use the dense
+        kernel when dropout is active.
     """
     batch, q_len, heads, key_width = static_or_dynamic_shape(query)
     k_len = static_or_dynamic_shape(key)[1]
@@ -628,12 +642,13 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
             output = ops.reshape(
                 ops.cast(output, "float32"), query_block_shape(value_width)
             ) / row_sum
-            # A row with no allowed key: zero output, and a log-sum-exp of 0
-            # so that recomputed weights exp(-1e9 - 0) are 0 too.
+            # A row with no allowed key: zero output, and a log-sum-exp of
+            # -1e9 (read as 0 when the weights are recomputed, so that
+            # exp(-1e9 - 0) is 0 too).
             row_has_key = row_max > _MASKED_LOGIT / 2
             output = ops.where(row_has_key, output, 0.0)
             log_sum = ops.where(
-                row_has_key, row_max + ops.log(row_sum), 0.0
+                row_has_key, row_max + ops.log(row_sum), _MASKED_LOGIT
             )
             return ops.cast(output, dtype), ops.squeeze(log_sum, -1)
 
@@ -646,14 +661,18 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
         log_sum = _unblock(log_sum_blocks, 3)
 
         def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
+            upstream, log_sum_upstream = (
+                args if upstream is None else tuple(upstream))
             upstream = ops.cast(upstream, dtype)
-            # D = rowsum(dO * O): the softmax gradient's row term.
+            # D = rowsum(dO * O) - dL: the softmax gradient's row term, less
+            # the log-sum-exp's own gradient (dL/dS_ij = P_ij).
             row_dot = ops.sum(
                 ops.cast(upstream, "float32") * ops.cast(output, "float32"),
                 axis=-1,
             )
+            if log_sum_upstream is not None:
+                row_dot = row_dot - ops.cast(log_sum_upstream, "float32")
+            offsets = ops.where(log_sum > _MASKED_LOGIT / 2, log_sum, 0.0)
 
             def query_gradient(block):
                 weights = ops.exp(
@@ -682,7 +701,7 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
                 {
                     **query_pass,
                     "upstream": _blocks(upstream, 3, q_block, num_q_blocks),
-                    "log_sum": _blocks(log_sum, 3, q_block, num_q_blocks),
+                    "log_sum": _blocks(offsets, 3, q_block, num_q_blocks),
                     "row_dot": _blocks(row_dot, 3, q_block, num_q_blocks),
                 },
                 ops.zeros(query_block_shape(key_width), dtype),
@@ -691,7 +710,7 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
             key_pass["key"] = _blocks(keys, 2, k_block, num_k_blocks)
             key_pass["value"] = _blocks(values, 2, k_block, num_k_blocks)
             sides = {"queries": queries, "upstream": upstream,
-                     "log_sum": log_sum, "row_dot": row_dot}
+                     "log_sum": offsets, "row_dot": row_dot}
             for name, x in sides.items():
                 if band:
                     key_pass[name] = _neighbours(
@@ -742,15 +761,102 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
             )
             return query_grad, _unblock(key_grad, 2), _unblock(value_grad, 2)
 
-        return output, grad
+        return (output, log_sum), grad
 
-    output = attend(queries, keys, values)
+    output, log_sum = attend(queries, keys, values)
     # (B, G, R, T_pad, V) -> (B, T, H, V)
     output = ops.reshape(
         ops.transpose(output, (0, 3, 1, 2, 4)),
         (batch, q_padded, heads, value_width),
+    )[:, :q_len]
+    if not return_log_sum:
+        return output
+    # (B, G, R, T_pad) -> (B, T, H)
+    log_sum = ops.reshape(
+        ops.transpose(log_sum, (0, 3, 1, 2)), (batch, q_padded, heads)
     )
-    return output[:, :q_len]
+    return output, log_sum[:, :q_len]
+
+
+def merge_global_tokens(query, key, value, band_output, band_log_sum,
+                        global_tokens, window_size, scale=None,
+                        query_mask=None, key_mask=None, attention_mask=None,
+                        causal=False):
+    """Adds Longformer's global attention to sliding-window self-attention.
+
+    The first `global_tokens` (`g`) positions attend to every position, and
+    every position attends to them (Beltagy et al., 2020, 3.1). Given the
+    band's output and log-sum-exp (`blocked_attention(..., band=True,
+    return_log_sum=True)`), each row's softmax is extended over the global
+    keys its band does not hold, exactly, by merging the two log-sum-exps;
+    the `g` global rows are recomputed against every key. The extra work is
+    `(T, g)` and `(g, T)` scores: never `T x T`. Masks as in
+    `dense_attention_mask`; gradients by autodiff (through the band's
+    log-sum-exp, which `blocked_attention` differentiates).
+
+    Args:
+        query, key, value: `(B, T, H, K)`, `(B, T, G, K)`, `(B, T, G, V)`.
+        band_output: `(B, T, H, V)`, the band attention's output.
+        band_log_sum: `(B, T, H)` float32, its log-sum-exp per row.
+        global_tokens: `g`, a positive int.
+        window_size: the band's half-width.
+        scale, query_mask, key_mask, attention_mask, causal: as for
+            `blocked_attention`.
+
+    Returns:
+        `(B, T, H, V)`: the attention over the band and the global tokens.
+    """
+    batch, length, heads, key_width = static_or_dynamic_shape(query)
+    if scale is None:
+        scale = 1.0 / math.sqrt(key_width)
+    g = global_tokens
+    scaled = ops.multiply(query, ops.cast(scale, query.dtype))
+    # Columns: every query against the global keys outside its band.
+    positions = ops.arange(length, dtype="int32")
+    outside_band = ops.greater_equal(
+        ops.abs(positions[:, None] - positions[None, :g]), window_size)
+    if causal:
+        outside_band = ops.logical_and(
+            outside_band, ops.greater_equal(positions[:, None],
+                                            positions[None, :g]))
+    columns_mask = [outside_band[None, None]]
+    if query_mask is not None:
+        columns_mask.append(ops.cast(query_mask, "bool")[:, None, :, None])
+    if key_mask is not None:
+        columns_mask.append(ops.cast(key_mask, "bool")[:, None, None, :g])
+    if attention_mask is not None:
+        columns_mask.append(attention_mask[:, :, :, :g])
+    columns_mask = combine_masks(*columns_mask)
+    logits = ops.cast(dot_product_logits(scaled, key[:, :g]), "float32")
+    logits = ops.where(columns_mask, logits, _MASKED_LOGIT)
+    row_max = ops.max(logits, axis=-1, keepdims=True)
+    has_key = row_max > _MASKED_LOGIT / 2
+    weights = ops.where(columns_mask, ops.exp(logits - row_max), 0.0)
+    total = ops.sum(weights, axis=-1, keepdims=True)
+    columns_log_sum = ops.where(
+        has_key, row_max + ops.log(ops.where(has_key, total, 1.0)),
+        _MASKED_LOGIT)
+    weights = weights / ops.where(has_key, total, 1.0)
+    columns_output = ops.cast(
+        weighted_values(ops.cast(weights, value.dtype), value[:, :g]),
+        "float32")
+    # (B, H, T, 1) -> (B, T, H, 1), the outputs' layout.
+    columns_log_sum = ops.transpose(columns_log_sum, (0, 2, 1, 3))
+    band_log_sum = ops.cast(band_log_sum, "float32")[..., None]
+    merged_log_sum = ops.logaddexp(band_log_sum, columns_log_sum)
+    merged = (ops.exp(band_log_sum - merged_log_sum)
+              * ops.cast(band_output, "float32")
+              + ops.exp(columns_log_sum - merged_log_sum) * columns_output)
+    # Rows: the global queries against every key.
+    rows_mask = dense_attention_mask(
+        g, length, None if query_mask is None else query_mask[:, :g],
+        key_mask,
+        None if attention_mask is None else attention_mask[:, :, :g],
+        causal=causal)
+    rows, _ = dot_product_attention(query[:, :g], key, value, mask=rows_mask,
+                                    scale=scale)
+    return ops.concatenate(
+        [rows, ops.cast(merged[:, g:], band_output.dtype)], axis=1)
 
 
 def _unblock(blocks, axis):

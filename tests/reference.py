@@ -16,15 +16,17 @@ def project(x, kernel, bias=None):
 
 def allowed_positions(batch, q_len, k_len, query_mask=None, key_mask=None,
                       attention_mask=None, causal=False, window=None,
-                      query_offset=0):
-    """Boolean `(B, 1|H, T_q, T_k)` built with plain loops over positions."""
+                      query_offset=0, global_tokens=0):
+    """Boolean `(B, 1|H, T_q, T_k)` built with plain loops over positions;
+    the first `global_tokens` positions are outside any window."""
     allowed = np.ones((batch, 1, q_len, k_len), dtype=bool)
     for i in range(q_len):
         for j in range(k_len):
             position = i + query_offset
             if causal and j > position:
                 allowed[:, :, i, j] = False
-            if window is not None and abs(position - j) >= window:
+            is_global = position < global_tokens or j < global_tokens
+            if window is not None and abs(position - j) >= window and not is_global:
                 allowed[:, :, i, j] = False
     if query_mask is not None:
         allowed &= np.asarray(query_mask, bool)[:, None, :, None]

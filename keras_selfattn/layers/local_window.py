@@ -27,6 +27,10 @@ class LocalWindow(SequenceSelfAttention):
         num_heads: number of query heads.
         key_dim: width of each query/key head.
         window_size: the band's half-width, a positive int.
+        global_tokens: how many leading positions attend to every position
+            and are attended by every position (Longformer's global
+            attention, as it gives `[CLS]`); 0 for none. Computed as the
+            band plus `(T, g)` columns and `(g, T)` rows, never `T x T`.
         value_dim: width of each value head; defaults to `key_dim`.
         num_key_value_heads: number of key/value heads (grouped-query
             attention); must divide `num_heads`. Defaults to `num_heads`.
@@ -56,10 +60,14 @@ class LocalWindow(SequenceSelfAttention):
     """
 
     def __init__(self, num_heads, key_dim, window_size, value_dim=None,
-                 num_key_value_heads=None, **kwargs):
+                 num_key_value_heads=None, global_tokens=0, **kwargs):
         check_grouped_heads(num_heads, num_key_value_heads)
         check_positive_int("key_dim", key_dim)
         check_positive_int("window_size", window_size)
+        if isinstance(global_tokens, bool) or not isinstance(global_tokens, int) \
+                or global_tokens < 0:
+            raise ValueError("Invalid argument `global_tokens`: it must be a non-negative "
+                             f"integer. Received: global_tokens={global_tokens!r}")
         check_positive_int("value_dim", value_dim, allow_none=True)
         super().__init__(**kwargs)
         self.num_heads = num_heads
@@ -67,6 +75,7 @@ class LocalWindow(SequenceSelfAttention):
         self.window_size = window_size
         self.value_dim = value_dim
         self.num_key_value_heads = num_key_value_heads
+        self.global_tokens = global_tokens
 
     def build(self, input_shape):
         input_shape = self.check_input_shape(input_shape)
@@ -91,14 +100,8 @@ class LocalWindow(SequenceSelfAttention):
             # band costs little more memory, and its 6 matmuls beat the
             # blocked kernel's 9 up to about 1.5 block spans (measured at
             # T = 4 windows: 89 ms dense, 114 ms blocked).
-            mask = kernels.dense_attention_mask(
-                length, length, padding_mask, padding_mask, attention_mask,
-                causal=use_causal_mask, window_size=self.window_size,
-            )
-            output, scores = kernels.dot_product_attention(
-                query, key, value, mask=mask, scale=scale, dropout=dropout
-            )
-            return self.output_dense(output), scores
+            return self._dense(query, key, value, length, scale, dropout,
+                               padding_mask, attention_mask, use_causal_mask)
         if not self.needs_dense_weights(training, return_attention_scores):
             # One block at a time, weights recomputed in the backward pass:
             # training never holds every block's weights at once.
@@ -106,9 +109,20 @@ class LocalWindow(SequenceSelfAttention):
                 query, key, value, scale=scale, query_mask=padding_mask,
                 key_mask=padding_mask, attention_mask=attention_mask,
                 causal=use_causal_mask, window_size=self.window_size,
-                band=True,
+                band=True, return_log_sum=bool(self.global_tokens),
             )
+            if self.global_tokens:
+                output = kernels.merge_global_tokens(
+                    query, key, value, *output, self.global_tokens,
+                    self.window_size, scale, padding_mask, padding_mask,
+                    attention_mask, use_causal_mask,
+                )
             return self.output_dense(output), None
+        if self.global_tokens:
+            # The weights themselves (returned, or dropped out) with global
+            # rows and columns: the dense kernel, `T x T`.
+            return self._dense(query, key, value, length, scale, dropout,
+                               padding_mask, attention_mask, use_causal_mask)
         output, band_weights = kernels.banded_attention(
             query, key, value, self.window_size,
             causal=use_causal_mask,
@@ -125,6 +139,18 @@ class LocalWindow(SequenceSelfAttention):
             )
         return self.output_dense(output), scores
 
+    def _dense(self, query, key, value, length, scale, dropout, padding_mask,
+               attention_mask, use_causal_mask):
+        mask = kernels.dense_attention_mask(
+            length, length, padding_mask, padding_mask, attention_mask,
+            causal=use_causal_mask, window_size=self.window_size,
+            global_tokens=self.global_tokens,
+        )
+        output, scores = kernels.dot_product_attention(
+            query, key, value, mask=mask, scale=scale, dropout=dropout
+        )
+        return self.output_dense(output), scores
+
     def output_width_for(self, input_shape):
         return input_shape[-1]
 
@@ -139,4 +165,5 @@ class LocalWindow(SequenceSelfAttention):
             "window_size": self.window_size,
             "value_dim": self.value_dim,
             "num_key_value_heads": self.num_key_value_heads,
+            "global_tokens": self.global_tokens,
         }

@@ -29,6 +29,8 @@ class TransformerEncoderBlock(ResidualBlock):
         key_dim: width of each head; defaults to `dim // num_heads`.
         window_size: band half-width for `local_window` (required there) and
             optional for `additive`.
+        global_tokens: `local_window` only: leading positions with global
+            attention (see `LocalWindow`).
         dropout: dropout after each residual branch.
         attention_dropout: dropout on the attention weights.
         activation: activation of the feed-forward hidden layer.
@@ -57,7 +59,7 @@ class TransformerEncoderBlock(ResidualBlock):
     """
 
     def __init__(self, num_heads, intermediate_dim, attention="multi_head",
-                 window_size=None, **kwargs):
+                 window_size=None, global_tokens=0, **kwargs):
         if attention not in ATTENTION_TYPES:
             raise ValueError(
                 f"`attention` must be one of {ATTENTION_TYPES}. Received: "
@@ -65,9 +67,15 @@ class TransformerEncoderBlock(ResidualBlock):
             )
         check_positive_int("window_size", window_size,
                            allow_none=attention != "local_window")
+        if global_tokens and attention != "local_window":
+            raise ValueError(
+                "`global_tokens` needs attention='local_window'. Received: "
+                f"attention={attention!r}, global_tokens={global_tokens!r}"
+            )
         super().__init__(num_heads, intermediate_dim, **kwargs)
         self.attention = attention
         self.window_size = window_size
+        self.global_tokens = global_tokens
 
     def build(self, input_shape):
         shape = check_feature_shape("inputs", input_shape, 3, 3)
@@ -81,7 +89,8 @@ class TransformerEncoderBlock(ResidualBlock):
                               attention_impl=self.attention_impl, **common)
         elif self.attention == "local_window":
             layer = LocalWindow(self.num_heads, self.head_width(dim),
-                                self.window_size, **common)
+                                self.window_size,
+                                global_tokens=self.global_tokens, **common)
         elif self.attention == "additive":
             layer = Additive(units=dim, num_heads=self.num_heads,
                              window_size=self.window_size, **common)
@@ -135,4 +144,5 @@ class TransformerEncoderBlock(ResidualBlock):
             **super().get_config(),
             "attention": self.attention,
             "window_size": self.window_size,
+            "global_tokens": self.global_tokens,
         }

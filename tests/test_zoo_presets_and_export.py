@@ -81,7 +81,7 @@ def test_new_num_classes_gives_fresh_head_on_pretrained_body(tiny_classifier, sa
         if source.name != "classifier_head":
             for a, b in zip(source.get_weights(), target.get_weights()):
                 np.testing.assert_array_equal(a, b)
-    assert model.head.kernel.shape == (tiny_classifier.hidden_dim, 3)
+    assert model.head.kernel.shape == (tiny_classifier.backbone.hidden_dim, 3)
     with pytest.raises(ValueError, match="shape its weights"):
         TextClassifier.from_preset(saved_preset, hidden_dim=64)
 

@@ -118,8 +118,8 @@ def test_mixed_precision_trains_and_exports_float32_dtypes(precision, tiny_class
         model.adapt(texts)
         model.compile(optimizer=keras.optimizers.AdamW(3e-3), **run.compile_options())
     assert keras.config.dtype_policy().name == "float32"  # restored after building
-    assert model.blocks[0].dtype_policy.name == precision
-    assert model.blocks[0].compute_dtype == precision.split("_")[1]
+    assert model.backbone.blocks[0].dtype_policy.name == precision
+    assert model.backbone.blocks[0].compute_dtype == precision.split("_")[1]
     if precision == "mixed_float16":  # dynamic loss scaling, as Keras does
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     losses = model.fit(texts, labels, epochs=4, batch_size=16, verbose=0).history["loss"]

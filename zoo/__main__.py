@@ -77,7 +77,7 @@ MODELS = {
         "text_classifier", "zoo.text_classifier:TextClassifier",
         "zoo.text_classifier.train:train_text_classifier",
         ("text_column", "label_column", "from_scratch", "sequence_length", "attention",
-         "window_size"), _labelled_texts,
+         "window_size", "global_tokens"), _labelled_texts,
         "CSV/TSV/JSONL file with text and label columns, or 'rotten-tomatoes' (sentiment) or "
         "'wordnet-definitions' (topic)",
     ),
@@ -209,6 +209,17 @@ def _export(args):
     print(f"exported to {model.export(target, **_options_for(entry, args, 'export'))}")
 
 
+def _convert(args):
+    from zoo.text_classifier import bodies
+
+    backbone, preprocessor = bodies.load_body(args.handle)
+    folder = bodies.save_backbone_preset(args.to, backbone, preprocessor,
+                                         metadata={"source": str(args.handle)})
+    print(f"converted {args.handle}: {backbone.num_layers} blocks of width {backbone.hidden_dim}, "
+          f"{backbone.count_params():,} parameters, {len(preprocessor.vocabulary):,} tokens")
+    print(f"preset:  {folder} (train text-classifier --preset {folder})")
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -218,8 +229,10 @@ def _parser():
     train.add_argument("--data", required=True, help="; ".join(
         f"{name}: {entry.data_help}" for name, entry in MODELS.items()))
     train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--preset", help="shipped preset name or preset folder to fine-tune "
-                       "(text-classifier: by default the shipped body english_body_small)")
+    train.add_argument("--preset", help="shipped preset name or preset folder to fine-tune; "
+                       "text-classifier also takes a keras-hub preset or a Hugging Face BERT or "
+                       "DistilBERT checkpoint (folder, kaggle:// or hf://), by default the MiniLM "
+                       "checkpoint all_minilm_l6_v2 (else the shipped body english_body_small)")
     train.add_argument("--from-scratch", action="store_true", default=None,
                        help="text-classifier: train a new network instead of fine-tuning the "
                             "pretrained body")
@@ -247,6 +260,9 @@ def _parser():
                        help="text-classifier: attention of the blocks (local_window for long texts)")
     train.add_argument("--window-size", type=int,
                        help="text-classifier: band half-width of local_window attention")
+    train.add_argument("--global-tokens", type=int,
+                       help="text-classifier: leading tokens ([CLS]) with global attention under "
+                            "local_window, as Longformer's")
     train.add_argument("--image-size", type=int,
                        help="image-classifier: model input side (default: chosen from the images, "
                             "or the preset's)")
@@ -288,6 +304,13 @@ def _parser():
     export.add_argument("--to", help="model folder (default: MODEL_DIR/export)")
     export.add_argument("--beam-size", type=int, help="translator: beam size served (default 4)")
     export.set_defaults(run=_export)
+
+    convert = commands.add_parser(
+        "convert", help="convert a BERT or DistilBERT checkpoint into a checksummed zoo preset")
+    convert.add_argument("handle", help="keras-hub preset or Hugging Face checkpoint: a folder, "
+                         "kaggle://... or hf://..., or all_minilm_l6_v2 (the installed package)")
+    convert.add_argument("--to", required=True, help="preset folder to write")
+    convert.set_defaults(run=_convert)
     return parser
 
 

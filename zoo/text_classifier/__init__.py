@@ -1,3 +1,3 @@
-from zoo.text_classifier.model import TextClassifier
+from zoo.text_classifier.text_classifier import TextClassifier
 
 __all__ = ["TextClassifier"]

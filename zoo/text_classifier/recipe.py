@@ -7,7 +7,7 @@ never seen) with fixed seeds and deterministic ops, and writes it to
 versions of TensorFlow and Keras reproduces the same weights.
 """
 
-from zoo.text_classifier.model import PRESETS_DIR
+from zoo.text_classifier.text_classifier import PRESETS_DIR
 from zoo.text_classifier.train import EMBEDDED_DATA, train_text_classifier
 from zoo.training import recipe_command
 

@@ -1,4 +1,4 @@
-"""Text classifier: raw strings in, class probabilities out."""
+"""The text classifier task: a backbone, a preprocessor and a head."""
 
 from pathlib import Path
 
@@ -8,45 +8,74 @@ import tensorflow as tf
 
 from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
-from zoo.pipeline import text_array, valid_utf8
-from zoo.presets import preset_kind, resolve, shipped_presets
-from zoo.text_encoder.body import TextBody, tiled_positions
-from zoo.text_encoder.model import KIND as ENCODER_KIND
-from zoo.text_encoder.model import TextEncoder
+from zoo.pipeline import text_array
+from zoo.presets import preset_kind, shipped_presets
+from zoo.text_classifier import bodies
+from zoo.text_classifier.backbone import TextBackbone
 
 KIND = "text_classifier"
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 FINE_TUNING_DROPOUT = 0.1
+POOLINGS = ("mean", "first")
+# A network from scratch: `TextClassifier(labels=..., **sizes)`, each size
+# defaulting to these.
+FROM_SCRATCH_SIZES = dict(
+    vocabulary_size=8000, sequence_length=128, hidden_dim=128, num_layers=2, num_heads=4,
+    intermediate_dim=256, attention="multi_head", window_size=None, global_tokens=0,
+    embedding_norm=False, normalize_first=False,
+)
+# What `from_preset` may change in a pretrained network (the rest shapes its weights).
+ADJUSTABLE = ("dropout", "num_classes", "sequence_length", "attention", "window_size",
+              "global_tokens", "pooling")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class TextClassifier(TextBody, ClassifierModel):
-    """A transformer text classifier that takes raw strings.
+class TextClassifier(ClassifierModel):
+    """A text classifier that takes raw strings: preprocessor, backbone, head.
 
-    Strings are tokenized with a WordPiece tokenizer (keras-hub, on
-    tensorflow-text ops), wrapped in `[CLS] ... [SEP]` and padded or truncated
-    to `sequence_length`; then `TokenAndPositionEmbedding`, `num_layers`
-    `TransformerEncoderBlock`s with the chosen attention, masked mean pooling
-    and a dense head. `fit`, `evaluate` and `predict` take raw strings (lists,
-    arrays or `tf.data`) with int or string labels.
+    As keras-hub's tasks: `model.preprocessor` turns strings into token ids
+    (`TextPreprocessor`, WordPiece on tensorflow-text ops), `model.backbone`
+    turns ids into hidden states (`TextBackbone`, built from keras_selfattn
+    layers), and the head pools them (masked mean, or the first token
+    through the backbone's pooler) into class logits. `fit`, `evaluate` and
+    `predict` take raw strings (lists, arrays or `tf.data`) with int or
+    string labels; preprocessing runs in `tf.data` and, the same code, in
+    the exported SavedModel.
+
+    Build it from parts (fine-tuning), or give sizes for a new network whose
+    vocabulary is learned from the training texts at the first `fit`:
+
+        TextClassifier(backbone=TextEncoder.from_preset(name).backbone,
+                       preprocessor=..., labels=["neg", "pos"])
+        TextClassifier(labels=["neg", "pos"], sequence_length=64, num_layers=2)
+
+    `TextClassifier.from_preset` loads a classifier preset, or puts a fresh
+    head on a text body: a shipped one, a zoo preset folder, a keras-hub
+    preset, or a Hugging Face BERT or DistilBERT checkpoint.
 
     Args:
+        backbone: a `TextBackbone` (or its config); None builds one from
+            the sizes below.
+        preprocessor: a `TextPreprocessor` (or its config); None builds one
+            from `vocabulary` and `sequence_length`.
         num_classes: number of classes; defaults to `len(labels)`.
         labels: class names, stored with the model and returned by the export.
-        vocabulary: WordPiece vocabulary (list of tokens, starting with
-            `[PAD] [UNK] [CLS] [SEP]`); when `None` it is learned from the
-            training texts at the first `fit` (or by `adapt`).
-        vocabulary_size: size of the learned vocabulary and of the embedding.
-        sequence_length: tokens per text, `[CLS]`/`[SEP]` included; longer
-            texts are truncated.
-        hidden_dim, num_layers, num_heads, intermediate_dim, dropout: sizes.
-        attention: `"multi_head"`, `"local_window"`, `"additive"` or
-            `"self_attention"`.
-        window_size: band half-width for `"local_window"`.
-        embedding_norm: layer-normalize the embeddings before the first
-            block, as BERT does (the pretrained body does).
-        normalize_first: pre-norm blocks (layer norm before attention and
-            feed-forward) and a layer norm after the last one.
+        pooling: `"mean"` (masked mean of the hidden states) or `"first"`
+            (the first token, through the backbone's pooler if it has one).
+        dropout: before the head; for a new network, in the blocks too.
+        vocabulary: WordPiece vocabulary of a new preprocessor (None: learned
+            at the first `fit`, or by `adapt`).
+        vocabulary_size, sequence_length, hidden_dim, num_layers, num_heads,
+            intermediate_dim, attention, window_size, global_tokens,
+            embedding_norm, normalize_first: sizes of a new network (`FROM_SCRATCH_SIZES`);
+            `sequence_length` also sets a new preprocessor's.
+
+    Call arguments:
+        token_ids: `(B, T)` int32 token ids from the preprocessor.
+        training: whether dropout is active.
+
+    Returns:
+        `(B, num_classes)` float32 logits.
 
     Example:
 
@@ -57,66 +86,65 @@ class TextClassifier(TextBody, ClassifierModel):
     """
 
     groups_by_length = True
-
     raw_input_spec = tf.TensorSpec((), tf.string)
     kind = KIND
     presets_dir = PRESETS_DIR
-    # A longer `sequence_length` extends the position embeddings (copies of
-    # the learned ones); `local_window` attention has the weights of
-    # `multi_head`, so a body pretrained with one fine-tunes with the other.
-    adjustable_at_load = ("dropout", "num_classes", "sequence_length", "attention", "window_size")
+    adjustable_at_load = ADJUSTABLE
 
-    def __init__(self, num_classes=None, labels=None, vocabulary=None,
-                 vocabulary_size=8000, sequence_length=128, hidden_dim=128,
-                 num_layers=2, num_heads=4, intermediate_dim=256,
-                 attention="multi_head", window_size=None, dropout=0.1,
-                 embedding_norm=False, normalize_first=False, **kwargs):
-        super().__init__(num_classes, labels, **kwargs)
-        self.build_body(vocabulary_size, sequence_length, hidden_dim, num_layers,
-                        num_heads, intermediate_dim, attention, window_size, dropout,
-                        embedding_norm, normalize_first)
-        self.pooling = keras.layers.GlobalAveragePooling1D(name="pooling")
-        self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
+    def __init__(self, backbone=None, preprocessor=None, *, num_classes=None, labels=None,
+                 pooling="mean", dropout=None, vocabulary=None, **sizes):
+        if pooling not in POOLINGS:
+            raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+        unknown = set(sizes) - set(FROM_SCRATCH_SIZES)
+        if unknown:
+            raise TypeError(f"Unknown arguments {sorted(unknown)}; a new network takes "
+                            f"{sorted(FROM_SCRATCH_SIZES)}.")
+        if isinstance(backbone, TextBackbone) and sizes:
+            raise ValueError(f"Give either a backbone or the sizes of a new one, not both. "
+                             f"Received a backbone and {sorted(sizes)}.")
+        super().__init__(num_classes, labels)
+        new = {**FROM_SCRATCH_SIZES, **sizes}
+        sequence_length = new.pop("sequence_length")
+        backbone, preprocessor = bodies.body_parts(
+            backbone, preprocessor, vocabulary, sequence_length,
+            dropout=0.1 if dropout is None else dropout, **new)
+        if backbone.pooler is not None:
+            # Trained only when read: mean pooling leaves it without gradients.
+            backbone.pooler.trainable = pooling == "first"
+        self.backbone = backbone
+        # Plain attributes: the preprocessor holds no weights, and a learned
+        # vocabulary replaces its tokenizer after the network is built.
+        self._set_untracked(preprocessor=preprocessor)
+        self.pooling = pooling
+        self.dropout = backbone.dropout if dropout is None else dropout
+        self.pool = keras.layers.GlobalAveragePooling1D(name="pooling")
+        self.head_dropout = keras.layers.Dropout(self.dropout, name="head_dropout")
         self.head = keras.layers.Dense(self.num_classes, dtype="float32", name=HEAD_NAME)
-        if vocabulary is not None:
-            self.set_vocabulary(vocabulary)
         # Calling the network once creates every weight, so presets and
         # checkpoints load into a complete model.
-        self(np.zeros((1, sequence_length), "int32"))
+        self(np.zeros((1, min(8, backbone.max_sequence_length)), "int32"))
 
     # Tokenization.
 
+    @property
+    def vocabulary(self):
+        return self.preprocessor.vocabulary
+
+    @property
+    def tokenizer(self):
+        return self.preprocessor.tokenizer
+
+    @property
+    def sequence_length(self):
+        return self.preprocessor.sequence_length
+
     def adapt(self, texts):
         """Learns the WordPiece vocabulary from `texts`."""
-        self.learn_vocabulary(self.raw_array(texts).tolist())
+        self.preprocessor.learn(self.raw_array(texts).tolist(), self.backbone.vocabulary_size)
 
     def preprocess(self, texts):
-        """`(B,)` strings -> `(B, T)` int32 token ids, `[CLS]` first and
-        `[SEP]` last, padded with 0 to the longest text of the batch
-        (rounded up to a multiple of 8).
-
-        `T <= sequence_length`: texts longer than `sequence_length - 2`
-        tokens are truncated. Padding to the batch rather than to
-        `sequence_length` changes no prediction (padding is masked) and
-        makes a step cost what its texts hold. Invalid UTF-8 is replaced by
-        U+FFFD rather than failing the batch.
-        """
-        self.check_vocabulary()
-        if tf.executing_eagerly():
-            return self.in_graph(self.preprocess, texts)
-        tokens = self.tokenizer(valid_utf8(texts))[:, :self.sequence_length - 2]
-        rows = tokens.nrows()
-        ids = tf.concat([
-            tf.fill([rows, 1], self.start_id), tokens,
-            tf.fill([rows, 1], self.end_id),
-        ], axis=1)
-        # To a multiple of 8: few distinct shapes, so a compiled (XLA) step
-        # is compiled a few times, not once per length.
-        longest = tf.reduce_max(ids.row_lengths())
-        length = tf.minimum((longest + 7) // 8 * 8, self.sequence_length)
-        if self.static_shapes:  # a TPU compiles one shape
-            length = tf.constant(self.sequence_length, longest.dtype)
-        return ids.to_tensor(0, shape=tf.stack([rows, tf.cast(length, rows.dtype)]))
+        """`(B,)` strings -> `(B, T)` int32 token ids (see `TextPreprocessor`)."""
+        return self.preprocessor(texts, static_shapes=self.static_shapes)
 
     def raw_array(self, x):
         return text_array(x)
@@ -140,14 +168,18 @@ class TextClassifier(TextBody, ClassifierModel):
         return "int32"
 
     def call(self, token_ids, training=None):
-        x = self.pooling(self.encode(token_ids, training=training))
-        return self.head(self.head_dropout(x, training=training))
+        outputs = self.backbone(token_ids, training=training)
+        if self.pooling == "first":
+            pooled = outputs.get("pooled_output", outputs["sequence_output"][:, 0])
+        else:
+            pooled = self.pool(outputs["sequence_output"], mask=token_ids != 0)
+        return self.head(self.head_dropout(pooled, training=training))
 
     def attention_maps(self, inputs, targets=None):
         ids = self.preprocess(tf.constant(self.raw_array(inputs)))
         mask = ids != 0
-        x, maps = self.embed(ids), []
-        for number, block in enumerate(self.blocks, 1):
+        x, maps = self.backbone.embed(ids), []
+        for number, block in enumerate(self.backbone.blocks, 1):
             weights = block.attention_scores(x, padding_mask=mask)
             maps.append((f"block {number}", np.asarray(weights), mask.numpy()[:, None, None, :],
                          mask.numpy()))
@@ -166,57 +198,106 @@ class TextClassifier(TextBody, ClassifierModel):
     # Configuration, presets and export.
 
     def architecture(self):
-        return {"num_classes": self.num_classes, **self.body_architecture()}
+        return {"num_classes": self.num_classes, "pooling": self.pooling, "dropout": self.dropout,
+                "backbone": self.backbone.architecture(),
+                "preprocessor": self.preprocessor.get_config()}
+
+    def preset_assets(self):
+        return {"vocabulary": self.vocabulary}
 
     def write_assets(self):
-        return {**super().write_assets(), **self.vocabulary_asset()}
+        return {**super().write_assets(), **bodies.vocabulary_asset(self.preprocessor)}
+
+    @classmethod
+    def assets_from_preset(cls, loaded):
+        return {"vocabulary": bodies.read_vocabulary(loaded)}
 
     @classmethod
     def all_presets(cls):
-        """The shipped classifier presets and the shipped text bodies
-        (`TextEncoder.presets`), which `from_preset` also loads."""
-        return {**shipped_presets(PRESETS_DIR), **TextEncoder.presets}
+        """The shipped classifier presets and the text bodies `from_preset`
+        also takes by name (`zoo.text_classifier.bodies.named_bodies`)."""
+        return {**shipped_presets(PRESETS_DIR), **bodies.named_bodies()}
 
     @classmethod
     def is_body_preset(cls, preset):
-        """Whether `preset` (a name or folder) is a pretrained text body."""
-        return preset_kind(resolve(preset, cls.all_presets())) == ENCODER_KIND
+        """Whether `preset` is a text body (no classifier head): a shipped or
+        zoo body, a keras-hub preset or a Hugging Face checkpoint."""
+        if isinstance(preset, str) and preset in shipped_presets(PRESETS_DIR):
+            return False
+        folder = Path(str(preset))
+        return not (folder.is_dir() and preset_kind(folder) == KIND)
 
     @classmethod
     def from_preset(cls, preset, num_classes=None, labels=None, **overrides):
-        """Loads a classifier preset, or puts a fresh head on a pretrained
-        text body (a `TextEncoder` preset such as `"english_body_small"`).
+        """Loads a classifier preset, or puts a fresh head on a text body.
 
-        For a body, `labels` (or `num_classes`) is required, and dropout is
-        `FINE_TUNING_DROPOUT` (BERT's 0.1, whatever dropout the body was
-        pretrained with) unless given. For both,
-        `overrides` may change `dropout`, `sequence_length` (a longer one
-        extends the learned position embeddings by copying them end to end,
-        see `tiled_positions`), `attention` and `window_size` (between
-        `"multi_head"` and `"local_window"`, which share their weights).
+        Args:
+            preset: a shipped classifier preset (`presets`), a shipped or
+                packaged body (`all_presets()`), a zoo preset folder, a
+                keras-hub preset (folder or `kaggle://` handle) or a Hugging
+                Face checkpoint (folder or `hf://` handle).
+            num_classes, labels: the classes. Required for a body; for a
+                classifier preset, other classes give a fresh head.
+            **overrides: any of `ADJUSTABLE`. A `sequence_length` other
+                than the backbone's positions cuts them or tiles them end to
+                end (`tiled_positions`); `attention` and `window_size` move
+                between `"multi_head"` and `"local_window"`, which share
+                their weights, and `global_tokens=1` gives `[CLS]` global
+                attention (a Longformer-style reader of documents far longer
+                than the checkpoint's positions); `dropout` defaults to
+                `FINE_TUNING_DROPOUT` for a body.
         """
+        unknown = set(overrides) - set(ADJUSTABLE)
+        if unknown:
+            raise ValueError(
+                f"Cannot change {sorted(unknown)} of a pretrained network: they shape its "
+                f"weights. Only {list(ADJUSTABLE)} may be given.")
         if not cls.is_body_preset(preset):
-            return super().from_preset(preset, num_classes=num_classes, labels=labels, **overrides)
+            return cls._from_classifier_preset(preset, num_classes, labels, overrides)
+        bodies.check_body_kind(preset)
         if labels is None and num_classes is None:
             raise ValueError(
-                f"{preset!r} is a pretrained text body without a classifier head: "
+                f"'{preset}' is a pretrained text body without a classifier head: "
                 "give the classes, e.g. `labels=['negative', 'positive']` or `num_classes=2`."
             )
-        encoder = TextEncoder.from_preset(preset)
-        config = {**encoder.body_architecture(), "dropout": FINE_TUNING_DROPOUT}
-        cls.check_overrides(config, overrides)
-        model = cls(num_classes=num_classes, labels=labels, vocabulary=encoder.vocabulary,
-                    **{**config, **overrides})
-        model.transfer_weights(encoder, same_head=False)
+        backbone, preprocessor = bodies.load_body(preset)
+        return cls._fine_tuned(backbone, preprocessor, num_classes, labels,
+                               {"dropout": FINE_TUNING_DROPOUT, **overrides})
+
+    @classmethod
+    def _from_classifier_preset(cls, preset, num_classes, labels, overrides):
+        loaded = cls.load_verified_preset(preset)
+        preset_labels = cls.preset_labels(loaded)
+        pretrained = cls.with_preset_weights(
+            loaded, **{**loaded.config, "labels": preset_labels}, **cls.assets_from_preset(loaded))
+        wanted = len(labels) if labels is not None else (num_classes or pretrained.num_classes)
+        same_head = wanted == pretrained.num_classes and (
+            labels is None or [str(v) for v in labels] == preset_labels)
+        if same_head and not overrides:
+            return pretrained
+        if same_head and labels is None:
+            labels = preset_labels
+        overrides = {"pooling": pretrained.pooling, "dropout": pretrained.dropout, **overrides}
+        model = cls._fine_tuned(pretrained.backbone, pretrained.preprocessor,
+                                None if labels else wanted, labels, overrides)
+        if same_head:
+            model.head.set_weights(pretrained.head.get_weights())
         return model
 
-    def transfer_layer(self, source, target):
-        if target is self.embedding and source.sequence_length != target.sequence_length:
-            target.token_embedding.set_weights(source.token_embedding.get_weights())
-            target.position_embedding.position_embeddings.assign(tiled_positions(
-                source.position_embedding.position_embeddings, target.sequence_length))
-            return
-        super().transfer_layer(source, target)
+    @classmethod
+    def _fine_tuned(cls, backbone, preprocessor, num_classes, labels, overrides):
+        """A classifier on a pretrained `backbone` and `preprocessor`, with the
+        `overrides` applied and a fresh head."""
+        overrides = dict(overrides)
+        pooling = overrides.pop("pooling", "mean")
+        dropout = overrides.pop("dropout")
+        sequence_length = overrides.pop("sequence_length", None)
+        if sequence_length is not None:
+            preprocessor = preprocessor.with_sequence_length(sequence_length)
+            overrides["max_sequence_length"] = sequence_length
+        backbone = backbone.with_changes(dropout=dropout, **overrides)
+        return cls(backbone=backbone, preprocessor=preprocessor, num_classes=num_classes,
+                   labels=labels, pooling=pooling, dropout=dropout)
 
     def export(self, folder, version=None):
         """Exports a TF Serving SavedModel to `folder/<version>/`.

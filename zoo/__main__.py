@@ -230,8 +230,8 @@ def _parser():
         f"{name}: {entry.data_help}" for name, entry in MODELS.items()))
     train.add_argument("--out", required=True, help="output folder")
     train.add_argument("--preset", help="shipped preset name or preset folder to fine-tune; "
-                       "text-classifier also takes a keras-hub preset or a Hugging Face BERT or "
-                       "DistilBERT checkpoint (folder, kaggle:// or hf://), by default the MiniLM "
+                       "text-classifier also takes a keras-hub preset or a Hugging Face BERT, "
+                       "DistilBERT or RoBERTa checkpoint (folder, kaggle:// or hf://), by default the MiniLM "
                        "checkpoint all_minilm_l6_v2 (else the shipped body english_body_small)")
     train.add_argument("--from-scratch", action="store_true", default=None,
                        help="text-classifier: train a new network instead of fine-tuning the "
@@ -306,7 +306,8 @@ def _parser():
     export.set_defaults(run=_export)
 
     convert = commands.add_parser(
-        "convert", help="convert a BERT or DistilBERT checkpoint into a checksummed zoo preset")
+        "convert", help="convert a BERT, DistilBERT or RoBERTa checkpoint into a checksummed zoo "
+        "preset")
     convert.add_argument("handle", help="keras-hub preset or Hugging Face checkpoint: a folder, "
                          "kaggle://... or hf://..., or all_minilm_l6_v2 (the installed package)")
     convert.add_argument("--to", required=True, help="preset folder to write")

@@ -21,6 +21,7 @@ from zoo.text_classifier.preprocessor import TextPreprocessor
 
 BACKBONE_KIND = "text_backbone"
 VOCABULARY_FILE = "vocabulary.txt"
+MERGES_FILE = "merges.txt"
 # Checkpoints that pip packages carry in Hugging Face layout: name ->
 # (pip distribution, its top-level package, the zip inside it, upstream
 # name, licence). Read from the installed files; the package is never
@@ -31,7 +32,7 @@ PACKAGED_CHECKPOINTS = {
 }
 
 
-def body_parts(backbone, preprocessor, vocabulary, sequence_length, **sizes):
+def body_parts(backbone, preprocessor, vocabulary, sequence_length, merges=None, **sizes):
     """`(TextBackbone, TextPreprocessor)` of a task from what its constructor
     was given: each part as an object, as its config (a preset's), or None
     for a new one (`sizes` and `sequence_length` for the backbone,
@@ -43,7 +44,7 @@ def body_parts(backbone, preprocessor, vocabulary, sequence_length, **sizes):
     if preprocessor is None:
         preprocessor = TextPreprocessor(vocabulary, sequence_length=sequence_length)
     elif isinstance(preprocessor, dict):
-        preprocessor = TextPreprocessor(vocabulary, **preprocessor)
+        preprocessor = TextPreprocessor(vocabulary, merges=merges, **preprocessor)
     elif vocabulary is not None:
         raise ValueError("Give the vocabulary in the preprocessor, not beside it.")
     if preprocessor.vocabulary is not None and \
@@ -54,15 +55,34 @@ def body_parts(backbone, preprocessor, vocabulary, sequence_length, **sizes):
 
 
 def vocabulary_asset(preprocessor):
-    """`{file name: text}` of the preprocessor's vocabulary, for a preset's assets."""
+    """`{file name: text}` of the preprocessor's vocabulary (and byte-pair
+    merges), for a preset's assets."""
     if preprocessor.vocabulary is None:
         raise ValueError("The model has no vocabulary yet; fit or adapt it first.")
-    return {VOCABULARY_FILE: "\n".join(preprocessor.vocabulary) + "\n"}
+    assets = {VOCABULARY_FILE: "\n".join(preprocessor.vocabulary) + "\n"}
+    if preprocessor.merges is not None:
+        assets[MERGES_FILE] = "\n".join(preprocessor.merges) + "\n"
+    return assets
+
+
+def preprocessor_assets(preprocessor):
+    """The constructor arguments a preset keeps as assets: vocabulary, merges."""
+    assets = {"vocabulary": preprocessor.vocabulary}
+    if preprocessor.merges is not None:
+        assets["merges"] = preprocessor.merges
+    return assets
 
 
 def read_vocabulary(loaded):
-    """The vocabulary of a verified preset (`zoo.presets.Preset`)."""
-    return loaded.asset(VOCABULARY_FILE).read_text(encoding="utf-8").split("\n")[:-1]
+    """`{"vocabulary": [...]}`, with `"merges"` for a byte-pair tokenizer,
+    from a verified preset (`zoo.presets.Preset`)."""
+    def lines(name):
+        return loaded.asset(name).read_text(encoding="utf-8").split("\n")[:-1]
+
+    assets = {"vocabulary": lines(VOCABULARY_FILE)}
+    if loaded.asset(MERGES_FILE).is_file():
+        assets["merges"] = lines(MERGES_FILE)
+    return assets
 
 
 def packaged_checkpoint_zip(name):
@@ -142,7 +162,7 @@ def load_backbone_preset(folder):
     loaded = preset_io.load_preset(folder, BACKBONE_KIND)
     try:
         backbone = TextBackbone.from_config(loaded.config["backbone"])
-        preprocessor = TextPreprocessor(read_vocabulary(loaded), **loaded.config["preprocessor"])
+        preprocessor = TextPreprocessor(**read_vocabulary(loaded), **loaded.config["preprocessor"])
     except (KeyError, TypeError) as error:
         raise ValueError(f"{folder}/{preset_io.CONFIG_FILE} is not a text backbone's "
                          f"configuration: {error}") from None

@@ -13,6 +13,12 @@ Mapping, per keras-hub backbone:
   embedding layer norm, a pooler. The type-0 segment row is added to every
   position row (one segment: exact), so the zoo backbone has no type input.
 - `DistilBertBackbone`: the same without segments or pooler.
+- `RobertaBackbone`: as DistilBERT, with byte-level byte-pair tokens
+  (`vocab.json` and `merges.txt`, or `tokenizer.json`) whose `<pad>` (id 1)
+  moves to id 0, swapped with `<s>`. keras-hub drops the two positions
+  RoBERTa reserves; its Hugging Face converter leaves out the type-0 row
+  that RoBERTa adds to every embedding, which this module adds to the
+  positions (read with keras-hub's `SafetensorLoader`).
 
 `hidden_act` and `layer_norm_eps` come from a Hugging Face `config.json`
 (MiniLM's `"gelu"` is the exact, erf GELU). keras-hub's `BertBackbone` itself
@@ -32,7 +38,9 @@ from zoo.text_classifier.backbone import TextBackbone
 from zoo.text_classifier.preprocessor import TextPreprocessor
 
 HUB_SCHEMES = ("hf://", "kaggle://", "modelscope://", "gs://")
-SUPPORTED = {"BertBackbone": "BERT", "DistilBertBackbone": "DistilBERT"}
+SUPPORTED = {"BertBackbone": "BERT", "DistilBertBackbone": "DistilBERT",
+             "RobertaBackbone": "RoBERTa"}
+HF_MODEL_TYPES = ("bert", "distilbert", "roberta")
 # Hugging Face `hidden_act` -> `TextBackbone(activation=...)`.
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate",
                   "gelu_pytorch_tanh": "gelu_approximate", "relu": "relu"}
@@ -56,7 +64,6 @@ def load_checkpoint(handle):
         ValueError: naming what is missing or unsupported.
     """
     import keras_hub
-    from keras_hub.src.utils import preset_utils
 
     handle = str(handle)
     config = _read_json(handle, "config.json", required=True)
@@ -80,8 +87,10 @@ def load_checkpoint(handle):
     backbone_config, weights = _MAPPINGS[architecture](hub_backbone)
     if hugging_face:
         backbone_config.update(_hugging_face_settings(handle, config))
-    vocabulary, tokenizer_config = (_hugging_face_tokenizer(handle) if hugging_face
-                                    else _keras_hub_tokenizer(handle, preset_utils))
+        if config["model_type"] == "roberta":
+            weights["position"] = weights["position"] + _roberta_type_row(handle)
+    vocabulary, tokenizer_config = (_hugging_face_tokenizer(handle, config["model_type"])
+                                    if hugging_face else _keras_hub_tokenizer(handle))
     vocabulary, weights["token"] = _padding_first(
         vocabulary, weights["token"], tokenizer_config["pad_token"])
     sequence_length = min(backbone_config["max_sequence_length"], DEFAULT_SEQUENCE_LENGTH)
@@ -148,16 +157,18 @@ def _read_json(handle, name, required=False):
 def _check_hugging_face_files(handle, config):
     from keras_hub.src.utils import preset_utils
 
-    if config["model_type"] not in ("bert", "distilbert"):
+    if config["model_type"] not in HF_MODEL_TYPES:
         raise ValueError(f"{handle} holds a Hugging Face {config['model_type']!r} checkpoint; "
-                         "the zoo converts 'bert' and 'distilbert'.")
+                         f"the zoo converts {', '.join(map(repr, HF_MODEL_TYPES))}.")
     if not preset_utils.check_file_exists(handle, "model.safetensors"):
         also = (" (it has pytorch_model.bin, which keras-hub does not read)"
                 if preset_utils.check_file_exists(handle, "pytorch_model.bin") else "")
         raise ValueError(f"{handle} holds no model.safetensors{also}.")
-    if not any(preset_utils.check_file_exists(handle, name)
-               for name in ("vocab.txt", "tokenizer.json")):
-        raise ValueError(f"{handle} holds neither vocab.txt nor tokenizer.json: "
+    files = (("vocab.json", "merges.txt") if config["model_type"] == "roberta"
+             else ("vocab.txt",))
+    if not (all(preset_utils.check_file_exists(handle, name) for name in files)
+            or preset_utils.check_file_exists(handle, "tokenizer.json")):
+        raise ValueError(f"{handle} holds neither {' and '.join(files)} nor tokenizer.json: "
                          "the tokenizer's vocabulary is missing.")
 
 
@@ -175,12 +186,55 @@ def _special_token(config, name, default):
     return token.get("content", default) if isinstance(token, dict) else (token or default)
 
 
-def _hugging_face_tokenizer(handle):
-    """`(vocabulary, preprocessor settings)` from `vocab.txt` or `tokenizer.json`
-    and `tokenizer_config.json`."""
+def _roberta_type_row(handle):
+    from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
+
+    with SafetensorLoader(handle) as loader:
+        try:
+            return np.asarray(loader.get_tensor("embeddings.token_type_embeddings.weight"))[0]
+        except Exception:  # older RoBERTa checkpoints have no type embedding
+            return 0.0
+
+
+def _ids_in_order(mapping, where):
+    """A `{token: id}` map -> the tokens in id order, ids 0..n-1 checked."""
+    ids = sorted(mapping.items(), key=lambda item: item[1])
+    if [i for _, i in ids] != list(range(len(ids))):
+        raise ValueError(f"{where}: the vocabulary ids are not 0..{len(ids) - 1}.")
+    return [token for token, _ in ids]
+
+
+def _hugging_face_byte_pair(handle, settings):
+    from keras_hub.src.utils import preset_utils
+
+    if preset_utils.check_file_exists(handle, "vocab.json"):
+        vocabulary = _ids_in_order(_read_json(handle, "vocab.json"), f"{handle}/vocab.json")
+        text = Path(preset_utils.get_file(handle, "merges.txt")).read_text(encoding="utf-8")
+        merges = [line for line in text.splitlines() if line and not line.startswith("#version")]
+    else:
+        model = (_read_json(handle, "tokenizer.json") or {}).get("model") or {}
+        if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+            raise ValueError(f"{handle}/tokenizer.json holds a {model.get('type')!r} tokenizer; "
+                             "a RoBERTa checkpoint needs byte-pair (BPE) merges.")
+        vocabulary = _ids_in_order(model["vocab"], f"{handle}/tokenizer.json")
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return vocabulary, {
+        "tokenizer": "byte_pair", "merges": merges,
+        "pad_token": _special_token(settings, "pad_token", "<pad>"),
+        "unknown_token": _special_token(settings, "unk_token", "<unk>"),
+        "start_token": _special_token(settings, "cls_token", "<s>"),
+        "end_token": _special_token(settings, "sep_token", "</s>"),
+    }
+
+
+def _hugging_face_tokenizer(handle, model_type):
+    """`(vocabulary, preprocessor settings)` from `vocab.txt`, `vocab.json` and
+    `merges.txt`, or `tokenizer.json`, and `tokenizer_config.json`."""
     from keras_hub.src.utils import preset_utils
 
     settings = _read_json(handle, "tokenizer_config.json") or {}
+    if model_type == "roberta":
+        return _hugging_face_byte_pair(handle, settings)
     normalizer = {}
     if preset_utils.check_file_exists(handle, "vocab.txt"):
         text = Path(preset_utils.get_file(handle, "vocab.txt")).read_text(encoding="utf-8")
@@ -191,10 +245,7 @@ def _hugging_face_tokenizer(handle):
         if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
             raise ValueError(f"{handle}/tokenizer.json holds a {model.get('type')!r} tokenizer; "
                              "the zoo reads WordPiece vocabularies.")
-        ids = sorted(model["vocab"].items(), key=lambda item: item[1])
-        if [i for _, i in ids] != list(range(len(ids))):
-            raise ValueError(f"{handle}/tokenizer.json: the vocabulary ids are not 0..{len(ids) - 1}.")
-        vocabulary = [token for token, _ in ids]
+        vocabulary = _ids_in_order(model["vocab"], f"{handle}/tokenizer.json")
         normalizer = tokenizer.get("normalizer") or {}
     lowercase = settings.get("do_lower_case", normalizer.get("lowercase", True))
     strip_accents = settings.get("strip_accents", normalizer.get("strip_accents"))
@@ -207,13 +258,21 @@ def _hugging_face_tokenizer(handle):
     }
 
 
-def _keras_hub_tokenizer(handle, preset_utils):
+def _keras_hub_tokenizer(handle):
     import keras_hub
 
     try:
         tokenizer = keras_hub.models.Tokenizer.from_preset(handle)
-    except (FileNotFoundError, OSError, KeyError, ValueError) as error:
+    except (FileNotFoundError, OSError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"keras-hub cannot read the tokenizer of {handle}: {error}") from None
+    if isinstance(tokenizer, keras_hub.tokenizers.BytePairTokenizer):
+        vocabulary = _ids_in_order(tokenizer.vocabulary, f"{handle} (its tokenizer)")
+        unknown = "<unk>" if "<unk>" in vocabulary else tokenizer.pad_token
+        return vocabulary, {
+            "tokenizer": "byte_pair", "merges": list(tokenizer.merges),
+            "pad_token": tokenizer.pad_token, "unknown_token": unknown,
+            "start_token": tokenizer.start_token, "end_token": tokenizer.end_token,
+        }
     return list(tokenizer.get_vocabulary()), {
         "lowercase": tokenizer.lowercase, "strip_accents": tokenizer.strip_accents,
         "pad_token": tokenizer.pad_token, "unknown_token": tokenizer.oov_token,
@@ -285,7 +344,21 @@ def _distil_bert(hub_backbone):
     }
 
 
-_MAPPINGS = {"BertBackbone": _bert, "DistilBertBackbone": _distil_bert}
+def _roberta(hub_backbone):
+    embedding = hub_backbone.embeddings
+    positions = np.asarray(embedding.position_embedding.position_embeddings)
+    config = {**_shared_config(hub_backbone, len(positions)), "activation": "gelu",
+              "layer_norm_epsilon": 1e-5}
+    return config, {
+        "token": np.asarray(embedding.token_embedding.embeddings),
+        "position": positions,
+        "embedding_norm": hub_backbone.embeddings_layer_norm.get_weights(),
+        "blocks": _encoder_weights(hub_backbone),
+    }
+
+
+_MAPPINGS = {"BertBackbone": _bert, "DistilBertBackbone": _distil_bert,
+             "RobertaBackbone": _roberta}
 
 
 def _assign(backbone, weights, handle):

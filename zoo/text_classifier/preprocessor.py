@@ -8,13 +8,15 @@ from zoo.pipeline import learn_word_piece_vocabulary, valid_utf8
 # The tokens a learned vocabulary starts with; a checkpoint's are found by name.
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 SPECIAL_TOKEN_ARGUMENTS = ("pad_token", "unknown_token", "start_token", "end_token")
+TOKENIZERS = ("word_piece", "byte_pair")
 
 
 class TextPreprocessor:
     """Raw strings -> `(B, T)` int32 token ids for a `TextBackbone`.
 
-    WordPiece tokenization by keras-hub's `WordPieceTokenizer` on
-    tensorflow-text ops (so the exported SavedModel tokenizes too), then
+    WordPiece tokenization by keras-hub's `WordPieceTokenizer`, or byte-level
+    byte-pair encoding by its `BytePairTokenizer` (RoBERTa's), on TensorFlow
+    and tensorflow-text ops (so the exported SavedModel tokenizes too), then
     `start_token ... end_token`, truncated to `sequence_length` and padded
     with the padding token's id, which must be 0 (the backbone masks id 0;
     `zoo.text_classifier.convert` reorders a checkpoint's vocabulary when
@@ -27,13 +29,16 @@ class TextPreprocessor:
     hold. With `static_shapes` (a TPU) every batch has `sequence_length`.
 
     Args:
-        vocabulary: the WordPiece vocabulary (a list of tokens), or None
+        vocabulary: the vocabulary (a list of tokens, in id order), or None
             until `learn` is called.
         sequence_length: tokens per text, start and end tokens included.
         lowercase: lowercase the text first.
         strip_accents: remove accents; defaults to `lowercase` (as BERT's
             uncased tokenizer does).
         pad_token, unknown_token, start_token, end_token: special tokens.
+        tokenizer: `"word_piece"` or `"byte_pair"` (which needs `merges`
+            and ignores `lowercase` and `strip_accents`).
+        merges: the byte-pair merge rules, `"a b"` strings by rank.
 
     Call arguments:
         texts: `(B,)` tf.string tensor, or a list of strings.
@@ -52,12 +57,16 @@ class TextPreprocessor:
 
     def __init__(self, vocabulary=None, sequence_length=128, lowercase=True, strip_accents=None,
                  pad_token="[PAD]", unknown_token="[UNK]", start_token="[CLS]",
-                 end_token="[SEP]"):
+                 end_token="[SEP]", tokenizer="word_piece", merges=None):
         if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) \
                 or sequence_length < 3:
             raise ValueError("`sequence_length` must be an int >= 3 (start, a token, end). "
                              f"Received: sequence_length={sequence_length!r}")
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"`tokenizer` must be one of {TOKENIZERS}. "
+                             f"Received: tokenizer={tokenizer!r}")
         self.sequence_length = sequence_length
+        self.kind = tokenizer
         self.lowercase = bool(lowercase)
         self.strip_accents = self.lowercase if strip_accents is None else bool(strip_accents)
         self.pad_token = pad_token
@@ -65,12 +74,13 @@ class TextPreprocessor:
         self.start_token = start_token
         self.end_token = end_token
         self.vocabulary = None
+        self.merges = None
         self.tokenizer = None
         self._graph_functions = None
         if vocabulary is not None:
-            self.set_vocabulary(vocabulary)
+            self.set_vocabulary(vocabulary, merges)
 
-    def set_vocabulary(self, vocabulary):
+    def set_vocabulary(self, vocabulary, merges=None):
         vocabulary = [str(token) for token in vocabulary]
         if not vocabulary:
             raise ValueError("The vocabulary is empty.")
@@ -84,13 +94,23 @@ class TextPreprocessor:
         if vocabulary.index(self.pad_token) != 0:
             raise ValueError(f"The padding token {self.pad_token!r} must be id 0 (the backbone masks "
                              f"id 0). Received it at id {vocabulary.index(self.pad_token)}.")
+        if (self.kind == "byte_pair") != (merges is not None):
+            raise ValueError(f"A {self.kind} tokenizer takes merges only with byte_pair. "
+                             f"Received {'no' if merges is None else len(merges)} merges.")
         self.vocabulary = vocabulary
-        self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
-            vocabulary=vocabulary, lowercase=self.lowercase, strip_accents=self.strip_accents,
-            oov_token=self.unknown_token, dtype="int32",
-            # The TF path everywhere, eager included: ragged tensors out.
-            _allow_python_workflow=False,
-        )
+        self.merges = None if merges is None else [str(merge) for merge in merges]
+        # The TF path everywhere, eager included: ragged tensors out.
+        if self.kind == "byte_pair":
+            self.tokenizer = keras_hub.tokenizers.BytePairTokenizer(
+                vocabulary={token: i for i, token in enumerate(vocabulary)},
+                merges=self.merges, dtype="int32",
+                unsplittable_tokens=[getattr(self, name) for name in SPECIAL_TOKEN_ARGUMENTS],
+                _allow_python_workflow=False)
+        else:
+            self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
+                vocabulary=vocabulary, lowercase=self.lowercase,
+                strip_accents=self.strip_accents, oov_token=self.unknown_token, dtype="int32",
+                _allow_python_workflow=False)
         self.start_id = vocabulary.index(self.start_token)
         self.end_id = vocabulary.index(self.end_token)
         self._graph_functions = None
@@ -98,6 +118,9 @@ class TextPreprocessor:
     def learn(self, texts, vocabulary_size, reserved_tokens=RESERVED_TOKENS):
         """Learns a WordPiece vocabulary of at most `vocabulary_size` tokens
         from `texts` (strings), `reserved_tokens` first."""
+        if self.kind != "word_piece":
+            raise ValueError("Only a WordPiece vocabulary is learned from texts; a byte-pair "
+                             "one comes with its checkpoint.")
         self.set_vocabulary(learn_word_piece_vocabulary(
             list(texts), vocabulary_size, reserved_tokens, lowercase=self.lowercase))
 
@@ -154,12 +177,13 @@ class TextPreprocessor:
         """This preprocessor with another `sequence_length`."""
         if sequence_length == self.sequence_length:
             return self
-        return type(self)(vocabulary=self.vocabulary,
+        return type(self)(vocabulary=self.vocabulary, merges=self.merges,
                           **{**self.get_config(), "sequence_length": sequence_length})
 
     def get_config(self):
-        """Everything but the vocabulary, which presets keep as an asset."""
+        """Everything but the vocabulary and merges, which presets keep as assets."""
         return {
+            "tokenizer": self.kind,
             "sequence_length": self.sequence_length,
             "lowercase": self.lowercase,
             "strip_accents": self.strip_accents,

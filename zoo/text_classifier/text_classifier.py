@@ -51,7 +51,7 @@ class TextClassifier(ClassifierModel):
 
     `TextClassifier.from_preset` loads a classifier preset, or puts a fresh
     head on a text body: a shipped one, a zoo preset folder, a keras-hub
-    preset, or a Hugging Face BERT or DistilBERT checkpoint.
+    preset, or a Hugging Face BERT, DistilBERT or RoBERTa checkpoint.
 
     Args:
         backbone: a `TextBackbone` (or its config); None builds one from
@@ -65,6 +65,8 @@ class TextClassifier(ClassifierModel):
         dropout: before the head; for a new network, in the blocks too.
         vocabulary: WordPiece vocabulary of a new preprocessor (None: learned
             at the first `fit`, or by `adapt`).
+        merges: byte-pair merges, with a preprocessor config that says
+            `tokenizer="byte_pair"` (a preset's).
         vocabulary_size, sequence_length, hidden_dim, num_layers, num_heads,
             intermediate_dim, attention, window_size, global_tokens,
             embedding_norm, normalize_first: sizes of a new network (`FROM_SCRATCH_SIZES`);
@@ -92,7 +94,7 @@ class TextClassifier(ClassifierModel):
     adjustable_at_load = ADJUSTABLE
 
     def __init__(self, backbone=None, preprocessor=None, *, num_classes=None, labels=None,
-                 pooling="mean", dropout=None, vocabulary=None, **sizes):
+                 pooling="mean", dropout=None, vocabulary=None, merges=None, **sizes):
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
         unknown = set(sizes) - set(FROM_SCRATCH_SIZES)
@@ -106,7 +108,7 @@ class TextClassifier(ClassifierModel):
         new = {**FROM_SCRATCH_SIZES, **sizes}
         sequence_length = new.pop("sequence_length")
         backbone, preprocessor = bodies.body_parts(
-            backbone, preprocessor, vocabulary, sequence_length,
+            backbone, preprocessor, vocabulary, sequence_length, merges,
             dropout=0.1 if dropout is None else dropout, **new)
         if backbone.pooler is not None:
             # Trained only when read: mean pooling leaves it without gradients.
@@ -203,14 +205,14 @@ class TextClassifier(ClassifierModel):
                 "preprocessor": self.preprocessor.get_config()}
 
     def preset_assets(self):
-        return {"vocabulary": self.vocabulary}
+        return bodies.preprocessor_assets(self.preprocessor)
 
     def write_assets(self):
         return {**super().write_assets(), **bodies.vocabulary_asset(self.preprocessor)}
 
     @classmethod
     def assets_from_preset(cls, loaded):
-        return {"vocabulary": bodies.read_vocabulary(loaded)}
+        return bodies.read_vocabulary(loaded)
 
     @classmethod
     def all_presets(cls):

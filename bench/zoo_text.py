@@ -163,8 +163,8 @@ def keras_hub_from_scratch(train, test, epochs=None):
     tokens = TextClassifier(labels=labels, **DEMO_ARCHITECTURE)
     tokens.adapt(train[0])
     packer = keras_hub.layers.StartEndPacker(
-        sequence_length=DEMO_ARCHITECTURE["sequence_length"], start_value=tokens.start_id,
-        end_value=tokens.end_id, pad_value=0, return_padding_mask=False,
+        sequence_length=DEMO_ARCHITECTURE["sequence_length"], start_value=tokens.preprocessor.start_id,
+        end_value=tokens.preprocessor.end_id, pad_value=0, return_padding_mask=False,
     )
 
     def batches(texts, targets, shuffle):
@@ -292,8 +292,8 @@ def raw_text_throughput(which, texts, labels, sequence_length, jit, repeats):
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
         packer = keras_hub.layers.StartEndPacker(
-            sequence_length=sequence_length, start_value=ours.start_id,
-            end_value=ours.end_id, pad_value=0, return_padding_mask=False,
+            sequence_length=sequence_length, start_value=ours.preprocessor.start_id,
+            end_value=ours.preprocessor.end_id, pad_value=0, return_padding_mask=False,
         )
         data = (tf.data.Dataset.from_tensor_slices((texts, labels))
                 .shuffle(len(texts), seed=0).batch(BATCH)

@@ -365,7 +365,7 @@ def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_
     gpt = tmp_path / "gpt"
     gpt.mkdir()
     (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    refused(gpt, "Hugging Face 'gpt2' checkpoint; the zoo converts 'bert' and 'distilbert'")
+    refused(gpt, "Hugging Face 'gpt2' checkpoint; the zoo converts 'bert', 'distilbert', 'roberta'")
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     shutil.copy(minilm_folder / "config.json", no_weights)

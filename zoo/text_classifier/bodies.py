@@ -123,11 +123,6 @@ def load_body(preset):
     if convert.is_hub_handle(preset):
         return convert.load_checkpoint(preset)
     folder = Path(str(preset))
-    if not folder.is_dir():
-        raise ValueError(
-            f"Unknown preset {str(preset)!r}: it is neither a shipped preset or body "
-            f"({sorted(named_bodies())}), nor an existing folder, nor an hf:// or kaggle:// "
-            "handle.")
     kind = check_body_kind(folder)
     if kind == TextEncoder.kind:
         encoder = TextEncoder.from_preset(folder)
@@ -139,11 +134,21 @@ def load_body(preset):
 
 def check_body_kind(preset):
     """The zoo preset kind of a folder that may hold a body (None for a
-    checkpoint); refuses a zoo preset of another model."""
+    checkpoint, a name or a handle); refuses what is no body: an unknown
+    name or missing folder, a zoo preset of another model."""
+    from zoo.text_classifier import convert
     from zoo.text_encoder.model import TextEncoder
 
+    if (isinstance(preset, str) and preset in {**PACKAGED_CHECKPOINTS, **TextEncoder.presets}
+            or convert.is_hub_handle(preset)):
+        return None
     folder = Path(str(preset))
-    kind = preset_io.preset_kind(folder) if folder.is_dir() else None
+    if not folder.is_dir():
+        raise ValueError(
+            f"Unknown preset {str(preset)!r}: it is neither a shipped preset or body "
+            f"({sorted(named_bodies())}), nor an existing folder, nor an hf:// or kaggle:// "
+            "handle.")
+    kind = preset_io.preset_kind(folder)
     if kind not in (None, TextEncoder.kind, BACKBONE_KIND):
         raise ValueError(f"{folder} is a {kind!r} preset; expected a 'text_classifier' preset or "
                          f"a text body ({TextEncoder.kind!r} or {BACKBONE_KIND!r}).")

@@ -377,6 +377,13 @@ def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_
         (no_vocabulary / name).symlink_to(minilm_folder / name)
     refused(no_vocabulary, "neither vocab.txt nor tokenizer.json")
     refused(tmp_path / "nowhere", "Unknown preset")
+    oversized = tmp_path / "oversized"
+    oversized.mkdir()
+    with open(oversized / "config.json", "wb") as handle:
+        handle.truncate(convert.MAX_TEXT_FILE_BYTES + 1)  # sparse: no disk used
+    refused(oversized, "config.json holds 67108865 bytes, more than")
+    (oversized / "config.json").write_text('{"model_type": "bert", ')
+    refused(oversized, "config.json is not valid JSON")
     refused(tmp_path, "holds no config.json")
     # A keras-hub preset of an architecture the zoo does not map, and one edited by hand.
     keras_hub.models.GPT2Backbone(vocabulary_size=16, num_layers=1, num_heads=2, hidden_dim=8,

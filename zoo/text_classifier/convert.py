@@ -48,6 +48,9 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate",
 MAX_ZIP_MEMBERS = 64
 MAX_ZIP_BYTES = 2 << 30
 MAX_ZIP_RATIO = 50
+# The largest configuration or tokenizer file read (BERT's tokenizer.json is
+# 0.5 MB, a 250k-token multilingual one about 20 MB).
+MAX_TEXT_FILE_BYTES = 64 << 20
 # Tokens of one text a converted preprocessor keeps unless the checkpoint says.
 DEFAULT_SEQUENCE_LENGTH = 512
 
@@ -140,18 +143,33 @@ def _check_members(zipped, archive):
         raise ValueError(f"{archive} unpacks to {total} bytes, more than {MAX_ZIP_BYTES}.")
 
 
-def _read_json(handle, name, required=False):
+def _read_text(handle, name):
+    """A checkpoint's text file, at most `MAX_TEXT_FILE_BYTES`."""
     from keras_hub.src.utils import preset_utils
 
     try:
-        if not preset_utils.check_file_exists(handle, name):
-            if required:
-                raise ValueError(f"{handle} holds no {name}: expected a keras-hub preset or a "
-                                 "Hugging Face checkpoint folder.")
-            return None
-        return json.loads(Path(preset_utils.get_file(handle, name)).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        path = Path(preset_utils.get_file(handle, name))
+        size = path.stat().st_size
+        if size > MAX_TEXT_FILE_BYTES:
+            raise ValueError(f"{handle}/{name} holds {size} bytes, more than the "
+                             f"{MAX_TEXT_FILE_BYTES} a configuration or vocabulary file may.")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{handle}/{name} cannot be read: {error}") from None
+
+
+def _read_json(handle, name, required=False):
+    from keras_hub.src.utils import preset_utils
+
+    if not preset_utils.check_file_exists(handle, name):
+        if required:
+            raise ValueError(f"{handle} holds no {name}: expected a keras-hub preset or a "
+                             "Hugging Face checkpoint folder.")
+        return None
+    try:
+        return json.loads(_read_text(handle, name))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{handle}/{name} is not valid JSON: {error}") from None
 
 
 def _check_hugging_face_files(handle, config):
@@ -209,7 +227,7 @@ def _hugging_face_byte_pair(handle, settings):
 
     if preset_utils.check_file_exists(handle, "vocab.json"):
         vocabulary = _ids_in_order(_read_json(handle, "vocab.json"), f"{handle}/vocab.json")
-        text = Path(preset_utils.get_file(handle, "merges.txt")).read_text(encoding="utf-8")
+        text = _read_text(handle, "merges.txt")
         merges = [line for line in text.splitlines() if line and not line.startswith("#version")]
     else:
         model = (_read_json(handle, "tokenizer.json") or {}).get("model") or {}
@@ -237,8 +255,7 @@ def _hugging_face_tokenizer(handle, model_type):
         return _hugging_face_byte_pair(handle, settings)
     normalizer = {}
     if preset_utils.check_file_exists(handle, "vocab.txt"):
-        text = Path(preset_utils.get_file(handle, "vocab.txt")).read_text(encoding="utf-8")
-        vocabulary = text.splitlines()
+        vocabulary = _read_text(handle, "vocab.txt").splitlines()
     else:
         tokenizer = _read_json(handle, "tokenizer.json")
         model = tokenizer.get("model") or {}

@@ -439,3 +439,25 @@ def test_command_line_converts_trains_predicts_evaluates_and_exports_from_checkp
         assert "accuracy" in capsys.readouterr().out
         assert main(["export", run, "--to", f"{run}/served"]) == 0
         assert (tmp_path / f"run_{name}" / "served" / "1" / "saved_model.pb").is_file()
+
+
+def test_a_converted_checkpoint_fine_tunes_over_two_replicas_as_on_one(hub_presets,
+                                                                       mirrored_strategy):
+    import keras
+
+    from zoo import TextClassifier
+
+    texts = ["a quick fox", "fox", "quick quick", "a fox a"] * 4
+    labels = ["a", "b", "a", "b"] * 4
+    losses = []
+    for strategy in (None, mirrored_strategy):
+        keras.utils.set_random_seed(0)
+        scope = strategy.scope() if strategy else keras.name_scope("one")
+        with scope:
+            model = TextClassifier.from_preset(hub_presets["roberta"][0], labels=["a", "b"],
+                                               dropout=0.0)
+            model.compile(optimizer=keras.optimizers.SGD(0.1))
+        history = model.fit(texts, labels, epochs=2, batch_size=8, shuffle=False, verbose=0)
+        losses.append(history.history["loss"])
+    assert mirrored_strategy.num_replicas_in_sync == 2
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)

@@ -23,6 +23,8 @@ tf.config.set_logical_device_configuration(
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# MiniLM, small keras-hub presets and Hugging Face folders (tests/checkpoint_fixtures.py).
+pytest_plugins = ["checkpoint_fixtures"]
 
 
 @pytest.fixture(scope="session")

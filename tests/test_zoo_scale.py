@@ -400,8 +400,8 @@ def test_tune_searches_and_keeps_the_best_trial_as_a_preset(reviews_csv, tmp_pat
     best = json.loads((tmp_path / "search" / "best.json").read_text())
     assert best["trial"] == rows[0]["trial"] and best["objective"] == "val_accuracy"
     model = TextClassifier.from_preset(tmp_path / "search" / "preset")
-    assert model.hidden_dim == int(rows[0]["hidden_dim"])
-    assert model.num_layers == int(rows[0]["num_layers"])
+    assert model.backbone.hidden_dim == int(rows[0]["hidden_dim"])
+    assert model.backbone.num_layers == int(rows[0]["num_layers"])
     trial_report = json.loads(
         (tmp_path / "search" / "trials" / best["trial"] / "report.json").read_text())
     assert trial_report["history"]["val_accuracy"][-1] == pytest.approx(best["val_accuracy"])

@@ -231,8 +231,9 @@ def _parser():
     train.add_argument("--out", required=True, help="output folder")
     train.add_argument("--preset", help="shipped preset name or preset folder to fine-tune; "
                        "text-classifier also takes a keras-hub preset or a Hugging Face BERT, "
-                       "DistilBERT or RoBERTa checkpoint (folder, kaggle:// or hf://), by default the MiniLM "
-                       "checkpoint all_minilm_l6_v2 (else the shipped body english_body_small)")
+                       "DistilBERT or RoBERTa checkpoint (folder, kaggle:// or hf://), by "
+                       "default the MiniLM checkpoint all_minilm_l6_v2 (else the shipped body "
+                       "english_body_small)")
     train.add_argument("--from-scratch", action="store_true", default=None,
                        help="text-classifier: train a new network instead of fine-tuning the "
                             "pretrained body")

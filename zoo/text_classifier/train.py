@@ -50,15 +50,16 @@ def fine_tuning_recipe(preset):
     """`FINE_TUNING` for our own bodies and presets, `CHECKPOINT_FINE_TUNING`
     for converted checkpoints."""
     from zoo.presets import preset_kind
-    from zoo.text_classifier.bodies import named_bodies
+    from zoo.text_classifier.bodies import PACKAGED_CHECKPOINTS
+    from zoo.text_classifier.convert import is_hub_handle
     from zoo.text_encoder.model import TextEncoder
 
     ours = set(TextEncoder.presets) | set(TextClassifier.presets)
     if isinstance(preset, str) and preset in ours:
         return FINE_TUNING
-    if isinstance(preset, str) and preset in named_bodies():
+    if (isinstance(preset, str) and preset in PACKAGED_CHECKPOINTS) or is_hub_handle(preset):
         return CHECKPOINT_FINE_TUNING
-    kind = preset_kind(preset) if not str(preset).startswith(("hf://", "kaggle://")) else None
+    kind = preset_kind(preset)
     return FINE_TUNING if kind in (TextEncoder.kind, TextClassifier.kind) else CHECKPOINT_FINE_TUNING
 
 

@@ -119,8 +119,10 @@ def tiny_image_classifier(digits_sample):
     keras.utils.set_random_seed(0)
     (images, labels), _ = digits_sample
     model = ImageClassifier(num_classes=10, **TINY_VIT)  # names come from the data
-    model.compile()
-    model.fit(images, labels, epochs=2, batch_size=64, verbose=0)
+    # Enough training to be right a third of the time: the tests compare
+    # predictions across input forms, which a near-constant model passes by luck.
+    model.compile(optimizer=keras.optimizers.AdamW(3e-3))
+    model.fit(images, labels, epochs=5, batch_size=64, verbose=0)
     return model
 
 

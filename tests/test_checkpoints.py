@@ -181,6 +181,7 @@ def test_keras_hub_presets_convert_to_equal_zoo_backbones(hub_presets, name):
 
 def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_folder, tmp_path):
     from zoo import TextClassifier
+    from zoo import checkpoint_files
     from zoo.text_classifier import bodies, convert
 
     def refused(folder, message):
@@ -205,7 +206,7 @@ def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_
     oversized = tmp_path / "oversized"
     oversized.mkdir()
     with open(oversized / "config.json", "wb") as handle:
-        handle.truncate(convert.MAX_TEXT_FILE_BYTES + 1)  # sparse: no disk used
+        handle.truncate(checkpoint_files.MAX_TEXT_FILE_BYTES + 1)  # sparse: no disk used
     refused(oversized, "config.json holds 67108865 bytes, more than")
     (oversized / "config.json").write_text('{"model_type": "bert", ')
     refused(oversized, "config.json is not valid JSON")

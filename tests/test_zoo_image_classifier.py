@@ -49,8 +49,8 @@ def test_grayscale_and_rgb_convert_both_ways(tiny_image_classifier, digits_sampl
     # A coloured image reaches a grayscale model as its luma.
     coloured = np.stack([gray, gray // 2, 255 - gray], axis=-1).astype("float64")
     luma = (coloured @ [0.299, 0.587, 0.114]) / 255
-    pixels = tiny_image_classifier.preprocess(tf.constant(coloured.astype("uint8"))).numpy()
-    np.testing.assert_allclose(pixels[..., 0], luma, atol=1e-6)
+    pixels = tiny_image_classifier.preprocessor.pixels(tf.constant(coloured.astype("uint8")))
+    np.testing.assert_allclose(pixels.numpy()[..., 0], luma, atol=1e-6)
     # An RGB model given grayscale sees it repeated over the channels, and
     # RGBA loses its alpha.
     model = ImageClassifier(num_classes=3, **{**TINY_VIT, "channels": 3})
@@ -66,9 +66,10 @@ def test_any_input_size_is_resized(tiny_image_classifier, digits_sample):
     mixed = [images[0], large[1], np.zeros((17, 40, 3), "uint8")]
     single = [probabilities(tiny_image_classifier, [image])[0] for image in mixed]
     np.testing.assert_allclose(probabilities(tiny_image_classifier, mixed), single, atol=1e-5)
-    # A same-size image is not resampled: exactly the pixels given.
+    # A same-size image is not resampled: exactly the pixels given, in [-1, 1].
     pixels = tiny_image_classifier.preprocess(tf.constant(images[:2])).numpy()
-    np.testing.assert_array_equal(pixels[..., 0], images[:2] / np.float32(255))
+    half = np.float32(0.5)
+    np.testing.assert_array_equal(pixels[..., 0], (images[:2] / np.float32(255) - half) / half)
 
 
 def test_folder_of_images_trains_with_folder_names_as_labels(digits_sample, tmp_path):
@@ -206,8 +207,8 @@ def test_preset_round_trip_and_fresh_head(tiny_image_classifier, digits_sample, 
     fresh = ImageClassifier.from_preset(folder, labels=["even", "odd"])
     assert fresh.head.kernel.shape == (TINY_VIT["hidden_dim"], 2)
     for name in ("patch_embedding", "encoder_0", "encoder_1", "final_norm"):
-        for a, b in zip(tiny_image_classifier.get_layer(name).get_weights(),
-                        fresh.get_layer(name).get_weights()):
+        for a, b in zip(tiny_image_classifier.backbone.get_layer(name).get_weights(),
+                        fresh.backbone.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="shape its weights"):
         ImageClassifier.from_preset(folder, hidden_dim=64)
@@ -231,7 +232,8 @@ def test_shipped_preset_at_a_new_image_size_predicts_the_same_classes(digits_sam
     _, (images, labels) = digits_sample
     native = ImageClassifier.from_preset("mnist_vit_micro")
     resized = ImageClassifier.from_preset("mnist_vit_micro", image_size=32)
-    assert resized.patch_embedding.position_embeddings.shape[1] == 64 + (native.pooling == "token")
+    assert resized.backbone.patch_embedding.position_embeddings.shape[1] == 64 + (
+        native.pooling == "token")
     upscaled = tf.image.resize(images[..., None], (32, 32)).numpy().round().astype("uint8")
     before = probabilities(native, images).argmax(-1)
     after = probabilities(resized, upscaled).argmax(-1)

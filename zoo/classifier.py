@@ -1,12 +1,15 @@
 """What every zoo classifier shares: label names, presets, the served outputs.
 
 `ClassifierModel` sits between `RawInputModel` (raw inputs through `tf.data`)
-and the concrete models (`TextClassifier`, `ImageClassifier`). A subclass
-sets `kind` (the preset kind) and `presets_dir`, builds its network in
-`__init__` with a final `Dense` named `classifier_head`, and implements
-`architecture()`; it may add preset assets (a vocabulary) through
-`preset_assets()` / `assets_from_preset()`, and adapt pretrained weights to
-a new configuration in `transfer_weights()`.
+and the concrete tasks (`TextClassifier`, `ImageClassifier`), each a
+backbone, a preprocessor and a head. A subclass sets `kind` (the preset
+kind) and `presets_dir`, builds its network in `__init__` with
+`self.backbone`, `self.preprocessor` and a final `Dense` named
+`classifier_head`, and implements `architecture()`; for `from_preset` it
+says what a pretrained body is and how it loads (`is_body_preset`,
+`check_body`, `load_body`) and how a fresh head goes on one (`_fine_tuned`);
+it may add preset assets (a vocabulary) through `preset_assets()` /
+`assets_from_preset()`.
 """
 
 import json
@@ -137,49 +140,86 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
     def preset_labels(cls, loaded):
         return json.loads(loaded.asset(LABELS_FILE).read_text())
 
+    # Presets and pretrained bodies: what a subclass provides.
+    from_scratch_sizes = {}
+    # Defaults of `from_preset` on a body (a backbone without a head).
+    body_overrides = {}
+
+    @classmethod
+    def is_body_preset(cls, preset):
+        """Whether `preset` names a pretrained body rather than a classifier preset."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_body(cls, preset):
+        """Refuses, before anything is read, a `preset` that can hold no body."""
+
+    @classmethod
+    def load_body(cls, preset):
+        """`(backbone, preprocessor)` of a pretrained body."""
+        raise NotImplementedError
+
+    @classmethod
+    def _fine_tuned(cls, backbone, preprocessor, num_classes, labels, overrides):
+        """A classifier on `backbone` and `preprocessor`, `overrides` applied, a fresh head."""
+        raise NotImplementedError
+
+    def task_settings(self):
+        """The task's own settings a fine-tuned copy keeps (pooling, dropout, ...)."""
+        return {"dropout": self.dropout}
+
     @classmethod
     def from_preset(cls, preset, num_classes=None, labels=None, **overrides):
-        """Loads a shipped preset by name, or a preset folder.
+        """Loads a classifier preset, or puts a fresh head on a pretrained body.
 
-        A `num_classes` (or `labels`) different from the preset's keeps the
-        pretrained body and gives a fresh head. `overrides` may change the
-        entries in `adjustable_at_load`; sizes that shape weights cannot
-        change.
+        Args:
+            preset: a shipped classifier preset (`presets`), a classifier
+                preset folder, or a body (`is_body_preset`): a checkpoint or
+                a zoo body preset.
+            num_classes, labels: the classes. Required for a body; for a
+                classifier preset, other classes give a fresh head.
+            **overrides: any of `adjustable_at_load`; sizes that shape
+                weights cannot change.
         """
+        unknown = set(overrides) - set(cls.adjustable_at_load)
+        if unknown:
+            shaping = sorted(unknown & set(cls.from_scratch_sizes))
+            if shaping:
+                raise ValueError(
+                    f"Cannot change {shaping} of a pretrained network: they shape its "
+                    f"weights. Only {list(cls.adjustable_at_load)} may be given.")
+            raise ValueError(f"Unknown arguments {sorted(unknown)}; only "
+                             f"{list(cls.adjustable_at_load)} may be given.")
+        if not cls.is_body_preset(preset):
+            return cls._from_classifier_preset(preset, num_classes, labels, overrides)
+        cls.check_body(preset)
+        if labels is None and num_classes is None:
+            raise ValueError(
+                f"'{preset}' is a pretrained body without a classifier head: give the "
+                "classes, e.g. `labels=['negative', 'positive']` or `num_classes=2`.")
+        backbone, preprocessor = cls.load_body(preset)
+        return cls._fine_tuned(backbone, preprocessor, num_classes, labels,
+                               {**cls.body_overrides, **overrides})
+
+    @classmethod
+    def _from_classifier_preset(cls, preset, num_classes, labels, overrides):
         loaded = cls.load_verified_preset(preset)
         preset_labels = cls.preset_labels(loaded)
-        config = dict(loaded.config)
-        assets = cls.assets_from_preset(loaded)
-        cls.check_overrides(config, overrides)
         pretrained = cls.with_preset_weights(
-            loaded, **{**config, "labels": preset_labels}, **assets
-        )
-        wanted = len(labels) if labels is not None else (num_classes or config["num_classes"])
-        same_head = wanted == config["num_classes"] and (
-            labels is None or [str(v) for v in labels] == preset_labels
-        )
+            loaded, **{**loaded.config, "labels": preset_labels}, **cls.assets_from_preset(loaded))
+        wanted = len(labels) if labels is not None else (num_classes or pretrained.num_classes)
+        same_head = wanted == pretrained.num_classes and (
+            labels is None or [str(v) for v in labels] == preset_labels)
         if same_head and not overrides:
             return pretrained
-        if labels is None and same_head:
+        if same_head and labels is None:
             labels = preset_labels
-        model = cls(**{**config, **overrides, "num_classes": None if labels else wanted,
-                       "labels": labels}, **assets)
-        model.transfer_weights(pretrained, same_head)
+        model = cls._fine_tuned(pretrained.backbone, pretrained.preprocessor,
+                                None if labels else wanted, labels,
+                                {**pretrained.task_settings(), **overrides})
+        if same_head:
+            model.head.set_weights(pretrained.head.get_weights())
         return model
-
-    def transfer_weights(self, pretrained, same_head):
-        """Copies `pretrained`'s weights, layer by layer name, head included
-        only when `same_head`."""
-        sources = {layer.name: layer for layer in pretrained.layers}
-        for layer in self.layers:
-            if layer.name == HEAD_NAME and not same_head:
-                continue
-            if layer.name in sources:
-                self.transfer_layer(sources[layer.name], layer)
-
-    def transfer_layer(self, source, target):
-        """Copies one pretrained layer's weights into this model's twin layer."""
-        target.set_weights(source.get_weights())
 
 
 class ClassifierServing(tf.Module):

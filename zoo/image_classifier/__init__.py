@@ -1,3 +1,3 @@
-from zoo.image_classifier.model import ImageClassifier
+from zoo.image_classifier.image_classifier import ImageClassifier
 
 __all__ = ["ImageClassifier"]

@@ -8,7 +8,7 @@ and writes it to `zoo/image_classifier/presets/mnist_vit_micro/`. Rerunning
 it on the same versions of TensorFlow and Keras reproduces the same weights.
 """
 
-from zoo.image_classifier.model import PRESETS_DIR
+from zoo.image_classifier.image_classifier import PRESETS_DIR
 from zoo.image_classifier.train import EMBEDDED_DATA, train_image_classifier
 from zoo.training import recipe_command
 

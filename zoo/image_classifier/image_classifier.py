@@ -1,4 +1,4 @@
-"""ViT image classifier: uint8 images or encoded image bytes in, class probabilities out."""
+"""The image classifier task: a preprocessor, a Vision Transformer backbone and a head."""
 
 import os
 from pathlib import Path
@@ -7,19 +7,28 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import keras_selfattn as ksa
+from zoo import presets as preset_io
+from zoo.checkpoint_files import is_hub_handle
 from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
+from zoo.image_classifier.backbone import ImageBackbone
+from zoo.image_classifier.preprocessor import ImagePreprocessor
 
 KIND = "image_classifier"
+BACKBONE_KIND = "image_backbone"
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 POOLINGS = ("token", "gap")
 AUGMENTATIONS = ("flip", "translation", "rotation", "zoom")
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
-# Leading bytes of the formats `tf.io.decode_image` reads.
-IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
-# ITU-R BT.601 luma; the weights sum to 1, so equal channels give the gray back.
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+# A network from scratch: `ImageClassifier(labels=..., **sizes)`, each size
+# defaulting to these; pixels are normalized to [-1, 1] (mean and std 0.5).
+FROM_SCRATCH_SIZES = dict(
+    image_size=28, channels=1, patch_size=4, hidden_dim=64, num_layers=6, num_heads=4,
+    intermediate_dim=128, attention="multi_head", window_size=None,
+)
+# What `from_preset` may change in a pretrained network (the rest shapes its weights).
+ADJUSTABLE = ("dropout", "num_classes", "image_size", "augmentation", "attention",
+              "window_size", "pooling")
 
 _VIT_PAPER = dict(image_size=224, channels=3, patch_size=16, pooling="token")
 # Named architectures: the ViT paper's sizes (Dosovitskiy et al., 2021, Table 1,
@@ -37,17 +46,6 @@ CONFIGURATIONS = {
     "vit_micro_4_32": dict(image_size=32, channels=3, patch_size=4, hidden_dim=96,
                            num_layers=6, num_heads=4, intermediate_dim=192, pooling="gap"),
 }
-
-
-def _image_size(value):
-    size = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if (not isinstance(size, (list, tuple)) or len(size) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
-        raise ValueError(
-            "`image_size` must be a positive int or a (height, width) pair. "
-            f"Received: image_size={value!r}"
-        )
-    return [int(size[0]), int(size[1])]
 
 
 def _check_augmentation(augmentation):
@@ -80,20 +78,16 @@ def _check_augmentation(augmentation):
 
 @keras.saving.register_keras_serializable(package="zoo")
 class ImageClassifier(ClassifierModel):
-    """A Vision Transformer classifier that takes raw images.
+    """A Vision Transformer classifier that takes raw images: preprocessor, backbone, head.
 
-    As in "An Image is Worth 16x16 Words" (Dosovitskiy et al., 2021):
-    `PatchEmbedding` (non-overlapping patches, learned position embeddings,
-    a class token with `pooling="token"`), pre-norm `TransformerEncoderBlock`s
-    with the chosen attention, a final layer norm, the class token or the
-    mean of the patch tokens (`pooling="gap"`), and a dense head.
-
-    Preprocessing runs in the `tf.data` pipeline and again, the same
-    functions, inside the exported SavedModel: images are decoded (JPEG, PNG,
-    BMP or GIF bytes), converted to the model's channels (RGB to grayscale by
-    luma, grayscale to RGB by repetition, alpha dropped) and resized
-    (bilinear, antialiased) to `image_size`. Augmentation runs in training
-    only.
+    As keras-hub's tasks: `model.preprocessor` turns image bytes or pixels
+    into normalized pixels (`ImagePreprocessor`: decoded, converted to the
+    model's channels, resized, normalized with the checkpoint's mean and
+    std), `model.backbone` turns pixels into patch tokens (`ImageBackbone`,
+    a ViT built from keras_selfattn layers), and the head pools them (the
+    class token, or the mean of the patch tokens) into class logits.
+    Preprocessing runs in the `tf.data` pipeline and, the same code, inside
+    the exported SavedModel; augmentation runs in training only.
 
     `fit`, `evaluate` and `predict` take uint8 arrays `(N, H, W)` or
     `(N, H, W, C)`, lists of images of any sizes, encoded image bytes, image
@@ -101,23 +95,41 @@ class ImageClassifier(ClassifierModel):
     `class_name/*.png|jpg|jpeg|bmp|gif` (labels are the folder names,
     sorted, unless given with `labels=`).
 
+    Build it from parts (fine-tuning), or give sizes for a new network:
+
+        ImageClassifier(backbone=..., preprocessor=..., labels=["cat", "dog"])
+        ImageClassifier(labels=["cat", "dog"], image_size=32, channels=3)
+
+    `ImageClassifier.from_preset` loads a classifier preset, or puts a
+    fresh head on a ViT: a keras-hub `vit_*` preset, a Hugging Face
+    `google/vit-*` checkpoint, or a zoo `image_backbone` preset.
+
     Args:
+        backbone: an `ImageBackbone` (or its config); None builds one from
+            the sizes below.
+        preprocessor: an `ImagePreprocessor` (or its config); None builds
+            one for the backbone's images, with mean and std 0.5.
         num_classes: number of classes; defaults to `len(labels)`.
         labels: class names, stored with the model and returned by the export.
-        image_size: side of the square input, or `(height, width)`; both
-            divisible by `patch_size`.
-        channels: 1 (grayscale) or 3 (RGB).
-        patch_size: side of the square patches.
-        hidden_dim, num_layers, num_heads, intermediate_dim, dropout: sizes.
-        pooling: `"token"` (class token) or `"gap"` (mean of patch tokens).
-        attention: `"multi_head"`, `"local_window"`, `"additive"` or
-            `"self_attention"`.
-        window_size: band half-width for `"local_window"`.
+        pooling: `"token"` (class token) or `"gap"` (mean of the patch
+            tokens); defaults to `"token"` when the backbone has a class
+            token. A new network has one only with `"token"` (default `"gap"`).
+        dropout: before the head; for a new network, in the blocks too.
         augmentation: None, or a dict with any of `flip` (None,
             `"horizontal"`, `"vertical"`, `"horizontal_and_vertical"`; off by
             default, right for digits), `translation` (fraction of the side),
             `rotation` (fraction of a full turn) and `zoom` (fraction), applied
-            in training only.
+            in training only, to pixels in [0, 1] (filling with black).
+        image_size, channels, patch_size, hidden_dim, num_layers, num_heads,
+            intermediate_dim, attention, window_size: sizes of a new network
+            (`FROM_SCRATCH_SIZES`).
+
+    Call arguments:
+        pixels: `(B, height, width, channels)` float32 from the preprocessor.
+        training: whether dropout is active.
+
+    Returns:
+        `(B, num_classes)` float32 logits.
 
     Example:
 
@@ -134,61 +146,59 @@ class ImageClassifier(ClassifierModel):
     kind = KIND
     presets_dir = PRESETS_DIR
     configurations = CONFIGURATIONS
-    adjustable_at_load = ("dropout", "num_classes", "image_size", "augmentation")
+    adjustable_at_load = ADJUSTABLE
+    from_scratch_sizes = FROM_SCRATCH_SIZES
     drop_remainder_in_training = True
 
-    def __init__(self, num_classes=None, labels=None, image_size=28, channels=1,
-                 patch_size=4, hidden_dim=64, num_layers=6, num_heads=4,
-                 intermediate_dim=128, pooling="gap", attention="multi_head",
-                 window_size=None, dropout=0.1, augmentation=None, **kwargs):
-        image_size = _image_size(image_size)
-        if channels not in (1, 3):
-            raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
-        if not isinstance(patch_size, int) or patch_size <= 0 or any(s % patch_size for s in image_size):
-            raise ValueError(
-                "`patch_size` must be a positive int that divides both image "
-                f"sides. Received: patch_size={patch_size!r}, image_size={image_size}"
-            )
-        if pooling not in POOLINGS:
+    def __init__(self, backbone=None, preprocessor=None, *, num_classes=None, labels=None,
+                 pooling=None, dropout=None, augmentation=None, **sizes):
+        unknown = set(sizes) - set(FROM_SCRATCH_SIZES)
+        if unknown:
+            raise TypeError(f"Unknown arguments {sorted(unknown)}; a new network takes "
+                            f"{sorted(FROM_SCRATCH_SIZES)}.")
+        if pooling not in (None, *POOLINGS):
             raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+        if backbone is not None and sizes:
+            raise ValueError(f"Give either a backbone or the sizes of a new one, not both. "
+                             f"Received a backbone and {sorted(sizes)}.")
         augmentation = _check_augmentation(augmentation)
-        super().__init__(num_classes, labels, **kwargs)
-        self.image_size = image_size
-        self.channels = channels
-        self.patch_size = patch_size
-        self.hidden_dim = hidden_dim
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
+        super().__init__(num_classes, labels)
+        if backbone is None:
+            pooling = pooling or "gap"
+            backbone = ImageBackbone(
+                **{**FROM_SCRATCH_SIZES, **sizes}, class_token=pooling == "token",
+                dropout=0.1 if dropout is None else dropout, name="backbone")
+        elif isinstance(backbone, dict):
+            backbone = ImageBackbone.from_config({**backbone, "name": "backbone"})
+        pooling = pooling or ("token" if backbone.class_token else "gap")
+        if pooling == "token" and not backbone.class_token:
+            raise ValueError("pooling='token' needs a backbone with a class token; this one "
+                             "has none (use pooling='gap').")
+        if preprocessor is None:
+            preprocessor = ImagePreprocessor(backbone.image_size, backbone.channels)
+        elif isinstance(preprocessor, dict):
+            preprocessor = ImagePreprocessor(**preprocessor)
+        if (preprocessor.image_size, preprocessor.channels) != (backbone.image_size,
+                                                                 backbone.channels):
+            raise ValueError(
+                f"The preprocessor gives {preprocessor.image_size} images with "
+                f"{preprocessor.channels} channel(s), the backbone takes {backbone.image_size} "
+                f"with {backbone.channels}.")
+        self.backbone = backbone
+        # A plain attribute: the preprocessor holds no weights.
+        self._set_untracked(preprocessor=preprocessor)
         self.pooling = pooling
-        self.attention = attention
-        self.window_size = window_size
-        self.dropout = dropout
+        self.dropout = backbone.dropout if dropout is None else dropout
         self.augmentation = augmentation
-
         # The augmentation layers run in the training pipeline, not in the
         # network (see `augment`); untracked, they hold no saved state and
         # do not stop XLA from compiling the network.
-        object.__setattr__(self, "augmenters", self._augmenters(augmentation or {}))
-        self.patch_embedding = ksa.PatchEmbedding(
-            patch_size, hidden_dim, use_class_token=pooling == "token",
-            name="patch_embedding",
-        )
-        self.embedding_dropout = keras.layers.Dropout(dropout, name="embedding_dropout")
-        self.blocks = [
-            ksa.TransformerEncoderBlock(
-                num_heads, intermediate_dim, attention=attention,
-                window_size=window_size, dropout=dropout, activation="gelu",
-                normalize_first=True, layer_norm_epsilon=1e-6, name=f"encoder_{i}",
-            )
-            for i in range(num_layers)
-        ]
-        self.final_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")
-        self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
+        self._set_untracked(augmenters=self._augmenters(augmentation or {}))
+        self.head_dropout = keras.layers.Dropout(self.dropout, name="head_dropout")
         self.head = keras.layers.Dense(self.num_classes, dtype="float32", name=HEAD_NAME)
         # Calling the network once creates every weight, so presets and
         # checkpoints load into a complete model.
-        self(np.zeros((1, *image_size, channels), "float32"))
+        self(np.zeros((1, *backbone.image_size, backbone.channels), "float32"))
 
     @staticmethod
     def _augmenters(options):
@@ -265,88 +275,46 @@ class ImageClassifier(ClassifierModel):
         return rank == 4 or (rank == 3 and element_spec.shape[-1] not in (1, 2, 3, 4))
 
     def preprocess(self, images):
-        """A batch of raw images -> `(B, height, width, channels)` float32 in [0, 1].
-
-        Takes encoded image bytes `(B,)` or uint8 pixels `(B, H, W[, C])` of
-        any size and channel count.
-        """
-        images = tf.convert_to_tensor(images)
-        if images.dtype == tf.string:
-            indices = tf.range(tf.shape(images, out_type=tf.int64)[0])
-            return tf.map_fn(
-                lambda item: self._decode(*item), (images, indices),
-                fn_output_signature=tf.TensorSpec((*self.image_size, self.channels), tf.float32),
-            )
-        if images.shape.rank == 3:
-            images = images[..., None]
-        return self.standardize(images)
+        """A batch of raw images (bytes `(B,)`, or uint8 `(B, H, W[, C])` of
+        any size and channels) -> the backbone's pixels (`ImagePreprocessor`)."""
+        return self.preprocessor(images)
 
     def preprocess_example(self, image):
-        """One raw image (bytes or uint8 `(H, W[, C])`) -> float32 `(height, width, channels)`."""
-        if image.dtype == tf.string:
-            return self._decode(image, tf.constant(-1, tf.int64))
-        if image.shape.rank == 2:
-            image = image[..., None]
-        return self.standardize(image)
-
-    def _decode(self, data, index):
-        recognised = tf.reduce_any(tf.stack([
-            tf.strings.substr(data, 0, len(signature)) == signature
-            for signature in IMAGE_SIGNATURES
-        ]))
-        check = tf.debugging.Assert(recognised, [tf.strings.format(
-            "image_bytes[{}] ({} bytes) is not a JPEG, PNG, BMP or GIF image",
-            (index, tf.strings.length(data)),
-        )])
-        with tf.control_dependencies([check]):
-            image = tf.io.decode_image(data, channels=0, expand_animations=False)
-        return self.standardize(image)
-
-    def standardize(self, images):
-        """uint8 `(..., H, W, C)`, any size and channels -> the model's float input."""
-        if images.dtype != tf.uint8:
-            raise TypeError(
-                f"Images must be uint8 (0-255). Received dtype {images.dtype.name}."
-            )
-        x = _convert_channels(tf.cast(images, tf.float32), self.channels)
-        height, width = self.image_size
-        size = tf.shape(x)[-3:-1]
-        if tuple(x.shape[-3:-1]) != (height, width):
-            x = tf.cond(
-                tf.reduce_all(size == [height, width]),
-                lambda: x,
-                lambda: tf.image.resize(x, (height, width), antialias=True),
-            )
-        x = tf.ensure_shape(x, [*x.shape[:-3], height, width, self.channels])
-        return tf.clip_by_value(x / 255.0, 0.0, 1.0)
+        """One raw image (bytes or uint8 `(H, W[, C])`) -> `(height, width, channels)`."""
+        return self.preprocessor.example(image)
 
     # The network.
 
     @property
-    def grid_shape(self):
-        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+    def image_size(self):
+        return self.backbone.image_size
 
-    def augment(self, images):
+    @property
+    def channels(self):
+        return self.backbone.channels
+
+    @property
+    def grid_shape(self):
+        return self.backbone.grid_shape
+
+    def augment(self, pixels):
         """The constructor's random augmentation of a preprocessed batch; `fit`
-        applies it to the training data only."""
+        applies it to the training data only. The layers see pixels in
+        [0, 1], so what they fill in is black whatever the normalization."""
+        if not self.augmenters:
+            return pixels
+        images = self.preprocessor.denormalize(pixels)
         for layer in self.augmenters:
             images = layer(images, training=True)
-        return images
+        return self.preprocessor.normalize(images)
 
-    def call(self, images, training=None):
-        x = self.embedding_dropout(self._embed(images), training=training)
-        for block in self.blocks:
-            x = block(x, training=training)
-        x = self._pool(self.final_norm(x))
-        return self.head(self.head_dropout(x, training=training))
-
-    def _embed(self, images):
-        return self.patch_embedding(images * 2.0 - 1.0)
-
-    def _pool(self, tokens):
+    def call(self, pixels, training=None):
+        tokens = self.backbone(pixels, training=training)["sequence_output"]
         if self.pooling == "token":
-            return tokens[:, 0]
-        return keras.ops.mean(tokens, axis=1)
+            pooled = tokens[:, 0]
+        else:
+            pooled = keras.ops.mean(tokens[:, int(self.backbone.class_token):], axis=1)
+        return self.head(self.head_dropout(pooled, training=training))
 
     def _resolve_auto_jit_compile(self):
         # Keras's `jit_compile="auto"` means no XLA on a machine without an
@@ -374,10 +342,10 @@ class ImageClassifier(ClassifierModel):
         Returns:
             `(B, grid_height, grid_width)` float32, each map summing to 1.
         """
-        x = self._embed(self.preprocess(images))
+        x = self.backbone.embed(self.preprocess(images))
         tokens = x.shape[1]
         rollout = tf.eye(tokens, batch_shape=[tf.shape(x)[0]])
-        for block in self.blocks:
+        for block in self.backbone.blocks:
             weights = tf.reduce_mean(tf.cast(block.attention_scores(x), tf.float32), axis=1)
             weights = weights + tf.eye(tokens)
             weights = weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
@@ -391,9 +359,9 @@ class ImageClassifier(ClassifierModel):
         return tf.reshape(maps, (-1, *self.grid_shape)).numpy()
 
     def attention_maps(self, inputs, targets=None):
-        x, maps = self._embed(self.preprocess(self.raw_array(inputs))), []
+        x, maps = self.backbone.embed(self.preprocess(self.raw_array(inputs))), []
         every = np.ones((1, 1, 1, x.shape[1]), bool)
-        for number, block in enumerate(self.blocks, 1):
+        for number, block in enumerate(self.backbone.blocks, 1):
             maps.append((f"block {number}", np.asarray(block.attention_scores(x)), every,
                          np.ones(x.shape[:2], bool)))
             x = block(x, training=False)
@@ -409,44 +377,74 @@ class ImageClassifier(ClassifierModel):
         path = Path(path)
         rollout_path = path.with_name(f"{path.stem}_rollout{path.suffix}")
         images = self.raw_array(images)[:count]
-        pixels = self.preprocess(images).numpy()
+        pixels = self.preprocessor.denormalize(self.preprocess(images)).numpy()
         names, probabilities = self.predict_labels(images)
         titles = [f"{name} ({p.max():.2f})" for name, p in zip(names, probabilities)]
         report.plot_attention_rollout(
             pixels, self.attention_rollout(images), titles, rollout_path,
-            title=f"attention rollout over {self.num_layers} blocks",
+            title=f"attention rollout over {self.backbone.num_layers} blocks",
         )
         return path
 
     # Configuration, presets and export.
 
     def architecture(self):
-        return {
-            "num_classes": self.num_classes,
-            "image_size": list(self.image_size),
-            "channels": self.channels,
-            "patch_size": self.patch_size,
-            "hidden_dim": self.hidden_dim,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "intermediate_dim": self.intermediate_dim,
-            "pooling": self.pooling,
-            "attention": self.attention,
-            "window_size": self.window_size,
-            "dropout": self.dropout,
-            "augmentation": self.augmentation,
-        }
+        return {"num_classes": self.num_classes, "pooling": self.pooling, "dropout": self.dropout,
+                "augmentation": self.augmentation, "backbone": self.backbone.architecture(),
+                "preprocessor": self.preprocessor.get_config()}
 
-    def transfer_layer(self, source, target):
-        """Position embeddings move to a new patch grid by bicubic interpolation."""
-        if target is self.patch_embedding and source.grid_shape != target.grid_shape:
-            for theirs, ours in zip(source.weights, target.weights):
-                if ours is target.position_embeddings:
-                    ours.assign(source.resized_position_embeddings(target.grid_shape))
-                else:
-                    ours.assign(theirs)
+    def task_settings(self):
+        return {"pooling": self.pooling, "dropout": self.dropout,
+                "augmentation": self.augmentation}
+
+    @classmethod
+    def is_body_preset(cls, preset):
+        """Whether `preset` is an image body (no classifier head): a ViT
+        checkpoint (keras-hub preset or Hugging Face folder, or a handle)
+        or a zoo `image_backbone` preset."""
+        if isinstance(preset, str) and preset in cls.presets:
+            return False
+        folder = Path(str(preset))
+        return not (folder.is_dir() and preset_io.preset_kind(folder) == KIND)
+
+    @classmethod
+    def check_body(cls, preset):
+        if is_hub_handle(preset):
             return
-        super().transfer_layer(source, target)
+        folder = Path(str(preset))
+        if not folder.is_dir():
+            raise ValueError(
+                f"Unknown preset {str(preset)!r}: it is neither a shipped preset "
+                f"({sorted(cls.presets)}), nor an existing folder, nor an hf:// or "
+                "kaggle:// handle.")
+        kind = preset_io.preset_kind(folder)
+        if kind not in (None, BACKBONE_KIND):
+            raise ValueError(f"{folder} is a {kind!r} preset; expected a {KIND!r} preset or "
+                             f"an image body ({BACKBONE_KIND!r}, or a ViT checkpoint).")
+
+    @classmethod
+    def load_body(cls, preset):
+        """`(backbone, preprocessor)` of an image body (see `is_body_preset`)."""
+        from zoo.image_classifier import convert
+
+        if not is_hub_handle(preset) and preset_io.preset_kind(preset) == BACKBONE_KIND:
+            return load_backbone_preset(preset)
+        return convert.load_checkpoint(preset)
+
+    @classmethod
+    def _fine_tuned(cls, backbone, preprocessor, num_classes, labels, overrides):
+        """A classifier on a pretrained `backbone` and `preprocessor`, with the
+        `overrides` applied and a fresh head."""
+        overrides = dict(overrides)
+        task = {name: overrides.pop(name) for name in ("pooling", "dropout", "augmentation")
+                if name in overrides}
+        if "dropout" in task:
+            overrides["dropout"] = task["dropout"]
+        if "image_size" in overrides:
+            preprocessor = preprocessor.with_image_size(overrides["image_size"])
+        backbone = backbone.with_changes(**overrides)
+        return cls(backbone=backbone, preprocessor=preprocessor, num_classes=num_classes,
+                   labels=labels, **task)
 
     def export(self, folder, version=None):
         """Exports a TF Serving SavedModel to `folder/<version>/`.
@@ -482,23 +480,6 @@ class _ImageClassifierServing(ClassifierServing):
         return self.outputs(self.classifier.preprocess(images))
 
 
-def _convert_channels(images, channels):
-    """float `(..., C)` with C in 1-4 -> `channels` (1 or 3); alpha dropped."""
-    def from_colour():
-        rgb = images[..., :3]
-        if channels == 3:
-            return rgb
-        return tf.reduce_sum(rgb * LUMA_WEIGHTS, axis=-1, keepdims=True)
-
-    def from_gray():
-        return tf.repeat(images[..., :1], channels, axis=-1)
-
-    if images.shape[-1] is not None:
-        return from_colour() if images.shape[-1] >= 3 else from_gray()
-    converted = tf.cond(tf.shape(images)[-1] >= 3, from_colour, from_gray)
-    return tf.ensure_shape(converted, [*images.shape[:-1], channels])
-
-
 def _image_array(array):
     """Checks pixels `(N, H, W)` or `(N, H, W, C)` and returns uint8 `(N, H, W, C)`."""
     if array.dtype.kind == "f":
@@ -531,3 +512,26 @@ def _read_image_file(path):
     if not path.is_file():
         raise ValueError(f"No such image file: {path}")
     return path.read_bytes()
+
+
+def save_backbone_preset(folder, backbone, preprocessor, metadata=None):
+    """Writes an image body as a checksummed zoo preset of kind `image_backbone`."""
+    config = {"backbone": backbone.architecture(), "preprocessor": preprocessor.get_config()}
+    return preset_io.save_preset(folder, BACKBONE_KIND, config, backbone.save_weights,
+                                 assets={}, metadata=metadata)
+
+
+def load_backbone_preset(folder):
+    """`(backbone, preprocessor)` of a verified `image_backbone` preset."""
+    loaded = preset_io.load_preset(folder, BACKBONE_KIND)
+    try:
+        backbone = ImageBackbone.from_config(loaded.config["backbone"])
+        preprocessor = ImagePreprocessor(**loaded.config["preprocessor"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{folder}/{preset_io.CONFIG_FILE} is not an image backbone's "
+                         f"configuration: {error}") from None
+    try:
+        backbone.load_weights(str(loaded.weights))
+    except Exception as error:  # keras raises several types here
+        raise ValueError(f"{loaded.weights} does not match the preset's config: {error}") from None
+    return backbone, preprocessor

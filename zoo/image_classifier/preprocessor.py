@@ -1,0 +1,155 @@
+"""The image preprocessor: image bytes or pixels to normalized pixels, in TensorFlow ops."""
+
+import tensorflow as tf
+
+# Leading bytes of the formats `tf.io.decode_image` reads.
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+# ITU-R BT.601 luma; the weights sum to 1, so equal channels give the gray back.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def image_size_pair(value):
+    """`image_size` as `[height, width]`, from an int or a pair."""
+    size = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+        raise ValueError(
+            "`image_size` must be a positive int or a (height, width) pair. "
+            f"Received: image_size={value!r}"
+        )
+    return [int(size[0]), int(size[1])]
+
+
+def _per_channel(name, value, channels):
+    values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) not in (1, channels) or (name == "std" and min(values) <= 0):
+        raise ValueError(f"`{name}` must be one {'positive ' if name == 'std' else ''}number or "
+                         f"one per channel ({channels}). Received: {name}={value!r}")
+    return values
+
+
+class ImagePreprocessor:
+    """Raw images -> `(B, height, width, channels)` float32 pixels for an `ImageBackbone`.
+
+    Encoded images (JPEG, PNG, BMP or GIF bytes) are decoded; pixels of any
+    size and channel count are converted to the model's channels (RGB to
+    grayscale by luma, grayscale to RGB by repetition, alpha dropped),
+    resized (bilinear, antialiased) to `image_size`, scaled to [0, 1], and
+    normalized with the checkpoint's per-channel `mean` and `std`:
+    `(pixels / 255 - mean) / std`. All on TensorFlow ops, so the exported
+    SavedModel preprocesses too. The zoo's own models use mean and std 0.5
+    (pixels in [-1, 1]); ImageNet checkpoints carry theirs.
+
+    Args:
+        image_size: side of the square output, or `(height, width)`.
+        channels: 1 (grayscale) or 3 (RGB).
+        mean, std: one number, or one per channel.
+
+    Call arguments:
+        images: a batch of encoded images `(B,)` tf.string, or uint8 pixels
+            `(B, H, W)` or `(B, H, W, C)` of any size.
+
+    Returns:
+        `(B, height, width, channels)` float32.
+
+    Example:
+
+    >>> preprocessor = ImagePreprocessor(image_size=4, channels=1)
+    >>> preprocessor(np.full((1, 8, 8), 255, "uint8")).numpy().max()
+    1.0
+    """
+
+    def __init__(self, image_size=224, channels=3, mean=0.5, std=0.5):
+        if channels not in (1, 3):
+            raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
+        self.image_size = image_size_pair(image_size)
+        self.channels = channels
+        self.mean = _per_channel("mean", mean, channels)
+        self.std = _per_channel("std", std, channels)
+
+    def __call__(self, images):
+        images = tf.convert_to_tensor(images)
+        if images.dtype == tf.string:
+            indices = tf.range(tf.shape(images, out_type=tf.int64)[0])
+            return tf.map_fn(
+                lambda item: self.decode(*item), (images, indices),
+                fn_output_signature=tf.TensorSpec((*self.image_size, self.channels), tf.float32),
+            )
+        if images.shape.rank == 3:
+            images = images[..., None]
+        return self.normalize(self.pixels(images))
+
+    def example(self, image):
+        """One raw image (bytes or uint8 `(H, W[, C])`) -> `(height, width, channels)`."""
+        if image.dtype == tf.string:
+            return self.decode(image, tf.constant(-1, tf.int64))
+        if image.shape.rank == 2:
+            image = image[..., None]
+        return self.normalize(self.pixels(image))
+
+    def decode(self, data, index):
+        """One encoded image -> normalized pixels; bytes of no known format
+        fail with an `InvalidArgumentError` naming their `index`."""
+        recognised = tf.reduce_any(tf.stack([
+            tf.strings.substr(data, 0, len(signature)) == signature
+            for signature in IMAGE_SIGNATURES
+        ]))
+        check = tf.debugging.Assert(recognised, [tf.strings.format(
+            "image_bytes[{}] ({} bytes) is not a JPEG, PNG, BMP or GIF image",
+            (index, tf.strings.length(data)),
+        )])
+        with tf.control_dependencies([check]):
+            image = tf.io.decode_image(data, channels=0, expand_animations=False)
+        return self.normalize(self.pixels(image))
+
+    def pixels(self, images):
+        """uint8 `(..., H, W, C)`, any size and channels -> float32 in [0, 1]
+        at `image_size` with the model's channels."""
+        if images.dtype != tf.uint8:
+            raise TypeError(
+                f"Images must be uint8 (0-255). Received dtype {images.dtype.name}."
+            )
+        x = _convert_channels(tf.cast(images, tf.float32), self.channels)
+        height, width = self.image_size
+        size = tf.shape(x)[-3:-1]
+        if tuple(x.shape[-3:-1]) != (height, width):
+            x = tf.cond(
+                tf.reduce_all(size == [height, width]),
+                lambda: x,
+                lambda: tf.image.resize(x, (height, width), antialias=True),
+            )
+        x = tf.ensure_shape(x, [*x.shape[:-3], height, width, self.channels])
+        return tf.clip_by_value(x / 255.0, 0.0, 1.0)
+
+    def normalize(self, pixels):
+        """Pixels in [0, 1] -> the backbone's input."""
+        return (pixels - tf.constant(self.mean)) / tf.constant(self.std)
+
+    def denormalize(self, inputs):
+        """The backbone's input -> pixels in [0, 1] (the inverse of `normalize`)."""
+        return inputs * tf.constant(self.std) + tf.constant(self.mean)
+
+    def with_image_size(self, image_size):
+        """The same preprocessor at another size."""
+        return type(self)(**{**self.get_config(), "image_size": image_size})
+
+    def get_config(self):
+        return {"image_size": list(self.image_size), "channels": self.channels,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+def _convert_channels(images, channels):
+    """float `(..., C)` with C in 1-4 -> `channels` (1 or 3); alpha dropped."""
+    def from_colour():
+        rgb = images[..., :3]
+        if channels == 3:
+            return rgb
+        return tf.reduce_sum(rgb * LUMA_WEIGHTS, axis=-1, keepdims=True)
+
+    def from_gray():
+        return tf.repeat(images[..., :1], channels, axis=-1)
+
+    if images.shape[-1] is not None:
+        return from_colour() if images.shape[-1] >= 3 else from_gray()
+    converted = tf.cond(tf.shape(images)[-1] >= 3, from_colour, from_gray)
+    return tf.ensure_shape(converted, [*images.shape[:-1], channels])

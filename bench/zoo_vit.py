@@ -35,7 +35,7 @@ import tensorflow as tf  # noqa: E402
 from results import fit_throughput, update_section  # noqa: E402
 from zoo import ImageClassifier  # noqa: E402
 from zoo.datasets import load_digits  # noqa: E402
-from zoo.image_classifier.model import CONFIGURATIONS  # noqa: E402
+from zoo.image_classifier.image_classifier import CONFIGURATIONS  # noqa: E402
 
 BATCH = 64
 

@@ -227,3 +227,33 @@ def run_until(command, cwd, marker):
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
     return "".join(seen)
+
+
+def serves_like_predict(model, inputs, instances, folder):
+    """Exports `model`; a process that imports only tensorflow and
+    tensorflow_text answers a REST request of `instances` (TF Serving's row
+    format) with the probabilities `predict` gives for `inputs`, to 1e-5."""
+    import json
+
+    version = model.export(folder / "served")
+    expected = tf.nn.softmax(model.predict(inputs, verbose=0)).numpy()
+    np.save(folder / "expected.npy", expected)
+    (folder / "request.json").write_text(json.dumps({"instances": instances}))
+    out = run_python(
+        f"""
+        import json, sys
+        import numpy as np
+        sys.path.insert(0, {str(REPO_ROOT / "zoo")!r})
+        import serving_client  # imports tensorflow and tensorflow_text only
+        loaded = serving_client.load("served")
+        body = open("request.json").read()
+        rows = json.loads(serving_client.rest_predict(loaded, body))["predictions"]
+        got = np.array([row["probabilities"] for row in rows])
+        expected = np.load("expected.npy")
+        assert np.abs(got - expected).max() < 1e-5, np.abs(got - expected).max()
+        # TensorFlow imports keras itself; nothing of keras-hub or the zoo is loaded.
+        print("served", sorted(m for m in sys.modules if m.startswith(("keras_hub", "zoo",
+                                                                        "keras_selfattn"))))
+        """, cwd=folder)
+    assert "served []" in out, out
+    return version

@@ -1,45 +1,14 @@
 """Real checkpoints as zoo tasks: fine-tuning, serving from strings with
 TensorFlow alone, the command line, and two replicas."""
 
-import json
-
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_python, write_reviews_csv
+from conftest import serves_like_predict, write_reviews_csv
 from checkpoint_fixtures import write_hugging_face_folder
 from test_checkpoints import TEXTS
 
 keras_hub = pytest.importorskip("keras_hub")
-
-
-def serves_like_predict(model, texts, folder):
-    """Exports `model`; a process that imports only tensorflow and
-    tensorflow_text answers REST requests equal to `predict` to 1e-5."""
-    import tensorflow as tf
-
-    version = model.export(folder / "served")
-    expected = tf.nn.softmax(model.predict(texts, verbose=0)).numpy()
-    np.save(folder / "expected.npy", expected)
-    (folder / "texts.json").write_text(json.dumps(texts))
-    out = run_python(
-        f"""
-        import json, sys
-        import numpy as np
-        sys.path.insert(0, {str(REPO_ROOT / "zoo")!r})
-        import serving_client  # imports tensorflow and tensorflow_text only
-        loaded = serving_client.load("served")
-        texts = json.load(open("texts.json"))
-        body = json.dumps({{"instances": [{{"text": t}} for t in texts]}})
-        rows = json.loads(serving_client.rest_predict(loaded, body))["predictions"]
-        got = np.array([row["probabilities"] for row in rows])
-        assert np.abs(got - np.load("expected.npy")).max() < 1e-5, np.abs(got - np.load("expected.npy")).max()
-        # TensorFlow imports keras itself; nothing of keras-hub or the zoo is loaded.
-        print("served", sorted(m for m in sys.modules if m.startswith(("keras_hub", "zoo",
-                                                                        "keras_selfattn"))))
-        """, cwd=folder)
-    assert "served []" in out, out
-    return version
 
 
 def test_a_classifier_on_minilm_fine_tunes_exports_and_serves_from_strings(minilm, tmp_path):
@@ -57,7 +26,7 @@ def test_a_classifier_on_minilm_fine_tunes_exports_and_serves_from_strings(minil
     labels = ["pos", "neg", "pos", "neg"] * 4
     model.compile(optimizer=keras.optimizers.AdamW(1e-4))
     model.fit(texts, labels, epochs=1, batch_size=8, verbose=0)
-    assert serves_like_predict(model, TEXTS, tmp_path).name == "1"
+    assert serves_like_predict(model, TEXTS, [{"text": t} for t in TEXTS], tmp_path).name == "1"
 
 
 def test_a_roberta_classifier_serves_from_strings_with_its_byte_pair_tokenizer(hub_presets, tmp_path):
@@ -70,7 +39,7 @@ def test_a_roberta_classifier_serves_from_strings_with_its_byte_pair_tokenizer(h
     reloaded = TextClassifier.from_preset(tmp_path / "preset")
     texts = ["a quick fox", "fox", "", "a a a quick"]
     np.testing.assert_array_equal(reloaded.predict(texts, verbose=0), model.predict(texts, verbose=0))
-    serves_like_predict(reloaded, texts, tmp_path)
+    serves_like_predict(reloaded, texts, [{"text": t} for t in texts], tmp_path)
 
 
 @pytest.mark.slow

@@ -210,6 +210,19 @@ def _export(args):
 
 
 def _convert(args):
+    from zoo.image_classifier import convert as image_checkpoints
+
+    if image_checkpoints.is_image_checkpoint(args.handle):
+        from zoo.image_classifier.image_classifier import save_backbone_preset
+
+        backbone, preprocessor = image_checkpoints.load_checkpoint(args.handle)
+        folder = save_backbone_preset(args.to, backbone, preprocessor,
+                                      metadata={"source": str(args.handle)})
+        size = "x".join(map(str, backbone.image_size))
+        print(f"converted {args.handle}: ViT, {backbone.num_layers} blocks of width "
+              f"{backbone.hidden_dim}, {backbone.count_params():,} parameters, {size} images")
+        print(f"preset:  {folder} (train image-classifier --preset {folder})")
+        return
     from zoo.text_classifier import bodies
 
     backbone, preprocessor = bodies.load_body(args.handle)
@@ -233,7 +246,8 @@ def _parser():
                        "text-classifier also takes a keras-hub preset or a Hugging Face BERT, "
                        "DistilBERT or RoBERTa checkpoint (folder, kaggle:// or hf://), by "
                        "default the MiniLM checkpoint all_minilm_l6_v2 (else the shipped body "
-                       "english_body_small)")
+                       "english_body_small); image-classifier a keras-hub or Hugging Face ViT "
+                       "checkpoint")
     train.add_argument("--from-scratch", action="store_true", default=None,
                        help="text-classifier: train a new network instead of fine-tuning the "
                             "pretrained body")
@@ -307,7 +321,7 @@ def _parser():
     export.set_defaults(run=_export)
 
     convert = commands.add_parser(
-        "convert", help="convert a BERT, DistilBERT or RoBERTa checkpoint into a checksummed zoo "
+        "convert", help="convert a BERT, DistilBERT, RoBERTa or ViT checkpoint into a checksummed zoo "
         "preset")
     convert.add_argument("handle", help="keras-hub preset or Hugging Face checkpoint: a folder, "
                          "kaggle://... or hf://..., or all_minilm_l6_v2 (the installed package)")

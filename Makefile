@@ -26,8 +26,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 
 # Two pytest processes, each test file kept in one (its module fixtures are
 # built once): 2 cores overlap one file's tracing with the other's compute.
+# The 20 slowest tests are listed, to keep the suite within its 15 minutes.
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=20
 
 # The main job: fine-tune the MiniLM checkpoint (read offline from its package)
 # on the embedded sentiment data, print the held-out report next to the figures

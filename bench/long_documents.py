@@ -9,7 +9,9 @@ of TensorFlow included) is its own:
 - `window`: `sequence_length=4096`, `attention="local_window"`, `window_size=256`
   (positions tiled from the checkpoint's 512);
 - `window + global`: the same with `global_tokens=1`: `[CLS]` attends to every
-  token and every token to it (Longformer).
+  token and every token to it (Longformer);
+- the same with `rematerialize=True`: each block's activations are computed
+  again in the backward pass instead of kept.
 
 The task: documents of at least 4,000 WordPiece tokens, each made of sentiment
 snippets of the embedded data drawn so that 65% share one label, which is the
@@ -37,6 +39,9 @@ CONFIGURATIONS = {
     "local_window 256": dict(sequence_length=4096, attention="local_window", window_size=256),
     "local_window 256 + 1 global token": dict(sequence_length=4096, attention="local_window",
                                               window_size=256, global_tokens=1),
+    "local_window 256 + 1 global token, rematerialized blocks": dict(
+        sequence_length=4096, attention="local_window", window_size=256, global_tokens=1,
+        rematerialize=True),
 }
 BATCH = 2
 TOKENS = 4000
@@ -121,15 +126,21 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=0,
                         help="also fine-tune for this many epochs and report test accuracy")
     parser.add_argument("--documents", type=int, default=40, help="training documents")
+    parser.add_argument("--only", help="measure only the configurations whose name holds this "
+                        "(printed, RESULTS.md left as it is)")
     args = parser.parse_args(argv)
     rows = {}
     for name, options in CONFIGURATIONS.items():
+        if args.only and args.only not in name:
+            continue
         rows[name] = measure(options, args.steps, args.epochs, args.documents)
         row = rows[name]
         accuracy = "" if row["accuracy"] is None else f", accuracy {row['accuracy']:.3f}"
         print(f"{name}: {row['tokens']} tokens, {row['seconds']:.2f} s/step, "
               f"peak {row['peak'] / 2**30:.2f} GiB ({row['above_baseline'] / 2**30:.2f} GiB "
               f"above the loaded model){accuracy}", flush=True)
+    if args.only:
+        return
     lines = [
         f"`python bench/long_documents.py --steps {args.steps} --epochs {args.epochs}` "
         f"({os.cpu_count()} CPU cores). MiniLM (`all_minilm_l6_v2`) fine-tuned with batch "

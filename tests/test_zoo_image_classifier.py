@@ -226,6 +226,16 @@ def test_preset_round_trip_and_fresh_head(tiny_image_classifier, digits_sample, 
         ImageClassifier.from_preset(broken)
 
 
+def test_keras_format_round_trip_gives_identical_predictions(tiny_image_classifier,
+                                                             digits_sample, tmp_path):
+    _, (images, _) = digits_sample
+    tiny_image_classifier.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")  # no custom_objects
+    np.testing.assert_array_equal(probabilities(loaded, images),
+                                  probabilities(tiny_image_classifier, images))
+    assert loaded.preprocessor.get_config() == tiny_image_classifier.preprocessor.get_config()
+
+
 def test_shipped_preset_at_a_new_image_size_predicts_the_same_classes(digits_sample):
     """Loaded at 32 x 32 (8 x 8 patches instead of 7 x 7), the interpolated
     position embeddings keep the predictions on upscaled digits."""

@@ -39,6 +39,22 @@ def test_preset_round_trip_gives_identical_predictions(tiny_classifier, saved_pr
                                       "assets/vocabulary.txt", "assets/labels.json"}
 
 
+def test_keras_format_round_trip_keeps_the_vocabulary_as_an_asset(tiny_classifier, tmp_path):
+    import zipfile
+
+    import keras
+
+    tiny_classifier.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")  # no custom_objects
+    np.testing.assert_array_equal(loaded.predict(TEXTS, verbose=0),
+                                  tiny_classifier.predict(TEXTS, verbose=0))
+    assert loaded.vocabulary == tiny_classifier.vocabulary
+    with zipfile.ZipFile(tmp_path / "model.keras") as archive:
+        config = archive.read("config.json").decode()
+        assets = {n.rsplit("/", 1)[-1] for n in archive.namelist() if n.startswith("assets/")}
+    assert "\"vocabulary\":" not in config and "vocabulary.txt" in assets
+
+
 def test_preset_weights_hold_no_optimizer_state(saved_preset, tiny_classifier):
     size = (saved_preset / "model.weights.h5").stat().st_size
     parameters = sum(int(np.prod(w.shape)) for w in tiny_classifier.weights)

@@ -1,6 +1,7 @@
 """zoo.Translator: training, decoding with the cache, presets, export."""
 
 import json
+import zipfile
 
 import keras
 import numpy as np
@@ -245,6 +246,13 @@ def test_keras_save_and_load_round_trip(tiny_translator, tmp_path):
     tiny_translator.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     assert loaded.translate(sources) == tiny_translator.translate(sources)
+    # The vocabularies are assets in the archive, not lists in its config.
+    with zipfile.ZipFile(tmp_path / "model.keras") as archive:
+        config = archive.read("config.json").decode()
+        assets = [n for n in archive.namelist() if n.startswith("assets/")]
+    assert "vocabulary" in config and "[START]" not in config
+    assert {n.rsplit("/", 1)[-1] for n in assets} >= {"source_vocabulary.txt",
+                                                      "target_vocabulary.txt"}
 
 
 @pytest.mark.slow

@@ -24,6 +24,8 @@ from zoo.pipeline import RawInputModel
 
 LABELS_FILE = "labels.json"
 HEAD_NAME = "classifier_head"
+# The entries Keras's `Model.get_config` adds to a task's own.
+KERAS_ARGUMENTS = ("name", "trainable", "dtype")
 
 
 def check_classes(num_classes, labels):
@@ -131,7 +133,7 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
         return {**super().constructor_arguments(), "labels": self.label_names}
 
     def get_config(self):
-        return {**super().get_config(), **self.constructor_arguments()}
+        return {**super().get_config(), "labels": self.label_names}
 
     def write_assets(self):
         return {LABELS_FILE: json.dumps(self.display_labels())}

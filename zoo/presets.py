@@ -166,6 +166,16 @@ def load_preset(folder, kind):
     return Preset(folder, kind, config["config"], metadata)
 
 
+@dataclass
+class _AssetFolder:
+    """A folder of asset files, read as a `Preset`'s assets."""
+
+    folder: Path
+
+    def asset(self, name):
+        return self.folder / name
+
+
 class _ShippedPresets:
     """`Model.presets`: `{name: folder}` of the presets shipped for that model."""
 
@@ -222,9 +232,31 @@ class PresetModel:
         """Constructor arguments read back from a verified preset's assets."""
         return {}
 
+    def use_assets(self, **assets):
+        """Takes the constructor arguments `assets_from_preset` reads (a
+        vocabulary) into a model built without them: `.keras` loading."""
+
     def constructor_arguments(self):
         """Everything that rebuilds this model: architecture and assets."""
         return {**self.architecture(), **self.preset_assets()}
+
+    # Keras's `.keras` format: the architecture in the config, the assets
+    # (vocabularies) as files beside the weights, as keras-hub's tokenizers
+    # keep theirs.
+
+    def get_config(self):
+        return {**super().get_config(), **self.architecture()}
+
+    def save_assets(self, dir_path):
+        if any(value is None for value in self.preset_assets().values()):
+            return  # nothing learned yet
+        for name, contents in self.write_assets().items():
+            (Path(dir_path) / name).write_text(contents, encoding="utf-8")
+
+    def load_assets(self, dir_path):
+        folder = Path(dir_path)
+        if any(folder.iterdir()):
+            self.use_assets(**self.assets_from_preset(_AssetFolder(folder)))
 
     def save_to_preset(self, folder, metadata=None):
         """Writes config, weights and assets, checksummed, atomically."""

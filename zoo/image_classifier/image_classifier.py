@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from zoo import presets as preset_io
 from zoo.checkpoint_files import is_hub_handle
-from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
+from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
 from zoo.image_classifier.backbone import ImageBackbone
 from zoo.image_classifier.preprocessor import ImagePreprocessor
@@ -152,6 +152,8 @@ class ImageClassifier(ClassifierModel):
 
     def __init__(self, backbone=None, preprocessor=None, *, num_classes=None, labels=None,
                  pooling=None, dropout=None, augmentation=None, **sizes):
+        # What Keras's own config adds (`.keras` loading).
+        keras_arguments = {k: sizes.pop(k) for k in KERAS_ARGUMENTS if k in sizes}
         unknown = set(sizes) - set(FROM_SCRATCH_SIZES)
         if unknown:
             raise TypeError(f"Unknown arguments {sorted(unknown)}; a new network takes "
@@ -162,7 +164,7 @@ class ImageClassifier(ClassifierModel):
             raise ValueError(f"Give either a backbone or the sizes of a new one, not both. "
                              f"Received a backbone and {sorted(sizes)}.")
         augmentation = _check_augmentation(augmentation)
-        super().__init__(num_classes, labels)
+        super().__init__(num_classes, labels, **keras_arguments)
         if backbone is None:
             pooling = pooling or "gap"
             backbone = ImageBackbone(

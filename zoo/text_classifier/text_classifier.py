@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
+from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
 from zoo.pipeline import text_array
 from zoo.presets import preset_kind, shipped_presets
@@ -26,7 +26,7 @@ FROM_SCRATCH_SIZES = dict(
 )
 # What `from_preset` may change in a pretrained network (the rest shapes its weights).
 ADJUSTABLE = ("dropout", "num_classes", "sequence_length", "attention", "window_size",
-              "global_tokens", "pooling")
+              "global_tokens", "pooling", "rematerialize")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -99,6 +99,8 @@ class TextClassifier(ClassifierModel):
                  pooling="mean", dropout=None, vocabulary=None, merges=None, **sizes):
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+        # What Keras's own config adds (`.keras` loading).
+        keras_arguments = {k: sizes.pop(k) for k in KERAS_ARGUMENTS if k in sizes}
         unknown = set(sizes) - set(FROM_SCRATCH_SIZES)
         if unknown:
             raise TypeError(f"Unknown arguments {sorted(unknown)}; a new network takes "
@@ -106,7 +108,7 @@ class TextClassifier(ClassifierModel):
         if isinstance(backbone, TextBackbone) and sizes:
             raise ValueError(f"Give either a backbone or the sizes of a new one, not both. "
                              f"Received a backbone and {sorted(sizes)}.")
-        super().__init__(num_classes, labels)
+        super().__init__(num_classes, labels, **keras_arguments)
         new = {**FROM_SCRATCH_SIZES, **sizes}
         sequence_length = new.pop("sequence_length")
         backbone, preprocessor = bodies.body_parts(
@@ -215,6 +217,9 @@ class TextClassifier(ClassifierModel):
     @classmethod
     def assets_from_preset(cls, loaded):
         return bodies.read_vocabulary(loaded)
+
+    def use_assets(self, vocabulary, merges=None):
+        self.preprocessor.set_vocabulary(vocabulary, merges)
 
     @classmethod
     def all_presets(cls):

@@ -189,3 +189,6 @@ class TextEncoder(PresetModel, keras.Model):
     @classmethod
     def assets_from_preset(cls, loaded):
         return read_vocabulary(loaded)
+
+    def use_assets(self, vocabulary, merges=None):
+        self.preprocessor.set_vocabulary(vocabulary, merges)

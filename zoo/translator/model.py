@@ -4,7 +4,6 @@ import functools
 from pathlib import Path
 
 import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
 
@@ -15,9 +14,9 @@ from zoo.pipeline import (
     RawInputModel,
     learn_word_piece_vocabulary,
     text_array,
-    valid_utf8,
 )
 from zoo.presets import PresetModel
+from zoo.text_classifier.preprocessor import TextPreprocessor
 from zoo.translator.decoding import beam_search
 
 KIND = "translator"
@@ -234,8 +233,7 @@ class Translator(PresetModel, RawInputModel):
             self.output_projection = keras.layers.Dense(
                 vocabulary_size, dtype="float32", name="output_projection"
             )
-        self._set_untracked(source_vocabulary=None, target_vocabulary=None,
-                            source_tokenizer=None, target_tokenizer=None,
+        self._set_untracked(source_preprocessor=None, target_preprocessor=None,
                             graph_functions={})
         if source_vocabulary is not None or target_vocabulary is not None:
             self.set_vocabularies(source_vocabulary, target_vocabulary)
@@ -251,11 +249,14 @@ class Translator(PresetModel, RawInputModel):
         and the vocabulary is shared)."""
         if target_vocabulary is None and self.shared_vocabulary:
             target_vocabulary = source_vocabulary
-        tokenizers = {}
-        for side, vocabulary in (("source", source_vocabulary), ("target", target_vocabulary)):
+        preprocessors = {}
+        for side, vocabulary, length in (
+                ("source", source_vocabulary, self.source_sequence_length),
+                ("target", target_vocabulary, self.target_sequence_length)):
             if vocabulary is None:
                 raise ValueError(f"Give both vocabularies. Received: {side}_vocabulary=None")
             vocabulary = list(vocabulary)
+            # Decoding starts from and stops at fixed ids.
             if tuple(vocabulary[:len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
                 raise ValueError(
                     f"The {side} vocabulary must start with {list(RESERVED_TOKENS)}. "
@@ -266,17 +267,30 @@ class Translator(PresetModel, RawInputModel):
                     f"The {side} vocabulary has {len(vocabulary)} tokens, more than "
                     f"vocabulary_size={self.vocabulary_size}."
                 )
-            tokenizers[side] = (vocabulary, keras_hub.tokenizers.WordPieceTokenizer(
-                vocabulary=vocabulary, lowercase=False, strip_accents=False,
-                oov_token="[UNK]", dtype="int32",
-                # The TF path everywhere, eager included: ragged tensors out.
-                _allow_python_workflow=False,
-            ))
-        self._set_untracked(
-            source_vocabulary=tokenizers["source"][0], source_tokenizer=tokenizers["source"][1],
-            target_vocabulary=tokenizers["target"][0], target_tokenizer=tokenizers["target"][1],
-            graph_functions={},
-        )
+            # The classifiers' WordPiece preprocessor; case and accents kept:
+            # they carry meaning in translations.
+            preprocessors[side] = TextPreprocessor(
+                vocabulary, sequence_length=length, lowercase=False, strip_accents=False,
+                pad_token=RESERVED_TOKENS[PAD_ID], unknown_token=RESERVED_TOKENS[1],
+                start_token=RESERVED_TOKENS[START_ID], end_token=RESERVED_TOKENS[END_ID])
+        self._set_untracked(source_preprocessor=preprocessors["source"],
+                            target_preprocessor=preprocessors["target"], graph_functions={})
+
+    @property
+    def source_vocabulary(self):
+        return self.source_preprocessor and self.source_preprocessor.vocabulary
+
+    @property
+    def target_vocabulary(self):
+        return self.target_preprocessor and self.target_preprocessor.vocabulary
+
+    @property
+    def source_tokenizer(self):
+        return self.source_preprocessor and self.source_preprocessor.tokenizer
+
+    @property
+    def target_tokenizer(self):
+        return self.target_preprocessor and self.target_preprocessor.tokenizer
 
     def adapt(self, source_texts, target_texts):
         """Learns the WordPiece vocabularies from training pairs."""
@@ -305,7 +319,7 @@ class Translator(PresetModel, RawInputModel):
         self._check_vocabularies()
         if tf.executing_eagerly():
             return self.in_graph(self.preprocess, texts)
-        tokens = self.source_tokenizer(valid_utf8(texts))
+        tokens = self.source_preprocessor.tokenize(texts)
         tokens = tokens[:, :self.source_sequence_length - 1]
         ends = tf.fill([tokens.nrows(), 1], END_ID)
         # Padded to the batch's longest, not to `source_sequence_length`:
@@ -318,7 +332,7 @@ class Translator(PresetModel, RawInputModel):
         next-token targets, weights that are 0 on padding)`."""
         if tf.executing_eagerly():
             return self.in_graph(self.preprocess_pair, sources, targets)
-        tokens = self.target_tokenizer(valid_utf8(targets))
+        tokens = self.target_preprocessor.tokenize(targets)
         tokens = tokens[:, :self.target_sequence_length - 1]
         rows = tokens.nrows()
         decoder_in = tf.concat([tf.fill([rows, 1], START_ID), tokens], axis=1)
@@ -614,8 +628,8 @@ class Translator(PresetModel, RawInputModel):
         return {"source_vocabulary": self.source_vocabulary,
                 "target_vocabulary": self.target_vocabulary}
 
-    def get_config(self):
-        return {**super().get_config(), **self.constructor_arguments()}
+    def use_assets(self, source_vocabulary, target_vocabulary):
+        self.set_vocabularies(source_vocabulary, target_vocabulary)
 
     def write_assets(self):
         self._check_vocabularies()

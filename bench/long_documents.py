@@ -10,8 +10,8 @@ of TensorFlow included) is its own:
   (positions tiled from the checkpoint's 512);
 - `window + global`: the same with `global_tokens=1`: `[CLS]` attends to every
   token and every token to it (Longformer);
-- the same with `rematerialize=True`: each block's activations are computed
-  again in the backward pass instead of kept.
+- the same under Keras's `mixed_bfloat16` policy (activations in bfloat16,
+  weights and the head in float32).
 
 The task: documents of at least 4,000 WordPiece tokens, each made of sentiment
 snippets of the embedded data drawn so that 65% share one label, which is the
@@ -39,9 +39,9 @@ CONFIGURATIONS = {
     "local_window 256": dict(sequence_length=4096, attention="local_window", window_size=256),
     "local_window 256 + 1 global token": dict(sequence_length=4096, attention="local_window",
                                               window_size=256, global_tokens=1),
-    "local_window 256 + 1 global token, rematerialized blocks": dict(
+    "local_window 256 + 1 global token, mixed_bfloat16": dict(
         sequence_length=4096, attention="local_window", window_size=256, global_tokens=1,
-        rematerialize=True),
+        precision="mixed_bfloat16"),
 }
 BATCH = 2
 TOKENS = 4000
@@ -57,6 +57,8 @@ from zoo.datasets import load_sentiment
 from zoo.text_classifier.train import fine_tuning_schedule, CHECKPOINT_FINE_TUNING
 
 options, steps, epochs, documents = json.loads(sys.argv[1])
+if options.get("precision"):
+    keras.mixed_precision.set_global_policy(options.pop("precision"))
 (texts, labels), (test_texts, test_labels) = load_sentiment()
 keras.utils.set_random_seed(0)
 model = TextClassifier.from_preset("all_minilm_l6_v2", labels=["rotten", "fresh"], **options)

@@ -1,7 +1,5 @@
 """The text backbone: token ids to hidden states, built from keras_selfattn layers."""
 
-import contextlib
-
 import keras
 
 import keras_selfattn as ksa
@@ -11,7 +9,7 @@ from keras_selfattn.layers.transformer_encoder_block import ATTENTION_TYPES
 ACTIVATIONS = ("gelu", "gelu_approximate", "relu")
 # What a pretrained backbone may change (`with_changes`): no weight depends on it.
 ADJUSTABLE = ("attention", "window_size", "global_tokens", "dropout", "attention_dropout",
-              "max_sequence_length", "rematerialize")
+              "max_sequence_length")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -64,10 +62,6 @@ class TextBackbone(keras.Model):
         embedding_norm: layer-normalize the embeddings (BERT does).
         normalize_first: pre-norm blocks and a final layer norm.
         pooler: add BERT's pooler, output as `"pooled_output"`.
-        rematerialize: keep only each block's input for the backward pass
-            and compute the rest again there (`keras.RematScope` over the
-            blocks): long documents train in less memory for about a
-            third more compute.
 
     Call arguments:
         token_ids: `(B, T)` int32 ids, 0 for padding, `T <= max_sequence_length`.
@@ -88,7 +82,7 @@ class TextBackbone(keras.Model):
                  max_sequence_length=512, attention="multi_head", window_size=None,
                  global_tokens=0, dropout=0.1, attention_dropout=None, activation="gelu",
                  layer_norm_epsilon=1e-5, embedding_norm=False, normalize_first=False,
-                 pooler=False, rematerialize=False, **kwargs):
+                 pooler=False, **kwargs):
         for name, value in (("vocabulary_size", vocabulary_size), ("num_layers", num_layers),
                             ("num_heads", num_heads), ("hidden_dim", hidden_dim),
                             ("intermediate_dim", intermediate_dim),
@@ -103,20 +97,17 @@ class TextBackbone(keras.Model):
             vocabulary_size, max_sequence_length, hidden_dim, mask_zero=True, name="embedding")
         self.embedding_normalization = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name="embedding_norm") if embedding_norm else None
-        names = [f"encoder_{i}" for i in range(num_layers)]
-        remat = (keras.RematScope(mode="list_of_layers", layer_names=names) if rematerialize
-                 else contextlib.nullcontext())
-        with remat:
-            self.blocks = [
-                ksa.TransformerEncoderBlock(
-                    num_heads, intermediate_dim, attention=attention, window_size=window_size,
-                    global_tokens=global_tokens, dropout=dropout,
-                    attention_dropout=self._attention_dropout(attention_dropout, dropout,
-                                                              attention),
-                    activation=_activation(activation), normalize_first=normalize_first,
-                    layer_norm_epsilon=layer_norm_epsilon, name=name)
-                for name in names
-            ]
+        self.blocks = [
+            ksa.TransformerEncoderBlock(
+                num_heads, intermediate_dim, attention=attention, window_size=window_size,
+                global_tokens=global_tokens, dropout=dropout,
+                attention_dropout=self._attention_dropout(attention_dropout, dropout,
+                                                          attention),
+                activation=_activation(activation),
+                normalize_first=normalize_first, layer_norm_epsilon=layer_norm_epsilon,
+                name=f"encoder_{i}")
+            for i in range(num_layers)
+        ]
         self.final_normalization = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name="final_norm") if normalize_first else None
         self.pooler = keras.layers.Dense(hidden_dim, activation="tanh", name="pooler") \
@@ -149,7 +140,6 @@ class TextBackbone(keras.Model):
         self.embedding_norm = embedding_norm
         self.normalize_first = normalize_first
         self.has_pooler = pooler
-        self.rematerialize = rematerialize
 
     @staticmethod
     def _attention_dropout(attention_dropout, dropout, attention):
@@ -220,7 +210,6 @@ class TextBackbone(keras.Model):
             "embedding_norm": self.embedding_norm,
             "normalize_first": self.normalize_first,
             "pooler": self.has_pooler,
-            "rematerialize": self.rematerialize,
         }
 
     @classmethod

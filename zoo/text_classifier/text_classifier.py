@@ -26,7 +26,7 @@ FROM_SCRATCH_SIZES = dict(
 )
 # What `from_preset` may change in a pretrained network (the rest shapes its weights).
 ADJUSTABLE = ("dropout", "num_classes", "sequence_length", "attention", "window_size",
-              "global_tokens", "pooling", "rematerialize")
+              "global_tokens", "pooling")
 
 
 @keras.saving.register_keras_serializable(package="zoo")

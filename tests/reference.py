@@ -102,3 +102,19 @@ def multi_head(layer, query, value=None, key=None, allowed=None, scale=None):
 def random_padding_mask(rng, batch, length, min_valid=0):
     lengths = rng.integers(min_valid, length + 1, size=batch)
     return np.arange(length)[None, :] < lengths[:, None]
+
+
+def assert_gradients_match_central_differences(loss, inputs, grads, rows, eps=1e-6, atol=2e-4):
+    """Checks `grads` (of `loss` with respect to each of `inputs`) against
+    float64 central differences of `loss(*inputs)`, at every element of the
+    given `rows` (axis 1, batch entry 1) of each input."""
+    for which, grad in enumerate(grads):
+        for row in rows:
+            for index in np.ndindex(grad.shape[2:]):
+                full = (1, row) + index
+                bumped = [x.copy() for x in inputs]
+                bumped[which][full] += eps
+                lowered = [x.copy() for x in inputs]
+                lowered[which][full] -= eps
+                numeric = (loss(*bumped) - loss(*lowered)) / (2 * eps)
+                assert abs(numeric - grad[full]) < atol, (which, full, numeric, grad[full])

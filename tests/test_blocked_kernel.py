@@ -102,19 +102,9 @@ def test_values_and_gradients_match_float64_reference(rng, kind, block_size):
     np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5)
     # Central differences of the float64 reference, at every element of
     # one query, key and value row.
-    eps = 1e-6
-    for which, grad in zip(range(3), grads):
-        inputs = [q, k, v]
-        row = inputs[which].shape[1] // 2
-        for index in np.ndindex(inputs[which].shape[2:]):
-            full = (1, row) + index
-            bumped = [x.copy() for x in inputs]
-            bumped[which][full] += eps
-            lowered = [x.copy() for x in inputs]
-            lowered[which][full] -= eps
-            numeric = (reference_loss(*bumped, upstream, allowed)[0]
-                       - reference_loss(*lowered, upstream, allowed)[0]) / (2 * eps)
-            assert abs(numeric - grad[full]) < 2e-4, (which, full)
+    ref.assert_gradients_match_central_differences(
+        lambda *qkv: reference_loss(*qkv, upstream, allowed)[0], [q, k, v], grads,
+        rows=[q.shape[1] // 2])
 
 
 def test_gradients_equal_dense_kernel_autodiff(rng):

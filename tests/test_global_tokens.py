@@ -50,19 +50,10 @@ def test_values_and_gradients_match_float64_reference(rng, kind, global_tokens):
     grads = [np.asarray(g) for g in tape.gradient(loss, [tq, tk, tv])]
     _, expected = reference_loss(q, k, v, upstream, masks, global_tokens)
     np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5)
-    eps = 1e-6
     # Central differences at a global row (0), a row near it and one far away.
-    for which, grad in enumerate(grads):
-        for row in (0, global_tokens + 1, 20):
-            for index in np.ndindex(grad.shape[2:]):
-                full = (1, row) + index
-                bumped = [x.copy() for x in (q, k, v)]
-                bumped[which][full] += eps
-                lowered = [x.copy() for x in (q, k, v)]
-                lowered[which][full] -= eps
-                numeric = (reference_loss(*bumped, upstream, masks, global_tokens)[0]
-                           - reference_loss(*lowered, upstream, masks, global_tokens)[0]) / (2 * eps)
-                assert abs(numeric - grad[full]) < 2e-4, (which, full, numeric, grad[full])
+    ref.assert_gradients_match_central_differences(
+        lambda *qkv: reference_loss(*qkv, upstream, masks, global_tokens)[0], [q, k, v], grads,
+        rows=[0, global_tokens + 1, 20])
 
 
 def test_layer_blocked_path_equals_its_dense_path_with_padding(rng):

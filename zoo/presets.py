@@ -105,6 +105,31 @@ def save_preset(folder, kind, config, write_weights, assets, metadata=None):
     return Path(folder)
 
 
+def save_backbone_preset(folder, kind, backbone, preprocessor, assets=None, metadata=None):
+    """Writes a body, a backbone and its preprocessor without a task, as a
+    checksummed preset of `kind` (what `python -m zoo convert` writes)."""
+    config = {"backbone": backbone.architecture(), "preprocessor": preprocessor.get_config()}
+    return save_preset(folder, kind, config, backbone.save_weights, assets=assets or {},
+                       metadata=metadata)
+
+
+def load_backbone_preset(folder, kind, backbone_class, preprocessor_from):
+    """`(backbone, preprocessor)` of a verified body preset of `kind`;
+    `preprocessor_from(loaded)` builds the preprocessor from its config and assets."""
+    loaded = load_preset(folder, kind)
+    try:
+        backbone = backbone_class.from_config(loaded.config["backbone"])
+        preprocessor = preprocessor_from(loaded)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{folder}/{CONFIG_FILE} is not a {kind}'s configuration: "
+                         f"{error}") from None
+    try:
+        backbone.load_weights(str(loaded.weights))
+    except Exception as error:  # keras raises several types here
+        raise ValueError(f"{loaded.weights} does not match the preset's config: {error}") from None
+    return backbone, preprocessor
+
+
 def resolve(name_or_folder, shipped):
     """The folder of a shipped preset name, or a user's preset folder."""
     if isinstance(name_or_folder, str) and name_or_folder in shipped:

@@ -5,6 +5,7 @@ import keras
 import keras_selfattn as ksa
 from keras_selfattn.layers.base_attention import check_positive_int
 from keras_selfattn.layers.transformer_encoder_block import ATTENTION_TYPES
+from zoo.backbone import Backbone
 from zoo.image_classifier.preprocessor import image_size_pair
 
 # What a pretrained backbone may change (`with_changes`): the image size
@@ -13,7 +14,7 @@ ADJUSTABLE = ("image_size", "attention", "window_size", "dropout", "attention_dr
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class ImageBackbone(keras.Model):
+class ImageBackbone(Backbone):
     """A Vision Transformer from normalized pixels to patch tokens.
 
     As in "An Image is Worth 16x16 Words" (Dosovitskiy et al., 2021) and
@@ -54,6 +55,8 @@ class ImageBackbone(keras.Model):
     >>> backbone(np.zeros((1, 8, 8, 1)))["sequence_output"].shape
     TensorShape([1, 5, 8])
     """
+
+    adjustable = ADJUSTABLE
 
     def __init__(self, image_size, channels, patch_size, num_layers, num_heads, hidden_dim,
                  intermediate_dim, class_token=True, attention="multi_head", window_size=None,
@@ -122,27 +125,14 @@ class ImageBackbone(keras.Model):
         weights; another `image_size` resizes the position embeddings of the
         patch grid by bicubic interpolation (ViT's fine-tuning at a new
         resolution), the others change no weight."""
-        unknown = set(changes) - set(ADJUSTABLE)
-        if unknown:
-            raise ValueError(f"Only {list(ADJUSTABLE)} of a pretrained backbone may change. "
-                             f"Received: {sorted(unknown)}")
         if "image_size" in changes:
             changes["image_size"] = image_size_pair(changes["image_size"])
-        config = {**self.architecture(), **changes}
-        if config == self.architecture():
-            return self
-        other = type(self)(**config)
-        for ours, theirs in zip(self.weights, other.weights):
-            if theirs is other.patch_embedding.position_embeddings:
-                theirs.assign(self.patch_embedding.resized_position_embeddings(other.grid_shape))
-            else:
-                theirs.assign(ours)
-        return other
+        return super().with_changes(**changes)
 
-    def architecture(self):
-        """The configuration without Keras's `name` and `trainable`: what a
-        preset stores."""
-        return {k: v for k, v in self.get_config().items() if k not in ("name", "trainable")}
+    def carried_over(self, ours, theirs, other):
+        if theirs is other.patch_embedding.position_embeddings:
+            return self.patch_embedding.resized_position_embeddings(other.grid_shape)
+        return ours
 
     def get_config(self):
         return {
@@ -162,7 +152,3 @@ class ImageBackbone(keras.Model):
             "attention_dropout": self.attention_dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

@@ -518,22 +518,12 @@ def _read_image_file(path):
 
 def save_backbone_preset(folder, backbone, preprocessor, metadata=None):
     """Writes an image body as a checksummed zoo preset of kind `image_backbone`."""
-    config = {"backbone": backbone.architecture(), "preprocessor": preprocessor.get_config()}
-    return preset_io.save_preset(folder, BACKBONE_KIND, config, backbone.save_weights,
-                                 assets={}, metadata=metadata)
+    return preset_io.save_backbone_preset(folder, BACKBONE_KIND, backbone, preprocessor,
+                                          metadata=metadata)
 
 
 def load_backbone_preset(folder):
     """`(backbone, preprocessor)` of a verified `image_backbone` preset."""
-    loaded = preset_io.load_preset(folder, BACKBONE_KIND)
-    try:
-        backbone = ImageBackbone.from_config(loaded.config["backbone"])
-        preprocessor = ImagePreprocessor(**loaded.config["preprocessor"])
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{folder}/{preset_io.CONFIG_FILE} is not an image backbone's "
-                         f"configuration: {error}") from None
-    try:
-        backbone.load_weights(str(loaded.weights))
-    except Exception as error:  # keras raises several types here
-        raise ValueError(f"{loaded.weights} does not match the preset's config: {error}") from None
-    return backbone, preprocessor
+    return preset_io.load_backbone_preset(
+        folder, BACKBONE_KIND, ImageBackbone,
+        lambda loaded: ImagePreprocessor(**loaded.config["preprocessor"]))

@@ -5,6 +5,7 @@ import keras
 import keras_selfattn as ksa
 from keras_selfattn.layers.base_attention import check_positive_int
 from keras_selfattn.layers.transformer_encoder_block import ATTENTION_TYPES
+from zoo.backbone import Backbone
 
 ACTIVATIONS = ("gelu", "gelu_approximate", "relu")
 # What a pretrained backbone may change (`with_changes`): no weight depends on it.
@@ -25,7 +26,7 @@ def _activation(name):
 
 
 @keras.saving.register_keras_serializable(package="zoo")
-class TextBackbone(keras.Model):
+class TextBackbone(Backbone):
     """A transformer encoder from token ids to hidden states.
 
     The body every zoo text model shares (the classifier, the masked
@@ -77,6 +78,8 @@ class TextBackbone(keras.Model):
     >>> backbone(np.array([[2, 7, 3, 0]]))["sequence_output"].shape
     TensorShape([1, 4, 8])
     """
+
+    adjustable = ADJUSTABLE
 
     def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim,
                  max_sequence_length=512, attention="multi_head", window_size=None,
@@ -170,25 +173,12 @@ class TextBackbone(keras.Model):
         weight (the attentions share them), the dropouts change none, and a
         larger `max_sequence_length` tiles the learned positions
         (`tiled_positions`)."""
-        unknown = set(changes) - set(ADJUSTABLE)
-        if unknown:
-            raise ValueError(f"Only {list(ADJUSTABLE)} of a pretrained backbone may change. "
-                             f"Received: {sorted(unknown)}")
-        config = {**self.architecture(), **changes}
-        if config == self.architecture():
-            return self
-        other = type(self)(**config)
-        for ours, theirs in zip(self.weights, other.weights):
-            if theirs is other.position_embeddings:
-                theirs.assign(tiled_positions(ours, other.max_sequence_length))
-            else:
-                theirs.assign(ours)
-        return other
+        return super().with_changes(**changes)
 
-    def architecture(self):
-        """The configuration without Keras's `name` and `trainable`: what a
-        preset stores."""
-        return {k: v for k, v in self.get_config().items() if k not in ("name", "trainable")}
+    def carried_over(self, ours, theirs, other):
+        if theirs is other.position_embeddings:
+            return tiled_positions(ours, other.max_sequence_length)
+        return ours
 
     def get_config(self):
         return {
@@ -212,9 +202,6 @@ class TextBackbone(keras.Model):
             "pooler": self.has_pooler,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def tiled_positions(embeddings, length):

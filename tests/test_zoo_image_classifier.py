@@ -224,6 +224,16 @@ def test_preset_round_trip_and_fresh_head(tiny_image_classifier, digits_sample, 
     (broken / "model.weights.h5").write_bytes(b"\0" * 100)
     with pytest.raises(ValueError, match="corrupt or changed"):
         ImageClassifier.from_preset(broken)
+    # A preset in the single-network layout of earlier versions (a flat config).
+    from zoo.presets import save_preset
+
+    flat = {**loaded.backbone.architecture(), "num_classes": 10, "pooling": "gap",
+            "augmentation": None}
+    old = save_preset(tmp_path / "old", "image_classifier", flat,
+                      lambda path: shutil.copy(folder / "model.weights.h5", path),
+                      {"labels.json": (folder / "assets/labels.json").read_text()})
+    with pytest.raises(ValueError, match="single-network layout of zoo versions before"):
+        ImageClassifier.from_preset(old)
 
 
 def test_keras_format_round_trip_gives_identical_predictions(tiny_image_classifier,

@@ -206,6 +206,11 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
     @classmethod
     def _from_classifier_preset(cls, preset, num_classes, labels, overrides):
         loaded = cls.load_verified_preset(preset)
+        if "backbone" not in loaded.config:
+            raise ValueError(
+                f"{loaded.folder} holds a {cls.kind} preset in the single-network layout of "
+                "zoo versions before backbone + preprocessor + task (2026-11-30), which this "
+                "version does not read: train it again, or keep the earlier version for it.")
         preset_labels = cls.preset_labels(loaded)
         pretrained = cls.with_preset_weights(
             loaded, **{**loaded.config, "labels": preset_labels}, **cls.assets_from_preset(loaded))

@@ -6,13 +6,15 @@ backbone, a preprocessor and a head. A subclass sets `kind` (the preset
 kind) and `presets_dir`, builds its network in `__init__` with
 `self.backbone`, `self.preprocessor` and a final `Dense` named
 `classifier_head`, and implements `architecture()`; for `from_preset` it
-says what a pretrained body is and how it loads (`is_body_preset`,
-`check_body`, `load_body`) and how a fresh head goes on one (`_fine_tuned`);
+says which bodies it takes and how they load (`check_body`, `load_body`;
+anything but a classifier preset of its kind is a body, `is_body_preset`)
+and how a fresh head goes on one (`_fine_tuned`);
 it may add preset assets (a vocabulary) through `preset_assets()` /
 `assets_from_preset()`.
 """
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -149,8 +151,13 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
 
     @classmethod
     def is_body_preset(cls, preset):
-        """Whether `preset` names a pretrained body rather than a classifier preset."""
-        raise NotImplementedError
+        """Whether `preset` names a pretrained body (a checkpoint, a handle, a
+        zoo body preset) rather than a classifier preset of this kind: a
+        shipped name or a folder whose metadata names `kind`."""
+        if isinstance(preset, str) and preset in cls.presets:
+            return False
+        folder = Path(str(preset))
+        return not (folder.is_dir() and preset_io.preset_kind(folder) == cls.kind)
 
     @classmethod
     def check_body(cls, preset):

@@ -400,16 +400,6 @@ class ImageClassifier(ClassifierModel):
                 "augmentation": self.augmentation}
 
     @classmethod
-    def is_body_preset(cls, preset):
-        """Whether `preset` is an image body (no classifier head): a ViT
-        checkpoint (keras-hub preset or Hugging Face folder, or a handle)
-        or a zoo `image_backbone` preset."""
-        if isinstance(preset, str) and preset in cls.presets:
-            return False
-        folder = Path(str(preset))
-        return not (folder.is_dir() and preset_io.preset_kind(folder) == KIND)
-
-    @classmethod
     def check_body(cls, preset):
         if is_hub_handle(preset):
             return

@@ -9,7 +9,7 @@ import tensorflow as tf
 from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
 from zoo.pipeline import text_array
-from zoo.presets import preset_kind, shipped_presets
+from zoo.presets import shipped_presets
 from zoo.text_classifier import bodies
 from zoo.text_classifier.backbone import TextBackbone
 
@@ -226,15 +226,6 @@ class TextClassifier(ClassifierModel):
         """The shipped classifier presets and the text bodies `from_preset`
         also takes by name (`zoo.text_classifier.bodies.named_bodies`)."""
         return {**shipped_presets(PRESETS_DIR), **bodies.named_bodies()}
-
-    @classmethod
-    def is_body_preset(cls, preset):
-        """Whether `preset` is a text body (no classifier head): a shipped or
-        zoo body, a keras-hub preset or a Hugging Face checkpoint."""
-        if isinstance(preset, str) and preset in shipped_presets(PRESETS_DIR):
-            return False
-        folder = Path(str(preset))
-        return not (folder.is_dir() and preset_kind(folder) == KIND)
 
     @classmethod
     def check_body(cls, preset):

@@ -77,7 +77,7 @@ MODELS = {
         "text_classifier", "zoo.text_classifier:TextClassifier",
         "zoo.text_classifier.train:train_text_classifier",
         ("text_column", "label_column", "from_scratch", "sequence_length", "attention",
-         "window_size", "global_tokens"), _labelled_texts,
+         "window_size", "global_tokens", "rematerialize"), _labelled_texts,
         "CSV/TSV/JSONL file with text and label columns, or 'rotten-tomatoes' (sentiment) or "
         "'wordnet-definitions' (topic)",
     ),
@@ -278,6 +278,10 @@ def _parser():
     train.add_argument("--global-tokens", type=int,
                        help="text-classifier: leading tokens ([CLS]) with global attention under "
                             "local_window, as Longformer's")
+    train.add_argument("--rematerialize", action="store_const", const=True,
+                       help="text-classifier: recompute each block's activations in the backward "
+                            "pass (about half the memory of long-document training, about 15%% "
+                            "more time)")
     train.add_argument("--image-size", type=int,
                        help="image-classifier: model input side (default: chosen from the images, "
                             "or the preset's)")

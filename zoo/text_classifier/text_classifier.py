@@ -22,11 +22,11 @@ POOLINGS = ("mean", "first")
 FROM_SCRATCH_SIZES = dict(
     vocabulary_size=8000, sequence_length=128, hidden_dim=128, num_layers=2, num_heads=4,
     intermediate_dim=256, attention="multi_head", window_size=None, global_tokens=0,
-    embedding_norm=False, normalize_first=False,
+    embedding_norm=False, normalize_first=False, rematerialize=False,
 )
 # What `from_preset` may change in a pretrained network (the rest shapes its weights).
 ADJUSTABLE = ("dropout", "num_classes", "sequence_length", "attention", "window_size",
-              "global_tokens", "pooling")
+              "global_tokens", "pooling", "rematerialize")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -69,7 +69,8 @@ class TextClassifier(ClassifierModel):
             `tokenizer="byte_pair"` (a preset's).
         vocabulary_size, sequence_length, hidden_dim, num_layers, num_heads,
             intermediate_dim, attention, window_size, global_tokens,
-            embedding_norm, normalize_first: sizes of a new network (`FROM_SCRATCH_SIZES`);
+            embedding_norm, normalize_first, rematerialize: sizes of a new
+            network (`FROM_SCRATCH_SIZES`);
             `sequence_length` also sets a new preprocessor's.
 
     Call arguments:
@@ -252,8 +253,10 @@ class TextClassifier(ClassifierModel):
                 between `"multi_head"` and `"local_window"`, which share
                 their weights, and `global_tokens=1` gives `[CLS]` global
                 attention (a Longformer-style reader of documents far longer
-                than the checkpoint's positions); `dropout` defaults to
-                `FINE_TUNING_DROPOUT` for a body.
+                than the checkpoint's positions); `rematerialize=True`
+                recomputes each block's activations in the backward pass,
+                which halves the memory of such long-document training;
+                `dropout` defaults to `FINE_TUNING_DROPOUT` for a body.
         """
         return super().from_preset(preset, num_classes, labels, **overrides)
 

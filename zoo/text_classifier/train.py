@@ -114,7 +114,7 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
                           batch_size=32, run=None, text_column=None, label_column=None,
                           learning_rate=None, max_train_examples=None, architecture=None,
                           dropout=None, sequence_length=None, attention=None, window_size=None,
-                          global_tokens=None,
+                          global_tokens=None, rematerialize=None,
                           verbose="auto", seed=0):
     """Fine-tunes a pretrained body or preset, or trains from scratch; then
     reports, plots, saves and exports.
@@ -125,9 +125,9 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     `architecture` is given; else `default_body()`. Epochs and learning rate
     default to `fine_tuning_recipe(preset)` for a pretrained network (with
     warm-up and cosine decay) and to `FROM_SCRATCH` otherwise.
-    `sequence_length`, `attention`, `window_size` and `global_tokens` change
-    the network's (a longer sequence than a preset's extends its position
-    embeddings).
+    `sequence_length`, `attention`, `window_size`, `global_tokens` and
+    `rematerialize` change the network's (a longer sequence than a preset's
+    extends its position embeddings).
 
     Writes under `out/` what `zoo.training.train_and_report` lists.
 
@@ -149,7 +149,8 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     epochs = epochs or recipe_epochs(recipe, len(train[0]), batch_size)
     names = label_names(train, validation)
     shape = {k: v for k, v in (("sequence_length", sequence_length), ("attention", attention),
-                               ("window_size", window_size), ("global_tokens", global_tokens))
+                               ("window_size", window_size), ("global_tokens", global_tokens),
+                               ("rematerialize", rematerialize))
              if v is not None}
 
     run = run or TrainingRun()

@@ -1,6 +1,7 @@
 """ImageClassifier: raw images through the pipeline, presets, position interpolation."""
 
 import json
+import re
 import shutil
 
 import keras
@@ -131,6 +132,13 @@ def test_bad_inputs_get_clear_errors(tiny_image_classifier, digits_sample, tmp_p
                 dict(augmentation={"shear": 0.1}), dict(augmentation={"rotation": 2})):
         with pytest.raises(ValueError):
             ImageClassifier(num_classes=2, **{**TINY_VIT, **bad})
+    from zoo.image_classifier.preprocessor import ImagePreprocessor
+
+    for name, bad in (("mean", [0.5, 0.5]), ("std", [0.2, 0.0, 0.2]), ("std", -1),
+                      ("mean", "0.5"), ("std", [])):
+        with pytest.raises(ValueError, match=rf"`{name}` must be one .*\(3\)\. "
+                                             rf"Received: {name}={re.escape(repr(bad))}"):
+            ImagePreprocessor(channels=3, **{name: bad})
 
 
 class RecordingClassifier(ImageClassifier):

@@ -55,6 +55,23 @@ def test_keras_format_round_trip_keeps_the_vocabulary_as_an_asset(tiny_classifie
     assert "\"vocabulary\":" not in config and "vocabulary.txt" in assets
 
 
+def test_a_vocabulary_asset_over_the_bound_is_refused_by_name(tiny_classifier, tmp_path,
+                                                               monkeypatch):
+    import keras
+
+    from zoo import presets
+
+    tiny_classifier.save(tmp_path / "model.keras")
+    size = len(("\n".join(tiny_classifier.vocabulary) + "\n").encode())
+    monkeypatch.setattr(presets, "MAX_ASSET_BYTES", size - 1)
+    with pytest.raises(ValueError, match=rf"vocabulary.txt holds {size} bytes, more than the "
+                                         rf"{size - 1} a vocabulary file may"):
+        keras.saving.load_model(tmp_path / "model.keras")
+    monkeypatch.setattr(presets, "MAX_ASSET_BYTES", size)
+    assert keras.saving.load_model(tmp_path / "model.keras").vocabulary == \
+        tiny_classifier.vocabulary
+
+
 def test_preset_weights_hold_no_optimizer_state(saved_preset, tiny_classifier):
     size = (saved_preset / "model.weights.h5").stat().st_size
     parameters = sum(int(np.prod(w.shape)) for w in tiny_classifier.weights)

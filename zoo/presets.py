@@ -26,6 +26,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 ASSETS_DIR = "assets"
+# A vocabulary of a million 60-byte entries; what a hand-edited or hostile file may not exceed.
+MAX_ASSET_BYTES = 64 << 20
 
 
 def sha256(path):
@@ -72,6 +74,21 @@ class Preset:
 
     def asset(self, name):
         return self.folder / ASSETS_DIR / name
+
+
+def asset_lines(loaded, name):
+    """The lines of a text asset (a vocabulary: one entry a line, each ended
+    by "\\n", so an entry may hold any other line separator), at most
+    `MAX_ASSET_BYTES`: a preset's assets or a `.keras` file's."""
+    path = loaded.asset(name)
+    try:
+        size = path.stat().st_size
+        if size > MAX_ASSET_BYTES:
+            raise ValueError(f"{path} holds {size} bytes, more than the {MAX_ASSET_BYTES} a "
+                             "vocabulary file may.")
+        return path.read_text(encoding="utf-8").split("\n")[:-1]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} cannot be read: {error}") from None
 
 
 def save_preset(folder, kind, config, write_weights, assets, metadata=None):

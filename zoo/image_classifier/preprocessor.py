@@ -21,8 +21,12 @@ def image_size_pair(value):
 
 
 def _per_channel(name, value, channels):
-    values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
-    if len(values) not in (1, channels) or (name == "std" and min(values) <= 0):
+    try:
+        values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    except (TypeError, ValueError):
+        values = []
+    if isinstance(value, (str, bool)) or len(values) not in (1, channels) or (
+            name == "std" and min(values) <= 0):
         raise ValueError(f"`{name}` must be one {'positive ' if name == 'std' else ''}number or "
                          f"one per channel ({channels}). Received: {name}={value!r}")
     return values

@@ -76,12 +76,9 @@ def preprocessor_assets(preprocessor):
 def read_vocabulary(loaded):
     """`{"vocabulary": [...]}`, with `"merges"` for a byte-pair tokenizer,
     from a verified preset (`zoo.presets.Preset`)."""
-    def lines(name):
-        return loaded.asset(name).read_text(encoding="utf-8").split("\n")[:-1]
-
-    assets = {"vocabulary": lines(VOCABULARY_FILE)}
+    assets = {"vocabulary": preset_io.asset_lines(loaded, VOCABULARY_FILE)}
     if loaded.asset(MERGES_FILE).is_file():
-        assets["merges"] = lines(MERGES_FILE)
+        assets["merges"] = preset_io.asset_lines(loaded, MERGES_FILE)
     return assets
 
 

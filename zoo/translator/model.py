@@ -15,7 +15,7 @@ from zoo.pipeline import (
     learn_word_piece_vocabulary,
     text_array,
 )
-from zoo.presets import PresetModel
+from zoo.presets import PresetModel, asset_lines
 from zoo.text_classifier.preprocessor import TextPreprocessor
 from zoo.translator.decoding import beam_search
 
@@ -639,10 +639,8 @@ class Translator(PresetModel, RawInputModel):
     @classmethod
     def assets_from_preset(cls, loaded):
         return {
-            "source_vocabulary": loaded.asset(SOURCE_VOCABULARY_FILE)
-            .read_text(encoding="utf-8").splitlines(),
-            "target_vocabulary": loaded.asset(TARGET_VOCABULARY_FILE)
-            .read_text(encoding="utf-8").splitlines(),
+            "source_vocabulary": asset_lines(loaded, SOURCE_VOCABULARY_FILE),
+            "target_vocabulary": asset_lines(loaded, TARGET_VOCABULARY_FILE),
         }
 
     def export(self, folder, beam_size=4, max_length=None, length_penalty=0.6, version=None):

@@ -161,7 +161,7 @@ def decoding_table(ours, hub, sentences, length, batch_sizes):
 def main(quick=False, decode_only=False):
     keras.utils.set_random_seed(0)
     architecture = dict(DEFAULT_ARCHITECTURE)
-    train, validation, test = load_training_data("gramps")
+    train, validation, test, _ = load_training_data("gramps")
     if quick:
         train = (train[0][:600], train[1][:600])
         test = (test[0][:100], test[1][:100])

@@ -37,6 +37,9 @@ def test_train_predict_evaluate(reviews_csv, tmp_path):
     assert (tmp_path / "run" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["labels"] == ["fresh", "rotten"]
+    assert f"{reviews_csv}: 240 rows read, 240 used" in done.stdout
+    assert report["data_rows"] == {"path": str(reviews_csv), "rows": 240, "used": 240,
+                                   "skipped": {}, "cut_to_characters": 100_000, "cut": 0}
 
     predicted = zoo("predict", "run", "a wonderful film", "a dreadful bore", cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
@@ -208,6 +211,7 @@ def test_translator_train_predict_evaluate_export(pairs_tsv, tmp_path, capsys):
         assert (tmp_path / "run" / name).exists(), name
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["examples"]["validation"] == 8 and set(report["bleu"]) == {"1", "2"}
+    assert report["data_rows"]["rows"] == report["data_rows"]["used"] == 80
 
     code, out, err = run_main(["predict", str(tmp_path / "run"), "one two", "three"], capsys)
     assert code == 0, err

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from zoo.data import read_labelled_texts, read_sentence_pairs
+from zoo.data import read_labelled_data, read_labelled_texts, read_sentence_pairs
 from zoo.datasets import load_message_pairs, message_languages, split_pairs
 
 
@@ -47,10 +47,20 @@ def test_non_utf8_bytes_are_replaced_with_a_warning(tmp_path):
     assert texts == ["caf\ufffd cr\ufffdme", "fine"] and labels == ["pos", "neg"]
 
 
-def test_empty_texts_and_missing_labels_are_skipped(tmp_path):
+def test_empty_texts_and_missing_labels_are_counted_and_refused_past_one_percent(tmp_path):
     (tmp_path / "a.csv").write_text("text,label\n,pos\n   ,neg\nok,\nkept,pos\n")
-    with pytest.warns(UserWarning, match="empty text|without a label"):
-        assert read_labelled_texts(tmp_path / "a.csv") == (["kept"], ["pos"])
+    with pytest.raises(ValueError, match=r"a.csv: 3 of 4 rows skipped \(2 with empty text, 1 "
+                                         r"without a label\), more than the 1% allowed.*"
+                                         r"--allow-skipped"):
+        read_labelled_texts(tmp_path / "a.csv")
+    texts, labels, counts = read_labelled_data(tmp_path / "a.csv", allow_skipped=True)
+    assert (texts, labels) == (["kept"], ["pos"])
+    assert counts.summary() == (f"{tmp_path / 'a.csv'}: 4 rows read, 1 used; skipped 2 with "
+                                "empty text, 1 without a label")
+    # One row in a hundred is within the share.
+    rows = "".join(f"text {i},pos\n" for i in range(99)) + "no label,\n"
+    (tmp_path / "b.csv").write_text("text,label\n" + rows)
+    assert len(read_labelled_texts(tmp_path / "b.csv")[0]) == 99
 
 
 def test_unknown_format_and_bad_json(tmp_path):

@@ -31,7 +31,8 @@ def _labelled_texts(args):
 
     if args.data in (EMBEDDED_DATA, DEFINITIONS_DATA):
         return load_training_data(args.data)[2]
-    return read_labelled_texts(args.data, args.text_column, args.label_column)
+    return read_labelled_texts(args.data, args.text_column, args.label_column,
+                               allow_skipped=args.allow_skipped)
 
 
 def _labelled_images(args):
@@ -77,7 +78,7 @@ MODELS = {
         "text_classifier", "zoo.text_classifier:TextClassifier",
         "zoo.text_classifier.train:train_text_classifier",
         ("text_column", "label_column", "from_scratch", "sequence_length", "attention",
-         "window_size", "global_tokens", "rematerialize"), _labelled_texts,
+         "window_size", "global_tokens", "rematerialize", "allow_skipped"), _labelled_texts,
         "CSV/TSV/JSONL file with text and label columns, or 'rotten-tomatoes' (sentiment) or "
         "'wordnet-definitions' (topic)",
     ),
@@ -268,6 +269,9 @@ def _parser():
     train.add_argument("--dropout", type=float, help="default: the model's recipe or preset")
     train.add_argument("--text-column", help="text-classifier: the text column")
     train.add_argument("--label-column", help="text-classifier: the label column")
+    train.add_argument("--allow-skipped", action="store_const", const=True,
+                       help="text-classifier: train even when more than 1%% of the rows have an "
+                            "empty text or no label (they are skipped and counted)")
     train.add_argument("--sequence-length", type=int,
                        help="text-classifier: tokens per text (longer than the preset's extends "
                             "its position embeddings)")
@@ -309,6 +313,9 @@ def _parser():
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--text-column")
     evaluate.add_argument("--label-column")
+    evaluate.add_argument("--allow-skipped", action="store_true",
+                          help="text-classifier: evaluate even when more than 1%% of the rows "
+                               "have an empty text or no label")
     evaluate.add_argument("--beam-size", type=int, help="translator: beam size (default 4)")
     evaluate.set_defaults(run=_evaluate)
 

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from zoo.data import read_labelled_texts
+from zoo.data import read_labelled_data
 from zoo.datasets import load_definitions, load_sentiment
 from zoo.text_classifier.text_classifier import TextClassifier
 from zoo.training import (
@@ -89,13 +89,18 @@ DEMO_ARCHITECTURE = dict(
 
 
 def load_training_data(data, text_column=None, label_column=None,
-                       validation_fraction=0.1, seed=0):
-    """`(train, validation, test)`, each `(texts, labels)`; test may be None.
+                       validation_fraction=0.1, seed=0, allow_skipped=False):
+    """`(train, validation, test, counts)`, each split `(texts, labels)`;
+    test may be None, and so are the counts (`zoo.data.ReadCounts`) of
+    embedded data.
 
-    `data` is a CSV/TSV/JSONL file, `"rotten-tomatoes"` for the embedded
-    sentiment data or `"wordnet-definitions"` for the embedded topic task,
-    each with its fixed held-out test split.
+    `data` is a CSV/TSV/JSONL file (`zoo.data.read_labelled_data`, which
+    refuses a file with more than 1% of its rows skipped unless
+    `allow_skipped`), `"rotten-tomatoes"` for the embedded sentiment data or
+    `"wordnet-definitions"` for the embedded topic task, each with its fixed
+    held-out test split.
     """
+    counts = None
     if data == EMBEDDED_DATA:
         (texts, labels), test = load_sentiment()
         names = ("rotten", "fresh")
@@ -104,17 +109,18 @@ def load_training_data(data, text_column=None, label_column=None,
     elif data == DEFINITIONS_DATA:
         (texts, labels), test = load_definitions()
     else:
-        texts, labels = read_labelled_texts(data, text_column, label_column)
+        texts, labels, counts = read_labelled_data(data, text_column, label_column,
+                                                   allow_skipped=allow_skipped)
         texts, labels, test = np.array(texts, dtype=object), np.array(labels), None
     train, validation = split_validation(texts, labels, data, validation_fraction, seed)
-    return train, validation, test
+    return train, validation, test, counts
 
 
 def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=None,
                           batch_size=32, run=None, text_column=None, label_column=None,
                           learning_rate=None, max_train_examples=None, architecture=None,
                           dropout=None, sequence_length=None, attention=None, window_size=None,
-                          global_tokens=None, rematerialize=None,
+                          global_tokens=None, rematerialize=None, allow_skipped=False,
                           verbose="auto", seed=0):
     """Fine-tunes a pretrained body or preset, or trains from scratch; then
     reports, plots, saves and exports.
@@ -128,6 +134,10 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     `sequence_length`, `attention`, `window_size`, `global_tokens` and
     `rematerialize` change the network's (a longer sequence than a preset's
     extends its position embeddings).
+
+    A data file with more than 1% of its rows skipped (empty text, no label)
+    is refused unless `allow_skipped`; what was read, used, skipped and cut
+    is printed and kept in `report.json` (`"data_rows"`).
 
     Writes under `out/` what `zoo.training.train_and_report` lists.
 
@@ -143,7 +153,10 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     recipe = fine_tuning_recipe(preset) if preset is not None else FROM_SCRATCH
     learning_rate = learning_rate or recipe["learning_rate"]
     keras.utils.set_random_seed(seed)
-    train, validation, test = load_training_data(data, text_column, label_column, seed=seed)
+    train, validation, test, counts = load_training_data(data, text_column, label_column,
+                                                         seed=seed, allow_skipped=allow_skipped)
+    if counts is not None:
+        print(counts.summary(), flush=True)
     if max_train_examples:
         train = (train[0][:max_train_examples], train[1][:max_train_examples])
     epochs = epochs or recipe_epochs(recipe, len(train[0]), batch_size)
@@ -173,7 +186,8 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
 
     return train_and_report(
         model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
-        training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
+        training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
+                           **({"data_rows": counts.as_dict()} if counts else {})},
         summary_extra={"preset": None if preset is None else str(preset)},
     )
 

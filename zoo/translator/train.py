@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from zoo.data import read_sentence_pairs
+from zoo.data import read_sentence_data
 from zoo.datasets import load_message_pairs, split_pairs
 from zoo.training import TrainingRun, dropout_override, train_and_report, warmup_cosine
 from zoo.translator.model import Translator
@@ -30,23 +30,27 @@ def embedded_language(data):
 
 
 def load_training_data(data, validation_fraction=0.1, seed=0):
-    """`(train, validation, test)`, each `(sources, targets)`; test may be None.
+    """`(train, validation, test, counts)`, each split `(sources, targets)`;
+    test may be None, and so are the counts (`zoo.data.ReadCounts`) of the
+    embedded corpus.
 
     `data` is a TSV/JSONL file of pairs, or `"gramps[:LANG]"` for the
     embedded interface messages, English -> LANG (German by default), with
     their fixed held-out test split of 500 pairs.
     """
     language = embedded_language(data)
+    counts = None
     if language is not None:
         (sources, targets), test = split_pairs(load_message_pairs(language))
     else:
-        sources, targets = read_sentence_pairs(data)
+        sources, targets, counts = read_sentence_data(data)
         sources, targets = np.array(sources, dtype=object), np.array(targets, dtype=object)
         test = None
     order = np.random.default_rng(seed).permutation(len(sources))
     cut = max(1, int(len(sources) * validation_fraction))
     validation, train = order[:cut], order[cut:]
-    return ((sources[train], targets[train]), (sources[validation], targets[validation]), test)
+    return ((sources[train], targets[train]), (sources[validation], targets[validation]), test,
+            counts)
 
 
 def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=None,
@@ -63,7 +67,9 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
     keras.utils.set_random_seed(seed)
     epochs = epochs or DEFAULT_EPOCHS
     learning_rate = learning_rate or (5e-4 if preset else 2e-3)
-    train, validation, test = load_training_data(data, seed=seed)
+    train, validation, test, counts = load_training_data(data, seed=seed)
+    if counts is not None:
+        print(counts.summary(), flush=True)
     if max_train_examples:
         train = (train[0][:max_train_examples], train[1][:max_train_examples])
     steps = epochs * -(-len(train[0]) // batch_size)
@@ -82,7 +88,8 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
 
     return train_and_report(
         model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
-        training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
+        training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
+                           **({"data_rows": counts.as_dict()} if counts else {})},
         summary_extra={"preset": preset},
         evaluation_options={"beam_size": beam_size},
         export_options={"beam_size": beam_size},

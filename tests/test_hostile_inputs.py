@@ -99,3 +99,200 @@ def test_sentences_keep_unicode_line_separators(tmp_path):
     (tmp_path / "pairs.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     sources, targets, _ = read_sentence_data(tmp_path / "pairs.tsv")
     assert sources[3] == "line\u20283" and targets[3] == "Zeile\x853" and len(sources) == 12
+
+
+# Writing: a published version is never rewritten, nothing half-written is left.
+
+PUBLISHER = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from zoo.publishing import new_version_directory
+folder, start, rounds, name = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+while time.time() < start:
+    pass
+for index in range(rounds):
+    with new_version_directory(folder) as (staging, publish):
+        (staging / "writer.txt").write_text(f"{{name}} {{index}}")
+        publish()
+"""
+
+
+def test_concurrent_exports_each_get_their_own_version(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT
+
+    code = PUBLISHER.format(repo=str(REPO_ROOT))
+    start = time.time() + 1.5  # all writers begin together, after Python starts
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "served"), str(start),
+                                 "15", f"w{n}"]) for n in range(6)]
+    assert [w.wait(timeout=120) for w in writers] == [0] * 6
+    versions = sorted(int(p.name) for p in (tmp_path / "served").iterdir())
+    assert versions == list(range(1, 91))  # nothing else: no staging folder left
+    written = sorted((tmp_path / "served" / str(v) / "writer.txt").read_text() for v in versions)
+    assert written == sorted(f"w{n} {i}" for n in range(6) for i in range(15))
+
+
+def test_published_folders_take_the_umask_modes(tiny_classifier, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        version = tiny_classifier.export(tmp_path / "served")
+        tiny_classifier.save_to_preset(tmp_path / "preset")
+    finally:
+        os.umask(previous)
+    for folder in (version, tmp_path / "preset"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
+    # Readable by another user: every file at least 0o644.
+    for path in version.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path
+
+
+def test_a_replacement_cut_short_is_recovered_and_dead_writers_staging_removed(
+        tiny_classifier, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    tiny_classifier.save_to_preset(run / "preset")
+    # What a crash between the two renames of a replacement leaves: the old
+    # preset renamed aside, and a staging folder of a process now gone.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (run / "preset").rename(run / ".preset.previous")
+    (run / f".preset.{gone}.0123abcd").mkdir()
+    (run / f".preset.{gone}.0123abcd" / "config.json").write_text("{")
+    assert main(["predict", str(run), "a fine film"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] in tiny_classifier.display_labels()
+    assert (run / "preset").is_dir() and not (run / ".preset.previous").exists()
+    # The next write into the folder removes the dead writer's staging folder.
+    tiny_classifier.save_to_preset(run / "preset")
+    assert sorted(p.name for p in run.iterdir()) == ["preset"]
+    # An export's leftover, as after a SIGKILL during `export`, likewise.
+    served = tmp_path / "served"
+    (served / f".version.{gone}.89abcdef").mkdir(parents=True)
+    tiny_classifier.export(served)
+    assert sorted(p.name for p in served.iterdir()) == ["1"]
+
+
+def test_an_export_holds_what_inference_needs_not_the_optimizer(tiny_classifier, tmp_path):
+    import tensorflow as tf
+
+    assert tiny_classifier.optimizer is not None and tiny_classifier.optimizer.variables
+    version = tiny_classifier.export(tmp_path / "served")
+    saved = [name for name, _ in tf.train.list_variables(str(version / "variables" / "variables"))
+             if name.endswith("VARIABLE_VALUE")]
+    assert not [name for name in saved if "optimizer" in name.lower()], saved
+    network = len(tiny_classifier.weights)
+    seeds = sum(1 for v in tiny_classifier.variables if v.name == "seed_generator_state")
+    assert len(saved) == network + seeds, saved
+
+
+# Presets: every file listed and verified, nothing outside, pinned origins.
+
+@pytest.fixture
+def preset_copy(tiny_classifier, tmp_path):
+    folder = tmp_path / "preset"
+    tiny_classifier.save_to_preset(folder)
+    return folder
+
+
+def _load(folder, **kwargs):
+    from zoo import TextClassifier
+
+    return TextClassifier.from_preset(folder, **kwargs)
+
+
+def test_an_unlisted_file_is_refused(preset_copy):
+    import hashlib
+
+    from zoo import TextClassifier
+
+    labels = preset_copy / "assets" / "labels.json"
+    metadata = json.loads((preset_copy / "metadata.json").read_text())
+    # labels.json swapped and dropped from the metadata: once loaded unchecked.
+    del metadata["files"]["assets/labels.json"]
+    (preset_copy / "metadata.json").write_text(json.dumps(metadata))
+    labels.write_text(json.dumps(list(reversed(json.loads(labels.read_text())))))
+    with pytest.raises(ValueError, match=r"holds assets/labels.json, which metadata.json does "
+                                         r"not list"):
+        _load(preset_copy)
+    # A stray file likewise, even with every listed file intact.
+    metadata["files"]["assets/labels.json"] = hashlib.sha256(labels.read_bytes()).hexdigest()
+    (preset_copy / "metadata.json").write_text(json.dumps(metadata))
+    (preset_copy / "assets" / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="holds assets/notes.txt, which"):
+        TextClassifier.from_preset(preset_copy)
+    (preset_copy / "assets" / "notes.txt").unlink()
+    assert _load(preset_copy).display_labels() == json.loads(labels.read_text())
+
+
+def test_links_and_names_outside_the_preset_are_refused_without_hashing_them(
+        preset_copy, tmp_path):
+    import hashlib
+
+    vocabulary = preset_copy / "assets" / "vocabulary.txt"
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(vocabulary.read_bytes())
+    vocabulary.unlink()
+    vocabulary.symlink_to(outside)  # same bytes, same hash: only the link gives it away
+    with pytest.raises(ValueError, match="assets/vocabulary.txt is a symbolic link"):
+        _load(preset_copy)
+    vocabulary.unlink()
+    vocabulary.write_bytes(outside.read_bytes())
+    secret = tmp_path / "secret"
+    secret.write_text("not for printing")
+    metadata = json.loads((preset_copy / "metadata.json").read_text())
+    for name in (str(secret), "../secret", "assets/../../secret"):
+        edited = {**metadata, "files": {**metadata["files"], name: "0" * 64}}
+        (preset_copy / "metadata.json").write_text(json.dumps(edited))
+        with pytest.raises(ValueError, match="a preset lists relative paths") as error:
+            _load(preset_copy)
+        assert hashlib.sha256(secret.read_bytes()).hexdigest() not in str(error.value)
+
+
+def test_an_edited_shipped_preset_is_refused_even_with_rewritten_metadata(tmp_path, monkeypatch):
+    import hashlib
+    import shutil
+
+    from zoo import TextClassifier, presets
+
+    shipped = TextClassifier.presets["rotten_tomatoes_small"]
+    digest = hashlib.sha256((shipped / "metadata.json").read_bytes()).hexdigest()
+    assert presets.SHIPPED_METADATA_SHA256[
+        shipped.resolve().relative_to(presets.PACKAGE_DIR).as_posix()] == digest
+    for folder in presets.PACKAGE_DIR.glob("*/presets/*"):
+        relative = folder.relative_to(presets.PACKAGE_DIR).as_posix()
+        assert presets.SHIPPED_METADATA_SHA256[relative] == hashlib.sha256(
+            (folder / "metadata.json").read_bytes()).hexdigest(), relative
+    # A copy of the package's zoo folder, its shipped preset edited and its
+    # metadata rewritten to match: the pin in the code still refuses it.
+    package = tmp_path / "zoo"
+    shutil.copytree(shipped, package / "text_classifier" / "presets" / "rotten_tomatoes_small")
+    edited = package / "text_classifier" / "presets" / "rotten_tomatoes_small"
+    labels = edited / "assets" / "labels.json"
+    labels.write_text(json.dumps(list(reversed(json.loads(labels.read_text())))))
+    metadata = json.loads((edited / "metadata.json").read_text())
+    metadata["files"]["assets/labels.json"] = hashlib.sha256(labels.read_bytes()).hexdigest()
+    (edited / "metadata.json").write_text(json.dumps(metadata))
+    monkeypatch.setattr(presets, "PACKAGE_DIR", package.resolve())
+    with pytest.raises(ValueError, match="pinned for this preset in the zoo package: the "
+                                         "shipped preset was edited"):
+        TextClassifier.from_preset(edited)
+
+
+def test_a_user_pins_the_preset_they_received(preset_copy, tmp_path, capsys):
+    import hashlib
+
+    digest = hashlib.sha256((preset_copy / "metadata.json").read_bytes()).hexdigest()
+    assert _load(preset_copy, sha256=digest).num_classes == 2
+    with pytest.raises(ValueError, match="this is not the preset you pinned"):
+        _load(preset_copy, sha256="ab" * 32)
+    code = main(["train", "text-classifier", "--data", str(tmp_path / "none.csv"), "--out",
+                 str(tmp_path / "run"), "--preset", str(preset_copy), "--preset-sha256", "0" * 64])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not the pinned" in err

@@ -105,7 +105,15 @@ DECODING_OPTIONS = sorted({o for entry in MODELS.values() for o in entry.evaluat
 
 
 def _train(args):
+    from zoo.presets import check_pinned
+
     entry = MODELS[args.model]
+    if args.preset_sha256 is not None:
+        if args.preset is None:
+            raise ValueError("--preset-sha256 pins the --preset folder; give --preset too.")
+        model_class = entry.model_class
+        check_pinned(args.preset, args.preset_sha256,
+                     getattr(model_class, "all_presets", lambda: model_class.presets)())
     foreign = [o for o in MODEL_OPTIONS if o not in entry.options and getattr(args, o) is not None]
     if foreign:
         flags = ", ".join("--" + o.replace("_", "-") for o in foreign)
@@ -175,7 +183,13 @@ def entry_for(preset_folder):
 
 
 def _load(directory):
+    from zoo.publishing import recover_replaced
+
     folder = Path(directory)
+    if not folder.exists():
+        raise ValueError(f"{folder} does not exist; expected a training output folder or a "
+                         "preset folder.")
+    recover_replaced(folder / "preset")  # a replacement cut short by a crash
     preset = folder / "preset" if (folder / "preset").is_dir() else folder
     entry = entry_for(preset)
     return entry, entry.model_class.from_preset(preset)
@@ -249,6 +263,9 @@ def _parser():
                        "default the MiniLM checkpoint all_minilm_l6_v2 (else the shipped body "
                        "english_body_small); image-classifier a keras-hub or Hugging Face ViT "
                        "checkpoint")
+    train.add_argument("--preset-sha256", metavar="SHA256",
+                       help="refuse the --preset folder unless its metadata.json has this "
+                            "SHA-256 (which pins every file it lists)")
     train.add_argument("--from-scratch", action="store_true", default=None,
                        help="text-classifier: train a new network instead of fine-tuning the "
                             "pretrained body")

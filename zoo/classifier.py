@@ -142,7 +142,7 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
 
     @classmethod
     def preset_labels(cls, loaded):
-        return json.loads(loaded.asset(LABELS_FILE).read_text())
+        return json.loads(loaded.asset_text(LABELS_FILE))
 
     # Presets and pretrained bodies: what a subclass provides.
     from_scratch_sizes = {}
@@ -178,7 +178,12 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
         return {"dropout": self.dropout}
 
     @classmethod
-    def from_preset(cls, preset, num_classes=None, labels=None, **overrides):
+    def all_presets(cls):
+        """What `from_preset` takes by name."""
+        return cls.presets
+
+    @classmethod
+    def from_preset(cls, preset, num_classes=None, labels=None, sha256=None, **overrides):
         """Loads a classifier preset, or puts a fresh head on a pretrained body.
 
         Args:
@@ -187,9 +192,13 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
                 a zoo body preset.
             num_classes, labels: the classes. Required for a body; for a
                 classifier preset, other classes give a fresh head.
+            sha256: pins a zoo preset folder (a classifier preset or a
+                body): the SHA-256 its `metadata.json` must have.
             **overrides: any of `adjustable_at_load`; sizes that shape
                 weights cannot change.
         """
+        if sha256 is not None:
+            preset = preset_io.check_pinned(preset, sha256, cls.all_presets())
         unknown = set(overrides) - set(cls.adjustable_at_load)
         if unknown:
             shaping = sorted(unknown & set(cls.from_scratch_sizes))

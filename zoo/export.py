@@ -10,13 +10,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from zoo.presets import atomic_directory
-
-
-def next_version(folder):
-    folder = Path(folder)
-    versions = [int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
+from zoo.publishing import new_version_directory
 
 
 def export_saved_model(module, folder, signatures, version=None):
@@ -27,15 +21,16 @@ def export_saved_model(module, folder, signatures, version=None):
             signatures use.
         folder: the model folder (created if needed).
         signatures: `{name: concrete function}`.
-        version: integer version; defaults to one more than the largest present.
+        version: integer version; defaults to the next free number (one
+            more than the largest present, or after it when another export
+            publishes that one first). A published version is never replaced.
 
     Returns:
         The path of the written version.
     """
-    version = next_version(folder) if version is None else int(version)
-    target = Path(folder) / str(version)
-    if target.exists():
-        raise ValueError(f"{target} already exists; TF Serving versions are immutable.")
-    with atomic_directory(target) as staging:
+    if version is not None and (Path(folder) / str(int(version))).exists():
+        raise ValueError(f"{Path(folder) / str(int(version))} already exists; TF Serving "
+                         "versions are immutable.")
+    with new_version_directory(folder, version) as (staging, publish):
         tf.saved_model.save(module, str(staging), signatures=signatures)
-    return target
+        return publish()

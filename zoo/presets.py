@@ -13,13 +13,14 @@ gives a clear `ValueError`, never a half-loaded model. Writing goes to a
 temporary folder beside the target that is renamed into place at the end.
 """
 
-import contextlib
 import hashlib
 import json
-import shutil
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from zoo.publishing import recover_replaced, replaced_directory
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -28,6 +29,22 @@ METADATA_FILE = "metadata.json"
 ASSETS_DIR = "assets"
 # A vocabulary of a million 60-byte entries; what a hand-edited or hostile file may not exceed.
 MAX_ASSET_BYTES = 64 << 20
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The SHA-256 of each shipped preset's metadata.json, which lists the hash of
+# every file of the preset: an edited shipped preset is refused even when its
+# metadata was rewritten to match. A preset recipe that rewrites a shipped
+# preset prints the new hash to put here (`tests/test_hostile_inputs.py`
+# checks these against the files).
+SHIPPED_METADATA_SHA256 = {
+    "image_classifier/presets/mnist_vit_micro":
+        "71035eb2be91326f8d215d8b0db2e1e21734d0b3f2bb958f13959d01c362ee47",
+    "text_classifier/presets/rotten_tomatoes_small":
+        "902f85703c260344545b5d4d064bfeb638fb077698e6dc2999d66c0ef054beea",
+    "text_encoder/presets/english_body_small":
+        "0ba3205a86ea7602d252c25a9593587796d88d2be6dbc015bfa47f1bd8dafd7e",
+    "translator/presets/gramps_en_de_small":
+        "cd82369dcd425aa345593897017a84deb09532993c72c8e4cd4b393c329ec545",
+}
 
 
 def sha256(path):
@@ -38,57 +55,41 @@ def sha256(path):
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def atomic_directory(target):
-    """Yields a temporary folder that replaces `target` only on success."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-        previous = None
-        if target.exists():
-            previous = target.with_name(f".{target.name}.previous")
-            shutil.rmtree(previous, ignore_errors=True)
-            target.rename(previous)
-        staging.rename(target)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 @dataclass
 class Preset:
-    """A verified preset folder."""
+    """A verified preset: its configuration, and each file as verified.
+
+    The small files (config, metadata, assets) are the bytes that were
+    hashed, held in memory, and the weights a private copy written while
+    they were hashed: a file swapped in the folder after verification is
+    never read.
+    """
 
     folder: Path
     kind: str
     config: dict
     metadata: dict
+    texts: dict  # {listed name: verified bytes}, all but the weights
+    weights: Path  # the verified private copy
+    _private: object = None  # the TemporaryDirectory that holds `weights`
 
-    @property
-    def weights(self):
-        return self.folder / WEIGHTS_FILE
+    def has_asset(self, name):
+        return f"{ASSETS_DIR}/{name}" in self.texts
 
-    def asset(self, name):
-        return self.folder / ASSETS_DIR / name
+    def asset_text(self, name):
+        listed = f"{ASSETS_DIR}/{name}"
+        if listed not in self.texts:
+            raise ValueError(f"{self.folder}: {METADATA_FILE} lists no {listed}.")
+        try:
+            return self.texts[listed].decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{self.folder}/{listed} is not UTF-8 text: {error}") from None
 
 
 def asset_lines(loaded, name):
     """The lines of a text asset (a vocabulary: one entry a line, each ended
-    by "\\n", so an entry may hold any other line separator), at most
-    `MAX_ASSET_BYTES`: a preset's assets or a `.keras` file's."""
-    path = loaded.asset(name)
-    try:
-        size = path.stat().st_size
-        if size > MAX_ASSET_BYTES:
-            raise ValueError(f"{path} holds {size} bytes, more than the {MAX_ASSET_BYTES} a "
-                             "vocabulary file may.")
-        return path.read_text(encoding="utf-8").split("\n")[:-1]
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} cannot be read: {error}") from None
+    by "\\n", so an entry may hold any other line separator)."""
+    return loaded.asset_text(name).split("\n")[:-1]
 
 
 def save_preset(folder, kind, config, write_weights, assets, metadata=None):
@@ -102,7 +103,7 @@ def save_preset(folder, kind, config, write_weights, assets, metadata=None):
         assets: `{file name: str contents}` written under `assets/`.
         metadata: extra JSON-serializable facts (training recipe, metrics).
     """
-    with atomic_directory(folder) as staging:
+    with replaced_directory(folder) as staging:
         (staging / CONFIG_FILE).write_text(
             json.dumps({"kind": kind, "config": config}, indent=2, sort_keys=True)
         )
@@ -168,18 +169,79 @@ def preset_kind(folder):
         return None
 
 
-def load_preset(folder, kind):
-    """Verifies a preset folder and returns its `Preset`."""
+def _listed_path(folder, name):
+    """`folder/name` for a name `metadata.json` lists, refused when it could
+    lead outside the folder (absolute, `..`, a symlink on the way)."""
+    parts = name.split("/")
+    if (not isinstance(name, str) or not name or name.startswith("/") or "\\" in name
+            or any(part in ("", ".", "..") for part in parts)):
+        raise ValueError(f"{folder}: {METADATA_FILE} lists {name!r}; a preset lists relative "
+                         "paths inside its folder, without '..'.")
+    path = folder
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise ValueError(f"{folder}: {name} is a symbolic link; a preset holds its files "
+                             "themselves.")
+    if not path.is_file():
+        raise ValueError(f"{folder}: {name} is missing.")
+    return path
+
+
+def _unlisted(folder, listed):
+    """Files, folders and links in `folder` that `metadata.json` does not
+    account for: a preset holds nothing it does not list."""
+    extra = []
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = Path(root) / name
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                extra.append(relative + " (a symbolic link)")
+            elif path.is_file() and relative not in listed and relative != METADATA_FILE:
+                extra.append(relative)
+    return sorted(extra)
+
+
+def _read_bounded(path, limit, what):
+    size = path.lstat().st_size
+    if size > limit:
+        raise ValueError(f"{path} holds {size} bytes, more than the {limit} {what} may.")
+    with open(path, "rb") as handle:
+        return handle.read(limit + 1)
+
+
+def load_preset(folder, kind, sha256=None):
+    """Verifies a preset folder and returns its `Preset`.
+
+    Every file the folder holds must be listed in `metadata.json` with its
+    SHA-256, and match it; links, unlisted files and names leading outside
+    the folder are refused. A shipped preset's `metadata.json` must also
+    match the hash pinned in this package (`SHIPPED_METADATA_SHA256`), and a
+    `sha256` given by the caller pins any preset the same way. Each file is
+    used as it was verified (`Preset`).
+    """
     folder = Path(folder)
+    recover_replaced(folder)  # a replacement cut short by a crash
     metadata_path = folder / METADATA_FILE
-    if not metadata_path.is_file():
+    if metadata_path.is_symlink() or not metadata_path.is_file():
         raise ValueError(
             f"{folder} is not a preset folder: {METADATA_FILE} is missing."
         )
+    metadata_bytes = _read_bounded(metadata_path, MAX_ASSET_BYTES, "a preset's metadata")
+    pinned = sha256 or _shipped_pin(folder)
+    if pinned is not None and hashlib.sha256(metadata_bytes).hexdigest() != pinned:
+        raise ValueError(
+            f"{folder}: {METADATA_FILE} has SHA-256 {hashlib.sha256(metadata_bytes).hexdigest()}, "
+            f"not the {pinned} pinned for this preset"
+            + (" in the zoo package: the shipped preset was edited" if sha256 is None else "")
+            + ".")
     try:
-        metadata = json.loads(metadata_path.read_text())
+        metadata = json.loads(metadata_bytes)
         files = metadata["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        if not isinstance(files, dict):
+            raise TypeError("'files' is not a mapping")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{metadata_path} is corrupt: {error}") from None
     if metadata.get("format_version") != FORMAT_VERSION:
         raise ValueError(
@@ -194,28 +256,92 @@ def load_preset(folder, kind):
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if required not in files:
             raise ValueError(f"{folder}: {METADATA_FILE} does not list {required}.")
+    paths = {name: _listed_path(folder, name) for name in files}
+    extra = _unlisted(folder, files)
+    if extra:
+        raise ValueError(f"{folder} holds {', '.join(extra[:5])}, which {METADATA_FILE} does "
+                         "not list; a preset holds only the files it lists and verifies.")
+    texts, private = {}, tempfile.TemporaryDirectory(prefix="zoo-preset-")
+    weights = Path(private.name) / WEIGHTS_FILE
     for name, expected in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise ValueError(f"{folder}: {name} is missing.")
-        actual = sha256(path)
+        if name == WEIGHTS_FILE:
+            actual = _copy_hashed(paths[name], weights)
+        else:
+            texts[name] = _read_bounded(paths[name], MAX_ASSET_BYTES, "a preset's text file")
+            actual = hashlib.sha256(texts[name]).hexdigest()
         if actual != expected:
             raise ValueError(
                 f"{folder}: {name} is corrupt or changed: its SHA-256 is "
                 f"{actual}, the preset expects {expected}."
             )
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    return Preset(folder, kind, config["config"], metadata)
+    try:
+        config = json.loads(texts[CONFIG_FILE])["config"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{folder}/{CONFIG_FILE} is corrupt: {error}") from None
+    return Preset(folder, kind, config, metadata, texts, weights, private)
+
+
+def check_pinned(preset, sha256, shipped=None):
+    """Refuses `preset` (a shipped name or a folder) unless its
+    `metadata.json`, which lists the hash of each of its files, has the
+    SHA-256 `sha256`: a user pins a preset they received (`from_preset(...,
+    sha256=...)`, `--preset-sha256`). Returns the folder."""
+    folder = resolve(preset, shipped or {}) if not isinstance(preset, Path) else preset
+    metadata_path = Path(folder) / METADATA_FILE
+    if metadata_path.is_symlink() or not metadata_path.is_file():
+        raise ValueError(f"sha256 pins a zoo preset folder, which {preset} is not (it has no "
+                         f"{METADATA_FILE}); convert a checkpoint first (python -m zoo convert).")
+    actual = hashlib.sha256(_read_bounded(metadata_path, MAX_ASSET_BYTES,
+                                          "a preset's metadata")).hexdigest()
+    if actual != str(sha256).lower():
+        raise ValueError(f"{folder}: {METADATA_FILE} has SHA-256 {actual}, not the pinned "
+                         f"{sha256}: this is not the preset you pinned.")
+    return Path(folder)
+
+
+def _copy_hashed(source, target):
+    """Copies `source` to `target`, returning the SHA-256 of the bytes copied."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as reading, open(target, "wb") as writing:
+        for block in iter(lambda: reading.read(1 << 20), b""):
+            digest.update(block)
+            writing.write(block)
+    return digest.hexdigest()
+
+
+def _shipped_pin(folder):
+    """The pinned metadata hash when `folder` is one of the package's own
+    presets (an unknown folder there is refused), else None."""
+    try:
+        relative = folder.resolve().relative_to(PACKAGE_DIR).as_posix()
+    except ValueError:
+        return None
+    if relative not in SHIPPED_METADATA_SHA256:
+        raise ValueError(f"{folder} is inside the zoo package but is not one of its presets "
+                         f"({sorted(SHIPPED_METADATA_SHA256)}).")
+    return SHIPPED_METADATA_SHA256[relative]
 
 
 @dataclass
 class _AssetFolder:
-    """A folder of asset files, read as a `Preset`'s assets."""
+    """A folder of asset files (a `.keras` file's), read as a `Preset`'s
+    assets, each at most `MAX_ASSET_BYTES`."""
 
     folder: Path
 
-    def asset(self, name):
-        return self.folder / name
+    def has_asset(self, name):
+        return (self.folder / name).is_file()
+
+    def asset_text(self, name):
+        path = self.folder / name
+        try:
+            size = path.stat().st_size
+            if size > MAX_ASSET_BYTES:
+                raise ValueError(f"{path} holds {size} bytes, more than the {MAX_ASSET_BYTES} a "
+                                 "vocabulary file may.")
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} cannot be read: {error}") from None
 
 
 class _ShippedPresets:
@@ -300,14 +426,20 @@ class PresetModel:
         if any(folder.iterdir()):
             self.use_assets(**self.assets_from_preset(_AssetFolder(folder)))
 
-    def save_to_preset(self, folder, metadata=None):
-        """Writes config, weights and assets, checksummed, atomically."""
-        # An uncompiled twin writes the network's weights without the
-        # optimizer's slots, which would triple the file.
+    def inference_copy(self):
+        """This network with its weights and without the optimizer: what a
+        preset or an export holds (a compiled model carries the optimizer's
+        slots, two per AdamW weight, which would triple either)."""
+        if getattr(self, "optimizer", None) is None:
+            return self
         twin = type(self)(**self.constructor_arguments())
         twin.set_weights(self.get_weights())
+        return twin
+
+    def save_to_preset(self, folder, metadata=None):
+        """Writes config, weights and assets, checksummed, atomically."""
         return save_preset(
-            folder, self.kind, self.architecture(), twin.save_weights,
+            folder, self.kind, self.architecture(), self.inference_copy().save_weights,
             assets=self.write_assets(), metadata=metadata,
         )
 
@@ -347,12 +479,15 @@ class PresetModel:
         return model
 
     @classmethod
-    def from_preset(cls, preset, **overrides):
+    def from_preset(cls, preset, sha256=None, **overrides):
         """Loads a shipped preset by name, or a preset folder.
 
         `overrides` may change the entries in `adjustable_at_load`; sizes
-        that shape weights cannot change.
+        that shape weights cannot change. `sha256` pins the preset: the
+        SHA-256 its `metadata.json` must have (`check_pinned`).
         """
+        if sha256 is not None:
+            preset = check_pinned(preset, sha256, cls.presets)
         loaded = cls.load_verified_preset(preset)
         cls.check_overrides(loaded.config, overrides)
         return cls.with_preset_weights(

@@ -16,6 +16,7 @@ every model:
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -29,7 +30,7 @@ import numpy as np
 
 from zoo import distribute
 from zoo import report as reports
-from zoo.presets import atomic_directory
+from zoo.publishing import replaced_directory, write_text_atomic
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 JIT_COMPILE = ("auto", "true", "false")
@@ -418,7 +419,7 @@ def _train_and_report(model, train, validation, test, out, backup, epochs, batch
     }})
     if run.export:
         summary["export"] = str(model.export(out / "export", **(export_options or {})))
-    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "report.json", json.dumps(summary, indent=2))
     # Done: the backup would only make a rerun skip its training.
     shutil.rmtree(backup, ignore_errors=True)
     if backup.parent.name == "backup" and not any(backup.parent.iterdir()):
@@ -516,10 +517,12 @@ def reproduce_preset(train, target):
     tf.config.experimental.enable_op_determinism()
     with tempfile.TemporaryDirectory() as work:
         summary = train(work)
-        with atomic_directory(target) as staging:
+        with replaced_directory(target) as staging:
             shutil.copytree(Path(work) / "preset", staging, dirs_exist_ok=True)
+    digest = hashlib.sha256((Path(target) / "metadata.json").read_bytes()).hexdigest()
     print(f"wrote {target}; {summary['evaluated_on']} {summary['headline']} "
-          f"{summary[summary['headline']]:.4f}")
+          f"{summary[summary['headline']]:.4f}; metadata.json SHA-256 {digest} (a shipped "
+          "preset's goes into zoo.presets.SHIPPED_METADATA_SHA256)")
     return summary
 
 

@@ -21,7 +21,7 @@ import json
 import shutil
 from pathlib import Path
 
-from zoo.presets import atomic_directory
+from zoo.publishing import replaced_directory
 from zoo.training import TrainingRun
 
 
@@ -84,7 +84,7 @@ def tune(train_target, data, out, trials, epochs=None, max_train_examples=None, 
         raise ValueError("No trial finished: nothing to choose from.")
     write_table(rows, out / "trials.csv")
     best = rows[0]
-    with atomic_directory(out / "preset") as staging:
+    with replaced_directory(out / "preset") as staging:
         shutil.copytree(out / "trials" / best["trial"] / "preset", staging, dirs_exist_ok=True)
     (out / "best.json").write_text(json.dumps(
         {"objective": metric, "direction": direction, **best}, indent=2))

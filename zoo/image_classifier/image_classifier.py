@@ -452,7 +452,7 @@ class ImageClassifier(ClassifierModel):
         Loads with `tensorflow` alone. Bytes that are no image fail the
         request with an `InvalidArgumentError` naming the input.
         """
-        module = _ImageClassifierServing(self)
+        module = _ImageClassifierServing(self.inference_copy())
         return export_saved_model(module, folder, {
             "serving_default": module.serve.get_concrete_function(),
             "predict_images": module.predict_images.get_concrete_function(),

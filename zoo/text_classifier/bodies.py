@@ -77,7 +77,7 @@ def read_vocabulary(loaded):
     """`{"vocabulary": [...]}`, with `"merges"` for a byte-pair tokenizer,
     from a verified preset (`zoo.presets.Preset`)."""
     assets = {"vocabulary": preset_io.asset_lines(loaded, VOCABULARY_FILE)}
-    if loaded.asset(MERGES_FILE).is_file():
+    if loaded.has_asset(MERGES_FILE):
         assets["merges"] = preset_io.asset_lines(loaded, MERGES_FILE)
     return assets
 

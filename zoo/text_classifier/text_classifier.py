@@ -237,7 +237,7 @@ class TextClassifier(ClassifierModel):
         return bodies.load_body(preset)
 
     @classmethod
-    def from_preset(cls, preset, num_classes=None, labels=None, **overrides):
+    def from_preset(cls, preset, num_classes=None, labels=None, sha256=None, **overrides):
         """Loads a classifier preset, or puts a fresh head on a text body.
 
         Args:
@@ -257,8 +257,10 @@ class TextClassifier(ClassifierModel):
                 recomputes each block's activations in the backward pass,
                 which halves the memory of such long-document training;
                 `dropout` defaults to `FINE_TUNING_DROPOUT` for a body.
+            sha256: pins a zoo preset folder: the SHA-256 its
+                `metadata.json` must have.
         """
-        return super().from_preset(preset, num_classes, labels, **overrides)
+        return super().from_preset(preset, num_classes, labels, sha256, **overrides)
 
     def task_settings(self):
         return {"pooling": self.pooling, "dropout": self.dropout}
@@ -286,7 +288,7 @@ class TextClassifier(ClassifierModel):
         "label_id": int64[None]}`, tokenization inside the graph. Loads with
         `tensorflow` and `tensorflow_text` alone.
         """
-        module = _TextClassifierServing(self)
+        module = _TextClassifierServing(self.inference_copy())
         serve = module.serve.get_concrete_function()
         return export_saved_model(module, folder, {"serving_default": serve}, version)
 

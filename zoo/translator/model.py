@@ -653,7 +653,7 @@ class Translator(PresetModel, RawInputModel):
         `translate_with_scores`, which adds `"score": float32[None]`. Loads
         with `tensorflow` and `tensorflow_text` alone.
         """
-        module = _TranslatorServing(self, beam_size, max_length, length_penalty)
+        module = _TranslatorServing(self.inference_copy(), beam_size, max_length, length_penalty)
         signatures = {
             "serving_default": module.serve.get_concrete_function(),
             "translate_with_scores": module.serve_with_scores.get_concrete_function(),

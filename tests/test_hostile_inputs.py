@@ -296,3 +296,109 @@ def test_a_user_pins_the_preset_they_received(preset_copy, tmp_path, capsys):
                  str(tmp_path / "run"), "--preset", str(preset_copy), "--preset-sha256", "0" * 64])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "not the pinned" in err
+
+
+# Resuming: only the run it belongs to, one run per output folder.
+
+def test_a_checkpoint_resumes_only_into_its_own_run(sentiment_sample, tmp_path, capsys):
+    import keras
+
+    from conftest import TINY_ARCHITECTURE, write_reviews_csv
+    from zoo import TextClassifier
+    from zoo.training import TrainingCheckpoint, run_fingerprint
+
+    (texts, labels), _ = sentiment_sample
+    first = write_reviews_csv(tmp_path, sentiment_sample, 80)
+    # What a run killed after its first epoch leaves in run/backup.
+    keras.utils.set_random_seed(0)
+    model = TextClassifier(labels=["fresh", "rotten"], **TINY_ARCHITECTURE)
+    model.adapt(texts[:80])
+    model.compile(optimizer="adam")
+    backup = tmp_path / "run" / "backup"
+    fingerprint = run_fingerprint(model, (texts[:80], labels[:80]), 2, 16, {"data": str(first)})
+    model.fit(texts[:80], labels[:80], epochs=1, batch_size=16, verbose=0,
+              callbacks=[TrainingCheckpoint(backup, fingerprint=fingerprint)])
+    assert list(backup.glob("step-*"))
+    # The same checkpoint, read by another run: refused, naming what differs.
+    other = TrainingCheckpoint(backup, fingerprint=run_fingerprint(
+        model, (texts[:60], labels[:60]), 3, 16, {"data": str(first)}))
+    with pytest.raises(ValueError, match=r"holds the checkpoint of another run \(other training "
+                                         r"data; epochs 2 -> 3\).*--restart"):
+        other.restore(model)
+    (tmp_path / "other.csv").write_text(
+        "text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(40)))
+    code = main(["train", "text-classifier", "--data", str(tmp_path / "other.csv"), "--out",
+                 str(tmp_path / "run"), "--from-scratch", "--epochs", "1"])
+    output = capsys.readouterr()
+    assert code == 2 and output.err.count("\n") == 1, output.err
+    assert "holds the checkpoint of another run (other training data" in output.err
+    assert list(backup.glob("step-*"))  # kept: nothing was discarded without --restart
+    code = main(["train", "text-classifier", "--data", str(tmp_path / "other.csv"), "--out",
+                 str(tmp_path / "run"), "--from-scratch", "--epochs", "1", "--restart"])
+    output = capsys.readouterr()
+    assert code == 0, output.err[-2000:]
+    assert "--restart: discarding the checkpoint" in output.out
+    assert "resuming" not in output.out
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+         "from zoo.training import exclusive_folder;"
+         "lock = exclusive_folder(sys.argv[2]); lock.__enter__(); print('held', flush=True);"
+         "time.sleep(120)", str(REPO_ROOT), str(tmp_path / "run" / "backup")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (tmp_path / "data.csv").write_text(
+            "text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(40)))
+        code = main(["train", "text-classifier", "--data", str(tmp_path / "data.csv"), "--out",
+                     str(tmp_path / "run"), "--from-scratch", "--epochs", "1"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"is in use by another training run (process {holder.pid})" in err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _rehash(folder):
+    """Rewrites a preset's metadata to match its edited files, as an attacker would."""
+    import hashlib
+
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["files"] = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+                         for name in metadata["files"]}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+
+
+def test_sizes_in_a_hand_edited_config_are_bounded_before_building(preset_copy):
+    config = json.loads((preset_copy / "config.json").read_text())
+    config["config"]["preprocessor"]["sequence_length"] = 2e8
+    (preset_copy / "config.json").write_text(json.dumps(config))
+    _rehash(preset_copy)
+    with pytest.raises(ValueError, match=r"config.json: sequence_length=200000000.0; a preset's "
+                                         r"sequence_length is a number from 0 to 65536"):
+        _load(preset_copy)
+
+
+def test_a_weight_declared_larger_than_the_network_is_refused_unread(preset_copy):
+    import h5py
+
+    weights = preset_copy / "model.weights.h5"
+    with h5py.File(weights, "r+") as handle:
+        name = next(n for n in ("head/vars/0", "layers/head/vars/0") if n in handle)
+        del handle[name]
+        # 3.6 GB declared, under Keras's 4 GiB guard; HDF5 writes none of it.
+        handle.create_dataset(name, shape=(30000, 30000), dtype="float32")
+    assert weights.stat().st_size < 10 << 20
+    _rehash(preset_copy)
+    with pytest.raises(ValueError, match=r"does not match the preset's configuration: .*shapes "
+                                         r"only in the file: \[\(30000, 30000\)\], only in the "
+                                         r"network: \[\(32, 2\)\]"):
+        _load(preset_copy)

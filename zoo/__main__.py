@@ -161,6 +161,7 @@ def _training_run(args):
         checkpoint_every=getattr(args, "checkpoint_every", None),
         tensorboard=getattr(args, "tensorboard", None), profile_steps=profile,
         attention_statistics=getattr(args, "attention_statistics", False),
+        restart=bool(getattr(args, "restart", False)),
     )
 
 
@@ -283,6 +284,9 @@ def _parser():
     train.add_argument("--no-attention-stats", dest="attention_statistics", action="store_false",
                        help="do not log attention entropy and collapsed heads each epoch")
     train.add_argument("--max-train-examples", type=int)
+    train.add_argument("--restart", action="store_true",
+                       help="discard the checkpoint in --out and start over (a run resumes only "
+                            "from a checkpoint of the same data and settings)")
     train.add_argument("--dropout", type=float, help="default: the model's recipe or preset")
     train.add_argument("--text-column", help="text-classifier: the text column")
     train.add_argument("--label-column", help="text-classifier: the label column")

@@ -30,6 +30,19 @@ ASSETS_DIR = "assets"
 # A vocabulary of a million 60-byte entries; what a hand-edited or hostile file may not exceed.
 MAX_ASSET_BYTES = 64 << 20
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The largest size a preset's configuration may give, checked before anything
+# is built (one edited number must not make the build allocate 100 GB). Each
+# is far above any model the zoo or the checkpoints it reads have: BERT-large
+# has 24 layers of 1024, 30522 tokens and 512 positions.
+CONFIG_MAXIMA = {
+    "vocabulary_size": 1 << 20, "source_vocabulary_size": 1 << 20,
+    "target_vocabulary_size": 1 << 20, "sequence_length": 1 << 16,
+    "max_sequence_length": 1 << 16, "max_length": 1 << 16, "hidden_dim": 1 << 13,
+    "intermediate_dim": 1 << 15, "num_layers": 128, "num_encoder_layers": 128,
+    "num_decoder_layers": 128, "num_heads": 128, "num_classes": 1 << 16,
+    "image_size": 4096, "patch_size": 4096, "channels": 4, "window_size": 1 << 16,
+    "global_tokens": 1 << 10,
+}
 # The SHA-256 of each shipped preset's metadata.json, which lists the hash of
 # every file of the preset: an edited shipped preset is refused even when its
 # metadata was rewritten to match. A preset recipe that rewrites a shipped
@@ -141,11 +154,41 @@ def load_backbone_preset(folder, kind, backbone_class, preprocessor_from):
     except (KeyError, TypeError) as error:
         raise ValueError(f"{folder}/{CONFIG_FILE} is not a {kind}'s configuration: "
                          f"{error}") from None
-    try:
-        backbone.load_weights(str(loaded.weights))
-    except Exception as error:  # keras raises several types here
-        raise ValueError(f"{loaded.weights} does not match the preset's config: {error}") from None
+    load_checked_weights(backbone, loaded)
     return backbone, preprocessor
+
+
+def load_checked_weights(model, loaded):
+    """Loads the verified preset `loaded`'s weights into `model`, after
+    checking from the file's header alone (no weight read) that it stores
+    exactly the shapes the model has: a weight declared 30000 x 30000 in a
+    hand-edited file is refused before anything is allocated for it."""
+    import collections
+
+    import h5py
+
+    try:
+        with h5py.File(loaded.weights, "r") as weights_file:
+            stored = []
+            weights_file.visititems(lambda name, item: stored.append(tuple(item.shape))
+                                    if isinstance(item, h5py.Dataset) else None)
+    except OSError as error:
+        raise ValueError(f"{loaded.folder}/{WEIGHTS_FILE} is not a weights file: {error}") from None
+    expected = collections.Counter(tuple(w.shape) for w in model.weights)
+    stored = collections.Counter(stored)
+    if stored != expected:
+        extra = sorted((stored - expected).elements())[:3]
+        missing = sorted((expected - stored).elements())[:3]
+        raise ValueError(
+            f"{loaded.folder}/{WEIGHTS_FILE} does not match the preset's configuration: it "
+            f"stores {sum(stored.values())} weights, the configured network has "
+            f"{sum(expected.values())}; shapes only in the file: {extra}, only in the "
+            f"network: {missing}.")
+    try:
+        model.load_weights(str(loaded.weights))
+    except Exception as error:  # keras raises several types here
+        raise ValueError(f"{loaded.folder}/{WEIGHTS_FILE} does not match the preset's "
+                         f"config: {error}") from None
 
 
 def resolve(name_or_folder, shipped):
@@ -278,6 +321,7 @@ def load_preset(folder, kind, sha256=None):
         config = json.loads(texts[CONFIG_FILE])["config"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{folder}/{CONFIG_FILE} is corrupt: {error}") from None
+    _check_sizes(config, f"{folder}/{CONFIG_FILE}")
     return Preset(folder, kind, config, metadata, texts, weights, private)
 
 
@@ -297,6 +341,22 @@ def check_pinned(preset, sha256, shipped=None):
         raise ValueError(f"{folder}: {METADATA_FILE} has SHA-256 {actual}, not the pinned "
                          f"{sha256}: this is not the preset you pinned.")
     return Path(folder)
+
+
+def _check_sizes(config, where):
+    """Refuses a size in `config` (nested dicts too) above `CONFIG_MAXIMA`."""
+    for name, value in (config.items() if isinstance(config, dict) else ()):
+        if isinstance(value, dict):
+            _check_sizes(value, where)
+            continue
+        limit = CONFIG_MAXIMA.get(name)
+        if limit is None or value is None:
+            continue
+        sizes = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= limit
+                   for v in sizes):
+            raise ValueError(f"{where}: {name}={value!r}; a preset's {name} is a number from 0 "
+                             f"to {limit}.")
 
 
 def _copy_hashed(source, target):
@@ -470,12 +530,7 @@ class PresetModel:
     def with_preset_weights(cls, loaded, **arguments):
         """`cls(**arguments)` with the weights of the verified preset `loaded`."""
         model = cls(**arguments)
-        try:
-            model.load_weights(str(loaded.weights))
-        except Exception as error:  # keras raises several types here
-            raise ValueError(
-                f"{loaded.weights} does not match the preset's config: {error}"
-            ) from None
+        load_checked_weights(model, loaded)
         return model
 
     @classmethod

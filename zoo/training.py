@@ -61,6 +61,8 @@ class TrainingRun:
             collapse on a fixed sample batch at each epoch's end.
         export, figures: whether the job exports a SavedModel and draws its
             figures (a hyperparameter search's trials do neither).
+        restart: discard the output folder's checkpoint instead of resuming
+            from it (which is refused when it belongs to another run).
     """
 
     strategy: str = "auto"
@@ -72,6 +74,7 @@ class TrainingRun:
     attention_statistics: bool = True
     export: bool = True
     figures: bool = True
+    restart: bool = False
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -223,18 +226,24 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     whole. The two newest are kept: a resume falls back to the older when
     the newer cannot be read.
 
+    A checkpoint also records the run's `fingerprint` (`run_fingerprint`:
+    the training data and the settings), and a run resumes only from its
+    own: another run's checkpoint is refused, naming what differs.
+
     Args:
         directory: the backup folder (its own, nothing else in it).
         every_steps: steps between checkpoints; None for epoch ends only.
+        fingerprint: `{"data": sha256, "settings": {...}}` of this run.
     """
 
     STATE_FILE = "state.json"
     WEIGHTS_FILE = "state.weights.h5"
 
-    def __init__(self, directory, every_steps=None):
+    def __init__(self, directory, every_steps=None, fingerprint=None):
         super().__init__()
         self.directory = Path(directory)
         self.every_steps = every_steps
+        self.fingerprint = fingerprint
         self.history = {}
         self._epoch = 0
         self._skipped = 0
@@ -247,15 +256,38 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         for folder in reversed(self._checkpoints()):
             try:
                 state = json.loads((folder / self.STATE_FILE).read_text())
+                self._check_same_run(state.get("fingerprint"))
                 if model.optimizer is not None and not model.optimizer.built:
                     model.optimizer.build(model.trainable_variables)
                 model.load_weights(str(folder / self.WEIGHTS_FILE))
+            except RunMismatchError:
+                raise
             except (OSError, ValueError, KeyError) as error:
                 print(f"checkpoint {folder} is unreadable ({error}); trying an older one")
                 continue
             self.history = state["history"]
             return state
         return None
+
+    def _check_same_run(self, theirs):
+        ours = self.fingerprint
+        if ours is None or theirs == ours:
+            return
+        theirs = theirs or {}
+        differences = []
+        if theirs.get("data") != ours["data"]:
+            differences.append("other training data")
+        settings = theirs.get("settings", {})
+        differences += [f"{name} {settings.get(name)!r} -> {value!r}"
+                        for name, value in ours["settings"].items()
+                        if settings.get(name) != value and name != "network"]
+        if settings.get("network") != ours["settings"]["network"]:
+            differences.append("another network")
+        raise RunMismatchError(
+            f"{self.directory} holds the checkpoint of another run "
+            f"({'; '.join(differences) or 'written by an earlier version'}); resuming would "
+            "continue its weights on this run: pass --restart (TrainingRun(restart=True)) to "
+            "discard it, or train into another --out.")
 
     def start(self, epoch, skipped_batches):
         """Tells the callback where the coming `fit` call starts."""
@@ -295,7 +327,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self.model.save_weights(str(staging / self.WEIGHTS_FILE))
             (staging / self.STATE_FILE).write_text(json.dumps({
                 "epoch": epoch, "batches_done": batches_done, "steps": steps,
-                "history": self.history,
+                "history": self.history, "fingerprint": self.fingerprint,
             }))
             os.replace(staging, target)
         finally:
@@ -311,6 +343,64 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             return []
         return sorted(p for p in self.directory.iterdir()
                       if re.fullmatch(r"step-\d{9}", p.name) and p.is_dir())
+
+
+LOCK_FILE = ".lock"
+
+
+class RunMismatchError(ValueError):
+    """A checkpoint that belongs to another run (not an unreadable one)."""
+
+
+def run_fingerprint(model, train, epochs, batch_size, training_metadata=None):
+    """What makes a run itself: the SHA-256 of its training inputs and
+    labels, and its settings (the network's configuration, epochs, batch
+    size, and the job's `training_metadata`: data path, learning rate,
+    seed). A checkpoint resumes only into the run with the same."""
+    digest = hashlib.sha256()
+    for column in train:
+        for value in column:
+            raw = value if isinstance(value, bytes) else (
+                np.ascontiguousarray(value).tobytes() if isinstance(value, np.ndarray)
+                else str(value).encode("utf-8"))
+            digest.update(len(raw).to_bytes(8, "little"))
+            digest.update(raw)
+    architecture = model.architecture() if hasattr(model, "architecture") else {}
+    settings = {"epochs": int(epochs), "batch_size": int(batch_size),
+                **json.loads(json.dumps(training_metadata or {}, default=str)),
+                "network": json.loads(json.dumps(architecture, sort_keys=True, default=str))}
+    return {"data": digest.hexdigest(), "settings": settings}
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder):
+    """Holds a lock on `folder` (the file `.lock` in it) for the block: a
+    second training run into the same backup folder is refused, naming the
+    process that holds it, instead of resuming from the first run's
+    checkpoint while it is written. The operating system releases the lock
+    when the process ends, however it ends."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / LOCK_FILE
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ValueError(f"{folder.parent} is in use by another training run (process "
+                         f"{holder}); wait for it to end, or train into another --out.") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, callbacks=(),
@@ -380,7 +470,25 @@ def train_and_report(model, train, validation, test, out, epochs, batch_size,
 def _train_and_report(model, train, validation, test, out, backup, epochs, batch_size, verbose,
                       callbacks, training_metadata, summary_extra, evaluation_options,
                       export_options, run, seed):
-    checkpoint = TrainingCheckpoint(backup, run.checkpoint_every)
+    with exclusive_folder(backup):
+        return _train_and_report_locked(
+            model, train, validation, test, out, backup, epochs, batch_size, verbose, callbacks,
+            training_metadata, summary_extra, evaluation_options, export_options, run, seed)
+
+
+def _train_and_report_locked(model, train, validation, test, out, backup, epochs, batch_size,
+                             verbose, callbacks, training_metadata, summary_extra,
+                             evaluation_options, export_options, run, seed):
+    if run.restart:
+        # The lock file stays: removing it would let a third run lock a new one.
+        discarded = [p for p in backup.iterdir() if p.name != LOCK_FILE]
+        if discarded:
+            print(f"--restart: discarding the checkpoint in {backup}", flush=True)
+        for path in discarded:
+            shutil.rmtree(path, ignore_errors=True)
+    checkpoint = TrainingCheckpoint(
+        backup, run.checkpoint_every,
+        run_fingerprint(model, train, epochs, batch_size, training_metadata))
     monitoring = monitoring_callbacks(model, run, validation, out)
     history, steps = resumable_fit(
         model, train, validation, epochs, batch_size, checkpoint, verbose=verbose, seed=seed,

@@ -188,7 +188,8 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
         model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
         training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
                            **({"data_rows": counts.as_dict()} if counts else {})},
-        summary_extra={"preset": None if preset is None else str(preset)},
+        summary_extra={"preset": None if preset is None else str(preset),
+                       **({"data_rows": counts.as_dict()} if counts else {})},
     )
 
 

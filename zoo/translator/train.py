@@ -90,7 +90,7 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
         model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
         training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
                            **({"data_rows": counts.as_dict()} if counts else {})},
-        summary_extra={"preset": preset},
+        summary_extra={"preset": preset, **({"data_rows": counts.as_dict()} if counts else {})},
         evaluation_options={"beam_size": beam_size},
         export_options={"beam_size": beam_size},
     )

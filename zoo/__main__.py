@@ -385,10 +385,27 @@ def _user_error(error):
     return " ".join(line for line in lines if not line.startswith("[[")) or type(error).__name__
 
 
+def _interrupted(args):
+    """The line for Ctrl-C: where a training run stopped and how it resumes."""
+    out = getattr(args, "out", None)
+    if args.run is not _train or out is None:
+        return "interrupted."
+    backup = Path(out) / "backup"
+    steps = sorted(backup.rglob("step-*")) if backup.is_dir() else []
+    if not steps:
+        return f"interrupted before the first checkpoint; nothing in {out} to resume from."
+    return (f"interrupted; the last checkpoint is {steps[-1]} (step "
+            f"{int(steps[-1].name.split('-')[1])}): run the same command again to resume from "
+            "it, or add --restart to start over.")
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         args.run(args)
+    except KeyboardInterrupt:
+        print(f"error: {_interrupted(args)}", file=sys.stderr)
+        return 2
     except Exception as error:
         message = _user_error(error)
         if message is None:

@@ -431,3 +431,12 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(sentiment_sample, t
                       r"same command again to resume from it", lines[0])
     assert found and int(found.group(2)) >= 2, lines[0]
     assert (tmp_path / found.group(1)).is_dir()
+
+
+def test_an_export_onto_a_file_is_one_error_line(tiny_classifier, tmp_path, capsys):
+    tiny_classifier.save_to_preset(tmp_path / "run" / "preset")
+    (tmp_path / "notes.txt").write_text("mine")
+    code = main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "notes.txt")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "notes.txt is a file" in err, err
+    assert (tmp_path / "notes.txt").read_text() == "mine"

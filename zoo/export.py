@@ -28,6 +28,9 @@ def export_saved_model(module, folder, signatures, version=None):
     Returns:
         The path of the written version.
     """
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ValueError(f"{folder} is a file; an export goes into a model folder of numbered "
+                         "versions.")
     if version is not None and (Path(folder) / str(int(version))).exists():
         raise ValueError(f"{Path(folder) / str(int(version))} already exists; TF Serving "
                          "versions are immutable.")

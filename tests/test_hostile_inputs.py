@@ -440,3 +440,30 @@ def test_an_export_onto_a_file_is_one_error_line(tiny_classifier, tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "notes.txt is a file" in err, err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# Serving: what one request may cost.
+
+def test_the_text_export_bounds_a_request_and_answers_an_empty_one(tiny_classifier, tmp_path):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(tiny_classifier.export(tmp_path / "a", max_texts=4,
+                                                            max_text_bytes=50)))
+    serve = loaded.signatures["serving_default"]
+    empty = serve(text=tf.constant([], tf.string))
+    assert empty["probabilities"].shape == (0, 2) and empty["label"].shape == (0,)
+    assert empty["label_id"].dtype == tf.int64
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"at most 4 texts \(max_texts\)"):
+        serve(text=tf.constant(["fine"] * 5))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"at most 50 bytes \(max_text_bytes\)"):
+        serve(text=tf.constant(["fine", "é" * 26]))  # 52 bytes in UTF-8
+    answer = serve(text=tf.constant(["a fine film", "x" * 50]))  # still answering
+    assert answer["probabilities"].shape == (2, 2)
+    # The defaults follow the model's sequence length: 32,768 tokens a request.
+    loaded = tf.saved_model.load(str(tiny_classifier.export(tmp_path / "b")))
+    limit = 32_768 // tiny_classifier.sequence_length
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"at most {limit} texts"):
+        loaded.signatures["serving_default"](text=tf.constant(["ok"] * (limit + 1)))
+    assert loaded.signatures["serving_default"](
+        text=tf.constant(["ok"] * limit))["label"].shape == (limit,)

@@ -258,6 +258,14 @@ class ClassifierServing(tf.Module):
         self.variables_ = list(classifier.variables)
         self.label_names = tf.constant(classifier.display_labels())
 
+    def empty_outputs(self):
+        """What `outputs` gives for a request of no inputs."""
+        return {
+            "probabilities": tf.zeros((0, self.label_names.shape[0]), tf.float32),
+            "label": tf.zeros((0,), tf.string),
+            "label_id": tf.zeros((0,), tf.int64),
+        }
+
     def outputs(self, model_inputs):
         logits = self.classifier(model_inputs, training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)

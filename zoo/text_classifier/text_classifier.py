@@ -25,6 +25,13 @@ FROM_SCRATCH_SIZES = dict(
     embedding_norm=False, normalize_first=False, rematerialize=False,
 )
 # What `from_preset` may change in a pretrained network (the rest shapes its weights).
+# What one request to the exported model may hold by default (`export`):
+# texts of up to 16 KB (or 8 bytes a token of the model's sequence length,
+# when more), and as many texts as make 32,768 tokens at the model's sequence
+# length, so that the cost of the worst request admitted does not grow with
+# the sequence length (`bench/RESULTS.md`, "Serving limits").
+REQUEST_TOKEN_BUDGET = 32_768
+MIN_REQUEST_TEXT_BYTES = 16_384
 ADJUSTABLE = ("dropout", "num_classes", "sequence_length", "attention", "window_size",
               "global_tokens", "pooling", "rematerialize")
 
@@ -280,15 +287,22 @@ class TextClassifier(ClassifierModel):
         return cls(backbone=backbone, preprocessor=preprocessor, num_classes=num_classes,
                    labels=labels, pooling=pooling, dropout=dropout)
 
-    def export(self, folder, version=None):
+    def export(self, folder, version=None, max_texts=None, max_text_bytes=None):
         """Exports a TF Serving SavedModel to `folder/<version>/`.
 
         Signature `serving_default`: `{"text": tf.string[None]}` ->
         `{"probabilities": float32[None, C], "label": tf.string[None],
         "label_id": int64[None]}`, tokenization inside the graph. Loads with
-        `tensorflow` and `tensorflow_text` alone.
+        `tensorflow` and `tensorflow_text` alone. A request of more than
+        `max_texts` texts, or with a text of more than `max_text_bytes`
+        bytes, gets an `InvalidArgumentError` naming the limit (fixed at
+        export; by default `REQUEST_TOKEN_BUDGET // sequence_length` texts
+        and `max(MIN_REQUEST_TEXT_BYTES, 8 * sequence_length)` bytes); an
+        empty request gets empty outputs.
         """
-        module = _TextClassifierServing(self.inference_copy())
+        max_texts = max_texts or max(1, REQUEST_TOKEN_BUDGET // self.sequence_length)
+        max_text_bytes = max_text_bytes or max(MIN_REQUEST_TEXT_BYTES, 8 * self.sequence_length)
+        module = _TextClassifierServing(self.inference_copy(), max_texts, max_text_bytes)
         serve = module.serve.get_concrete_function()
         return export_saved_model(module, folder, {"serving_default": serve}, version)
 
@@ -296,12 +310,25 @@ class TextClassifier(ClassifierModel):
 class _TextClassifierServing(ClassifierServing):
     """What the SavedModel tracks: the network, the tokenizer, the labels."""
 
-    def __init__(self, classifier):
+    def __init__(self, classifier, max_texts, max_text_bytes):
         if classifier.tokenizer is None:
             raise ValueError("The model has no vocabulary yet; fit or adapt it first.")
         super().__init__(classifier)
         self.tokenizer = classifier.tokenizer
+        self.max_texts, self.max_text_bytes = int(max_texts), int(max_text_bytes)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(self, text):
-        return self.outputs(self.classifier.preprocess(text))
+        checks = [
+            tf.debugging.assert_less_equal(
+                tf.size(text), self.max_texts,
+                message=f"A request holds at most {self.max_texts} texts (max_texts)."),
+            tf.debugging.assert_less_equal(
+                tf.strings.length(text), self.max_text_bytes,
+                message=f"A text holds at most {self.max_text_bytes} bytes (max_text_bytes)."),
+        ]
+        with tf.control_dependencies(checks):
+            text = tf.identity(text)
+        return tf.cond(tf.size(text) > 0,
+                       lambda: self.outputs(self.classifier.preprocess(text)),
+                       lambda: self.empty_outputs())

@@ -1,0 +1,89 @@
+"""The worst request the text export's default limits admit: its time and
+memory, in a process that imports only tensorflow and tensorflow_text.
+
+`export()` admits `REQUEST_TOKEN_BUDGET // sequence_length` texts of up to
+`max(MIN_REQUEST_TEXT_BYTES, 8 * sequence_length)` bytes each. For each model,
+the request of that many texts of that many bytes is sent once after a
+warm-up request; peak memory is the serving process's maximum resident set
+(TensorFlow and the loaded model included) and what the request added to it.
+Writes the section "Serving limits" of RESULTS.md.
+
+    python bench/serving_limits.py
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+SERVE = """
+import json, resource, sys, time
+import numpy as np, tensorflow as tf, tensorflow_text  # noqa: F401 (its ops)
+version, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+serve = tf.saved_model.load(version).signatures["serving_default"]
+serve(text=tf.constant(["warm up"]))
+words = ["good", "bad", "film", "plot", "actor", "scene", "boring", "great"]
+text = " ".join(np.random.default_rng(0).choice(words, size))[:size]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+answer = serve(text=tf.constant([text] * count))
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("RESULT " + json.dumps(dict(seconds=seconds, peak=peak * 1024,
+                                  added=(peak - before) * 1024,
+                                  rows=int(answer["label"].shape[0]))))
+"""
+MODELS = {"rotten_tomatoes_small": {}, "all_minilm_l6_v2": {"labels": ["a", "b"]}}
+
+
+def main():
+    from results import update_section
+    from zoo import TextClassifier
+    from zoo.text_classifier.text_classifier import MIN_REQUEST_TEXT_BYTES, REQUEST_TOKEN_BUDGET
+
+    rows = []
+    for name, arguments in MODELS.items():
+        model = TextClassifier.from_preset(name, **arguments)
+        count = max(1, REQUEST_TOKEN_BUDGET // model.sequence_length)
+        size = max(MIN_REQUEST_TEXT_BYTES, 8 * model.sequence_length)
+        with tempfile.TemporaryDirectory() as folder:
+            version = model.export(folder)
+            done = subprocess.run([sys.executable, "-c", textwrap.dedent(SERVE), str(version),
+                                   str(count), str(size)], capture_output=True, text=True,
+                                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            raise RuntimeError(done.stderr[-3000:])
+        result = json.loads(lines[-1][len("RESULT "):])
+        rows.append((name, model.sequence_length, count, size, result))
+        print(f"{name}: {count} texts x {size} bytes: {result['seconds']:.2f} s, peak "
+              f"{result['peak'] / 2**30:.2f} GiB ({result['added'] / 2**30:.2f} GiB added)",
+              flush=True)
+    lines = [
+        f"`python bench/serving_limits.py` ({os.cpu_count()} CPU cores). The worst request the "
+        "text export's default limits admit (`REQUEST_TOKEN_BUDGET // sequence_length` texts, "
+        "each of `max(16384, 8 * sequence_length)` bytes), sent once after a warm-up request "
+        "to the SavedModel in a process that imports only tensorflow and tensorflow_text. "
+        "Peak: the process's maximum resident set (TensorFlow and the model included); added: "
+        "what the request added to it. A request over a limit is refused with an "
+        "`InvalidArgumentError` naming it; an empty request gets empty outputs.",
+        "",
+        "| model | sequence length | texts | bytes each | seconds | peak | added by the request |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, length, count, size, result in rows:
+        lines.append(f"| {name} | {length} | {count} | {size} | {result['seconds']:.2f} | "
+                     f"{result['peak'] / 2**30:.2f} GiB | {result['added'] / 2**30:.2f} GiB |")
+    update_section("Serving limits", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

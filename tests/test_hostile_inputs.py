@@ -467,3 +467,32 @@ def test_the_text_export_bounds_a_request_and_answers_an_empty_one(tiny_classifi
         loaded.signatures["serving_default"](text=tf.constant(["ok"] * (limit + 1)))
     assert loaded.signatures["serving_default"](
         text=tf.constant(["ok"] * limit))["label"].shape == (limit,)
+
+
+def test_the_image_export_refuses_a_huge_declared_image_before_decoding(
+        tiny_image_classifier, digits_sample, tmp_path):
+    import struct
+    import zlib
+
+    import tensorflow as tf
+
+    _, (images, _) = digits_sample
+    png = tf.io.encode_png(images[0][..., None]).numpy()
+    # The header of a 23000 x 23000 image on 28 x 28 data (its CRC made right):
+    # decoding would allocate 529 MB before noticing anything.
+    header = b"IHDR" + struct.pack(">II", 23000, 23000) + png[24:29]
+    bomb = png[:12] + header + struct.pack(">I", zlib.crc32(header)) + png[33:]
+    loaded = tf.saved_model.load(str(tiny_image_classifier.export(
+        tmp_path / "served", max_images=2, max_image_bytes=len(png) + 10)))
+    serve = loaded.signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image_bytes\[1\] declares 529000000 pixels, more than the 16777216"):
+        serve(image_bytes=tf.constant([png, bomb]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"at most 2 images \(max_images\)"):
+        serve(image_bytes=tf.constant([png] * 3))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"at most \d+ bytes"):
+        serve(image_bytes=tf.constant([png + b"\0" * 11]))
+    assert serve(image_bytes=tf.constant([], tf.string))["probabilities"].shape == (0, 10)
+    pixels = loaded.signatures["predict_images"]
+    assert pixels(images=tf.zeros((0, 28, 28, 1), tf.uint8))["label"].shape == (0,)
+    assert serve(image_bytes=tf.constant([png, png]))["label"].shape == (2,)  # still answering

@@ -12,7 +12,7 @@ from zoo.checkpoint_files import is_hub_handle
 from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
 from zoo.image_classifier.backbone import ImageBackbone
-from zoo.image_classifier.preprocessor import ImagePreprocessor
+from zoo.image_classifier.preprocessor import MAX_IMAGE_PIXELS, ImagePreprocessor
 
 KIND = "image_classifier"
 BACKBONE_KIND = "image_backbone"
@@ -27,6 +27,14 @@ FROM_SCRATCH_SIZES = dict(
     intermediate_dim=128, attention="multi_head", window_size=None,
 )
 # What `from_preset` may change in a pretrained network (the rest shapes its weights).
+# What one request to the exported model may hold by default (`export`): 32
+# images of up to 8 MB, each declaring at most `MAX_IMAGE_PIXELS` pixels;
+# the worst request they admit is measured in `bench/RESULTS.md` ("Serving
+# limits").
+MAX_REQUEST_IMAGES = 32
+MAX_REQUEST_IMAGE_BYTES = 8 << 20
+
+
 ADJUSTABLE = ("dropout", "num_classes", "image_size", "augmentation", "attention",
               "window_size", "pooling")
 
@@ -438,7 +446,8 @@ class ImageClassifier(ClassifierModel):
         return cls(backbone=backbone, preprocessor=preprocessor, num_classes=num_classes,
                    labels=labels, **task)
 
-    def export(self, folder, version=None):
+    def export(self, folder, version=None, max_images=MAX_REQUEST_IMAGES,
+               max_image_bytes=MAX_REQUEST_IMAGE_BYTES):
         """Exports a TF Serving SavedModel to `folder/<version>/`.
 
         Signatures, both returning `{"probabilities": float32[None, C],
@@ -450,9 +459,13 @@ class ImageClassifier(ClassifierModel):
         - `predict_images`: `{"images": uint8[None, None, None, None]}`.
 
         Loads with `tensorflow` alone. Bytes that are no image fail the
-        request with an `InvalidArgumentError` naming the input.
+        request with an `InvalidArgumentError` naming the input, and so does
+        a request of more than `max_images` images, an image of more than
+        `max_image_bytes` bytes, or one whose header declares more than
+        `MAX_IMAGE_PIXELS` pixels (checked before decoding); an empty
+        request gets empty outputs.
         """
-        module = _ImageClassifierServing(self.inference_copy())
+        module = _ImageClassifierServing(self.inference_copy(), max_images, max_image_bytes)
         return export_saved_model(module, folder, {
             "serving_default": module.serve.get_concrete_function(),
             "predict_images": module.predict_images.get_concrete_function(),
@@ -462,14 +475,37 @@ class ImageClassifier(ClassifierModel):
 class _ImageClassifierServing(ClassifierServing):
     """What the SavedModel tracks: the network and the labels."""
 
+    def __init__(self, classifier, max_images, max_image_bytes):
+        super().__init__(classifier)
+        self.max_images, self.max_image_bytes = int(max_images), int(max_image_bytes)
+
+    def _bounded(self, inputs, count, largest, limit, what):
+        checks = [
+            tf.debugging.assert_less_equal(
+                count, self.max_images,
+                message=f"A request holds at most {self.max_images} images (max_images)."),
+            tf.debugging.assert_less_equal(
+                largest, tf.cast(limit, largest.dtype),
+                message=f"An image holds at most {limit} {what}."),
+        ]
+        with tf.control_dependencies(checks):
+            inputs = tf.identity(inputs)
+        return tf.cond(count > 0,
+                       lambda: self.outputs(self.classifier.preprocess(inputs)),
+                       lambda: self.empty_outputs())
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(self, image_bytes):
-        return self.outputs(self.classifier.preprocess(image_bytes))
+        return self._bounded(image_bytes, tf.size(image_bytes),
+                             tf.reduce_max(tf.concat([tf.strings.length(image_bytes), [0]], 0)),
+                             self.max_image_bytes, "bytes (max_image_bytes)")
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
     def predict_images(self, images):
-        return self.outputs(self.classifier.preprocess(images))
+        shape = tf.shape(images)
+        return self._bounded(images, shape[0], shape[1] * shape[2], MAX_IMAGE_PIXELS,
+                             "pixels (MAX_IMAGE_PIXELS)")
 
 
 def _image_array(array):

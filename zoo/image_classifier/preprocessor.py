@@ -4,6 +4,10 @@ import tensorflow as tf
 
 # Leading bytes of the formats `tf.io.decode_image` reads.
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+# The most pixels an encoded image may declare in its header (4096 x 4096):
+# checked before it is decoded, so that a small file declaring a huge image
+# (a 2 MB PNG of 23000 x 23000) is refused instead of decoded in full.
+MAX_IMAGE_PIXELS = 1 << 24
 # ITU-R BT.601 luma; the weights sum to 1, so equal channels give the gray back.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -30,6 +34,42 @@ def _per_channel(name, value, channels):
         raise ValueError(f"`{name}` must be one {'positive ' if name == 'std' else ''}number or "
                          f"one per channel ({channels}). Received: {name}={value!r}")
     return values
+
+
+def _unsigned(data, start, length, little_endian):
+    """The unsigned integer in `data[start:start + length]` (zero past the end)."""
+    raw = tf.io.decode_raw(tf.strings.substr(data + b"\0" * 32, start, length), tf.uint8)
+    raw = tf.cast(raw, tf.int64)
+    weights = tf.constant([256 ** i for i in (range(length) if little_endian
+                                              else reversed(range(length)))], tf.int64)
+    return tf.reduce_sum(raw * weights)
+
+
+def declared_pixels(data):
+    """Width x height an encoded image declares in its header, read without
+    decoding it: PNG's IHDR, GIF's logical screen, BMP's info header, JPEG's
+    frame header (`tf.image.extract_jpeg_shape`)."""
+    def png():
+        return _unsigned(data, 16, 4, False) * _unsigned(data, 20, 4, False)
+
+    def gif():
+        return _unsigned(data, 6, 2, True) * _unsigned(data, 8, 2, True)
+
+    def bmp():
+        height = _unsigned(data, 22, 4, True)
+        height = tf.where(height >= 2 ** 31, 2 ** 32 - height, height)  # top-down: negative
+        return _unsigned(data, 18, 4, True) * height
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+        return shape[0] * shape[1]
+
+    head = tf.strings.substr(data, 0, 4)
+    return tf.case([
+        (tf.equal(head, b"\x89PNG"), png),
+        (tf.equal(tf.strings.substr(data, 0, 3), b"GIF"), gif),
+        (tf.equal(tf.strings.substr(data, 0, 2), b"BM"), bmp),
+    ], default=jpeg)
 
 
 class ImagePreprocessor:
@@ -75,8 +115,10 @@ class ImagePreprocessor:
         images = tf.convert_to_tensor(images)
         if images.dtype == tf.string:
             indices = tf.range(tf.shape(images, out_type=tf.int64)[0])
+            # Two images decoded at a time (map_fn's default is ten): each
+            # may be a 16-megapixel image, about 0.4 GB while it is resized.
             return tf.map_fn(
-                lambda item: self.decode(*item), (images, indices),
+                lambda item: self.decode(*item), (images, indices), parallel_iterations=2,
                 fn_output_signature=tf.TensorSpec((*self.image_size, self.channels), tf.float32),
             )
         if images.shape.rank == 3:
@@ -103,6 +145,11 @@ class ImagePreprocessor:
             (index, tf.strings.length(data)),
         )])
         with tf.control_dependencies([check]):
+            pixels = declared_pixels(data)
+        too_large = tf.debugging.Assert(pixels <= MAX_IMAGE_PIXELS, [tf.strings.format(
+            "image_bytes[{}] declares {} pixels, more than the " + str(MAX_IMAGE_PIXELS)
+            + " an image may (MAX_IMAGE_PIXELS)", (index, pixels))])
+        with tf.control_dependencies([too_large]):
             image = tf.io.decode_image(data, channels=0, expand_animations=False)
         return self.normalize(self.pixels(image))
 

@@ -102,6 +102,22 @@ def main():
     image = json.loads(found[-1][len("RESULT "):])
     print(f"mnist_vit_micro: {MAX_REQUEST_IMAGES} PNGs of {side}x{side}: {image['seconds']:.2f} "
           f"s, peak {image['peak'] / 2**30:.2f} GiB ({image['added'] / 2**30:.2f} GiB added)")
+    from zoo import Translator
+    from zoo.translator.model import MAX_REQUEST_TEXT_BYTES, MAX_REQUEST_TEXTS
+
+    with tempfile.TemporaryDirectory() as folder:
+        version = Translator.from_preset("gramps_en_de_small").export(folder)
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(SERVE), str(version),
+                               str(MAX_REQUEST_TEXTS), str(MAX_REQUEST_TEXT_BYTES)],
+                              capture_output=True, text=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not found:
+        raise RuntimeError(done.stderr[-3000:])
+    translation = json.loads(found[-1][len("RESULT "):])
+    print(f"gramps_en_de_small: {MAX_REQUEST_TEXTS} texts x {MAX_REQUEST_TEXT_BYTES} bytes: "
+          f"{translation['seconds']:.2f} s, peak {translation['peak'] / 2**30:.2f} GiB "
+          f"({translation['added'] / 2**30:.2f} GiB added)")
     lines = [
         f"`python bench/serving_limits.py` ({os.cpu_count()} CPU cores). The worst request the "
         "text export's default limits admit (`REQUEST_TOKEN_BUDGET // sequence_length` texts, "
@@ -125,6 +141,14 @@ def main():
         f"{image['seconds']:.2f} s, peak {image['peak'] / 2**30:.2f} GiB, "
         f"{image['added'] / 2**30:.2f} GiB added by the request (images are decoded two at a "
         "time).",
+    ]
+    lines += [
+        "",
+        f"Translation: the worst request the translator export's defaults admit, "
+        f"{MAX_REQUEST_TEXTS} texts of {MAX_REQUEST_TEXT_BYTES} bytes (each cut to the model's "
+        f"source length), beam 4, to `gramps_en_de_small`'s export: "
+        f"{translation['seconds']:.2f} s, peak {translation['peak'] / 2**30:.2f} GiB, "
+        f"{translation['added'] / 2**30:.2f} GiB added by the request.",
     ]
     update_section("Serving limits", "\n".join(lines))
 

@@ -496,3 +496,22 @@ def test_the_image_export_refuses_a_huge_declared_image_before_decoding(
     pixels = loaded.signatures["predict_images"]
     assert pixels(images=tf.zeros((0, 28, 28, 1), tf.uint8))["label"].shape == (0,)
     assert serve(image_bytes=tf.constant([png, png]))["label"].shape == (2,)  # still answering
+
+
+def test_the_translator_export_bounds_a_request(tmp_path):
+    import tensorflow as tf
+
+    from zoo import Translator
+
+    model = Translator.from_preset("gramps_en_de_small")
+    loaded = tf.saved_model.load(str(model.export(tmp_path / "served", beam_size=1,
+                                                  max_texts=2, max_text_bytes=40)))
+    for name in ("serving_default", "translate_with_scores"):
+        serve = loaded.signatures[name]
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"at most 2 texts"):
+            serve(text=tf.constant(["Open the tree"] * 3))
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"at most 40 bytes"):
+            serve(text=tf.constant(["Open " * 9]))
+        assert serve(text=tf.constant([], tf.string))["translation"].shape == (0,)
+        assert serve(text=tf.constant(["Open the family tree", "Close"]))[
+            "translation"].shape == (2,)

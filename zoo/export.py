@@ -13,6 +13,22 @@ import tensorflow as tf
 from zoo.publishing import new_version_directory
 
 
+def checked_texts(text, max_texts, max_text_bytes):
+    """`text` (a request's `(N,)` strings) once it holds at most `max_texts`
+    texts of at most `max_text_bytes` bytes each; else the request fails with
+    an `InvalidArgumentError` naming the limit, and the server goes on."""
+    checks = [
+        tf.debugging.assert_less_equal(
+            tf.size(text), max_texts,
+            message=f"A request holds at most {max_texts} texts (max_texts)."),
+        tf.debugging.assert_less_equal(
+            tf.strings.length(text), max_text_bytes,
+            message=f"A text holds at most {max_text_bytes} bytes (max_text_bytes)."),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(text)
+
+
 def export_saved_model(module, folder, signatures, version=None):
     """Saves `module` with `signatures` as `folder/<version>/`.
 

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
-from zoo.export import export_saved_model
+from zoo.export import checked_texts, export_saved_model
 from zoo.pipeline import text_array
 from zoo.presets import shipped_presets
 from zoo.text_classifier import bodies
@@ -319,16 +319,7 @@ class _TextClassifierServing(ClassifierServing):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(self, text):
-        checks = [
-            tf.debugging.assert_less_equal(
-                tf.size(text), self.max_texts,
-                message=f"A request holds at most {self.max_texts} texts (max_texts)."),
-            tf.debugging.assert_less_equal(
-                tf.strings.length(text), self.max_text_bytes,
-                message=f"A text holds at most {self.max_text_bytes} bytes (max_text_bytes)."),
-        ]
-        with tf.control_dependencies(checks):
-            text = tf.identity(text)
+        text = checked_texts(text, self.max_texts, self.max_text_bytes)
         return tf.cond(tf.size(text) > 0,
                        lambda: self.outputs(self.classifier.preprocess(text)),
                        lambda: self.empty_outputs())

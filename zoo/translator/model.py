@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import keras_selfattn as ksa
 from zoo import report as reports
-from zoo.export import export_saved_model
+from zoo.export import checked_texts, export_saved_model
 from zoo.pipeline import (
     RawInputModel,
     learn_word_piece_vocabulary,
@@ -33,6 +33,12 @@ _DETOKENIZED_SPACING = (
     (r" ?([-/'’]) ?", r"\1"),
 )
 
+
+# What one request to the exported translator may hold by default (`export`):
+# 64 sentences of up to 16 KB, each cut to the model's source length and
+# decoded by beam search (`bench/RESULTS.md`, "Serving limits").
+MAX_REQUEST_TEXTS = 64
+MAX_REQUEST_TEXT_BYTES = 16_384
 
 @keras.saving.register_keras_serializable(package="zoo")
 class TiedOutputProjection(keras.layers.Layer):
@@ -643,7 +649,8 @@ class Translator(PresetModel, RawInputModel):
             "target_vocabulary": asset_lines(loaded, TARGET_VOCABULARY_FILE),
         }
 
-    def export(self, folder, beam_size=4, max_length=None, length_penalty=0.6, version=None):
+    def export(self, folder, beam_size=4, max_length=None, length_penalty=0.6, version=None,
+               max_texts=MAX_REQUEST_TEXTS, max_text_bytes=MAX_REQUEST_TEXT_BYTES):
         """Exports a TF Serving SavedModel to `folder/<version>/`.
 
         Signature `serving_default`: `{"text": tf.string[None]}` ->
@@ -651,9 +658,12 @@ class Translator(PresetModel, RawInputModel):
         over the key/value cache and detokenization inside the graph;
         `beam_size`, `max_length` and `length_penalty` are fixed here. Also
         `translate_with_scores`, which adds `"score": float32[None]`. Loads
-        with `tensorflow` and `tensorflow_text` alone.
+        with `tensorflow` and `tensorflow_text` alone. A request of more than
+        `max_texts` texts, or with a text of more than `max_text_bytes`
+        bytes, gets an `InvalidArgumentError` naming the limit.
         """
-        module = _TranslatorServing(self.inference_copy(), beam_size, max_length, length_penalty)
+        module = _TranslatorServing(self.inference_copy(), beam_size, max_length, length_penalty,
+                                    max_texts, max_text_bytes)
         signatures = {
             "serving_default": module.serve.get_concrete_function(),
             "translate_with_scores": module.serve_with_scores.get_concrete_function(),
@@ -664,8 +674,10 @@ class Translator(PresetModel, RawInputModel):
 class _TranslatorServing(tf.Module):
     """What the SavedModel tracks: the network, tokenizers, the decoder."""
 
-    def __init__(self, translator, beam_size, max_length, length_penalty):
+    def __init__(self, translator, beam_size, max_length, length_penalty, max_texts,
+                 max_text_bytes):
         super().__init__()
+        self.max_texts, self.max_text_bytes = int(max_texts), int(max_text_bytes)
         translator._check_vocabularies()
         self.translator = translator
         self.variables_ = list(translator.variables)
@@ -679,10 +691,12 @@ class _TranslatorServing(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(self, text):
-        translation, _ = self._translate(text)
+        translation, _ = self._translate(checked_texts(text, self.max_texts,
+                                                       self.max_text_bytes))
         return {"translation": translation}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve_with_scores(self, text):
-        translation, score = self._translate(text)
+        translation, score = self._translate(checked_texts(text, self.max_texts,
+                                                           self.max_text_bytes))
         return {"translation": translation, "score": score}

@@ -515,3 +515,17 @@ def test_the_translator_export_bounds_a_request(tmp_path):
         assert serve(text=tf.constant([], tf.string))["translation"].shape == (0,)
         assert serve(text=tf.constant(["Open the family tree", "Close"]))[
             "translation"].shape == (2,)
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_refused_by_name_and_free_space(tmp_path):
+    import shutil
+
+    from zoo.training import check_free_space
+
+    free = shutil.disk_usage(tmp_path).free
+    (tmp_path / "step-000000002").mkdir()
+    with pytest.raises(ValueError, match=rf"{tmp_path}: \d+\.\d MB free, and the checkpoint "
+                                         r"needs \d+\.\d MB; the previous checkpoint is kept"):
+        check_free_space(tmp_path, free + (1 << 30))
+    assert (tmp_path / "step-000000002").is_dir()
+    check_free_space(tmp_path, 1 << 20)  # room enough: no error

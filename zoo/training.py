@@ -322,6 +322,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         if target.exists():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Weights and optimizer state, with room for the file format: HDF5
+        # crashed the process (SIGSEGV) when the disk filled while writing.
+        state_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                          for v in [*self.model.weights, *self.model.optimizer.variables])
+        check_free_space(self.directory, int(state_bytes * 1.1) + (1 << 20))
         staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=self.directory))
         try:
             self.model.save_weights(str(staging / self.WEIGHTS_FILE))
@@ -346,6 +351,17 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
 
 LOCK_FILE = ".lock"
+
+
+def check_free_space(folder, needed):
+    """Refuses to write `needed` bytes into `folder` when its file system has
+    less free: one message naming the folder and the free space, and every
+    file already there (the previous checkpoint) kept."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ValueError(f"{folder}: {free / 2**20:.1f} MB free, and the checkpoint needs "
+                         f"{needed / 2**20:.1f} MB; the previous checkpoint is kept. Free some "
+                         "space and run the same command again to resume.")
 
 
 class RunMismatchError(ValueError):

@@ -26,98 +26,74 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 SERVE = """
 import json, resource, sys, time
-import numpy as np, tensorflow as tf, tensorflow_text  # noqa: F401 (its ops)
-version, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import numpy as np, tensorflow as tf
+import tensorflow_text  # noqa: F401 (its ops)
+kind, version, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 serve = tf.saved_model.load(version).signatures["serving_default"]
-serve(text=tf.constant(["warm up"]))
-words = ["good", "bad", "film", "plot", "actor", "scene", "boring", "great"]
-text = " ".join(np.random.default_rng(0).choice(words, size))[:size]
+if kind == "text":
+    serve(text=tf.constant(["warm up"]))
+    words = ["good", "bad", "film", "plot", "actor", "scene", "boring", "great"]
+    text = " ".join(np.random.default_rng(0).choice(words, size))[:size]
+    request = dict(text=tf.constant([text] * count))
+    one = len(text.encode())
+else:
+    serve(image_bytes=tf.stack([tf.io.encode_png(np.zeros((28, 28, 1), np.uint8))]))
+    # The largest image the header check admits (`size` x `size`): black and
+    # white squares of 4 x 4 pixels, whose PNG fits in the 8 MB an image may take.
+    squares = np.random.default_rng(0).integers(0, 2, (size // 4, size // 4, 3), np.uint8) * 255
+    large = tf.io.encode_png(np.repeat(np.repeat(squares, 4, axis=0), 4, axis=1))
+    request = dict(image_bytes=tf.stack([large] * count))
+    one = len(large.numpy())
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-answer = serve(text=tf.constant([text] * count))
+answer = serve(**request)
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print("RESULT " + json.dumps(dict(seconds=seconds, peak=peak * 1024,
-                                  added=(peak - before) * 1024,
+                                  added=(peak - before) * 1024, bytes=one,
                                   rows=int(next(iter(answer.values())).shape[0]))))
 """
 MODELS = {"rotten_tomatoes_small": {}, "all_minilm_l6_v2": {"labels": ["a", "b"]}}
-IMAGE_SERVE = """
-import json, resource, sys, time
-import numpy as np, tensorflow as tf
-version, count, side = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-serve = tf.saved_model.load(version).signatures["serving_default"]
-serve(image_bytes=tf.stack([tf.io.encode_png(np.zeros((28, 28, 1), np.uint8))]))
-# The largest image the header check admits: black and white squares of 4 x 4
-# pixels, whose PNG fits in the 8 MB an image may take.
-squares = np.random.default_rng(0).integers(0, 2, (side // 4, side // 4, 3), np.uint8) * 255
-large = tf.io.encode_png(np.repeat(np.repeat(squares, 4, axis=0), 4, axis=1))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
-answer = serve(image_bytes=tf.stack([large] * count))
-seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("RESULT " + json.dumps(dict(seconds=seconds, peak=peak * 1024,
-                                  added=(peak - before) * 1024, bytes=len(large.numpy()),
-                                  rows=int(next(iter(answer.values())).shape[0]))))
-"""
+
+
+def worst_request(model, kind, count, size, **export_options):
+    """Exports `model` and sends it the request of `count` texts of `size`
+    bytes (or images of `size` x `size`) in a fresh serving process."""
+    with tempfile.TemporaryDirectory() as folder:
+        version = model.export(folder, **export_options)
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(SERVE), kind, str(version),
+                               str(count), str(size)], capture_output=True, text=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not found:
+        raise RuntimeError(done.stderr[-3000:])
+    result = json.loads(found[-1][len("RESULT "):])
+    print(f"{kind}: {count} x {size}: {result['seconds']:.2f} s, peak "
+          f"{result['peak'] / 2**30:.2f} GiB ({result['added'] / 2**30:.2f} GiB added)",
+          flush=True)
+    return result
 
 
 def main():
     from results import update_section
-    from zoo import TextClassifier
+    from zoo import ImageClassifier, TextClassifier, Translator
+    from zoo.image_classifier.image_classifier import MAX_REQUEST_IMAGES
+    from zoo.image_classifier.preprocessor import MAX_IMAGE_PIXELS
     from zoo.text_classifier.text_classifier import MIN_REQUEST_TEXT_BYTES, REQUEST_TOKEN_BUDGET
+    from zoo.translator.model import MAX_REQUEST_TEXT_BYTES, MAX_REQUEST_TEXTS
 
     rows = []
     for name, arguments in MODELS.items():
         model = TextClassifier.from_preset(name, **arguments)
         count = max(1, REQUEST_TOKEN_BUDGET // model.sequence_length)
         size = max(MIN_REQUEST_TEXT_BYTES, 8 * model.sequence_length)
-        with tempfile.TemporaryDirectory() as folder:
-            version = model.export(folder)
-            done = subprocess.run([sys.executable, "-c", textwrap.dedent(SERVE), str(version),
-                                   str(count), str(size)], capture_output=True, text=True,
-                                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        if done.returncode or not lines:
-            raise RuntimeError(done.stderr[-3000:])
-        result = json.loads(lines[-1][len("RESULT "):])
-        rows.append((name, model.sequence_length, count, size, result))
-        print(f"{name}: {count} texts x {size} bytes: {result['seconds']:.2f} s, peak "
-              f"{result['peak'] / 2**30:.2f} GiB ({result['added'] / 2**30:.2f} GiB added)",
-              flush=True)
-    from zoo import ImageClassifier
-    from zoo.image_classifier.image_classifier import MAX_REQUEST_IMAGES
-    from zoo.image_classifier.preprocessor import MAX_IMAGE_PIXELS
-
+        rows.append((name, model.sequence_length, count, size,
+                     worst_request(model, "text", count, size)))
     side = int(MAX_IMAGE_PIXELS ** 0.5)
-    with tempfile.TemporaryDirectory() as folder:
-        version = ImageClassifier.from_preset("mnist_vit_micro").export(folder)
-        done = subprocess.run([sys.executable, "-c", textwrap.dedent(IMAGE_SERVE), str(version),
-                               str(MAX_REQUEST_IMAGES), str(side)], capture_output=True,
-                              text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not found:
-        raise RuntimeError(done.stderr[-3000:])
-    image = json.loads(found[-1][len("RESULT "):])
-    print(f"mnist_vit_micro: {MAX_REQUEST_IMAGES} PNGs of {side}x{side}: {image['seconds']:.2f} "
-          f"s, peak {image['peak'] / 2**30:.2f} GiB ({image['added'] / 2**30:.2f} GiB added)")
-    from zoo import Translator
-    from zoo.translator.model import MAX_REQUEST_TEXT_BYTES, MAX_REQUEST_TEXTS
-
-    with tempfile.TemporaryDirectory() as folder:
-        version = Translator.from_preset("gramps_en_de_small").export(folder)
-        done = subprocess.run([sys.executable, "-c", textwrap.dedent(SERVE), str(version),
-                               str(MAX_REQUEST_TEXTS), str(MAX_REQUEST_TEXT_BYTES)],
-                              capture_output=True, text=True,
-                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not found:
-        raise RuntimeError(done.stderr[-3000:])
-    translation = json.loads(found[-1][len("RESULT "):])
-    print(f"gramps_en_de_small: {MAX_REQUEST_TEXTS} texts x {MAX_REQUEST_TEXT_BYTES} bytes: "
-          f"{translation['seconds']:.2f} s, peak {translation['peak'] / 2**30:.2f} GiB "
-          f"({translation['added'] / 2**30:.2f} GiB added)")
+    image = worst_request(ImageClassifier.from_preset("mnist_vit_micro"), "image",
+                          MAX_REQUEST_IMAGES, side)
+    translation = worst_request(Translator.from_preset("gramps_en_de_small"), "text",
+                                MAX_REQUEST_TEXTS, MAX_REQUEST_TEXT_BYTES)
     lines = [
         f"`python bench/serving_limits.py` ({os.cpu_count()} CPU cores). The worst request the "
         "text export's default limits admit (`REQUEST_TOKEN_BUDGET // sequence_length` texts, "

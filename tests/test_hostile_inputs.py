@@ -418,7 +418,10 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(sentiment_sample, t
         [sys.executable, "-m", "zoo", "train", "text-classifier", "--data", str(data), "--out",
          "run", "--from-scratch", "--epochs", "3", "--checkpoint-every", "2",
          "--no-attention-stats"], cwd=tmp_path, env=environment(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True,
+        # A pytest-xdist worker ignores SIGINT, and Python keeps an inherited
+        # SIG_IGN; a terminal's Ctrl-C reaches a default handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in process.stdout:
         if "checkpoint: step 2 " in line:
             process.send_signal(signal.SIGINT)

@@ -47,9 +47,6 @@ def export_saved_model(module, folder, signatures, version=None):
     if Path(folder).exists() and not Path(folder).is_dir():
         raise ValueError(f"{folder} is a file; an export goes into a model folder of numbered "
                          "versions.")
-    if version is not None and (Path(folder) / str(int(version))).exists():
-        raise ValueError(f"{Path(folder) / str(int(version))} already exists; TF Serving "
-                         "versions are immutable.")
     with new_version_directory(folder, version) as (staging, publish):
         tf.saved_model.save(module, str(staging), signatures=signatures)
         return publish()

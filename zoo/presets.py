@@ -248,21 +248,24 @@ def _unlisted(folder, listed):
 
 def _read_bounded(path, limit, what):
     size = path.lstat().st_size
-    if size > limit:
-        raise ValueError(f"{path} holds {size} bytes, more than the {limit} {what} may.")
-    with open(path, "rb") as handle:
-        return handle.read(limit + 1)
+    if size <= limit:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+        if len(data) <= limit:  # not grown since
+            return data
+        size = len(data)
+    raise ValueError(f"{path} holds {size} bytes, more than the {limit} {what} may.")
 
 
-def load_preset(folder, kind, sha256=None):
+def load_preset(folder, kind):
     """Verifies a preset folder and returns its `Preset`.
 
     Every file the folder holds must be listed in `metadata.json` with its
     SHA-256, and match it; links, unlisted files and names leading outside
     the folder are refused. A shipped preset's `metadata.json` must also
-    match the hash pinned in this package (`SHIPPED_METADATA_SHA256`), and a
-    `sha256` given by the caller pins any preset the same way. Each file is
-    used as it was verified (`Preset`).
+    match the hash pinned in this package (`SHIPPED_METADATA_SHA256`); a
+    user pins any preset the same way (`check_pinned`). Each file is used as
+    it was verified (`Preset`).
     """
     folder = Path(folder)
     recover_replaced(folder)  # a replacement cut short by a crash
@@ -272,13 +275,12 @@ def load_preset(folder, kind, sha256=None):
             f"{folder} is not a preset folder: {METADATA_FILE} is missing."
         )
     metadata_bytes = _read_bounded(metadata_path, MAX_ASSET_BYTES, "a preset's metadata")
-    pinned = sha256 or _shipped_pin(folder)
-    if pinned is not None and hashlib.sha256(metadata_bytes).hexdigest() != pinned:
-        raise ValueError(
-            f"{folder}: {METADATA_FILE} has SHA-256 {hashlib.sha256(metadata_bytes).hexdigest()}, "
-            f"not the {pinned} pinned for this preset"
-            + (" in the zoo package: the shipped preset was edited" if sha256 is None else "")
-            + ".")
+    pinned = _shipped_pin(folder)
+    digest = hashlib.sha256(metadata_bytes).hexdigest()
+    if pinned is not None and digest != pinned:
+        raise ValueError(f"{folder}: {METADATA_FILE} has SHA-256 {digest}, not the {pinned} "
+                         "pinned for this preset in the zoo package: the shipped preset was "
+                         "edited.")
     try:
         metadata = json.loads(metadata_bytes)
         files = metadata["files"]
@@ -395,11 +397,7 @@ class _AssetFolder:
     def asset_text(self, name):
         path = self.folder / name
         try:
-            size = path.stat().st_size
-            if size > MAX_ASSET_BYTES:
-                raise ValueError(f"{path} holds {size} bytes, more than the {MAX_ASSET_BYTES} a "
-                                 "vocabulary file may.")
-            return path.read_text(encoding="utf-8")
+            return _read_bounded(path, MAX_ASSET_BYTES, "a vocabulary file").decode("utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"{path} cannot be read: {error}") from None
 

@@ -99,8 +99,11 @@ def new_version_directory(folder, version=None):
     """Yields `(staging, publish)`: write into `staging`, then `publish()`
     renames it to `folder/<version>` and returns that path. `version=None`
     takes the next free number, and the one after it if another writer
-    publishes first; a given `version` that exists is refused."""
+    publishes first; a given `version` that exists is refused, before
+    anything is written and again at the rename."""
     folder = Path(folder)
+    if version is not None and (folder / str(int(version))).exists():
+        raise _version_exists(folder / str(int(version)))
     with _staging_directory(folder / "version") as staging:
         def publish():
             fsync_tree(staging)
@@ -115,8 +118,7 @@ def new_version_directory(folder, version=None):
                     if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                         raise
                     if version is not None:
-                        raise ValueError(f"{target} already exists; TF Serving versions are "
-                                         "immutable.") from None
+                        raise _version_exists(target) from None
                     number = max(number + 1, next_version(folder))
                     continue
                 _fsync(folder)
@@ -125,6 +127,10 @@ def new_version_directory(folder, version=None):
                           f"{MAX_VERSION_ATTEMPTS} attempts")
 
         yield staging, publish
+
+
+def _version_exists(target):
+    return ValueError(f"{target} already exists; TF Serving versions are immutable.")
 
 
 def next_version(folder):

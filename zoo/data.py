@@ -52,11 +52,14 @@ class ReadCounts:
     def skip(self, reason):
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
+    def _reasons(self):
+        return ", ".join(f"{n} {reason}" for reason, n in self.skipped.items())
+
     def summary(self):
         """One line for the training log."""
         line = f"{self.path}: {self.rows} rows read, {self.used} used"
         if self.skipped:
-            line += "; skipped " + ", ".join(f"{n} {reason}" for reason, n in self.skipped.items())
+            line += "; skipped " + self._reasons()
         if self.cut:
             line += f"; {self.cut} text(s) cut to {MAX_TEXT_CHARACTERS} characters"
         return line
@@ -71,9 +74,8 @@ class ReadCounts:
         were skipped, unless `allow_skipped`."""
         skipped = sum(self.skipped.values())
         if skipped > MAX_SKIPPED_SHARE * self.rows and not allow_skipped:
-            reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.items())
             raise ValueError(
-                f"{self.path}: {skipped} of {self.rows} rows skipped ({reasons}), more than "
+                f"{self.path}: {skipped} of {self.rows} rows skipped ({self._reasons()}), more than "
                 f"the {MAX_SKIPPED_SHARE:.0%} allowed; fix the file, or pass --allow-skipped "
                 "(allow_skipped=True) to use the other rows.")
 

@@ -157,6 +157,7 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
                                                          seed=seed, allow_skipped=allow_skipped)
     if counts is not None:
         print(counts.summary(), flush=True)
+    data_rows = {"data_rows": counts.as_dict()} if counts else {}
     if max_train_examples:
         train = (train[0][:max_train_examples], train[1][:max_train_examples])
     epochs = epochs or recipe_epochs(recipe, len(train[0]), batch_size)
@@ -187,9 +188,9 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     return train_and_report(
         model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
         training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
-                           **({"data_rows": counts.as_dict()} if counts else {})},
+                           **data_rows},
         summary_extra={"preset": None if preset is None else str(preset),
-                       **({"data_rows": counts.as_dict()} if counts else {})},
+                       **data_rows},
     )
 
 

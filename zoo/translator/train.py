@@ -70,6 +70,7 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
     train, validation, test, counts = load_training_data(data, seed=seed)
     if counts is not None:
         print(counts.summary(), flush=True)
+    data_rows = {"data_rows": counts.as_dict()} if counts else {}
     if max_train_examples:
         train = (train[0][:max_train_examples], train[1][:max_train_examples])
     steps = epochs * -(-len(train[0]) // batch_size)
@@ -89,8 +90,8 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
     return train_and_report(
         model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
         training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
-                           **({"data_rows": counts.as_dict()} if counts else {})},
-        summary_extra={"preset": preset, **({"data_rows": counts.as_dict()} if counts else {})},
+                           **data_rows},
+        summary_extra={"preset": preset, **data_rows},
         evaluation_options={"beam_size": beam_size},
         export_options={"beam_size": beam_size},
     )

@@ -305,7 +305,7 @@ def _parser():
                             "local_window, as Longformer's")
     train.add_argument("--rematerialize", action="store_const", const=True,
                        help="text-classifier: recompute each block's activations in the backward "
-                            "pass (about half the memory of long-document training, about 15%% "
+                            "pass (about half the memory of long-document training, about 22%% "
                             "more time)")
     train.add_argument("--image-size", type=int,
                        help="image-classifier: model input side (default: chosen from the images, "

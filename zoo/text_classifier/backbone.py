@@ -66,8 +66,8 @@ class TextBackbone(Backbone):
         pooler: add BERT's pooler, output as `"pooled_output"`.
         rematerialize: keep only each block's input for the backward pass
             and recompute the rest there (`zoo.rematerialize`): MiniLM
-            fine-tuned at 4,096 tokens, batch 2, peaks at 3.0 GiB instead of
-            6.0 GiB, for about 15% more time per step (`bench/RESULTS.md`).
+            fine-tuned at 4,096 tokens, batch 2, peaks at 3.1 GiB instead of
+            5.9 GiB, for about 22% more time per step (`bench/RESULTS.md`).
 
     Call arguments:
         token_ids: `(B, T)` int32 ids, 0 for padding, `T <= max_sequence_length`.

@@ -30,7 +30,14 @@ import numpy as np, tensorflow as tf
 import tensorflow_text  # noqa: F401 (its ops)
 kind, version, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 serve = tf.saved_model.load(version).signatures["serving_default"]
-if kind == "text":
+if kind in ("gif", "gif-decode-all"):
+    serve(image_bytes=tf.stack([tf.io.encode_png(np.zeros((28, 28, 1), np.uint8))]))
+    gif = open(sys.argv[5], "rb").read()
+    request = dict(image_bytes=tf.constant([gif] * count))
+    one = len(gif)
+    if kind == "gif-decode-all":  # what decoding did before the cut: every frame
+        serve = lambda image_bytes: {"frame": tf.io.decode_image(image_bytes[0], expand_animations=False)}
+elif kind == "text":
     serve(text=tf.constant(["warm up"]))
     words = ["good", "bad", "film", "plot", "actor", "scene", "boring", "great"]
     text = " ".join(np.random.default_rng(0).choice(words, size))[:size]
@@ -56,13 +63,24 @@ print("RESULT " + json.dumps(dict(seconds=seconds, peak=peak * 1024,
 MODELS = {"rotten_tomatoes_small": {}, "all_minilm_l6_v2": {"labels": ["a", "b"]}}
 
 
-def worst_request(model, kind, count, size, **export_options):
+def animated_gif(path, frames, side):
+    """A GIF of `frames` frames of `side` x `side`, each one gray level:
+    about 2 KB a frame, so that 400 of 1000 x 1000 fit in a request."""
+    from PIL import Image
+
+    levels = [Image.new("L", (side, side), 40 + index % 160) for index in range(frames)]
+    levels[0].save(path, "GIF", save_all=True, append_images=levels[1:], optimize=False)
+    return path
+
+
+def worst_request(model, kind, count, size, *extra, **export_options):
     """Exports `model` and sends it the request of `count` texts of `size`
     bytes (or images of `size` x `size`) in a fresh serving process."""
     with tempfile.TemporaryDirectory() as folder:
         version = model.export(folder, **export_options)
         done = subprocess.run([sys.executable, "-c", textwrap.dedent(SERVE), kind, str(version),
-                               str(count), str(size)], capture_output=True, text=True,
+                               str(count), str(size), *map(str, extra)],
+                              capture_output=True, text=True,
                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not found:
@@ -92,6 +110,10 @@ def main():
     side = int(MAX_IMAGE_PIXELS ** 0.5)
     image = worst_request(ImageClassifier.from_preset("mnist_vit_micro"), "image",
                           MAX_REQUEST_IMAGES, side)
+    with tempfile.TemporaryDirectory() as folder:
+        gif = animated_gif(Path(folder) / "animated.gif", 400, 1000)
+        animated = {kind: worst_request(ImageClassifier.from_preset("mnist_vit_micro"), kind, 1,
+                                        1000, gif) for kind in ("gif", "gif-decode-all")}
     translation = worst_request(Translator.from_preset("gramps_en_de_small"), "text",
                                 MAX_REQUEST_TEXTS, MAX_REQUEST_TEXT_BYTES)
     lines = [
@@ -117,6 +139,15 @@ def main():
         f"{image['seconds']:.2f} s, peak {image['peak'] / 2**30:.2f} GiB, "
         f"{image['added'] / 2**30:.2f} GiB added by the request (images are decoded two at a "
         "time).",
+    ]
+    lines += [
+        "",
+        f"An animated GIF of 400 frames of 1000 x 1000 ({animated['gif']['bytes']} bytes): "
+        "its frames after the first are cut away before decoding, so the export takes "
+        f"{animated['gif']['seconds']:.2f} s and adds {animated['gif']['added'] / 2**30:.2f} "
+        "GiB; `tf.io.decode_image(..., expand_animations=False)` alone, in the same kind of "
+        f"process, decodes every frame: {animated['gif-decode-all']['seconds']:.2f} s and "
+        f"{animated['gif-decode-all']['added'] / 2**30:.2f} GiB added.",
     ]
     lines += [
         "",

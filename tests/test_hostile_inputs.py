@@ -1,8 +1,11 @@
 """Hostile and broken inputs: nothing is dropped silently, nothing costs
 without bound, and the command line answers with one `error:` line."""
 
+import io
 import json
+import struct
 
+import numpy as np
 import pytest
 
 from zoo import data
@@ -472,9 +475,38 @@ def test_the_text_export_bounds_a_request_and_answers_an_empty_one(tiny_classifi
         text=tf.constant(["ok"] * limit))["label"].shape == (limit,)
 
 
+def _gif_images(data):
+    """Start and end of each image block of a GIF, walked in Python."""
+    def table(packed):
+        return 3 * 2 ** (packed % 8 + 1) if packed & 128 else 0
+
+    def sub_blocks(at):
+        while data[at]:
+            at += data[at] + 1
+        return at + 1
+
+    at, images = 13 + table(data[10]), []
+    while data[at] != 0x3B:
+        if data[at] == 0x21:
+            at = sub_blocks(at + 2)
+        else:
+            end = sub_blocks(at + 11 + table(data[at + 9]))
+            images.append((at, end))
+            at = end
+    return images
+
+
+def _gif(frames, **save):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], **save)
+    return buffer.getvalue()
+
+
 def test_the_image_export_refuses_a_huge_declared_image_before_decoding(
         tiny_image_classifier, digits_sample, tmp_path):
-    import struct
     import zlib
 
     import tensorflow as tf
@@ -485,20 +517,61 @@ def test_the_image_export_refuses_a_huge_declared_image_before_decoding(
     # decoding would allocate 529 MB before noticing anything.
     header = b"IHDR" + struct.pack(">II", 23000, 23000) + png[24:29]
     bomb = png[:12] + header + struct.pack(">I", zlib.crc32(header)) + png[33:]
+    # A GIF whose second frame declares 5000 x 5000 and stops short: it is
+    # cut away, and the answer is the first frame's.
+    animated = _gif([images[0], images[1]])
+    (first, _), (second, _) = _gif_images(animated)
+    cut_short = (animated[:second] + b"\x2c" + struct.pack("<4H", 0, 0, 5000, 5000)
+                 + b"\x00\x08\x40" + b"\x55" * 40)
+    # A small screen whose first image declares 20000 x 20000.
+    huge_frame = animated[:first + 5] + struct.pack("<HH", 20000, 20000) + animated[first + 9:]
     loaded = tf.saved_model.load(str(tiny_image_classifier.export(
-        tmp_path / "served", max_images=2, max_image_bytes=len(png) + 10)))
+        tmp_path / "served", max_images=2, max_image_bytes=4096)))
     serve = loaded.signatures["serving_default"]
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"image_bytes\[1\] declares 529000000 pixels, more than the 16777216"):
         serve(image_bytes=tf.constant([png, bomb]))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image_bytes\[0\] declares 400000000 pixels"):
+        serve(image_bytes=tf.constant([huge_frame]))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"at most 2 images \(max_images\)"):
         serve(image_bytes=tf.constant([png] * 3))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"at most \d+ bytes"):
-        serve(image_bytes=tf.constant([png + b"\0" * 11]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"at most 4096 bytes"):
+        serve(image_bytes=tf.constant([png + b"\0" * 4096]))
     assert serve(image_bytes=tf.constant([], tf.string))["probabilities"].shape == (0, 10)
     pixels = loaded.signatures["predict_images"]
     assert pixels(images=tf.zeros((0, 28, 28, 1), tf.uint8))["label"].shape == (0,)
-    assert serve(image_bytes=tf.constant([png, png]))["label"].shape == (2,)  # still answering
+    answers = serve(image_bytes=tf.constant([png, cut_short]))  # still answering
+    assert answers["label"].shape == (2,)
+    np.testing.assert_array_equal(
+        answers["probabilities"][1],
+        serve(image_bytes=tf.constant([png, _gif([images[0]])]))["probabilities"][1])
+
+
+def test_only_the_first_frame_of_a_gif_is_decoded():
+    import tensorflow as tf
+
+    from zoo.image_classifier.preprocessor import first_gif_frame
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (6, 40, 30), dtype=np.uint8)
+    for save in ({}, {"loop": 0, "duration": 40, "comment": b"x" * 600}):
+        animated = _gif(frames, **save)
+        assert tf.io.decode_gif(animated).shape[0] == 6
+        cut, pixels = first_gif_frame(tf.constant(animated))
+        assert pixels == 40 * 30
+        assert len(_gif_images(animated)) == 6
+        assert cut.numpy() == animated[:_gif_images(animated)[0][1]] + b";"
+        assert tf.io.decode_gif(cut).shape[0] == 1
+        np.testing.assert_array_equal(tf.io.decode_gif(cut)[0], tf.io.decode_gif(animated)[0])
+    single = _gif(frames[:1])
+    assert first_gif_frame(tf.constant(single))[0].numpy() == single
+    # Blocks that run past the end, or no image at all: cut where the data
+    # ends, never read past it.
+    for broken in (b"GIF89a" + b"\0" * 7 + b"\x21\xf9\xff", b"GIF89a", single[:60]):
+        cut, _ = first_gif_frame(tf.constant(broken))
+        assert cut.numpy().startswith(broken[:6])
+        assert len(cut.numpy()) <= len(broken) + 1
 
 
 def test_the_translator_export_bounds_a_request(tmp_path):

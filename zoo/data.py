@@ -302,6 +302,8 @@ def read_image_folder(path):
     """
     import tensorflow as tf
 
+    from zoo.image_classifier.preprocessor import decode_bounded
+
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"No such image folder: {root}")
@@ -313,7 +315,7 @@ def read_image_folder(path):
                 continue
             data = file.read_bytes()
             try:
-                tf.io.decode_image(data, expand_animations=False)
+                decode_bounded(data)
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
                 skipped.append(str(file))
                 continue

@@ -45,10 +45,56 @@ def _unsigned(data, start, length, little_endian):
     return tf.reduce_sum(raw * weights)
 
 
+def _gif_colour_table_bytes(packed):
+    """Bytes of the colour table a GIF packed-fields byte announces (none
+    when its top bit is clear)."""
+    return tf.where(packed >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64),
+                                                           packed % 8), 0)
+
+
+def first_gif_frame(data):
+    """A GIF cut after its first image, with the trailer appended, and the
+    pixels that image declares.
+
+    `tf.io.decode_image` decodes every frame of a GIF even when it returns
+    only the first (400 frames of 1000 x 1000 cost 390 MB more), so the
+    frames after the first are cut away before decoding. The blocks are
+    walked by their length bytes: each step moves forward by at least one
+    byte, so a file of n bytes takes at most n steps.
+    """
+    padded = tf.io.decode_raw(data + b"\0" * 16, tf.uint8)
+    length = tf.cast(tf.strings.length(data), tf.int64)
+
+    def byte(position):
+        return tf.cast(padded[tf.minimum(tf.cast(position, tf.int64), length)], tf.int64)
+
+    def two_bytes(position):
+        return byte(position) + 256 * byte(position + 1)
+
+    def after_sub_blocks(position):
+        # Data sub-blocks: a length byte, then that many bytes; 0 ends them.
+        return tf.while_loop(
+            lambda at: tf.logical_and(at < length, byte(at) > 0),
+            lambda at: [at + byte(at) + 1], [position])[0] + 1
+
+    # The header (6 bytes), the logical screen (7) and its colour table,
+    # then extensions (0x21, a label byte, sub-blocks) up to the first image.
+    position = tf.while_loop(
+        lambda at: tf.logical_and(at < length, byte(at) == 0x21),
+        lambda at: [after_sub_blocks(at + 2)], [13 + _gif_colour_table_bytes(byte(10))])[0]
+    is_image = tf.logical_and(position < length, byte(position) == 0x2C)
+    pixels = tf.where(is_image, two_bytes(position + 5) * two_bytes(position + 7), 0)
+    # The image descriptor (10 bytes), its colour table, the LZW code size.
+    image_data = position + 11 + _gif_colour_table_bytes(byte(position + 9))
+    end = tf.where(is_image, tf.minimum(after_sub_blocks(image_data), length), position)
+    return tf.strings.substr(data, tf.constant(0, tf.int64), end) + b";", pixels
+
+
 def declared_pixels(data):
     """Width x height an encoded image declares in its header, read without
-    decoding it: PNG's IHDR, GIF's logical screen, BMP's info header, JPEG's
-    frame header (`tf.image.extract_jpeg_shape`)."""
+    decoding it: PNG's IHDR, GIF's logical screen (its first image is
+    `first_gif_frame`'s), BMP's info header, JPEG's frame header
+    (`tf.image.extract_jpeg_shape`)."""
     def png():
         return _unsigned(data, 16, 4, False) * _unsigned(data, 20, 4, False)
 
@@ -64,12 +110,50 @@ def declared_pixels(data):
         shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
         return shape[0] * shape[1]
 
-    head = tf.strings.substr(data, 0, 4)
     return tf.case([
-        (tf.equal(head, b"\x89PNG"), png),
-        (tf.equal(tf.strings.substr(data, 0, 3), b"GIF"), gif),
+        (is_png(data), png),
+        (is_gif(data), gif),
         (tf.equal(tf.strings.substr(data, 0, 2), b"BM"), bmp),
     ], default=jpeg)
+
+
+def is_png(data):
+    return tf.equal(tf.strings.substr(data, 0, 4), b"\x89PNG")
+
+
+def is_gif(data):
+    return tf.equal(tf.strings.substr(data, 0, 3), b"GIF")
+
+
+def bounded_image_bytes(data, index):
+    """Encoded image bytes checked before decoding: a known format, at most
+    `MAX_IMAGE_PIXELS` declared pixels, and of a GIF only its first frame.
+    A failed check is an `InvalidArgumentError` naming `index`."""
+    recognised = tf.reduce_any(tf.stack([
+        tf.strings.substr(data, 0, len(signature)) == signature
+        for signature in IMAGE_SIGNATURES
+    ]))
+    check = tf.debugging.Assert(recognised, [tf.strings.format(
+        "image_bytes[{}] ({} bytes) is not a JPEG, PNG, BMP or GIF image",
+        (index, tf.strings.length(data)),
+    )])
+    with tf.control_dependencies([check]):
+        data, first_frame_pixels = tf.cond(
+            is_gif(data), lambda: first_gif_frame(data),
+            lambda: (tf.identity(data), tf.constant(0, tf.int64)))
+        pixels = tf.maximum(declared_pixels(data), first_frame_pixels)
+    too_large = tf.debugging.Assert(pixels <= MAX_IMAGE_PIXELS, [tf.strings.format(
+        "image_bytes[{}] declares {} pixels, more than the " + str(MAX_IMAGE_PIXELS)
+        + " an image may (MAX_IMAGE_PIXELS)", (index, pixels))])
+    with tf.control_dependencies([too_large]):
+        return tf.identity(data)
+
+
+def decode_bounded(data, index=-1):
+    """Encoded image bytes -> uint8 `(H, W, C)` pixels of its first frame,
+    after the checks of `bounded_image_bytes`."""
+    return tf.io.decode_image(bounded_image_bytes(data, tf.cast(index, tf.int64)),
+                              channels=0, expand_animations=False)
 
 
 class ImagePreprocessor:
@@ -128,30 +212,14 @@ class ImagePreprocessor:
     def example(self, image):
         """One raw image (bytes or uint8 `(H, W[, C])`) -> `(height, width, channels)`."""
         if image.dtype == tf.string:
-            return self.decode(image, tf.constant(-1, tf.int64))
+            return self.decode(image, -1)
         if image.shape.rank == 2:
             image = image[..., None]
         return self.normalize(self.pixels(image))
 
     def decode(self, data, index):
-        """One encoded image -> normalized pixels; bytes of no known format
-        fail with an `InvalidArgumentError` naming their `index`."""
-        recognised = tf.reduce_any(tf.stack([
-            tf.strings.substr(data, 0, len(signature)) == signature
-            for signature in IMAGE_SIGNATURES
-        ]))
-        check = tf.debugging.Assert(recognised, [tf.strings.format(
-            "image_bytes[{}] ({} bytes) is not a JPEG, PNG, BMP or GIF image",
-            (index, tf.strings.length(data)),
-        )])
-        with tf.control_dependencies([check]):
-            pixels = declared_pixels(data)
-        too_large = tf.debugging.Assert(pixels <= MAX_IMAGE_PIXELS, [tf.strings.format(
-            "image_bytes[{}] declares {} pixels, more than the " + str(MAX_IMAGE_PIXELS)
-            + " an image may (MAX_IMAGE_PIXELS)", (index, pixels))])
-        with tf.control_dependencies([too_large]):
-            image = tf.io.decode_image(data, channels=0, expand_animations=False)
-        return self.normalize(self.pixels(image))
+        """One encoded image -> normalized pixels (`decode_bounded`)."""
+        return self.normalize(self.pixels(decode_bounded(data, index)))
 
     def pixels(self, images):
         """uint8 `(..., H, W, C)`, any size and channels -> float32 in [0, 1]

@@ -4,11 +4,11 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from zoo.data import read_image_folder
 from zoo.datasets import load_digits
 from zoo.image_classifier.image_classifier import CONFIGURATIONS, ImageClassifier
+from zoo.image_classifier.preprocessor import decode_bounded
 from zoo.training import (
     TrainingRun, dropout_override, label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
 )
@@ -71,7 +71,7 @@ def describe_images(images):
         pixels = images if images.ndim == 4 else images[..., None]
         return [(*image.shape[:2], has_colour(image)) for image in pixels]
     return [(*pixels.shape[:2], has_colour(pixels)) for pixels in (
-        tf.io.decode_image(data, expand_animations=False).numpy() for data in images)]
+        decode_bounded(data).numpy() for data in images)]
 
 
 def choose_geometry(shapes):

@@ -605,3 +605,40 @@ def test_a_checkpoint_the_disk_cannot_hold_is_refused_by_name_and_free_space(tmp
         check_free_space(tmp_path, free + (1 << 30))
     assert (tmp_path / "step-000000002").is_dir()
     check_free_space(tmp_path, 1 << 20)  # room enough: no error
+
+
+def test_a_disk_that_fills_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path):
+    import resource
+    import signal
+
+    import keras
+
+    from zoo.training import TrainingCheckpoint
+
+    # A real write failure: from the second epoch on, no file may grow past
+    # 64 KB (RLIMIT_FSIZE; with SIGXFSZ ignored a write past it fails with
+    # EFBIG, as one on a full disk fails with ENOSPC).
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    class DiskFillsAtTheSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))
+
+    model = keras.Sequential([keras.Input((100,)), keras.layers.Dense(200),
+                              keras.layers.Dense(2)])
+    model.compile("adam", "mse")
+    checkpoint = TrainingCheckpoint(tmp_path / "backup")
+    try:
+        with pytest.raises(ValueError, match=(
+                r"backup: writing the checkpoint at step 2 failed \(File too large\); "
+                r"\d+\.\d MB free\. The previous checkpoint is kept\. Free some space")):
+            model.fit(np.ones((4, 100)), np.ones((4, 2)), batch_size=4, epochs=2, verbose=0,
+                      callbacks=[DiskFillsAtTheSecondEpoch(), checkpoint])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["step-000000001"]
+    model.compile("adam", "mse")
+    assert checkpoint.restore(model)["steps"] == 1

@@ -335,6 +335,16 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 "history": self.history, "fingerprint": self.fingerprint,
             }))
             os.replace(staging, target)
+        except OSError as error:
+            # The disk filled (or a quota or file-size limit was met) after
+            # the free-space check: h5py's message runs to several lines.
+            reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
+            raise ValueError(
+                f"{self.directory}: writing the checkpoint at step {steps} failed ({reason}); "
+                f"{shutil.disk_usage(self.directory).free / 2**20:.1f} MB free. "
+                + ("The previous checkpoint is kept. " if self._checkpoints() else "")
+                + "Free some space and run the same command again to resume."
+            ) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         where = (f"epoch {epoch + 1}, after batch {batches_done}" if batches_done

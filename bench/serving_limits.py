@@ -4,7 +4,7 @@ memory, in a process that imports only tensorflow and tensorflow_text.
 `export()` admits `REQUEST_TOKEN_BUDGET // sequence_length` texts of up to
 `max(MIN_REQUEST_TEXT_BYTES, 8 * sequence_length)` bytes each. For each model,
 the request of that many texts of that many bytes is sent once after a
-warm-up request; peak memory is the serving process's maximum resident set
+warm-up request; peak memory is the serving process's own high-water mark (VmHWM)
 (TensorFlow and the loaded model included) and what the request added to it.
 Writes the section "Serving limits" of RESULTS.md.
 
@@ -126,7 +126,7 @@ def main():
         "text export's default limits admit (`REQUEST_TOKEN_BUDGET // sequence_length` texts, "
         "each of `max(16384, 8 * sequence_length)` bytes), sent once after a warm-up request "
         "to the SavedModel in a process that imports only tensorflow and tensorflow_text. "
-        "Peak: the process's maximum resident set (TensorFlow and the model included); added: "
+        "Peak: the serving process's own high-water mark (VmHWM, TensorFlow and the model included); added: "
         "what the request added to it. A request over a limit is refused with an "
         "`InvalidArgumentError` naming it; an empty request gets empty outputs.",
         "",

@@ -421,3 +421,21 @@ def test_the_recipe_path_is_deterministic(tmp_path):
     second = ImageClassifier.from_preset(tmp_path / "second")
     for a, b in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_fit_traces_the_train_step_once():
+    # Keras builds the optimizer inside the first traced step when no
+    # strategy scope is set, and the step is then traced again to lift its
+    # variables out: 10 s more per run of the image command.
+    from conftest import TINY_ARCHITECTURE
+
+    for model, inputs in (
+            (ImageClassifier(num_classes=2, **TINY_VIT), np.zeros((40, 28, 28), "uint8")),
+            (TextClassifier(num_classes=2, **TINY_ARCHITECTURE),
+             np.array(["a good film", "a bad film"] * 20))):
+        traces = []
+        step = model.train_step
+        model.train_step = lambda data, step=step: traces.append(1) or step(data)
+        model.compile()
+        model.fit(inputs, np.arange(40) % 2, epochs=2, batch_size=16, verbose=0)
+        assert len(traces) == 1, (type(model).__name__, len(traces))

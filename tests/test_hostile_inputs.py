@@ -295,10 +295,35 @@ def test_a_user_pins_the_preset_they_received(preset_copy, tmp_path, capsys):
     assert _load(preset_copy, sha256=digest).num_classes == 2
     with pytest.raises(ValueError, match="this is not the preset you pinned"):
         _load(preset_copy, sha256="ab" * 32)
+    from zoo import ImageClassifier
+    from zoo.presets import SHIPPED_METADATA_SHA256
+
+    shipped = SHIPPED_METADATA_SHA256["image_classifier/presets/mnist_vit_micro"]
+    assert ImageClassifier.from_preset("mnist_vit_micro", sha256=shipped).num_classes == 10
+    with pytest.raises(ValueError, match="this is not the preset you pinned"):
+        ImageClassifier.from_preset("mnist_vit_micro", sha256="cd" * 32)
     code = main(["train", "text-classifier", "--data", str(tmp_path / "none.csv"), "--out",
                  str(tmp_path / "run"), "--preset", str(preset_copy), "--preset-sha256", "0" * 64])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "not the pinned" in err
+
+
+def test_a_pinned_preset_swapped_after_its_check_is_refused_as_it_loads(preset_copy):
+    import hashlib
+
+    from zoo.presets import pinned
+
+    digest = hashlib.sha256((preset_copy / "metadata.json").read_bytes()).hexdigest()
+    with pinned(preset_copy, digest) as folder:
+        # Swapped between the pin's check and the load: labels inverted, the
+        # metadata rewritten to match.
+        labels = folder / "assets" / "labels.json"
+        swapped = json.loads(labels.read_text())[::-1]
+        labels.write_text(json.dumps(swapped))
+        _rehash(folder)
+        with pytest.raises(ValueError, match="this is not the preset you pinned"):
+            _load(folder)
+    assert _load(folder).display_labels() == swapped  # unpinned, it is just another preset
 
 
 # Resuming: only the run it belongs to, one run per output folder.

@@ -9,6 +9,7 @@ with code 2.
 """
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -105,14 +106,15 @@ DECODING_OPTIONS = sorted({o for entry in MODELS.values() for o in entry.evaluat
 
 
 def _train(args):
-    from zoo.presets import check_pinned
+    from zoo.presets import pinned
 
     entry = MODELS[args.model]
+    pin = contextlib.nullcontext()
     if args.preset_sha256 is not None:
         if args.preset is None:
             raise ValueError("--preset-sha256 pins the --preset folder; give --preset too.")
         model_class = entry.model_class
-        check_pinned(args.preset, args.preset_sha256,
+        pin = pinned(args.preset, args.preset_sha256,
                      getattr(model_class, "all_presets", lambda: model_class.presets)())
     foreign = [o for o in MODEL_OPTIONS if o not in entry.options and getattr(args, o) is not None]
     if foreign:
@@ -120,7 +122,8 @@ def _train(args):
         raise ValueError(f"{flags} does not apply to {args.model}.")
     options = {o: getattr(args, o) for o in (*COMMON_TRAIN_OPTIONS, *entry.options)
                if getattr(args, o) is not None}
-    summary = _import(entry.train)(args.data, args.out, run=_training_run(args), **options)
+    with pin:  # the preset's metadata checked as it is loaded, not only here
+        summary = _import(entry.train)(args.data, args.out, run=_training_run(args), **options)
     out = Path(args.out)
     headline = summary["headline"]
     print(f"\n{summary['evaluated_on']} {headline}: {summary[headline]:.4f}")

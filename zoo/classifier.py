@@ -198,7 +198,8 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
                 weights cannot change.
         """
         if sha256 is not None:
-            preset = preset_io.check_pinned(preset, sha256, cls.all_presets())
+            with preset_io.pinned(preset, sha256, cls.all_presets()) as folder:
+                return cls.from_preset(folder, num_classes, labels, **overrides)
         unknown = set(overrides) - set(cls.adjustable_at_load)
         if unknown:
             shaping = sorted(unknown & set(cls.from_scratch_sizes))

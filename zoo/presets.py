@@ -13,6 +13,8 @@ gives a clear `ValueError`, never a half-loaded model. Writing goes to a
 temporary folder beside the target that is renamed into place at the end.
 """
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -275,12 +277,16 @@ def load_preset(folder, kind):
             f"{folder} is not a preset folder: {METADATA_FILE} is missing."
         )
     metadata_bytes = _read_bounded(metadata_path, MAX_ASSET_BYTES, "a preset's metadata")
-    pinned = _shipped_pin(folder)
+    shipped_pin = _shipped_pin(folder)
     digest = hashlib.sha256(metadata_bytes).hexdigest()
-    if pinned is not None and digest != pinned:
-        raise ValueError(f"{folder}: {METADATA_FILE} has SHA-256 {digest}, not the {pinned} "
+    if shipped_pin is not None and digest != shipped_pin:
+        raise ValueError(f"{folder}: {METADATA_FILE} has SHA-256 {digest}, not the {shipped_pin} "
                          "pinned for this preset in the zoo package: the shipped preset was "
                          "edited.")
+    user_pin = _USER_PINS.get().get(folder.resolve())
+    if user_pin is not None and digest != user_pin:
+        raise ValueError(f"{folder}: {METADATA_FILE} has SHA-256 {digest}, not the pinned "
+                         f"{user_pin}: this is not the preset you pinned.")
     try:
         metadata = json.loads(metadata_bytes)
         files = metadata["files"]
@@ -325,6 +331,24 @@ def load_preset(folder, kind):
         raise ValueError(f"{folder}/{CONFIG_FILE} is corrupt: {error}") from None
     _check_sizes(config, f"{folder}/{CONFIG_FILE}")
     return Preset(folder, kind, config, metadata, texts, weights, private)
+
+
+# Folder -> the SHA-256 its metadata.json must have, while `pinned` holds.
+_USER_PINS = contextvars.ContextVar("zoo_user_pins", default={})
+
+
+@contextlib.contextmanager
+def pinned(preset, sha256, shipped=None):
+    """Within it, `load_preset` refuses the pinned preset (a shipped name or
+    a folder) unless the `metadata.json` it reads, the bytes it then
+    verifies every file against, has the SHA-256 `sha256`; checked on entry
+    too (`check_pinned`), for an early error. Yields the folder."""
+    folder = check_pinned(preset, sha256, shipped)
+    token = _USER_PINS.set({**_USER_PINS.get(), folder.resolve(): str(sha256).lower()})
+    try:
+        yield folder
+    finally:
+        _USER_PINS.reset(token)
 
 
 def check_pinned(preset, sha256, shipped=None):
@@ -537,10 +561,11 @@ class PresetModel:
 
         `overrides` may change the entries in `adjustable_at_load`; sizes
         that shape weights cannot change. `sha256` pins the preset: the
-        SHA-256 its `metadata.json` must have (`check_pinned`).
+        SHA-256 its `metadata.json` must have (`pinned`).
         """
         if sha256 is not None:
-            preset = check_pinned(preset, sha256, cls.presets)
+            with pinned(preset, sha256, cls.presets) as folder:
+                return cls.from_preset(folder, **overrides)
         loaded = cls.load_verified_preset(preset)
         cls.check_overrides(loaded.config, overrides)
         return cls.with_preset_weights(

@@ -423,7 +423,7 @@ def test_the_recipe_path_is_deterministic(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_fit_traces_the_train_step_once():
+def test_fit_and_predict_trace_their_step_once():
     # Keras builds the optimizer inside the first traced step when no
     # strategy scope is set, and the step is then traced again to lift its
     # variables out: 10 s more per run of the image command.
@@ -439,3 +439,11 @@ def test_fit_traces_the_train_step_once():
         model.compile()
         model.fit(inputs, np.arange(40) % 2, epochs=2, batch_size=16, verbose=0)
         assert len(traces) == 1, (type(model).__name__, len(traces))
+        # Nor is the predict step traced again for the last batch of 8.
+        predict_traces = []
+        step = model.predict_step
+        model.predict_step = lambda data, step=step: predict_traces.append(1) or step(data)
+        outputs = model.predict(inputs, batch_size=16, verbose=0)
+        assert len(predict_traces) == 1 and outputs.shape == (40, 2)
+        np.testing.assert_allclose(outputs[32:], model.predict(inputs[32:], verbose=0),
+                                   rtol=1e-5, atol=1e-6)

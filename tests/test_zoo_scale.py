@@ -347,6 +347,7 @@ def test_killed_mid_epoch_resumes_without_repeating_steps(
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
     assert f"resuming from the checkpoint at step {killed_at}: epoch" in second.stdout
     summary = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert summary["preset"] is None  # from scratch: no body (see tests/test_default_body.py)
     total = epochs * steps_per_epoch
     assert summary["steps"] == {"total": total, "resumed_at": killed_at,
                                 "this_run": total - killed_at}

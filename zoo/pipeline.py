@@ -395,11 +395,21 @@ class RawInputModel(keras.Model):
         return super().evaluate(self.dataset(x, y, batch_size or 32), **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
-        if not isinstance(x, tf.data.Dataset):
-            x, _ = self.raw_examples(x)  # a folder's labels are not needed
-        return super().predict(
-            self.dataset(x, batch_size=batch_size or 32, ordered=True), **kwargs
-        )
+        batch_size = batch_size or 32
+        if isinstance(x, tf.data.Dataset):
+            return super().predict(self.dataset(x, batch_size=batch_size, ordered=True),
+                                   **kwargs)
+        x, _ = self.raw_examples(x)  # a folder's labels are not needed
+        count = len(x)
+        # Keras's `predict` calls its step on each batch's tensors, so a last
+        # batch of another size traces the network a second time (3-5 s on
+        # these models); filled up with copies of the first inputs, whose
+        # outputs are dropped, every batch has one size.
+        filler = -count % batch_size if count > batch_size else 0
+        if filler:
+            x = np.concatenate([x, x[:filler]])
+        outputs = super().predict(self.dataset(x, batch_size=batch_size, ordered=True), **kwargs)
+        return tf.nest.map_structure(lambda output: output[:count], outputs)
 
     def prepare_for_training(self, x, y):
         """Hook run before `fit` builds its dataset (e.g. to learn a vocabulary)."""

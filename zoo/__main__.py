@@ -13,7 +13,9 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,10 +255,22 @@ def _convert(args):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up and C++ log lines (hidden by default)")
 
-    train = commands.add_parser("train", help="train or fine-tune a model, report and export")
+    def command(name, **kwargs):
+        # No abbreviated flags (`--epoch 1` is an error, not `--epochs 1`),
+        # and the command's own usage on an unknown flag (see `main`).
+        sub = commands.add_parser(name, allow_abbrev=False, parents=[common],
+                                  description=kwargs.get("help"), **kwargs)
+        sub.set_defaults(parser=sub)
+        return sub
+
+    train = command("train", help="train or fine-tune a model, report and export")
     train.add_argument("model", choices=sorted(MODELS))
     train.add_argument("--data", required=True, help="; ".join(
         f"{name}: {entry.data_help}" for name, entry in MODELS.items()))
@@ -317,7 +331,7 @@ def _parser():
                        help="translator: beam size of the report and the export (default 4)")
     train.set_defaults(run=_train)
 
-    tune = commands.add_parser(
+    tune = command(
         "tune", help="search sizes, dropout and learning rate with KerasTuner; keep the best")
     tune.add_argument("model", choices=sorted(MODELS))
     tune.add_argument("--data", required=True, help="as for `train`")
@@ -330,7 +344,7 @@ def _parser():
     _add_run_options(tune)
     tune.set_defaults(run=_tune)
 
-    evaluate = commands.add_parser(
+    evaluate = command(
         "evaluate", help="report accuracy, P/R/F1 and confusion matrix (classifiers) or BLEU")
     evaluate.add_argument("model_dir")
     evaluate.add_argument("--data", required=True)
@@ -343,19 +357,20 @@ def _parser():
     evaluate.add_argument("--beam-size", type=int, help="translator: beam size (default 4)")
     evaluate.set_defaults(run=_evaluate)
 
-    predict = commands.add_parser("predict", help="print labels with probabilities")
+    predict = command("predict", help="print each input's prediction: a label with its "
+                      "probability (classifiers) or a translation")
     predict.add_argument("model_dir")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="texts, or image files, as the model takes")
     predict.set_defaults(run=_predict)
 
-    export = commands.add_parser("export", help="export a TF Serving SavedModel")
+    export = command("export", help="export a TF Serving SavedModel")
     export.add_argument("model_dir")
     export.add_argument("--to", help="model folder (default: MODEL_DIR/export)")
     export.add_argument("--beam-size", type=int, help="translator: beam size served (default 4)")
     export.set_defaults(run=_export)
 
-    convert = commands.add_parser(
+    convert = command(
         "convert", help="convert a BERT, DistilBERT, RoBERTa or ViT checkpoint into a checksummed zoo "
         "preset")
     convert.add_argument("handle", help="keras-hub preset or Hugging Face checkpoint: a folder, "
@@ -402,21 +417,66 @@ def _interrupted(args):
             "it, or add --restart to start over.")
 
 
-def main(argv=None):
-    args = _parser().parse_args(argv)
+# TensorFlow's C++ log lines (`E0000 00:00:... cuda_platform.cc:52] failed
+# call to cuInit ...`), the notice absl writes before its first one, and the
+# second line of the CPU-instructions notice. They are written before absl's
+# logging is initialized, so TF_CPP_MIN_LOG_LEVEL does not reach them.
+TENSORFLOW_LOG_LINE = re.compile(
+    rb"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\] "
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|To enable the following instructions: .* rebuild TensorFlow")
+
+
+@contextlib.contextmanager
+def _without_tensorflow_logs():
+    """Standard error (the file descriptor, which C++ writes to) through a
+    filter that drops `TENSORFLOW_LOG_LINE`s and passes every other line."""
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    real_stderr = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not TENSORFLOW_LOG_LINE.match(line):
+                    os.write(real_stderr, line)
+
+    forwarding = threading.Thread(target=forward, daemon=True)
+    forwarding.start()
     try:
-        args.run(args)
-    except KeyboardInterrupt:
-        print(f"error: {_interrupted(args)}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        message = _user_error(error)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)  # the pipe's last writer: the filter reads to its end
+        forwarding.join(timeout=5)
+        os.close(real_stderr)
+
+
+def main(argv=None, quiet_tensorflow=False):
+    """Runs one command; returns the exit code. `quiet_tensorflow` (as
+    `python -m zoo` runs it) hides TensorFlow's C++ log lines unless
+    `--verbose` is given."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's usage, not the top level's
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    quiet = quiet_tensorflow and not args.verbose
+    with _without_tensorflow_logs() if quiet else contextlib.nullcontext():
+        try:
+            args.run(args)
+        except KeyboardInterrupt:
+            print(f"error: {_interrupted(args)}", file=sys.stderr)
+            return 2
+        except Exception as error:
+            message = _user_error(error)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(quiet_tensorflow=True))

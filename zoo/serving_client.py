@@ -11,22 +11,36 @@ Serving's REST API (`{"signature_name", "instances" | "inputs"}`) and gRPC
 Run it as a script so that nothing else is imported:
 
     python zoo/serving_client.py EXPORT_DIR "a text" "another text"
+    python zoo/serving_client.py RUN_DIR "a text"     # the run's export/
     python zoo/serving_client.py EXPORT_DIR image.png another.jpg
     python zoo/serving_client.py TRANSLATOR_EXPORT_DIR "Open the family tree"
 """
 
 import base64
 import json
+import re
 import sys
 from pathlib import Path
 
 import tensorflow as tf
 
 
+def _versions(folder):
+    return [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] \
+        if folder.is_dir() else []
+
+
 def latest_version(model_dir):
-    versions = [p for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()]
+    """The newest numbered version under `model_dir`, or under its `export/`
+    when it is a training run's folder."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} does not exist; expected an export folder of numbered "
+                         "versions (RUN/export) or a training run's folder.")
+    versions = _versions(folder) or _versions(folder / "export")
     if not versions:
-        raise ValueError(f"{model_dir} holds no numbered version folder.")
+        raise ValueError(f"{folder} holds no numbered version folder, and no export/ that "
+                         "does: expected an export (RUN/export) or a training run's folder.")
     return max(versions, key=lambda p: int(p.name))
 
 
@@ -132,13 +146,35 @@ def rest_in_fresh_process(model_dir, body):
     return json.loads(answer)
 
 
+USAGE = "usage: python zoo/serving_client.py EXPORT_OR_RUN_DIR INPUT [INPUT ...]"
+
+
 def main(argv):
+    """Answers the inputs in `argv`; a user's mistake (a wrong folder, a
+    missing file, an input the export refuses) is one `error:` line and
+    exit code 2."""
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    try:
+        return _answer(argv)
+    except (ValueError, OSError, tf.errors.InvalidArgumentError) as error:
+        message = getattr(error, "message", None) or str(error)
+        refused = re.search(r"assertion failed: \[(.*?)\](?: \[|$)", message, re.DOTALL)
+        if refused:  # an export's limit: its message, not the graph's node names
+            message = refused.group(1)
+        lines = [line.strip() for line in message.splitlines()
+                 if line.strip() and not line.strip().startswith("[[")]  # graph node names
+        print(f"error: {' '.join(lines)}", file=sys.stderr)
+        return 2
+
+
+def _answer(argv):
     if len(argv) == 3 and argv[0] == "--rest":  # one raw request body
         print(rest_predict(load(argv[1]), argv[2]))
         return 0
     if len(argv) < 2:
-        print(__doc__)
-        return 2
+        raise ValueError(f"give a model folder and at least one input. {USAGE}")
     loaded = load(argv[0])
     (input_name,) = loaded.signatures["serving_default"].structured_input_signature[1]
     if input_name == "image_bytes":  # files, sent base64-encoded as REST clients do

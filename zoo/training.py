@@ -520,9 +520,8 @@ def _train_and_report_locked(model, train, validation, test, out, backup, epochs
         model, train, validation, epochs, batch_size, checkpoint, verbose=verbose, seed=seed,
         callbacks=[*monitoring, *callbacks],
     )
+    # The last epoch's line, already printed by the monitor, goes in the report.
     attention = next((c.statistics for c in monitoring if isinstance(c, AttentionMonitor)), None)
-    if attention is not None:
-        print(reports.format_attention_statistics(attention))
     evaluated_on, (inputs, labels) = (
         ("test", test) if test is not None else ("validation", validation)
     )

@@ -1,0 +1,131 @@
+"""The command line as a newcomer meets it: one `error:` line, no TensorFlow
+start-up noise, help without starting TensorFlow, the command's own usage."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO_ROOT
+
+# Each case run through `python -m zoo` in one fresh process that never
+# imports TensorFlow: (argv, exit code, stdout, stderr, TensorFlow imported).
+ARGUMENT_CASES = textwrap.dedent("""
+    import contextlib, io, json, runpy, sys
+    results = []
+    for argv in json.loads(sys.argv[1]):
+        out, err = io.StringIO(), io.StringIO()
+        sys.argv = ["python -m zoo", *argv]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_module("zoo", run_name="__main__")
+                code = 0
+            except SystemExit as exit:
+                code = exit.code
+        results.append([argv, code, out.getvalue(), err.getvalue()])
+    print(json.dumps([results, "tensorflow" in sys.modules]))
+""")
+
+
+def zoo_in_fresh_process(*argvs):
+    done = subprocess.run([sys.executable, "-c", ARGUMENT_CASES, json.dumps(argvs)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_help_and_argument_errors_answer_without_starting_tensorflow():
+    results, tensorflow_imported = zoo_in_fresh_process(
+        ["--help"],
+        ["train", "--help"],
+        ["predict", "--help"],
+        ["train", "text-classifier", "--data", "x.csv", "--out", "run", "--epoch", "1"],
+        ["predict", "run", "text", "--no-such-flag"],
+        ["train", "text-classifier", "--data", "x.csv"],
+    )
+    assert not tensorflow_imported
+    (_, code, out, _), (_, train_code, train_help, _), (_, _, predict_help, _) = results[:3]
+    assert code == 0 and "{train,tune,evaluate,predict,export,convert}" in out
+    assert train_code == 0 and "--verbose" in train_help and "--max-train-examples" in train_help
+    assert "a label with its probability (classifiers) or a translation" in " ".join(
+        predict_help.split())
+    # An abbreviated flag is an error, not the flag it abbreviates, and a wrong
+    # flag gets the command's usage, not the top level's.
+    for (_, code, out, err), command, flag in zip(
+            results[3:5], ("train", "predict"), ("--epoch 1", "--no-such-flag")):
+        assert code == 2 and out == ""
+        assert err.startswith(f"usage: python -m zoo {command} ")
+        assert err.splitlines()[-1] == (f"python -m zoo {command}: error: "
+                                        f"unrecognized arguments: {flag}")
+    (_, code, _, err) = results[5]
+    assert code == 2 and err.splitlines()[-1].endswith(
+        "error: the following arguments are required: --out")
+
+
+def test_a_command_prints_one_error_line_and_no_tensorflow_start_up_lines(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "zoo", "train", "text-classifier", "--data", "no_such.csv",
+         "--out", "run", "--from-scratch"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300, env=dict(environment, PYTHONPATH=str(REPO_ROOT)))
+    # TensorFlow started (the data is read after the model is chosen), and
+    # wrote its start-up lines (oneDNN, CUDA) to the file descriptor.
+    assert done.returncode == 2
+    assert done.stderr == "error: No such data file: no_such.csv\n"
+
+
+def test_tensorflow_log_lines_are_dropped_and_everything_else_passes(capfd):
+    from zoo.__main__ import _without_tensorflow_logs
+
+    with _without_tensorflow_logs():
+        for line in (
+                b"WARNING: All log messages before absl::InitializeLog() is called are written "
+                b"to STDERR\n",
+                b"E0000 00:00:1796058835.315757   11192 cuda_platform.cc:52] failed call to "
+                b"cuInit: INTERNAL: CUDA error\n",
+                b"I0000 00:00:1796058835.3 11 cpu_feature_guard.cc:227] This TensorFlow binary\n",
+                b"To enable the following instructions: AVX2 FMA, in other operations, rebuild "
+                b"TensorFlow with the appropriate compiler flags.\n",
+                b"Traceback (most recent call last):\n",
+                b"error: something the user did\n"):
+            os.write(2, line)
+        print("python's own stderr", file=sys.stderr)
+    assert sorted(capfd.readouterr().err.splitlines()) == [
+        "Traceback (most recent call last):", "error: something the user did",
+        "python's own stderr"]
+
+
+def test_predict_on_a_missing_folder_says_it_does_not_exist(tmp_path, capsys):
+    from zoo.__main__ import main
+
+    assert main(["predict", str(tmp_path / "no_run"), "some text"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {tmp_path / 'no_run'} does not exist; expected a training output "
+                   "folder or a preset folder.\n")
+
+
+def test_the_serving_client_takes_a_run_folder_and_answers_mistakes_in_one_line(
+        tiny_classifier, tmp_path):
+    tiny_classifier.export(tmp_path / "run" / "export")
+
+    def client(*args):
+        return subprocess.run([sys.executable, str(REPO_ROOT / "zoo" / "serving_client.py"),
+                               *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+
+    answered = client("run", "a warm and funny film")  # the run folder, not run/export
+    assert answered.returncode == 0, answered.stderr[-2000:]
+    label, probability, text = answered.stdout.strip().split("\t")
+    assert label in tiny_classifier.display_labels() and text == "a warm and funny film"
+    for args, message in (
+            (("no_run", "text"), "error: no_run does not exist; expected an export folder"),
+            (("run/preset", "text"), "error: run/preset does not exist"),
+            (("run",), "error: give a model folder and at least one input."),
+            (("run", "x" * 70000), "error: A text holds at most")):
+        failed = client(*args)
+        assert failed.returncode == 2, (args, failed.stderr[-2000:])
+        errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(message), failed.stderr[-2000:]
+        assert "Traceback" not in failed.stderr

@@ -429,6 +429,17 @@ def exclusive_folder(folder):
         handle.close()  # releases the lock
 
 
+class StepProgress(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, counting the steps that ran. With
+    `steps_per_execution` Keras reports the last step each call could have
+    run, so an epoch of 5 steps run 8 at a time ended at `8/5`, with a bar
+    past its end and a negative time left."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        last = batch if self.target is None else min(batch, self.target - 1)
+        super().on_train_batch_end(last, logs)
+
+
 def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, callbacks=(),
                   verbose="auto", seed=0):
     """`model.fit` that resumes from `checkpoint`'s newest state: the rest
@@ -448,7 +459,7 @@ def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, call
               f"{f', after batch {skipped}' if skipped else ''}", flush=True)
     fit = functools.partial(
         model.fit, train[0], train[1], validation_data=validation, batch_size=batch_size,
-        verbose=verbose, seed=seed, callbacks=[checkpoint, *callbacks],
+        verbose=verbose, seed=seed, callbacks=[checkpoint, StepProgress(), *callbacks],
     )
     if skipped:
         checkpoint.start(epoch, skipped)

@@ -91,7 +91,8 @@ def test_image_classifier_train_predict_evaluate_export(digit_folder, tmp_path, 
     # Once per epoch, not again at the end.
     assert out.count("attention: mean normalized entropy") == 2
     # Steps run 8 at a time: the bar counts the steps that ran, never past its end.
-    bars = [tuple(map(int, found)) for found in re.findall(r"(\d+)/(\d+) \S*━", out)]
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)  # without the bar's colours
+    bars = [tuple(map(int, found)) for found in re.findall(r"(\d+)/(\d+) ━", plain)]
     assert bars and all(done <= total for done, total in bars), bars
     for name in ("training_curves.png", "attention.png", "attention_rollout.png", "report.json",
                  "preset/metadata.json", "export/1/saved_model.pb"):

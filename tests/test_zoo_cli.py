@@ -212,6 +212,9 @@ def test_translator_train_predict_evaluate_export(pairs_tsv, tmp_path, capsys):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "BLEU (beam 1):" in done.stdout and "BLEU (beam 2):" in done.stdout
     assert "reference:" in done.stdout and "validation bleu_beam_2:" in done.stdout
+    # One scale (0-100) for BLEU in the report and in the closing line.
+    reported = re.search(r"BLEU \(beam 2\): (\d+\.\d\d)\n", done.stdout).group(1)
+    assert f"validation bleu_beam_2: {reported}\n" in done.stdout
     for name in ("training_curves.png", "attention.png", "report.json", "preset/metadata.json",
                  "preset/assets/target_vocabulary.txt", "export/1/saved_model.pb"):
         assert (tmp_path / "run" / name).exists(), name

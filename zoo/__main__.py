@@ -127,8 +127,10 @@ def _train(args):
     with pin:  # the preset's metadata checked as it is loaded, not only here
         summary = _import(entry.train)(args.data, args.out, run=_training_run(args), **options)
     out = Path(args.out)
+    from zoo.report import format_score
+
     headline = summary["headline"]
-    print(f"\n{summary['evaluated_on']} {headline}: {summary[headline]:.4f}")
+    print(f"\n{summary['evaluated_on']} {headline}: {format_score(headline, summary[headline])}")
     if not summary["wrote_outputs"]:
         print(f"outputs: written by the chief worker into its {out}")
         return

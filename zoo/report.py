@@ -78,8 +78,14 @@ def translation_report(sources, references, translations_by_beam, examples=5):
     }
 
 
+def format_score(name, value):
+    """A headline score as printed: BLEU on its usual 0-100 scale (it is
+    stored as 0-1), accuracy as a fraction."""
+    return f"{100 * value:.2f}" if name.startswith("bleu") else f"{value:.4f}"
+
+
 def format_translation_report(report):
-    lines = [f"BLEU (beam {k}): {100 * v:.2f}" for k, v in report["bleu"].items()]
+    lines = [f"BLEU (beam {k}): {format_score('bleu', v)}" for k, v in report["bleu"].items()]
     for example in report["examples"]:
         lines += ["", f"  source:    {example['source']}",
                   f"  reference: {example['reference']}"]

@@ -136,7 +136,7 @@ def _train(args):
         return
     print(f"preset:  {out / 'preset'}")
     print(f"export:  {summary['export']}")
-    print(f"figures: {out / 'training_curves.png'}, {out / 'attention.png'}")
+    print(f"figures: {', '.join(str(figure) for figure in sorted(out.glob('*.png')))}")
 
 
 def _tune(args):
@@ -203,8 +203,25 @@ def _load(directory):
     return entry, entry.model_class.from_preset(preset)
 
 
+def _trained_with(directory):
+    """The `training` entry of the metadata of the model in `directory`
+    (what `train` recorded; empty for a preset that has none)."""
+    from zoo.presets import METADATA_FILE
+
+    folder = Path(directory)
+    preset = folder / "preset" if (folder / "preset").is_dir() else folder
+    try:
+        return json.loads((preset / METADATA_FILE).read_text()).get("training") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def _evaluate(args):
     entry, model = _load(args.model_dir)
+    trained_with = _trained_with(args.model_dir)
+    for column in ("text_column", "label_column"):  # the run's, unless given again
+        if getattr(args, column, None) is None:
+            setattr(args, column, trained_with.get(column))
     inputs, labels = entry.labelled_data(args)
     options = _options_for(entry, args, "evaluate")
     summary = model.evaluation_report(inputs, labels, batch_size=args.batch_size, **options)
@@ -302,7 +319,9 @@ def _parser():
                        help="profile these steps with the TensorFlow profiler (needs --tensorboard)")
     train.add_argument("--no-attention-stats", dest="attention_statistics", action="store_false",
                        help="do not log attention entropy and collapsed heads each epoch")
-    train.add_argument("--max-train-examples", type=int)
+    train.add_argument("--max-train-examples", type=int,
+                       help="train on at most this many examples (the first, after the "
+                            "validation split)")
     train.add_argument("--restart", action="store_true",
                        help="discard the checkpoint in --out and start over (a run resumes only "
                             "from a checkpoint of the same data and settings)")
@@ -351,8 +370,10 @@ def _parser():
     evaluate.add_argument("model_dir")
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--text-column")
-    evaluate.add_argument("--label-column")
+    evaluate.add_argument("--text-column",
+                          help="text-classifier: default: the column the run was trained on")
+    evaluate.add_argument("--label-column",
+                          help="text-classifier: default: the column the run was trained on")
     evaluate.add_argument("--allow-skipped", action="store_true",
                           help="text-classifier: evaluate even when more than 1%% of the rows "
                                "have an empty text or no label")

@@ -188,6 +188,8 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     return train_and_report(
         model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
         training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
+                           # `evaluate RUN --data ...` reads the same columns.
+                           "text_column": text_column, "label_column": label_column,
                            **data_rows},
         summary_extra={"preset": None if preset is None else str(preset),
                        **data_rows},

@@ -461,10 +461,15 @@ def _without_tensorflow_logs():
     os.close(write_end)
 
     def forward():
+        # Reads to the end whatever happens to the writes, so that a writer
+        # to standard error never blocks on a full pipe.
         with os.fdopen(read_end, "rb") as lines:
             for line in lines:
-                if not TENSORFLOW_LOG_LINE.match(line):
-                    os.write(real_stderr, line)
+                if TENSORFLOW_LOG_LINE.match(line):
+                    continue
+                with contextlib.suppress(OSError):
+                    while line:
+                        line = line[os.write(real_stderr, line):]
 
     forwarding = threading.Thread(target=forward, daemon=True)
     forwarding.start()

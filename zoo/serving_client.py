@@ -12,17 +12,32 @@ Run it as a script so that nothing else is imported:
 
     python zoo/serving_client.py EXPORT_DIR "a text" "another text"
     python zoo/serving_client.py RUN_DIR "a text"     # the run's export/
+    python zoo/serving_client.py --verbose ...        # with TensorFlow's C++ log lines
     python zoo/serving_client.py EXPORT_DIR image.png another.jpg
     python zoo/serving_client.py TRANSLATOR_EXPORT_DIR "Open the family tree"
 """
 
 import base64
+import contextlib
+import importlib.util
 import json
 import re
 import sys
 from pathlib import Path
 
-import tensorflow as tf
+if __name__ == "__main__":
+    # Before TensorFlow starts: its C++ start-up lines are hidden unless
+    # --verbose. The filter is loaded by its path, so that nothing of the zoo
+    # package is imported into this serving process.
+    _spec = importlib.util.spec_from_file_location(
+        "_tensorflow_logs", Path(__file__).with_name("tensorflow_logs.py"))
+    _logs = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_logs)
+    _QUIET = (contextlib.nullcontext() if "--verbose" in sys.argv[1:]
+              else _logs.without_tensorflow_logs())
+    _QUIET.__enter__()
+
+import tensorflow as tf  # noqa: E402
 
 
 def _versions(folder):
@@ -193,4 +208,8 @@ def _answer(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        code = main([arg for arg in sys.argv[1:] if arg != "--verbose"])
+    finally:
+        _QUIET.__exit__(None, None, None)
+    sys.exit(code)

@@ -28,6 +28,7 @@ writes its sections of RESULTS.md.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -42,6 +43,14 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from zoo.tensorflow_logs import without_tensorflow_logs  # noqa: E402
+
+# `make demo` ends with this report, read by a newcomer: TensorFlow's C++
+# start-up lines are hidden there, as in `python -m zoo`.
+QUIET = (without_tensorflow_logs() if __name__ == "__main__" and "--demo-report" in sys.argv
+         else contextlib.nullcontext())
+QUIET.__enter__()
 
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
@@ -396,4 +405,7 @@ def speed(quick):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        QUIET.__exit__(None, None, None)

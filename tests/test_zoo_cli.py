@@ -87,7 +87,7 @@ def test_image_classifier_train_predict_evaluate_export(digit_folder, tmp_path, 
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(["train", "image-classifier", "--data", str(digit_folder), "--out",
                                "run", "--epochs", "2", "--batch-size", "16", "--jit-compile",
-                               "false"], capsys)
+                               "false", "--attention-matrices"], capsys)
     assert code == 0, err[-3000:]
     assert "28x28x1 images, 4x4 patches (49)" in out  # the geometry rule
     assert "skipped 1 unreadable file(s)" in out
@@ -101,11 +101,14 @@ def test_image_classifier_train_predict_evaluate_export(digit_folder, tmp_path, 
     for name in ("training_curves.png", "attention.png", "attention_rollout.png", "report.json",
                  "preset/metadata.json", "export/1/saved_model.pb"):
         assert (tmp_path / "run" / name).exists(), name
-    assert "figures: run/attention.png, run/attention_rollout.png, run/training_curves.png\n" \
-        in out  # every figure written, the rollout included
+    assert ("figures: run/attention.png, run/attention_matrices.png, run/attention_rollout.png, "
+            "run/training_curves.png\n") in out  # every figure written, the rollout included
     assert (tmp_path / "run" / "attention.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["labels"] == ["3", "7"] and len(report["skipped_files"]) == 1
+    # Steps run 8 at a time: Keras reports the metrics after each 8 (and the last).
+    assert report["step_history"]["epoch_ends"] == [report["steps"]["total"] // 2,
+                                                    report["steps"]["total"]]
     assert report["attention"]["heads"] > 0
 
     images = sorted(str(p) for p in (digit_folder / "7").glob("*.png"))[:2]

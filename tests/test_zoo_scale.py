@@ -219,29 +219,6 @@ def test_attention_statistics_tell_attending_from_collapsed_heads():
     assert statistics["heads"] == 4 and statistics["collapsed_share"] == 0.75
 
 
-def test_every_model_draws_every_head_of_every_layer(tiny_classifier, tiny_image_classifier,
-                                                     digits_sample, tmp_path):
-    from zoo import Translator
-
-    keras.utils.set_random_seed(0)
-    translator = Translator(**TINY_TRANSLATOR)
-    sources, targets = number_pairs(64, seed=1)
-    translator.adapt(sources, targets)
-    maps = translator.attention_maps(sources[:4], targets[:4])
-    assert [name for name, *_ in maps] == ["encoder 1", "decoder 1 cross", "decoder 2 cross"]
-    for name, weights, allowed, query_mask in maps:
-        rows = weights.sum(-1)[np.broadcast_to(query_mask[:, None, :], rows_shape := weights.shape[:3])]
-        np.testing.assert_allclose(rows, 1.0, atol=1e-5)
-        assert rows_shape[1] == 2
-    (images, _), _ = digits_sample
-    for model, inputs in ((tiny_classifier, ["a wonderful film", "dull"]),
-                          (tiny_image_classifier, images[:3]), (translator, sources[:3])):
-        path = tmp_path / f"{type(model).__name__}.png"
-        model.save_attention_figure(inputs, path)
-        assert path.read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "ImageClassifier_rollout.png").exists()
-
-
 @pytest.mark.slow
 def test_tensorboard_gets_losses_attention_statistics_maps_and_a_profile(reviews_csv, tmp_path):
     from zoo.text_classifier.train import train_text_classifier

@@ -88,7 +88,7 @@ MODELS = {
     "image-classifier": ModelEntry(
         "image_classifier", "zoo.image_classifier:ImageClassifier",
         "zoo.image_classifier.train:train_image_classifier",
-        ("image_size",), _labelled_images,
+        ("image_size", "attention_matrices"), _labelled_images,
         "folder of class folders of PNG/JPEG/BMP/GIF images, or 'mnist'",
     ),
     "translator": ModelEntry(
@@ -348,6 +348,9 @@ def _parser():
     train.add_argument("--image-size", type=int,
                        help="image-classifier: model input side (default: chosen from the images, "
                             "or the preset's)")
+    train.add_argument("--attention-matrices", action="store_const", const=True,
+                       help="image-classifier: also draw every head's patch-to-patch attention "
+                            "weights on one validation image (attention_matrices.png)")
     train.add_argument("--beam-size", type=int,
                        help="translator: beam size of the report and the export (default 4)")
     train.set_defaults(run=_train)

@@ -433,7 +433,8 @@ class RawInputModel(keras.Model):
 
     def save_attention_figure(self, inputs, path, targets=None):
         """Every head of every attention layer on one of `inputs`, as a PNG
-        grid (see `zoo.report.plot_attention_heads`)."""
+        grid (see `zoo.report.plot_attention_heads`); returns `[path]`, the
+        figures written."""
         from zoo import report
 
         sample, sample_targets = self.attention_sample(inputs, targets)
@@ -445,8 +446,9 @@ class RawInputModel(keras.Model):
             weights = np.asarray(weights, np.float32)[0][:, queries][:, :, keys]
             maps.append((name, weights, allowed[:1][:, queries][:, :, keys]))
         key_tokens, query_tokens = self.attention_tokens(sample, sample_targets)
-        return report.plot_attention_heads(maps, path, key_tokens, query_tokens,
-                                           title=f"{type(self).__name__}: every head")
+        return [report.plot_attention_heads(
+            maps, path, key_tokens, query_tokens,
+            title=f"{type(self).__name__}: every head on one example")]
 
     # Keras 3.15's `fit` and `evaluate` under `MultiWorkerMirroredStrategy`
     # (keras-team/keras#20585): two private steps fail there, and these two

@@ -103,22 +103,61 @@ def _pyplot():
     return plt
 
 
-def plot_history(history, path):
-    """Loss and accuracy per epoch, training and validation, as a PNG."""
+# Fewer epochs than this draw the training metrics after every step: one or
+# two points per line teach nothing. Keras reports metrics once per
+# `steps_per_execution` steps, so a short run may still have too few points
+# (at least `STEP_CURVES_MIN_POINTS`) for a curve.
+STEP_CURVES_BELOW_EPOCHS = 4
+STEP_CURVES_MIN_POINTS = 4
+METRIC_AXES = {"loss": "cross-entropy loss", "accuracy": "accuracy (share right)"}
+
+
+def plot_history(history, path, step_history=None):
+    """Loss and accuracy, training and validation, as a PNG: per epoch, or,
+    for a run of fewer than `STEP_CURVES_BELOW_EPOCHS` epochs with
+    `step_history` (`zoo.training.StepHistory.as_dict()`), the training
+    metrics after each step with validation at each epoch's end.
+
+    Keras reports a step's training metrics as the mean over the epoch so
+    far, so the per-step lines are those means (they start afresh each
+    epoch)."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, metric in zip(axes, ("loss", "accuracy")):
-        for prefix, style in (("", "-o"), ("val_", "--o")):
-            values = history.get(prefix + metric)
+    from matplotlib.ticker import FixedLocator
+
+    epochs = len(history.get("loss", []))
+    steps = (step_history or {}).get("metrics", {})
+    per_step = (epochs < STEP_CURVES_BELOW_EPOCHS
+                and len(steps.get("step", [])) >= STEP_CURVES_MIN_POINTS
+                and len(step_history.get("epoch_ends", [])) >= epochs)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for axis, metric in zip(axes, METRIC_AXES):
+        if per_step:
+            if steps.get(metric):
+                axis.plot(steps["step"], steps[metric], "-",
+                          label=f"training {metric} (epoch's mean so far)")
+            values = history.get("val_" + metric)
             if values:
-                axis.plot(range(1, len(values) + 1), values, style,
-                          label=("validation " if prefix else "training ") + metric)
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(_integer_ticks())
+                ends = step_history["epoch_ends"][-len(values):]
+                axis.plot(ends, values, "o", color="C1", label=f"validation {metric}")
+            axis.set_xlabel("training step")
+        else:
+            for prefix, style in (("", "-o"), ("val_", "--o")):
+                values = history.get(prefix + metric)
+                if values:
+                    axis.plot(range(1, len(values) + 1), values, style,
+                              label=("validation " if prefix else "training ") + metric)
+            axis.set_xlabel("epoch")
+            if epochs:
+                axis.set_xlim(0.5, epochs + 0.5)
+        # MaxNLocator(integer=True) still puts 0.6, 0.8, ... on a range
+        # shorter than two.
+        axis.xaxis.set_major_locator(_integer_ticks() if per_step or epochs > 10
+                                     else FixedLocator(range(1, epochs + 1)))
+        axis.set_ylabel(METRIC_AXES[metric])
         axis.set_title(metric)
-        axis.legend()
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
         axis.grid(alpha=0.3)
-    figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
@@ -200,7 +239,9 @@ def plot_attention_heads(maps, path, key_tokens=None, query_tokens=None,
     """Every head of every layer for one example, as a grid PNG: a row per
     layer, a column per head, each on a colour scale from zero to its own
     largest weight, titled with its normalized entropy and state, so a flat
-    head looks flat.
+    head looks flat. Rows of a panel are the queries (the tokens attending),
+    its columns the keys (the tokens attended to), as the figure's axis
+    labels say once.
 
     Args:
         maps: `[(layer name, weights (H, T_q, T_k), allowed (1, T_q, T_k))]`
@@ -214,40 +255,53 @@ def plot_attention_heads(maps, path, key_tokens=None, query_tokens=None,
         (name, weights[None], allowed[None], np.ones((1, np.shape(weights)[1]), bool))
         for name, weights, allowed in maps
     ])["layers"]
-    rows, columns = len(maps), max(np.shape(w)[0] for _, w, _ in maps)
+    columns = max(np.shape(w)[0] for _, w, _ in maps)
     longest = max(max(np.shape(w)[1:]) for _, w, _ in maps)
-    side = min(6.0, max(2.6, 0.16 * longest + 1.2))
-    figure, axes = plt.subplots(rows, columns, figsize=(side * columns + 1, side * rows + 0.8),
-                                squeeze=False)
+    labelled = longest <= 40 and key_tokens is not None
+    side = min(4.0, max(1.8, 0.1 * longest + 0.8))
+    # A row is as tall as its queries need (a decoder's few, an encoder's
+    # many), plus room for the titles and rotated key labels under it.
+    label_room = 0.09 * max((len(t) for row in range(len(maps))
+                             for t in (_layer_tokens(key_tokens, row) or [""])), default=0)
+    heights = [side * max(np.shape(w)[1], 3) / longest + 0.5 + (label_room if labelled else 0)
+               for _, w, _ in maps]
+    figure = plt.figure(figsize=(side * columns + 1.6, sum(heights) + 1.2), layout="constrained")
+    axes = figure.subplots(len(maps), columns, squeeze=False,
+                           gridspec_kw={"height_ratios": heights})
     for row, (name, weights, _) in enumerate(maps):
         weights = np.asarray(weights)
+        keys = _layer_tokens(key_tokens, row)
+        queries = _layer_tokens(query_tokens if query_tokens is not None else key_tokens, row)
         for head in range(columns):
             axis = axes[row, head]
             if head >= weights.shape[0]:
                 axis.axis("off")
                 continue
-            image = axis.imshow(weights[head], cmap="viridis", vmin=0.0,
+            image = axis.imshow(weights[head], cmap="viridis", vmin=0.0, aspect="auto",
                                 vmax=max(float(weights[head].max()), 1e-9))
             stats = statistics[name][head] if head < len(statistics.get(name, [])) else None
-            label = f"{name}, head {head + 1}\nmax {float(weights[head].max()):.3f}"
+            label = f"head {head + 1}: max {float(weights[head].max()):.2f}"
             if stats:
-                label += f", entropy {stats['entropy']:.2f} ({stats['state']})"
-            axis.set_title(label, fontsize=8)
-            keys = _layer_tokens(key_tokens, row)
-            queries = _layer_tokens(query_tokens if query_tokens is not None else key_tokens, row)
-            small = longest <= 40
-            if keys is not None and small:
+                label += f"\nentropy {stats['entropy']:.2f} ({stats['state']})"
+            axis.set_title(label, fontsize=7)
+            if keys is not None and labelled:
                 axis.set_xticks(range(len(keys)), keys, rotation=90, fontsize=6)
             else:
                 axis.set_xticks([])
-            if queries is not None and small and head == 0:
+            if queries is not None and labelled and head == 0:
                 axis.set_yticks(range(len(queries)), queries, fontsize=6)
             else:
                 axis.set_yticks([])
+            if head == 0:
+                axis.set_ylabel(name, fontsize=9, fontweight="bold")
     figure.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, ticks=[0, image.norm.vmax],
                     format=lambda value, _: "0" if value == 0 else "max")
+    figure.supxlabel("keys: the tokens attended to" if key_tokens is not None
+                     else "keys: the positions attended to", fontsize=10)
+    figure.supylabel("queries: the tokens attending" if key_tokens is not None
+                     else "queries: the positions attending", fontsize=10)
     figure.suptitle(f"{title}\nentropy: 1 = uniform over the keys, 0 = one key; each panel's "
-                    "colours run from 0 (dark) to its own largest weight (bright)", fontsize=9)
+                    "colours run from 0 (dark) to its own largest weight (bright)", fontsize=10)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
@@ -259,31 +313,75 @@ def _layer_tokens(tokens, row):
     return tokens[row] if isinstance(tokens[0], (list, tuple)) else tokens
 
 
+def _show_image(axis, image):
+    gray = image.shape[-1] == 1
+    axis.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=1)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _overlay(axis, image, heat, vmax):
+    """`heat` (h, w) over `image` (H, W, C) in [0, 1], on a scale from zero."""
+    _show_image(axis, image)
+    height, width = image.shape[:2]
+    return axis.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=vmax,
+                       extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest")
+
+
+def plot_attention_over_images(images, maps, titles, path, title="where each head looks"):
+    """Per image (a row), the image with its title, then one heat map per
+    head over it, as a PNG. Every panel shares one colour scale from zero,
+    so a head spread evenly over the image looks evenly dim.
+
+    Args:
+        images: `(N, H, W, C)` in [0, 1].
+        maps: `(N, heads, h, w)`: each head's share of attention per patch.
+        titles: one per image (e.g. its true and predicted labels).
+    """
+    plt = _pyplot()
+    images, maps = np.asarray(images), np.asarray(maps)
+    count, heads = maps.shape[:2]
+    figure = plt.figure(figsize=(1.6 * (heads + 1) + 1.2, 1.75 * count + 1.0),
+                        layout="constrained")
+    axes = figure.subplots(count, heads + 1, squeeze=False)
+    vmax = float(np.quantile(maps, 0.999))
+    for row in range(count):
+        _show_image(axes[row, 0], images[row])
+        axes[row, 0].set_ylabel(titles[row], fontsize=8)
+        for head in range(heads):
+            axis = axes[row, head + 1]
+            overlay = _overlay(axis, images[row], maps[row, head], vmax)
+            axis.set_xlabel(f"max {maps[row, head].max():.2f}", fontsize=7, labelpad=1)
+    axes[0, 0].set_title("image", fontsize=9)
+    for head in range(heads):
+        axes[0, head + 1].set_title(f"head {head + 1}", fontsize=9)
+    figure.colorbar(overlay, ax=axes.ravel().tolist(), fraction=0.03,
+                    label="share of the head's attention per patch")
+    figure.suptitle(f"{title}\n(uniform attention would give each patch "
+                    f"{1 / np.prod(maps.shape[2:]):.3f})", fontsize=10)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def plot_attention_rollout(images, maps, titles, path, title="attention rollout"):
-    """Images `(N, H, W, C)` in [0, 1], each beside its rollout map `(N, h, w)`
-    upsampled over it, as a PNG. The colour scale starts at zero, so a flat
-    map looks flat."""
+    """Images `(N, H, W, C)` in [0, 1] in the top row, titled `titles`, each
+    above its rollout map `(N, h, w)` upsampled over it, as a PNG. The colour
+    scale starts at zero, so a flat map looks flat."""
     plt = _pyplot()
     images, maps = np.asarray(images), np.asarray(maps)
     count = len(images)
-    figure, axes = plt.subplots(2, count, figsize=(2.2 * count, 4.6), squeeze=False)
+    figure = plt.figure(figsize=(1.9 * count + 1.2, 4.6), layout="constrained")
+    axes = figure.subplots(2, count, squeeze=False)
     for column in range(count):
-        image = images[column]
-        gray = image.shape[-1] == 1
-        shown = image[..., 0] if gray else image
-        top, bottom = axes[0, column], axes[1, column]
-        top.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1)
-        top.set_title(titles[column], fontsize=9)
-        bottom.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1)
-        height, width = image.shape[:2]
-        overlay = bottom.imshow(maps[column], cmap="inferno", alpha=0.6, vmin=0,
-                                vmax=float(maps.max()), extent=(-0.5, width - 0.5, height - 0.5, -0.5),
-                                interpolation="nearest")
-        for axis in (top, bottom):
-            axis.set_xticks([])
-            axis.set_yticks([])
-    figure.colorbar(overlay, ax=axes[1, :].tolist(), fraction=0.02, label="share of attention")
-    figure.suptitle(title)
+        _show_image(axes[0, column], images[column])
+        axes[0, column].set_title(titles[column], fontsize=8)
+        overlay = _overlay(axes[1, column], images[column], maps[column], float(maps.max()))
+        axes[1, column].set_title(f"rollout, max {maps[column].max():.2f}", fontsize=8)
+    axes[0, 0].set_ylabel("image", fontsize=9)
+    axes[1, 0].set_ylabel("where the prediction\nreads from", fontsize=9)
+    figure.colorbar(overlay, ax=axes[1, :].tolist(), fraction=0.03, label="share of attention")
+    figure.suptitle(title, fontsize=10)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path

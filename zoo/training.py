@@ -7,9 +7,12 @@ every model:
     preset/                 checksummed preset (weights without optimizer state)
     export/<version>/       TF Serving SavedModel
     report.json             the model's evaluation (accuracy, per-class P/R/F1 and
-                            confusion matrix; or BLEU and examples), history
-    training_curves.png     loss and accuracy per epoch
+                            confusion matrix; or BLEU and examples), history per
+                            epoch and per step
+    training_curves.png     loss and accuracy per epoch (per step in a short run)
     attention.png           every head of every attention layer on one example
+                            (images: where each head looks, and more figures:
+                            `ImageClassifier.save_attention_figure`)
     backup/                 while training: checkpoints an interrupted run resumes
                             from (backup/<task>/ per worker in a cluster)
 """
@@ -221,7 +224,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     A checkpoint is a folder `step-<N>` holding the weights with the
     optimizer's state and `state.json` (epoch, batches done in it, total
-    steps, history so far); it is written under a temporary name and
+    steps, history so far per epoch and per step); it is written under a temporary name and
     renamed into place, so a kill while writing leaves the previous one
     whole. The two newest are kept: a resume falls back to the older when
     the newer cannot be read.
@@ -245,6 +248,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.every_steps = every_steps
         self.fingerprint = fingerprint
         self.history = {}
+        self.step_history = StepHistory()
         self._epoch = 0
         self._skipped = 0
 
@@ -266,6 +270,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 print(f"checkpoint {folder} is unreadable ({error}); trying an older one")
                 continue
             self.history = state["history"]
+            self.step_history = StepHistory(state.get("step_history"))
             return state
         return None
 
@@ -300,6 +305,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._last_saved = self._steps()
 
     def on_train_batch_end(self, batch, logs=None):
+        self.step_history.record(self._steps(), logs)
         # `batch` is the last of the steps one call ran (steps_per_execution);
         # an epoch's last batch is saved as the epoch's end.
         if batch + 1 >= self.params.get("steps", float("inf")):
@@ -310,6 +316,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for name, value in (logs or {}).items():
             self.history.setdefault(name, []).append(float(value))
+        self.step_history.end_epoch(self._steps())
         self._skipped = 0
         self._save(epoch + 1, 0)
 
@@ -332,7 +339,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self.model.save_weights(str(staging / self.WEIGHTS_FILE))
             (staging / self.STATE_FILE).write_text(json.dumps({
                 "epoch": epoch, "batches_done": batches_done, "steps": steps,
-                "history": self.history, "fingerprint": self.fingerprint,
+                "history": self.history, "step_history": self.step_history.as_dict(),
+                "fingerprint": self.fingerprint,
             }))
             os.replace(staging, target)
         except OSError as error:
@@ -358,6 +366,38 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             return []
         return sorted(p for p in self.directory.iterdir()
                       if re.fullmatch(r"step-\d{9}", p.name) and p.is_dir())
+
+
+class StepHistory:
+    """The training metrics Keras reports after each step (each epoch's mean
+    so far), for the curves of a run too short for per-epoch points. At most
+    `max_points` are kept: past that, every other point is dropped and only
+    every `stride`-th step (doubled) is recorded, so a long run's record
+    stays small in every checkpoint."""
+
+    def __init__(self, saved=None, max_points=1000):
+        saved = saved or {}
+        self.stride = saved.get("stride", 1)
+        self.epoch_ends = list(saved.get("epoch_ends", []))
+        self.metrics = {name: list(values) for name, values in saved.get("metrics", {}).items()}
+        self.max_points = max_points
+
+    def record(self, step, logs):
+        if step % self.stride or not logs:
+            return
+        self.metrics.setdefault("step", []).append(step)
+        for name, value in logs.items():
+            if not name.startswith("val_"):
+                self.metrics.setdefault(name, []).append(float(value))
+        if len(self.metrics["step"]) > self.max_points:
+            self.metrics = {name: values[1::2] for name, values in self.metrics.items()}
+            self.stride *= 2
+
+    def end_epoch(self, step):
+        self.epoch_ends.append(step)
+
+    def as_dict(self):
+        return {"stride": self.stride, "epoch_ends": self.epoch_ends, "metrics": self.metrics}
 
 
 LOCK_FILE = ".lock"
@@ -449,6 +489,7 @@ def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, call
     Returns:
         `(history, steps)`: the history of every epoch (those before the
         interruption included) and `{"total", "resumed_at", "this_run"}`.
+        The metrics after each step are in `checkpoint.step_history`.
     """
     with model.distribute_strategy.scope():
         state = checkpoint.restore(model)
@@ -476,10 +517,12 @@ def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, call
 def train_and_report(model, train, validation, test, out, epochs, batch_size,
                      verbose="auto", callbacks=(), training_metadata=None,
                      summary_extra=None, evaluation_options=None, export_options=None,
-                     run=None, seed=0):
+                     figure_options=None, run=None, seed=0):
     """Fits `model` (compiled under `run`), reports on `test` (or
     `validation` when `test` is None), and writes everything listed in the
-    module docstring.
+    module docstring. `evaluation_options`, `export_options` and
+    `figure_options` go to the model's `evaluation_report`, `export` and
+    `save_attention_figure`.
 
     In a cluster every worker runs all of it (the steps are collective) but
     only the chief writes into `out`; the others write into temporary
@@ -497,25 +540,28 @@ def train_and_report(model, train, validation, test, out, epochs, batch_size,
         out.mkdir(parents=True, exist_ok=True)
         return _train_and_report(model, train, validation, test, out, backup, epochs,
                                  batch_size, verbose, callbacks, training_metadata,
-                                 summary_extra, evaluation_options, export_options, run, seed)
+                                 summary_extra, evaluation_options, export_options,
+                                 figure_options, run, seed)
     with tempfile.TemporaryDirectory(prefix=f"zoo-{worker}-") as scratch:
         return _train_and_report(model, train, validation, test, Path(scratch), backup, epochs,
                                  batch_size, verbose, callbacks, training_metadata,
-                                 summary_extra, evaluation_options, export_options, run, seed)
+                                 summary_extra, evaluation_options, export_options,
+                                 figure_options, run, seed)
 
 
 def _train_and_report(model, train, validation, test, out, backup, epochs, batch_size, verbose,
                       callbacks, training_metadata, summary_extra, evaluation_options,
-                      export_options, run, seed):
+                      export_options, figure_options, run, seed):
     with exclusive_folder(backup):
         return _train_and_report_locked(
             model, train, validation, test, out, backup, epochs, batch_size, verbose, callbacks,
-            training_metadata, summary_extra, evaluation_options, export_options, run, seed)
+            training_metadata, summary_extra, evaluation_options, export_options, figure_options,
+            run, seed)
 
 
 def _train_and_report_locked(model, train, validation, test, out, backup, epochs, batch_size,
                              verbose, callbacks, training_metadata, summary_extra,
-                             evaluation_options, export_options, run, seed):
+                             evaluation_options, export_options, figure_options, run, seed):
     if run.restart:
         # The lock file stays: removing it would let a third run lock a new one.
         discarded = [p for p in backup.iterdir() if p.name != LOCK_FILE]
@@ -531,6 +577,7 @@ def _train_and_report_locked(model, train, validation, test, out, backup, epochs
         model, train, validation, epochs, batch_size, checkpoint, verbose=verbose, seed=seed,
         callbacks=[*monitoring, *callbacks],
     )
+    step_history = checkpoint.step_history.as_dict()
     # The last epoch's line, already printed by the monitor, goes in the report.
     attention = next((c.statistics for c in monitoring if isinstance(c, AttentionMonitor)), None)
     evaluated_on, (inputs, labels) = (
@@ -542,8 +589,9 @@ def _train_and_report_locked(model, train, validation, test, out, backup, epochs
     print(model.format_evaluation(summary))
 
     if run.figures:
-        reports.plot_history(history, out / "training_curves.png")
-        model.save_attention_figure(validation[0], out / "attention.png")
+        reports.plot_history(history, out / "training_curves.png", step_history)
+        model.save_attention_figure(validation[0], out / "attention.png",
+                                    **(figure_options or {}))
     summary.update({
         "evaluated_on": evaluated_on,
         "examples": {"train": len(train[0]), "validation": len(validation[0]),
@@ -555,6 +603,7 @@ def _train_and_report_locked(model, train, validation, test, out, backup, epochs
         "wrote_outputs": run.is_chief,
         "attention": attention,
         "history": history,
+        "step_history": step_history,
         **(summary_extra or {}),
     })
     model.save_to_preset(out / "preset", metadata={"training": {

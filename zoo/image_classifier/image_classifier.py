@@ -368,6 +368,30 @@ class ImageClassifier(ClassifierModel):
         maps = maps / tf.reduce_sum(maps, axis=-1, keepdims=True)
         return tf.reshape(maps, (-1, *self.grid_shape)).numpy()
 
+    def head_attention(self, images):
+        """Where each head of the last block looks: the class token's
+        weights over the patches (with `"token"` pooling, the token the head
+        reads), else the mean over the patch queries.
+
+        Args:
+            images: a batch of raw images.
+
+        Returns:
+            `(B, num_heads, grid_height, grid_width)` float32; each map is
+            the share of its head's attention on each patch.
+        """
+        x = self.backbone.embed(self.preprocess(images))
+        for block in self.backbone.blocks[:-1]:
+            x = block(x, training=False)
+        weights = tf.cast(self.backbone.blocks[-1].attention_scores(x), tf.float32)
+        first_patch = int(self.backbone.class_token)
+        if self.pooling == "token":
+            maps = weights[:, :, 0, first_patch:]
+        else:
+            maps = tf.reduce_mean(weights[:, :, first_patch:, first_patch:], axis=2)
+        heads = maps.shape[1]
+        return tf.reshape(maps, (-1, heads, *self.grid_shape)).numpy()
+
     def attention_maps(self, inputs, targets=None):
         x, maps = self.backbone.embed(self.preprocess(self.raw_array(inputs))), []
         every = np.ones((1, 1, 1, x.shape[1]), bool)
@@ -377,24 +401,41 @@ class ImageClassifier(ClassifierModel):
             x = block(x, training=False)
         return maps
 
-    def save_attention_figure(self, images, path, count=6, targets=None):
-        """Every head of every block on one image (`path`), and the
-        attention rollout over the first `count` of `images` beside it
-        (`<path stem>_rollout.png`)."""
+    def save_attention_figure(self, images, path, count=6, labels=None, matrices=False):
+        """Attention figures of the first `count` of `images`, titled with
+        the predicted label (and the true one from `labels`):
+
+        - `path`: per image, where each head of the last block looks, as a
+          heat map over the image (`head_attention`);
+        - `<path stem>_rollout.png`: attention rollout over every block;
+        - with `matrices`, `<path stem>_matrices.png`: every head's
+          patch-to-patch weights on the first image, block by block.
+
+        Returns:
+            The paths written.
+        """
         from zoo import report
 
-        super().save_attention_figure(images, path)
         path = Path(path)
-        rollout_path = path.with_name(f"{path.stem}_rollout{path.suffix}")
         images = self.raw_array(images)[:count]
         pixels = self.preprocessor.denormalize(self.preprocess(images)).numpy()
         names, probabilities = self.predict_labels(images)
-        titles = [f"{name} ({p.max():.2f})" for name, p in zip(names, probabilities)]
-        report.plot_attention_rollout(
-            pixels, self.attention_rollout(images), titles, rollout_path,
-            title=f"attention rollout over {self.backbone.num_layers} blocks",
-        )
-        return path
+        titles = [f"predicted {name} ({p.max():.2f})" for name, p in zip(names, probabilities)]
+        if labels is not None:
+            titles = [f"true {true}\n{title}" for true, title in zip(np.asarray(labels), titles)]
+        looks = ("the class token's attention" if self.pooling == "token"
+                 else "attention averaged over the patch queries")
+        written = [report.plot_attention_over_images(
+            pixels, self.head_attention(images), titles, path,
+            title=f"where each head of the last block (of {self.backbone.num_layers}) looks: {looks}")]
+        written.append(report.plot_attention_rollout(
+            pixels, self.attention_rollout(images), titles,
+            path.with_name(f"{path.stem}_rollout{path.suffix}"),
+            title=f"attention rollout over {self.backbone.num_layers} blocks"))
+        if matrices:
+            written.extend(super().save_attention_figure(
+                images, path.with_name(f"{path.stem}_matrices{path.suffix}")))
+        return written
 
     # Configuration, presets and export.
 

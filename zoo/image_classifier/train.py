@@ -97,11 +97,15 @@ def choose_geometry(shapes):
 def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
                            batch_size=64, run=None, learning_rate=None,
                            max_train_examples=None, architecture=None,
-                           augmentation=None, dropout=None, verbose="auto", seed=0):
+                           augmentation=None, dropout=None, attention_matrices=False,
+                           verbose="auto", seed=0):
     """Trains (or fine-tunes `preset`), reports, plots, saves and exports.
 
     Writes under `out/` what `zoo.training.train_and_report` lists; the
-    report also counts the files skipped as unreadable.
+    report also counts the files skipped as unreadable. The attention
+    figures (`ImageClassifier.save_attention_figure`) show validation images
+    with their true labels; `attention_matrices` adds every head's
+    patch-to-patch weights (`attention_matrices.png`).
 
     Returns:
         The summary dict also written to `report.json`.
@@ -150,6 +154,7 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
         model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
         training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
         summary_extra={"preset": preset, "skipped_files": skipped},
+        figure_options={"labels": validation[1], "matrices": bool(attention_matrices)},
     )
 
 

@@ -134,18 +134,21 @@ def plot_history(history, path, step_history=None):
         if per_step:
             if steps.get(metric):
                 axis.plot(steps["step"], steps[metric], "-",
-                          label=f"training {metric} (epoch's mean so far)")
+                          label="training (the epoch's mean so far)")
+            for number, end in enumerate(step_history["epoch_ends"]):
+                axis.axvline(end, color="0.6", linestyle=":", linewidth=1,
+                             label="end of an epoch" if number == 0 else None)
             values = history.get("val_" + metric)
             if values:
                 ends = step_history["epoch_ends"][-len(values):]
-                axis.plot(ends, values, "o", color="C1", label=f"validation {metric}")
+                axis.plot(ends, values, "o", color="C1", label="validation")
             axis.set_xlabel("training step")
         else:
             for prefix, style in (("", "-o"), ("val_", "--o")):
                 values = history.get(prefix + metric)
                 if values:
                     axis.plot(range(1, len(values) + 1), values, style,
-                              label=("validation " if prefix else "training ") + metric)
+                              label="validation" if prefix else "training")
             axis.set_xlabel("epoch")
             if epochs:
                 axis.set_xlim(0.5, epochs + 0.5)
@@ -155,9 +158,11 @@ def plot_history(history, path, step_history=None):
                                      else FixedLocator(range(1, epochs + 1)))
         axis.set_ylabel(METRIC_AXES[metric])
         axis.set_title(metric)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend()
         axis.grid(alpha=0.3)
+    # One legend under both panels, where it hides no point.
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncol=len(handles))
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path

@@ -252,7 +252,8 @@ def quality_section(results):
         f"(`sentence-transformers/all-MiniLM-L6-v2`, read from its pip package): the command "
         f"line's defaults, peak {CHECKPOINT_FINE_TUNING['learning_rate']:g}, one epoch when the data "
         f"gives {CHECKPOINT_FINE_TUNING['min_steps']} steps, else enough epochs for them (at most "
-        f"{CHECKPOINT_FINE_TUNING['max_epochs']}: 8 on 500 examples).",
+        f"{CHECKPOINT_FINE_TUNING['max_epochs']}: "
+        f"{recipe_epochs(CHECKPOINT_FINE_TUNING, 500, BATCH)} on 500 examples).",
     ]
     body = json.loads((TextEncoder.presets[OWN_BODY] / "metadata.json").read_text())["training"]
     lines += ["", f"The body `{OWN_BODY}`: pretrained by `python -m zoo.text_encoder.pretrain` in "

@@ -39,3 +39,26 @@ def test_command_line_fine_tunes_the_body_by_default_and_refuses_scratch_with_a_
     assert main(["train", "text-classifier", "--data", str(data), "--out", str(tmp_path / "x"),
                  "--from-scratch", "--preset", "rotten_tomatoes_small"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_fine_tuning_epochs_follow_the_data_size_as_the_readme_says():
+    import re
+
+    from conftest import REPO_ROOT
+    from zoo.text_classifier.train import CHECKPOINT_FINE_TUNING, recipe_epochs
+
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    rule = CHECKPOINT_FINE_TUNING
+    assert (f"one epoch when your data gives at least {rule['min_steps']} steps of 32, else enough "
+            f"epochs for {rule['min_steps']} steps (at most {rule['max_epochs']})") in readme
+    # The README's worked examples: (examples in the file, epochs).
+    stated = re.search(r"10,000 examples train (\d+) epoch, 1,000 \(900 after the validation "
+                       r"split, \d+ steps an epoch\) (\d+), 300 train (\d+), and 100 train (\d+)",
+                       readme)
+    assert stated, "the README's worked examples of the rule"
+    for examples, epochs in zip((10_000, 1_000, 300, 100), map(int, stated.groups())):
+        trained = examples - examples // 10  # the 10% validation split
+        assert recipe_epochs(rule, trained, 32) == epochs, examples
+        steps = -(-trained // 32) * epochs
+        # At least the minimum steps, unless the cap stops the epochs first.
+        assert steps >= rule["min_steps"] or epochs == rule["max_epochs"]

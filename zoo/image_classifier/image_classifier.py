@@ -380,17 +380,14 @@ class ImageClassifier(ClassifierModel):
             `(B, num_heads, grid_height, grid_width)` float32; each map is
             the share of its head's attention on each patch.
         """
-        x = self.backbone.embed(self.preprocess(images))
-        for block in self.backbone.blocks[:-1]:
-            x = block(x, training=False)
-        weights = tf.cast(self.backbone.blocks[-1].attention_scores(x), tf.float32)
+        _, weights, _, _ = self.attention_maps(images)[-1]
+        weights = np.asarray(weights, np.float32)
         first_patch = int(self.backbone.class_token)
         if self.pooling == "token":
             maps = weights[:, :, 0, first_patch:]
         else:
-            maps = tf.reduce_mean(weights[:, :, first_patch:, first_patch:], axis=2)
-        heads = maps.shape[1]
-        return tf.reshape(maps, (-1, heads, *self.grid_shape)).numpy()
+            maps = weights[:, :, first_patch:, first_patch:].mean(axis=2)
+        return maps.reshape(*maps.shape[:2], *self.grid_shape)
 
     def attention_maps(self, inputs, targets=None):
         x, maps = self.backbone.embed(self.preprocess(self.raw_array(inputs))), []

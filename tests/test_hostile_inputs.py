@@ -667,3 +667,28 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_keeps_the_previous_one(
     assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["step-000000001"]
     model.compile("adam", "mse")
     assert checkpoint.restore(model)["steps"] == 1
+
+
+def test_a_checkpoint_with_an_edited_step_history_is_read_as_unreadable(tmp_path, capsys):
+    import json
+
+    import keras
+
+    from zoo.training import TrainingCheckpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("adam", "mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 2)), batch_size=4, epochs=2, verbose=0,
+              callbacks=[TrainingCheckpoint(tmp_path / "backup")])
+    newest = tmp_path / "backup" / "step-000000002" / TrainingCheckpoint.STATE_FILE
+    state = json.loads(newest.read_text())
+    assert state["step_history"]["epoch_ends"] == [1, 2]
+    for edited in ({"stride": 0}, {"metrics": {"loss": ["not a number"]}},
+                   {"metrics": {"step": [1, 2], "loss": [0.5]}}, "a string"):
+        newest.write_text(json.dumps({**state, "step_history": edited}))
+        checkpoint = TrainingCheckpoint(tmp_path / "backup")
+        model.compile("adam", "mse")
+        # The older checkpoint is taken, with its own record, not the edited one.
+        assert checkpoint.restore(model)["steps"] == 1
+        assert checkpoint.step_history.epoch_ends == [1]
+        assert "step-000000002 is unreadable (malformed step history" in capsys.readouterr().out

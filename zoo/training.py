@@ -263,6 +263,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 self._check_same_run(state.get("fingerprint"))
                 if model.optimizer is not None and not model.optimizer.built:
                     model.optimizer.build(model.trainable_variables)
+                step_history = StepHistory(state.get("step_history"))
                 model.load_weights(str(folder / self.WEIGHTS_FILE))
             except RunMismatchError:
                 raise
@@ -270,7 +271,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 print(f"checkpoint {folder} is unreadable ({error}); trying an older one")
                 continue
             self.history = state["history"]
-            self.step_history = StepHistory(state.get("step_history"))
+            self.step_history = step_history
             return state
         return None
 
@@ -305,12 +306,13 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._last_saved = self._steps()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step_history.record(self._steps(), logs)
+        steps = self._steps()
+        self.step_history.record(steps, logs)
         # `batch` is the last of the steps one call ran (steps_per_execution);
         # an epoch's last batch is saved as the epoch's end.
         if batch + 1 >= self.params.get("steps", float("inf")):
             return
-        if self.every_steps and self._steps() - self._last_saved >= self.every_steps:
+        if self.every_steps and steps - self._last_saved >= self.every_steps:
             self._save(self._epoch, self._skipped + batch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -377,9 +379,19 @@ class StepHistory:
 
     def __init__(self, saved=None, max_points=1000):
         saved = saved or {}
-        self.stride = saved.get("stride", 1)
-        self.epoch_ends = list(saved.get("epoch_ends", []))
-        self.metrics = {name: list(values) for name, values in saved.get("metrics", {}).items()}
+        # `saved` comes from a checkpoint's state.json: a file edited by hand
+        # or cut short is refused (and the checkpoint read as unreadable).
+        try:
+            self.stride = int(saved.get("stride", 1))
+            self.epoch_ends = [int(step) for step in saved.get("epoch_ends", [])]
+            self.metrics = {str(name): [float(value) for value in values]
+                            for name, values in saved.get("metrics", {}).items()}
+        except (AttributeError, TypeError, ValueError) as error:
+            raise ValueError(f"malformed step history ({error})") from None
+        lengths = {len(values) for values in self.metrics.values()}
+        if self.stride < 1 or len(lengths) > 1:
+            raise ValueError(f"malformed step history (stride {self.stride}, "
+                             f"metric lengths {sorted(lengths)})")
         self.max_points = max_points
 
     def record(self, step, logs):

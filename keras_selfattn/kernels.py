@@ -5,8 +5,16 @@ query `(B, T_q, H, K)`, key `(B, T_k, G, K)`, value `(B, T_k, G, V)`, where `G`
 divides `H` (grouped-query attention; `G == H` is ordinary multi-head).
 Attention weights are `(B, H, T_q, T_k)`; a mask is boolean, `True` = may
 attend, broadcastable to the weights.
+
+The blocked kernel reads top to bottom: `BlockLayout` fixes the blocks once
+(sizes, padding, which neighbour blocks a band meets) and packs the inputs;
+`BlockMasks` pads the masks; `block_mask` is the one masking rule, per block;
+`blocked_forward`, `blocked_query_gradient` and `blocked_key_value_gradient`
+are three scans from tensors to tensors, joined by `blocked_attention`.
+`banded_attention` runs the same band layout and step on every block at once.
 """
 
+import dataclasses
 import math
 
 from keras import ops
@@ -60,11 +68,12 @@ def position_mask(query_length, key_length, causal=False, window_size=None,
 
 def positions_mask(query_positions, key_positions, causal=False,
                    window_size=None, global_tokens=0):
-    """`position_mask` for given int32 query `(n,)` and key `(m,)` positions."""
+    """`position_mask` for given int32 query `(..., n)` and key `(..., m)`
+    positions; returns `(..., n, m)`."""
     if not causal and window_size is None:
         return None
     query_positions = ops.expand_dims(query_positions, -1)
-    key_positions = ops.expand_dims(key_positions, 0)
+    key_positions = ops.expand_dims(key_positions, -2)
     mask = None
     if causal:
         mask = combine_masks(
@@ -300,114 +309,497 @@ def attention_block_size(rows_per_position, length):
     return int(min(512, max(16, 2 ** int(math.log2(max(size, 1))))))
 
 
-def _in_order(body, blocks, like):
-    """`[body(block) for block in blocks]`, stacked, one block at a time.
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+    """How the blocked kernel cuts queries and keys into blocks.
 
-    `blocks` is a dict of tensors stacked on axis 0. `ops.map` is
-    `tf.map_fn` on TensorFlow, which runs up to 10 iterations at once and
-    so holds 10 blocks' scores; `ops.scan` runs them in order. The
-    TensorFlow backend's scan writes its outputs into arrays shaped like the
-    carry, so the carry is the last output, `like` its initial value; and
-    it fails on several inputs of unknown length, so it scans block indices
-    and each step takes its block.
+    The kernel works on queries `(B, G, R, T_q, K)` (`R = H // G` query
+    heads share each key head, so they become rows of one matmul), keys
+    `(B, G, T_k, K)` and values `(B, G, T_k, V)`, each padded to whole
+    blocks. Without a band every query block meets every key. With `band`
+    (self-attention with a window no wider than a block) query block `i`
+    meets key blocks `i - 1, i, i + 1` (causal: `i - 1, i`), and key block
+    `j` the query blocks that can reach it.
+
+    Build it with `BlockLayout.create`; `pack` and `unpack_*` move tensors
+    between the layers' `(B, T, H, K)` layout and the kernel's.
     """
-    def step(carry, index):
-        del carry
-        output = body({
-            name: ops.take(stacked, index, axis=0)
-            for name, stacked in blocks.items()
-        })
-        return output, output
 
-    count = ops.shape(next(iter(blocks.values())))[0]
-    return ops.scan(step, like, ops.arange(count, dtype="int32"))[1]
+    batch: object
+    groups: int
+    ratio: int
+    query_length: object
+    key_length: object
+    query_block: int
+    key_block: int
+    causal: bool = False
+    window_size: object = None
+    query_offset: object = 0
+    band: bool = False
+
+    @classmethod
+    def create(cls, query, key, causal=False, window_size=None,
+               query_offset=0, block_size=None, band=False):
+        """The layout for `query (B, T_q, H, K)` and `key (B, T_k, G, K)`.
+
+        Block sizes come from a memory budget (`attention_block_size`)
+        unless `block_size` is given; a band's blocks are at least its
+        window (so that neighbours cover it) and `_BAND_MIN_BLOCK`.
+        """
+        batch, query_length, heads, _ = static_or_dynamic_shape(query)
+        key_length = static_or_dynamic_shape(key)[1]
+        groups = key.shape[2]
+        if band:
+            if window_size is None:
+                raise ValueError("`band=True` needs a `window_size`.")
+            query_block = key_block = max(
+                window_size, block_size or _BAND_MIN_BLOCK)
+        else:
+            rows = (batch if isinstance(batch, int) else 1) * heads
+            query_block = block_size or attention_block_size(rows, key_length)
+            key_block = block_size or attention_block_size(rows, query_length)
+        return cls(batch, groups, heads // groups, query_length, key_length,
+                   query_block, key_block, causal, window_size, query_offset,
+                   band)
+
+    @property
+    def heads(self):
+        return self.groups * self.ratio
+
+    @property
+    def num_query_blocks(self):
+        return (self.query_length + self.query_block - 1) // self.query_block
+
+    @property
+    def num_key_blocks(self):
+        return (self.key_length + self.key_block - 1) // self.key_block
+
+    @property
+    def query_padded(self):
+        return self.num_query_blocks * self.query_block
+
+    @property
+    def key_padded(self):
+        return self.num_key_blocks * self.key_block
+
+    @property
+    def key_neighbours(self):
+        """In a band, the key blocks query block `i` meets, as offsets from
+        block `i - 1`."""
+        return (0, 1) if self.causal else (0, 1, 2)
+
+    @property
+    def query_neighbours(self):
+        """In a band, the query blocks that meet key block `j`, as offsets
+        from block `j - 1`."""
+        return (1, 2) if self.causal else (0, 1, 2)
+
+    @property
+    def keys_per_query_block(self):
+        if self.band:
+            return len(self.key_neighbours) * self.key_block
+        return self.key_padded
+
+    @property
+    def queries_per_key_block(self):
+        if self.band:
+            return len(self.query_neighbours) * self.query_block
+        return self.query_padded
+
+    @property
+    def query_limit(self):
+        """The query length, where blocks hold positions outside it that
+        must be masked (a band's neighbours past either end); else `None`.
+        Padded query rows of a full layout are cut off after the scan."""
+        return self.query_length if self.band else None
+
+    @property
+    def key_limit(self):
+        """The key length, where blocks hold keys outside it; else `None`."""
+        padded = not (isinstance(self.key_length, int)
+                      and self.key_padded == self.key_length)
+        return self.key_length if self.band or padded else None
+
+    def query_positions(self):
+        return ops.arange(self.query_padded, dtype="int32") + self.query_offset
+
+    def key_positions(self):
+        return ops.arange(self.key_padded, dtype="int32")
+
+    def query_block_shape(self, width=None):
+        """`(B, G, R, n_q)` of one query block, with `width` appended."""
+        shape = (self.batch, self.groups, self.ratio, self.query_block)
+        return shape if width is None else shape + (width,)
+
+    def pack(self, query, key, value, scale):
+        """`(B, T, H|G, ·)` inputs to the kernel's padded layout; the query
+        is multiplied by `scale`."""
+        batch, width = self.batch, query.shape[-1]
+        query = ops.multiply(query, ops.cast(scale, query.dtype))
+        queries = ops.transpose(
+            ops.reshape(
+                _pad_axis(query, 1, 0, self.query_padded - self.query_length),
+                (batch, self.query_padded, self.groups, self.ratio, width),
+            ),
+            (0, 2, 3, 1, 4),
+        )
+        extra_keys = self.key_padded - self.key_length
+        keys = _pad_axis(ops.transpose(key, (0, 2, 1, 3)), 2, 0, extra_keys)
+        values = _pad_axis(
+            ops.transpose(value, (0, 2, 1, 3)), 2, 0, extra_keys)
+        return queries, keys, values
+
+    def unpack_output(self, output):
+        """`(B, G, R, T_pad, V)` to `(B, T_q, H, V)`."""
+        output = ops.reshape(
+            ops.transpose(output, (0, 3, 1, 2, 4)),
+            (self.batch, self.query_padded, self.heads, output.shape[-1]),
+        )
+        return output[:, :self.query_length]
+
+    def unpack_rows(self, rows):
+        """`(B, G, R, T_pad)` to `(B, T_q, H)`."""
+        rows = ops.reshape(
+            ops.transpose(rows, (0, 3, 1, 2)),
+            (self.batch, self.query_padded, self.heads),
+        )
+        return rows[:, :self.query_length]
 
 
-def _blocks(x, axis, block, num_blocks):
-    """Pads `axis` to `num_blocks * block` and moves the blocks to axis 0."""
-    shape = static_or_dynamic_shape(x)
-    padded = _pad_axis(x, axis, 0, num_blocks * block - shape[axis])
-    split = shape[:axis] + (num_blocks, block) + shape[axis + 1:]
-    return ops.moveaxis(ops.reshape(padded, split), axis, 0)
+@dataclasses.dataclass(frozen=True)
+class BlockMasks:
+    """The masks of the blocked kernel, padded to whole blocks.
+
+    `query` is `(B, T_q)`, `key` `(B, T_k)`, `explicit`
+    `(B|1, H|1, T_q, T_k)`; each is boolean or `None`.
+    """
+
+    query: object = None
+    key: object = None
+    explicit: object = None
+
+    @classmethod
+    def create(cls, layout, query_mask=None, key_mask=None,
+               attention_mask=None):
+        if query_mask is not None:
+            query_mask = _pad_bool(query_mask, 1, layout.query_padded)
+        if key_mask is not None:
+            key_mask = _pad_bool(key_mask, 1, layout.key_padded)
+        if attention_mask is not None:
+            lead = static_or_dynamic_shape(attention_mask)[:2]
+            full = ops.broadcast_to(
+                attention_mask,
+                lead + (layout.query_length, layout.key_length))
+            attention_mask = _pad_bool(
+                _pad_bool(full, 2, layout.query_padded), 3, layout.key_padded)
+        return cls(query_mask, key_mask, attention_mask)
 
 
-def _pad_bool(mask, axis, length):
-    shape = static_or_dynamic_shape(mask)
-    padded = _pad_axis(ops.cast(mask, "int32"), axis, 0, length - shape[axis])
-    return ops.cast(padded, "bool")
+def block_mask(layout, query_positions, key_positions, query_mask=None,
+               key_mask=None, explicit=None):
+    """Which keys each query of a block may attend, the one masking rule of
+    the blocked and banded kernels.
 
+    Args:
+        layout: the `BlockLayout` (causal, window, lengths to check).
+        query_positions, key_positions: int32 `(..., n_q)` and `(..., n_k)`.
+        query_mask, key_mask: `(..., B, n_q)` and `(..., B, n_k)`, or `None`.
+        explicit: `(..., B|1, H|1, n_q, n_k)`, or `None`.
 
-def _grouped_mask(query_positions, key_positions, causal, window_size,
-                  query_mask=None, key_mask=None, explicit=None,
-                  query_length=None, key_length=None, groups=1):
-    """The mask of a block as `(B|1, G|1, R|1, n_q, n_k)`, or `None`.
+    The leading `...` is empty for one block of a scan, or a blocks axis
+    when every block is computed at once.
 
-    `query_mask` is `(B, n_q)`, `key_mask` `(B, n_k)`, `explicit`
-    `(B|1, H|1, n_q, n_k)`. Positions outside `[0, query_length)` and
-    `[0, key_length)` (padding of the last block, or neighbour blocks past
-    either end) are masked when those lengths are given.
+    Returns:
+        A boolean `(..., B|1, G|1, R|1, n_q, n_k)`, or `None` when nothing
+        is masked.
     """
     masks = []
-    positions = positions_mask(
-        query_positions, key_positions, causal, window_size
-    )
+    positions = positions_mask(query_positions, key_positions, layout.causal,
+                               layout.window_size)
     if positions is not None:
-        masks.append(positions[None, None, None])
-    if query_length is not None:
-        inside = _inside(query_positions, query_length)
-        masks.append(inside[None, None, None, :, None])
-    if key_length is not None:
-        inside = _inside(key_positions, key_length)
-        masks.append(inside[None, None, None, None, :])
+        masks.append(positions[..., None, None, None, :, :])
+    if layout.query_limit is not None:
+        inside = _inside(query_positions, layout.query_limit)
+        masks.append(inside[..., None, None, None, :, None])
+    if layout.key_limit is not None:
+        inside = _inside(key_positions, layout.key_limit)
+        masks.append(inside[..., None, None, None, None, :])
     if query_mask is not None:
-        masks.append(query_mask[:, None, None, :, None])
+        masks.append(query_mask[..., :, None, None, :, None])
     if key_mask is not None:
-        masks.append(key_mask[:, None, None, None, :])
+        masks.append(key_mask[..., :, None, None, None, :])
     if explicit is not None:
-        lead, heads, rows, cols = static_or_dynamic_shape(explicit)
-        if heads == 1:
-            masks.append(explicit[:, :, None])
+        shape = static_or_dynamic_shape(explicit)
+        if shape[-3] == 1:
+            masks.append(explicit[..., None, :, :])
         else:
             masks.append(ops.reshape(
-                explicit, (lead, groups, heads // groups, rows, cols)
+                explicit,
+                shape[:-3] + (layout.groups, layout.ratio) + shape[-2:],
             ))
     return combine_masks(*masks)
 
 
-def _inside(positions, length):
-    return ops.logical_and(
-        ops.greater_equal(positions, 0), ops.less(positions, length)
-    )
+# The time axis of each tensor a scan reads, by the side it belongs to:
+# queries and what has one value per query row, and keys and values.
+_QUERY_SIDE = {"queries": 3, "upstream": 3, "log_sum": 3, "row_dot": 3,
+               "query_positions": 0, "query_mask": 1}
+_KEY_SIDE = {"keys": 2, "values": 2, "key_positions": 0, "key_mask": 1}
 
 
-def _neighbours(x, axis, block, num_blocks, offsets):
-    """For each block along `axis`, its neighbour blocks side by side.
+def _scan_inputs(layout, masks, over_queries, **tensors):
+    """Splits the inputs of a scan over query blocks (`over_queries`) or key
+    blocks into `(per_block, whole)`.
 
-    Block `i` gets blocks `i + o - 1` for `o` in `offsets` (zeros outside
-    the sequence). Returns the blocks on axis 0: `x.shape` with `axis`
-    replaced by `len(offsets) * block`, behind `num_blocks`.
+    `per_block` tensors are stacked on a new axis 0, one block per step:
+    the scanned side's blocks, and in a band the neighbour blocks of the
+    other side that each block meets. `whole` tensors (the other side,
+    without a band) are read entire by every step.
     """
+    tensors = {
+        "query_positions": layout.query_positions(),
+        "key_positions": layout.key_positions(),
+        "query_mask": masks.query,
+        "key_mask": masks.key,
+        **tensors,
+    }
+    if over_queries:
+        own, other = _QUERY_SIDE, _KEY_SIDE
+        own_block, num_own = layout.query_block, layout.num_query_blocks
+        other_block, num_other = layout.key_block, layout.num_key_blocks
+        neighbours = layout.key_neighbours
+    else:
+        own, other = _KEY_SIDE, _QUERY_SIDE
+        own_block, num_own = layout.key_block, layout.num_key_blocks
+        other_block, num_other = layout.query_block, layout.num_query_blocks
+        neighbours = layout.query_neighbours
+    per_block, whole = {}, {}
+    for name, x in tensors.items():
+        if x is None:
+            continue
+        if name in own:
+            per_block[name] = _blocks(x, own[name], own_block, num_own)
+        elif not layout.band:
+            whole[name] = x
+        elif name.endswith("_positions"):
+            # Neighbours past either end keep their (out of range)
+            # positions, which the mask then excludes.
+            per_block[name] = _neighbour_positions(
+                other_block, num_other, neighbours)
+        else:
+            per_block[name] = _neighbours(
+                x, other[name], other_block, num_other, neighbours)
+    if masks.explicit is not None:
+        if layout.band:
+            # Only the band of the `(T, T)` mask, read without copying it.
+            query_positions = per_block["query_positions"][:, :, None]
+            key_positions = per_block["key_positions"][:, None, :]
+            per_block["explicit"] = ops.moveaxis(_band_of_dense_mask(
+                masks.explicit, layout.query_padded, query_positions,
+                key_positions), 2, 0)
+        elif over_queries:
+            per_block["explicit"] = _blocks(
+                masks.explicit, 2, layout.query_block, layout.num_query_blocks)
+        else:
+            per_block["explicit"] = _blocks(
+                masks.explicit, 3, layout.key_block, layout.num_key_blocks)
+    return per_block, whole
+
+
+def _scan_blocks(step, per_block, whole, like):
+    """`step(inputs)` for each block in order, stacked on axis 0.
+
+    `inputs` holds that block's slice of every `per_block` tensor and every
+    `whole` tensor. `ops.map` is `tf.map_fn` on TensorFlow, which runs up to
+    10 iterations at once and so holds 10 blocks' scores; `ops.scan` runs
+    them in order. The TensorFlow backend's scan writes its outputs into
+    arrays shaped like the carry, so the carry is the last output, `like`
+    its initial value; and it fails on several inputs of unknown length, so
+    it scans block indices and each step takes its block.
+    """
+    def scan_step(carry, index):
+        del carry
+        inputs = dict(whole)
+        for name, stacked in per_block.items():
+            inputs[name] = ops.take(stacked, index, axis=0)
+        output = step(inputs)
+        return output, output
+
+    count = ops.shape(next(iter(per_block.values())))[0]
+    return ops.scan(scan_step, like, ops.arange(count, dtype="int32"))[1]
+
+
+def _rows(x):
+    """`(..., R, n, D)` to `(..., R * n, D)`: the query heads sharing a key
+    head become rows of one matmul."""
     shape = static_or_dynamic_shape(x)
-    padded = _pad_axis(x, axis, block, (num_blocks + 1) * block - shape[axis])
-    split = ops.reshape(
-        padded, shape[:axis] + (num_blocks + 2, block) + shape[axis + 1:]
-    )
-    index = [slice(None)] * (len(shape) + 1)
-    spans = []
-    for offset in offsets:
-        index[axis] = slice(offset, offset + num_blocks)
-        spans.append(split[tuple(index)])
-    return ops.moveaxis(ops.concatenate(spans, axis=axis + 1), axis, 0)
+    return ops.reshape(x, shape[:-3] + (shape[-3] * shape[-2], shape[-1]))
 
 
-def _neighbour_positions(block, num_blocks, offsets):
-    """Positions `(num_blocks, len(offsets) * block)` of `_neighbours`."""
-    starts = ops.arange(num_blocks, dtype="int32") * block
-    return ops.concatenate(
-        [(starts + (offset - 1) * block)[:, None]
-         + ops.arange(block, dtype="int32")[None] for offset in offsets],
-        axis=1,
+def _swap_last(x):
+    return ops.swapaxes(x, -1, -2)
+
+
+def _query_block_scores(layout, inputs):
+    """Float32 masked logits of a query block against the keys it meets:
+    `(..., B, G, R, n_q, n_k)`."""
+    queries, keys = inputs["queries"], inputs["keys"]
+    shape = static_or_dynamic_shape(queries)[:-1] + (keys.shape[-2],)
+    scores = ops.reshape(
+        ops.cast(ops.matmul(_rows(queries), _swap_last(keys)), "float32"),
+        shape,
     )
+    mask = block_mask(
+        layout, inputs["query_positions"], inputs["key_positions"],
+        inputs.get("query_mask"), inputs.get("key_mask"),
+        inputs.get("explicit"),
+    )
+    return scores if mask is None else ops.where(mask, scores, _MASKED_LOGIT)
+
+
+def _unnormalized_weights(scores):
+    """`exp(scores - row max)`, the row max, and the row sum."""
+    row_max = ops.max(scores, axis=-1, keepdims=True)
+    weights = ops.exp(scores - row_max)
+    return weights, row_max, ops.sum(weights, axis=-1, keepdims=True)
+
+
+def _row_has_key(row_max):
+    return row_max > _MASKED_LOGIT / 2
+
+
+def _recompute_offsets(log_sum):
+    """The forward's log-sum-exp as the backward subtracts it: a row with no
+    allowed key has `-1e9`, read as 0 so that its `exp(-1e9 - 0)` is 0."""
+    return ops.where(_row_has_key(log_sum), log_sum, 0.0)
+
+
+def blocked_forward(layout, masks, queries, keys, values):
+    """The forward scan over query blocks; each block's softmax is exact.
+
+    Args:
+        layout: a `BlockLayout`; masks: its `BlockMasks`.
+        queries: `(B, G, R, T_q_pad, K)`, already scaled.
+        keys, values: `(B, G, T_k_pad, K)` and `(B, G, T_k_pad, V)`.
+
+    Returns:
+        `(output, log_sum)`: `(B, G, R, T_q_pad, V)` in the queries' dtype
+        (zero on rows with no allowed key) and each row's float32
+        log-sum-exp `(B, G, R, T_q_pad)` (`-1e9` on rows with no key).
+    """
+    dtype, value_width = queries.dtype, values.shape[-1]
+
+    def step(inputs):
+        weights, row_max, row_sum = _unnormalized_weights(
+            _query_block_scores(layout, inputs))
+        output = ops.matmul(_rows(ops.cast(weights, dtype)), inputs["values"])
+        output = ops.reshape(ops.cast(output, "float32"),
+                             layout.query_block_shape(value_width)) / row_sum
+        has_key = _row_has_key(row_max)
+        log_sum = ops.where(has_key, row_max + ops.log(row_sum),
+                            _MASKED_LOGIT)
+        output = ops.where(has_key, output, 0.0)
+        return ops.cast(output, dtype), ops.squeeze(log_sum, -1)
+
+    per_block, whole = _scan_inputs(layout, masks, True, queries=queries,
+                                    keys=keys, values=values)
+    output, log_sum = _scan_blocks(step, per_block, whole, (
+        ops.zeros(layout.query_block_shape(value_width), dtype),
+        ops.zeros(layout.query_block_shape(), "float32"),
+    ))
+    return _unblock(output, 3), _unblock(log_sum, 3)
+
+
+def blocked_query_gradient(layout, masks, queries, keys, values, upstream,
+                           log_sum, row_dot):
+    """The query gradient, scanning query blocks and recomputing weights.
+
+    Args:
+        layout, masks, queries, keys, values: as for `blocked_forward`.
+        upstream: `(B, G, R, T_q_pad, V)`, the gradient of the output.
+        log_sum: `(B, G, R, T_q_pad)`, the forward's log-sum-exp.
+        row_dot: `(B, G, R, T_q_pad)` float32, `rowsum(upstream * output)`
+            less the gradient of `log_sum` (the softmax gradient's row term).
+
+    Returns:
+        The gradient of the (scaled) `queries`, shaped like them.
+    """
+    dtype, key_width = queries.dtype, queries.shape[-1]
+
+    def step(inputs):
+        weights = ops.exp(_query_block_scores(layout, inputs)
+                          - inputs["log_sum"][..., None])
+        weight_grads = ops.matmul(_rows(inputs["upstream"]),
+                                  _swap_last(inputs["values"]))
+        weight_grads = ops.reshape(ops.cast(weight_grads, "float32"),
+                                   static_or_dynamic_shape(weights))
+        score_grads = weights * (weight_grads - inputs["row_dot"][..., None])
+        query_grad = ops.matmul(_rows(ops.cast(score_grads, dtype)),
+                                inputs["keys"])
+        return ops.reshape(query_grad, layout.query_block_shape(key_width))
+
+    per_block, whole = _scan_inputs(
+        layout, masks, True, queries=queries, keys=keys, values=values,
+        upstream=ops.cast(upstream, dtype),
+        log_sum=_recompute_offsets(log_sum), row_dot=row_dot)
+    return _unblock(_scan_blocks(
+        step, per_block, whole,
+        ops.zeros(layout.query_block_shape(key_width), dtype)), 3)
+
+
+def blocked_key_value_gradient(layout, masks, queries, keys, values,
+                               upstream, log_sum, row_dot):
+    """The key and value gradients, scanning key blocks.
+
+    Each step recomputes its key block's weights against the queries that
+    meet it and writes its own rows of the gradients, so no loop carries an
+    accumulator. Arguments as for `blocked_query_gradient`.
+
+    Returns:
+        `(key_grad, value_grad)`, shaped like `keys` and `values`.
+    """
+    dtype = queries.dtype
+    batch, groups, key_block = layout.batch, layout.groups, layout.key_block
+    key_width, value_width = keys.shape[-1], values.shape[-1]
+
+    def step(inputs):
+        query_rows = _rows(inputs["queries"])
+        upstream_rows = _rows(inputs["upstream"])
+        queries_seen = static_or_dynamic_shape(inputs["queries"])[-2]
+        # The key pass's scores are (B, G, n_k, R, n_q): key rows against
+        # every query head sharing them.
+        scores_shape = (batch, groups, key_block, layout.ratio, queries_seen)
+        flat_shape = (batch, groups, key_block, layout.ratio * queries_seen)
+        scores = ops.reshape(ops.cast(
+            ops.matmul(inputs["keys"], _swap_last(query_rows)), "float32"),
+            scores_shape)
+        mask = block_mask(
+            layout, inputs["query_positions"], inputs["key_positions"],
+            inputs.get("query_mask"), inputs.get("key_mask"),
+            inputs.get("explicit"))
+        if mask is not None:
+            scores = ops.where(ops.transpose(mask, (0, 1, 4, 2, 3)), scores,
+                               _MASKED_LOGIT)
+        weights = ops.exp(scores - inputs["log_sum"][:, :, None])
+        value_grad = ops.matmul(
+            ops.cast(ops.reshape(weights, flat_shape), dtype), upstream_rows)
+        weight_grads = ops.reshape(ops.cast(
+            ops.matmul(inputs["values"], _swap_last(upstream_rows)),
+            "float32"), scores_shape)
+        score_grads = weights * (weight_grads - inputs["row_dot"][:, :, None])
+        key_grad = ops.matmul(
+            ops.cast(ops.reshape(score_grads, flat_shape), dtype), query_rows)
+        return key_grad, value_grad
+
+    per_block, whole = _scan_inputs(
+        layout, masks, False, queries=queries, keys=keys, values=values,
+        upstream=ops.cast(upstream, dtype),
+        log_sum=_recompute_offsets(log_sum), row_dot=row_dot)
+    key_grad, value_grad = _scan_blocks(step, per_block, whole, (
+        ops.zeros((batch, groups, key_block, key_width), dtype),
+        ops.zeros((batch, groups, key_block, value_width), dtype),
+    ))
+    return _unblock(key_grad, 2), _unblock(value_grad, 2)
 
 
 def blocked_attention(query, key, value, scale=None, query_mask=None,
@@ -419,7 +811,7 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
     Queries are processed in blocks, so each block's softmax is exact; only
     the output and one log-sum-exp per query row are kept. The gradient
     (FlashAttention-2's) recomputes each block's weights from that
-    log-sum-exp: one pass over query blocks gives the query gradient, one
+    log-sum-exp: one scan over query blocks gives the query gradient, one
     over key blocks the key and value gradients, so the backward pass holds
     no `T_q x T_k` tensor either and no loop carries an accumulator. Masks
     follow `dense_attention_mask`, combined by AND; rows with no allowed
@@ -452,330 +844,42 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
         The output `(B, T_q, H, V)`, and with `return_log_sum` the float32
         log-sum-exp `(B, T_q, H)` (`_MASKED_LOGIT` on rows with no allowed
         key). There is no dropout on this path; the layers use the dense
-        kernel when dropout is active.
+        kernel (or `banded_attention`) when dropout is active.
     """
-    batch, q_len, heads, key_width = static_or_dynamic_shape(query)
-    k_len = static_or_dynamic_shape(key)[1]
-    groups, value_width = key.shape[2], value.shape[-1]
-    ratio = heads // groups
-    dtype = query.dtype
     if scale is None:
-        scale = 1.0 / math.sqrt(key_width)
-    if band:
-        if window_size is None:
-            raise ValueError("`band=True` needs a `window_size`.")
-        q_block = k_block = max(window_size, block_size or _BAND_MIN_BLOCK)
-    else:
-        rows = (batch if isinstance(batch, int) else 1) * heads
-        q_block = block_size or attention_block_size(rows, k_len)
-        k_block = block_size or attention_block_size(rows, q_len)
-    num_q_blocks = (q_len + q_block - 1) // q_block
-    num_k_blocks = (k_len + k_block - 1) // k_block
-    q_padded = num_q_blocks * q_block
-    k_padded = num_k_blocks * k_block
-    # Key pass: the query blocks that see key block j; query pass: the key
-    # blocks query block i sees.
-    query_side = (1, 2) if causal else (0, 1, 2)
-    key_side = (0, 1) if causal else (0, 1, 2)
-
-    query = ops.multiply(query, ops.cast(scale, dtype))
-    # (B, T, H, K) -> (B, G, R, T_pad, K): the R query heads sharing a key
-    # head become rows of one matmul against that key head.
-    queries = ops.transpose(
-        ops.reshape(
-            _pad_axis(query, 1, 0, q_padded - q_len),
-            (batch, q_padded, groups, ratio, key_width),
-        ),
-        (0, 2, 3, 1, 4),
-    )
-    keys = _pad_axis(ops.transpose(key, (0, 2, 1, 3)), 2, 0, k_padded - k_len)
-    values = _pad_axis(
-        ops.transpose(value, (0, 2, 1, 3)), 2, 0, k_padded - k_len
-    )
-    query_positions = ops.arange(q_padded, dtype="int32") + query_offset
-    key_positions = ops.arange(k_padded, dtype="int32")
-    if query_mask is not None:
-        query_mask = _pad_bool(query_mask, 1, q_padded)
-    if key_mask is not None:
-        key_mask = _pad_bool(key_mask, 1, k_padded)
-    if attention_mask is not None:
-        lead = static_or_dynamic_shape(attention_mask)[:2]
-        attention_mask = _pad_bool(
-            _pad_bool(
-                ops.broadcast_to(attention_mask, lead + (q_len, k_len)),
-                2, q_padded,
-            ),
-            3, k_padded,
-        )
-
-    # What each pass reads per block (stacked on axis 0, the scan's) and
-    # what it reads whole: the other side, whole or as neighbour blocks.
-    query_pass = {"query_positions": _blocks(
-        query_positions, 0, q_block, num_q_blocks)}
-    query_pass_whole = {"key_positions": key_positions}
-    key_pass = {"key_positions": _blocks(
-        key_positions, 0, k_block, num_k_blocks)}
-    key_pass_whole = {"query_positions": query_positions}
-    if query_mask is not None:
-        query_pass["query_mask"] = _blocks(query_mask, 1, q_block, num_q_blocks)
-        key_pass_whole["query_mask"] = query_mask
-    if key_mask is not None:
-        key_pass["key_mask"] = _blocks(key_mask, 1, k_block, num_k_blocks)
-        query_pass_whole["key_mask"] = key_mask
-    if band:
-        query_pass["key_positions"] = _neighbour_positions(
-            k_block, num_k_blocks, key_side
-        )
-        key_pass["query_positions"] = _neighbour_positions(
-            q_block, num_q_blocks, query_side
-        )
-        if key_mask is not None:
-            query_pass["key_mask"] = _neighbours(
-                key_mask, 1, k_block, num_k_blocks, key_side
-            )
-        if query_mask is not None:
-            key_pass["query_mask"] = _neighbours(
-                query_mask, 1, q_block, num_q_blocks, query_side
-            )
-        if attention_mask is not None:
-            own_queries = query_pass["query_positions"][:, :, None]
-            own_keys = key_pass["key_positions"][:, None, :]
-            query_pass["explicit"] = ops.moveaxis(_band_of_dense_mask(
-                attention_mask, q_padded,
-                own_queries, query_pass["key_positions"][:, None, :],
-            ), 2, 0)
-            key_pass["explicit"] = ops.moveaxis(_band_of_dense_mask(
-                attention_mask, q_padded,
-                key_pass["query_positions"][:, :, None], own_keys,
-            ), 2, 0)
-    elif attention_mask is not None:
-        query_pass["explicit"] = _blocks(
-            attention_mask, 2, q_block, num_q_blocks
-        )
-        key_pass["explicit"] = _blocks(
-            attention_mask, 3, k_block, num_k_blocks
-        )
-    # Padding of the last block and neighbours past either end.
-    query_limit = q_len if band else None
-    key_limit = k_len if band or not (
-        isinstance(k_len, int) and k_padded == k_len) else None
-
-    def part(block, whole, name):
-        return block[name] if name in block else whole.get(name)
-
-    def query_block_mask(block):
-        return _grouped_mask(
-            block["query_positions"],
-            part(block, query_pass_whole, "key_positions"),
-            causal, window_size, block.get("query_mask"),
-            part(block, query_pass_whole, "key_mask"), block.get("explicit"),
-            query_limit, key_limit, groups,
-        )
-
-    def key_block_mask(block):
-        mask = _grouped_mask(
-            part(block, key_pass_whole, "query_positions"),
-            block["key_positions"], causal, window_size,
-            part(block, key_pass_whole, "query_mask"), block.get("key_mask"),
-            block.get("explicit"), query_limit, key_limit, groups,
-        )
-        # (.., R, n_q, n_k) -> (.., n_k, R, n_q), the key pass's layout.
-        return None if mask is None else ops.transpose(mask, (0, 1, 4, 2, 3))
-
-    def rows_of(x):
-        """(B, G, R, n, D) -> (B, G, R * n, D), the matmul's rows."""
-        shape = static_or_dynamic_shape(x)
-        return ops.reshape(x, shape[:2] + (shape[2] * shape[3], shape[4]))
-
-    def transposed(x):
-        return ops.transpose(x, (0, 1, 3, 2))
-
-    def logits(left, right, shape, mask):
-        """`left @ right` in float32, shaped `shape` and masked."""
-        scores = ops.reshape(
-            ops.cast(ops.matmul(left, right), "float32"), shape
-        )
-        return scores if mask is None else ops.where(
-            mask, scores, _MASKED_LOGIT
-        )
-
-    key_span = (len(key_side) * k_block) if band else k_padded
-    query_span = (len(query_side) * q_block) if band else q_padded
-
-    def query_block_shape(width):
-        return (batch, groups, ratio, q_block, width)
-
-    key_block_shape = (batch, groups, k_block, ratio, query_span)
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    layout = BlockLayout.create(query, key, causal, window_size, query_offset,
+                                block_size, band)
+    masks = BlockMasks.create(layout, query_mask, key_mask, attention_mask)
 
     @ops.custom_gradient
     def attend(queries, keys, values):
-        # queries (B, G, R, T_pad, K), keys (B, G, T_pad, K), values
-        # (B, G, T_pad, V).
-        query_pass["query"] = _blocks(queries, 3, q_block, num_q_blocks)
-        if band:
-            query_pass["keys"] = _neighbours(
-                keys, 2, k_block, num_k_blocks, key_side
-            )
-            query_pass["values"] = _neighbours(
-                values, 2, k_block, num_k_blocks, key_side
-            )
-        else:
-            query_pass_whole["keys"] = keys
-            query_pass_whole["values"] = values
-
-        def block_logits(block):
-            return logits(
-                rows_of(block["query"]),
-                transposed(part(block, query_pass_whole, "keys")),
-                query_block_shape(key_span), query_block_mask(block),
-            )
-
-        def forward(block):
-            scores = block_logits(block)
-            row_max = ops.max(scores, axis=-1, keepdims=True)
-            weights = ops.exp(scores - row_max)
-            row_sum = ops.sum(weights, axis=-1, keepdims=True)
-            output = ops.matmul(
-                rows_of(ops.cast(weights, dtype)),
-                part(block, query_pass_whole, "values"),
-            )
-            output = ops.reshape(
-                ops.cast(output, "float32"), query_block_shape(value_width)
-            ) / row_sum
-            # A row with no allowed key: zero output, and a log-sum-exp of
-            # -1e9 (read as 0 when the weights are recomputed, so that
-            # exp(-1e9 - 0) is 0 too).
-            row_has_key = row_max > _MASKED_LOGIT / 2
-            output = ops.where(row_has_key, output, 0.0)
-            log_sum = ops.where(
-                row_has_key, row_max + ops.log(row_sum), _MASKED_LOGIT
-            )
-            return ops.cast(output, dtype), ops.squeeze(log_sum, -1)
-
-        output_blocks, log_sum_blocks = _in_order(
-            forward, query_pass,
-            (ops.zeros(query_block_shape(value_width), dtype),
-             ops.zeros(query_block_shape(1)[:-1], "float32")),
-        )
-        output = _unblock(output_blocks, 3)
-        log_sum = _unblock(log_sum_blocks, 3)
+        output, log_sum = blocked_forward(layout, masks, queries, keys, values)
 
         def grad(*args, upstream=None):
-            upstream, log_sum_upstream = (
+            output_grad, log_sum_grad = (
                 args if upstream is None else tuple(upstream))
-            upstream = ops.cast(upstream, dtype)
+            output_grad = ops.cast(output_grad, queries.dtype)
             # D = rowsum(dO * O) - dL: the softmax gradient's row term, less
             # the log-sum-exp's own gradient (dL/dS_ij = P_ij).
-            row_dot = ops.sum(
-                ops.cast(upstream, "float32") * ops.cast(output, "float32"),
-                axis=-1,
-            )
-            if log_sum_upstream is not None:
-                row_dot = row_dot - ops.cast(log_sum_upstream, "float32")
-            offsets = ops.where(log_sum > _MASKED_LOGIT / 2, log_sum, 0.0)
-
-            def query_gradient(block):
-                weights = ops.exp(
-                    block_logits(block) - block["log_sum"][..., None]
-                )
-                weight_grads = ops.reshape(
-                    ops.cast(ops.matmul(
-                        rows_of(block["upstream"]),
-                        transposed(part(block, query_pass_whole, "values")),
-                    ), "float32"),
-                    query_block_shape(key_span),
-                )
-                score_grads = weights * (
-                    weight_grads - block["row_dot"][..., None]
-                )
-                return ops.reshape(
-                    ops.matmul(
-                        rows_of(ops.cast(score_grads, dtype)),
-                        part(block, query_pass_whole, "keys"),
-                    ),
-                    query_block_shape(key_width),
-                )
-
-            query_grad = _unblock(_in_order(
-                query_gradient,
-                {
-                    **query_pass,
-                    "upstream": _blocks(upstream, 3, q_block, num_q_blocks),
-                    "log_sum": _blocks(offsets, 3, q_block, num_q_blocks),
-                    "row_dot": _blocks(row_dot, 3, q_block, num_q_blocks),
-                },
-                ops.zeros(query_block_shape(key_width), dtype),
-            ), 3)
-
-            key_pass["key"] = _blocks(keys, 2, k_block, num_k_blocks)
-            key_pass["value"] = _blocks(values, 2, k_block, num_k_blocks)
-            sides = {"queries": queries, "upstream": upstream,
-                     "log_sum": offsets, "row_dot": row_dot}
-            for name, x in sides.items():
-                if band:
-                    key_pass[name] = _neighbours(
-                        x, 3, q_block, num_q_blocks, query_side
-                    )
-                else:
-                    key_pass_whole[name] = x
-
-            def key_value_gradient(block):
-                query_rows = rows_of(part(block, key_pass_whole, "queries"))
-                upstream_rows = rows_of(
-                    part(block, key_pass_whole, "upstream")
-                )
-                scores = logits(
-                    block["key"], transposed(query_rows), key_block_shape,
-                    key_block_mask(block),
-                )
-                # (B, G, R, n) -> (B, G, 1, R, n), against key rows.
-                weights = ops.exp(
-                    scores - part(block, key_pass_whole, "log_sum")[:, :, None]
-                )
-                weight_rows = ops.reshape(
-                    weights, (batch, groups, k_block, ratio * query_span)
-                )
-                value_grad = ops.matmul(
-                    ops.cast(weight_rows, dtype), upstream_rows
-                )
-                weight_grads = ops.reshape(
-                    ops.cast(ops.matmul(
-                        block["value"], transposed(upstream_rows)
-                    ), "float32"),
-                    key_block_shape,
-                )
-                row_dot_t = part(block, key_pass_whole, "row_dot")[:, :, None]
-                score_grads = ops.reshape(
-                    weights * (weight_grads - row_dot_t),
-                    (batch, groups, k_block, ratio * query_span),
-                )
-                key_grad = ops.matmul(
-                    ops.cast(score_grads, dtype), query_rows
-                )
-                return key_grad, value_grad
-
-            key_grad, value_grad = _in_order(
-                key_value_gradient, key_pass,
-                (ops.zeros((batch, groups, k_block, key_width), dtype),
-                 ops.zeros((batch, groups, k_block, value_width), dtype)),
-            )
-            return query_grad, _unblock(key_grad, 2), _unblock(value_grad, 2)
+            row_dot = ops.sum(ops.cast(output_grad, "float32")
+                              * ops.cast(output, "float32"), axis=-1)
+            if log_sum_grad is not None:
+                row_dot = row_dot - ops.cast(log_sum_grad, "float32")
+            gradient_inputs = (layout, masks, queries, keys, values,
+                               output_grad, log_sum, row_dot)
+            query_grad = blocked_query_gradient(*gradient_inputs)
+            key_grad, value_grad = blocked_key_value_gradient(
+                *gradient_inputs)
+            return query_grad, key_grad, value_grad
 
         return (output, log_sum), grad
 
-    output, log_sum = attend(queries, keys, values)
-    # (B, G, R, T_pad, V) -> (B, T, H, V)
-    output = ops.reshape(
-        ops.transpose(output, (0, 3, 1, 2, 4)),
-        (batch, q_padded, heads, value_width),
-    )[:, :q_len]
+    output, log_sum = attend(*layout.pack(query, key, value, scale))
+    output = layout.unpack_output(output)
     if not return_log_sum:
         return output
-    # (B, G, R, T_pad) -> (B, T, H)
-    log_sum = ops.reshape(
-        ops.transpose(log_sum, (0, 3, 1, 2)), (batch, q_padded, heads)
-    )
-    return output, log_sum[:, :q_len]
+    return output, layout.unpack_rows(log_sum)
 
 
 def merge_global_tokens(query, key, value, band_output, band_log_sum,
@@ -859,6 +963,14 @@ def merge_global_tokens(query, key, value, band_output, band_log_sum,
         [rows, ops.cast(merged[:, g:], band_output.dtype)], axis=1)
 
 
+def _blocks(x, axis, block, num_blocks):
+    """Pads `axis` to `num_blocks * block` and moves the blocks to axis 0."""
+    shape = static_or_dynamic_shape(x)
+    padded = _pad_axis(x, axis, 0, num_blocks * block - shape[axis])
+    split = shape[:axis] + (num_blocks, block) + shape[axis + 1:]
+    return ops.moveaxis(ops.reshape(padded, split), axis, 0)
+
+
 def _unblock(blocks, axis):
     """Inverse of `_blocks` (without removing the padding)."""
     x = ops.moveaxis(blocks, 0, axis)
@@ -874,132 +986,46 @@ def _pad_axis(x, axis, before, after):
     return ops.pad(x, pad)
 
 
-def _neighbour_blocks(x, num_blocks, block, causal):
-    """Gathers for each block of `block` keys the blocks a query block sees.
+def _pad_bool(mask, axis, length):
+    shape = static_or_dynamic_shape(mask)
+    padded = _pad_axis(ops.cast(mask, "int32"), axis, 0, length - shape[axis])
+    return ops.cast(padded, "bool")
 
-    `x` is `(B, T, ...)`. Returns `(B, num_blocks, n * block, ...)` holding
-    blocks `b - 1, b` (causal) or `b - 1, b, b + 1`, with zero blocks outside
-    the sequence.
+
+def _inside(positions, length):
+    return ops.logical_and(
+        ops.greater_equal(positions, 0), ops.less(positions, length)
+    )
+
+
+def _neighbours(x, axis, block, num_blocks, offsets):
+    """For each block along `axis`, its neighbour blocks side by side.
+
+    Block `i` gets blocks `i + o - 1` for `o` in `offsets` (zeros outside
+    the sequence). Returns the blocks on axis 0: `x.shape` with `axis`
+    replaced by `len(offsets) * block`, behind `num_blocks`.
     """
-    offsets = (0, 1) if causal else (0, 1, 2)
-    return ops.moveaxis(_neighbours(x, 1, block, num_blocks, offsets), 0, 1)
-
-
-def banded_positions(length, window_size, causal):
-    """Positions of the blocked layout used by `banded_attention`.
-
-    Returns `(num_blocks, query_positions, key_positions)`, the positions
-    being int32 `(num_blocks, w, 1)` and `(num_blocks, 1, n * w)`, where keys
-    outside `[0, T)` have positions out of that range.
-    """
-    block = window_size
-    num_blocks = (length + block - 1) // block
-    query_positions = _neighbour_positions(block, num_blocks, (1,))
-    key_positions = _neighbour_positions(
-        block, num_blocks, (0, 1) if causal else (0, 1, 2)
+    shape = static_or_dynamic_shape(x)
+    padded = _pad_axis(x, axis, block, (num_blocks + 1) * block - shape[axis])
+    split = ops.reshape(
+        padded, shape[:axis] + (num_blocks + 2, block) + shape[axis + 1:]
     )
-    return num_blocks, query_positions[:, :, None], key_positions[:, None, :]
+    index = [slice(None)] * (len(shape) + 1)
+    spans = []
+    for offset in offsets:
+        index[axis] = slice(offset, offset + num_blocks)
+        spans.append(split[tuple(index)])
+    return ops.moveaxis(ops.concatenate(spans, axis=axis + 1), axis, 0)
 
 
-def banded_attention(query, key, value, window_size, causal=False,
-                     query_mask=None, key_mask=None, attention_mask=None,
-                     scale=None, dropout=None):
-    """Sliding-window self-attention computed blockwise.
-
-    Query `i` sees keys `j` with `abs(i - j) < window_size` (causal:
-    `i - window_size < j <= i`). Queries are cut into blocks of
-    `window_size`; each block attends to its own block and its neighbours
-    only, so memory grows with `T * window_size`, never with `T * T`.
-
-    Args:
-        query, key, value: `(B, T, H, K)`, `(B, T, G, K)`, `(B, T, G, V)`.
-        window_size: positive int.
-        causal: whether to also apply the causal mask.
-        query_mask, key_mask: `(B, T)` padding masks or `None`.
-        attention_mask: explicit mask normalized to `(B|1, H|1, T, T)`; only
-            its band is read.
-        scale, dropout: as in `dot_product_attention`.
-
-    Returns:
-        `(output, band_weights)`: `(B, T, H, V)` and the weights in the
-        blocked layout `(B, H, num_blocks, w, n * w)`; `band_to_dense`
-        expands the latter to `(B, H, T, T)`.
-    """
-    block = window_size
-    batch, length, num_heads, key_width = static_or_dynamic_shape(query)
-    num_kv_heads = key.shape[2]
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.shape[-1])
-    num_blocks, query_positions, key_positions = banded_positions(
-        length, window_size, causal
+def _neighbour_positions(block, num_blocks, offsets):
+    """Positions `(num_blocks, len(offsets) * block)` of `_neighbours`."""
+    starts = ops.arange(num_blocks, dtype="int32") * block
+    return ops.concatenate(
+        [(starts + (offset - 1) * block)[:, None]
+         + ops.arange(block, dtype="int32")[None] for offset in offsets],
+        axis=1,
     )
-    query = ops.multiply(query, ops.cast(scale, query.dtype))
-    query_blocks = ops.reshape(
-        _pad_axis(query, 1, 0, num_blocks * block - length),
-        (batch, num_blocks, block, num_heads, key_width),
-    )
-    key_blocks = _neighbour_blocks(key, num_blocks, block, causal)
-    value_blocks = _neighbour_blocks(value, num_blocks, block, causal)
-    if num_heads == num_kv_heads:
-        logits = ops.einsum("bnqhk,bnshk->bhnqs", query_blocks, key_blocks)
-    else:
-        ratio = num_heads // num_kv_heads
-        grouped = ops.reshape(
-            query_blocks,
-            (batch, num_blocks, block, num_kv_heads, ratio, key_width),
-        )
-        logits = ops.einsum("bnqgrk,bnsgk->bgrnqs", grouped, key_blocks)
-        logits = ops.reshape(
-            logits, (batch, num_heads, num_blocks, block, -1)
-        )
-
-    offsets = query_positions - key_positions
-    in_band = ops.logical_and(
-        ops.less(ops.abs(offsets), window_size),
-        ops.logical_and(
-            ops.greater_equal(key_positions, 0),
-            ops.less(key_positions, length),
-        ),
-    )
-    if causal:
-        in_band = ops.logical_and(in_band, ops.greater_equal(offsets, 0))
-    masks = [in_band[None, None]]
-    if key_mask is not None:
-        key_mask_blocks = _neighbour_blocks(
-            ops.cast(key_mask, "int32"), num_blocks, block, causal
-        )
-        masks.append(ops.cast(key_mask_blocks, "bool")[:, None, :, None, :])
-    if query_mask is not None:
-        query_mask_blocks = ops.reshape(
-            _pad_axis(ops.cast(query_mask, "int32"), 1, 0,
-                      num_blocks * block - length),
-            (batch, num_blocks, block),
-        )
-        masks.append(ops.cast(query_mask_blocks, "bool")[:, None, :, :, None])
-    if attention_mask is not None:
-        masks.append(_band_of_dense_mask(
-            attention_mask, length, query_positions, key_positions
-        ))
-    # Without padding or explicit masks every query sees at least itself.
-    weights = masked_softmax(
-        logits, combine_masks(*masks), query.dtype,
-        rows_may_be_empty=len(masks) > 1,
-    )
-    combined = dropout(weights) if dropout is not None else weights
-
-    if num_heads == num_kv_heads:
-        output = ops.einsum("bhnqs,bnshv->bnqhv", combined, value_blocks)
-    else:
-        grouped = ops.reshape(
-            combined,
-            (batch, num_kv_heads, num_heads // num_kv_heads, num_blocks,
-             block, -1),
-        )
-        output = ops.einsum("bgrnqs,bnsgv->bnqgrv", grouped, value_blocks)
-    output = ops.reshape(
-        output, (batch, num_blocks * block, num_heads, value.shape[-1])
-    )
-    return output[:, :length], weights
 
 
 def _band_of_dense_mask(attention_mask, length, query_positions,
@@ -1012,27 +1038,72 @@ def _band_of_dense_mask(attention_mask, length, query_positions,
     return ops.take(flat, rows * length + cols, axis=2)
 
 
-def band_to_dense(band_weights, length, window_size, causal):
-    """Expands blocked band weights `(B, H, nb, w, n*w)` to `(B, H, T, T)`.
+def banded_attention(query, key, value, window_size, causal=False,
+                     query_mask=None, key_mask=None, attention_mask=None,
+                     scale=None, dropout=None):
+    """Sliding-window self-attention over the band, every block at once.
+
+    Query `i` sees keys `j` with `abs(i - j) < window_size` (causal:
+    `i - window_size < j <= i`). The layout and the masks are those of
+    `blocked_attention(..., band=True)`, but every block is computed at once
+    and the weights are kept, for dropout and `return_attention_scores`:
+    memory grows with `T * window_size`, never with `T * T`.
+
+    Args:
+        query, key, value: `(B, T, H, K)`, `(B, T, G, K)`, `(B, T, G, V)`.
+        window_size: positive int.
+        causal: whether to also apply the causal mask.
+        query_mask, key_mask: `(B, T)` padding masks or `None`.
+        attention_mask: explicit mask normalized to `(B|1, H|1, T, T)`; only
+            its band is read.
+        scale, dropout: as in `dot_product_attention`.
+
+    Returns:
+        `(output, band_weights)`: `(B, T, H, V)` and the weights in the
+        blocked layout `(num_blocks, B, G, R, block, n * block)`;
+        `band_to_dense` expands the latter to `(B, H, T, T)`.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    layout = BlockLayout.create(query, key, causal, window_size, band=True)
+    masks = BlockMasks.create(layout, query_mask, key_mask, attention_mask)
+    queries, keys, values = layout.pack(query, key, value, scale)
+    per_block, _ = _scan_inputs(layout, masks, True, queries=queries,
+                                keys=keys, values=values)
+    weights, row_max, row_sum = _unnormalized_weights(
+        _query_block_scores(layout, per_block))
+    weights = ops.where(_row_has_key(row_max), weights / row_sum, 0.0)
+    weights = ops.cast(weights, query.dtype)
+    combined = dropout(weights) if dropout is not None else weights
+    output = ops.matmul(_rows(combined), per_block["values"])
+    output = ops.reshape(output, static_or_dynamic_shape(per_block["queries"])
+                         [:-1] + (value.shape[-1],))
+    return layout.unpack_output(_unblock(output, 3)), weights
+
+
+def band_to_dense(band_weights, length):
+    """Expands `banded_attention`'s weights to `(B, H, T, T)`.
 
     Only for `return_attention_scores`; the `T * T` result is what the caller
     asked for.
     """
-    batch, heads, num_blocks, block, span = static_or_dynamic_shape(
-        band_weights
-    )
-    rows = ops.reshape(band_weights, (batch, heads, num_blocks * block, span))
-    rows = rows[:, :, :length]
+    num_blocks, batch, groups, ratio, block, span = static_or_dynamic_shape(
+        band_weights)
+    rows = ops.reshape(
+        ops.transpose(band_weights, (1, 2, 3, 0, 4, 5)),
+        (batch, groups * ratio, num_blocks * block, span),
+    )[:, :, :length]
     query_positions = ops.arange(length, dtype="int32")[:, None]
     key_positions = ops.arange(length, dtype="int32")[None, :]
-    first_key = (query_positions // window_size - 1) * window_size
+    # Query block `i` holds key blocks `i - 1` onwards.
+    first_key = (query_positions // block - 1) * block
     column = key_positions - first_key
     inside = ops.logical_and(
         ops.greater_equal(column, 0), ops.less(column, span)
     )
     column = ops.clip(column, 0, span - 1)
     index = ops.broadcast_to(
-        column[None, None], (batch, heads, length, length)
+        column[None, None], (batch, groups * ratio, length, length)
     )
     dense = ops.take_along_axis(rows, index, axis=-1)
     return ops.where(inside[None, None], dense, ops.zeros_like(dense))

@@ -107,6 +107,72 @@ def test_values_and_gradients_match_float64_reference(rng, kind, block_size):
         rows=[q.shape[1] // 2])
 
 
+def softmax_derivatives(q, k, v, upstream, allowed):
+    """Float64 output, log-sum-exp and the gradients of `sum(output *
+    upstream)` with respect to the scaled query, the keys and the values,
+    written from the softmax's derivative rather than taken numerically."""
+    heads, groups = q.shape[2], k.shape[2]
+    scaled = ref.as64(q) * SCALE
+    keys, values = ref.repeat_heads(ref.as64(k), heads), ref.repeat_heads(ref.as64(v), heads)
+    logits = np.einsum("bthk,bshk->bhts", scaled, keys)
+    allowed = np.broadcast_to(allowed, logits.shape)
+    weights = ref.softmax_rows(logits, allowed)
+    output = np.einsum("bhts,bshv->bthv", weights, values)
+    log_sum = np.full(logits.shape[:3], -1e9)
+    for index in np.ndindex(*logits.shape[:3]):
+        if allowed[index].any():
+            row = logits[index][allowed[index]]
+            log_sum[index] = row.max() + np.log(np.exp(row - row.max()).sum())
+    weight_grads = np.einsum("bthv,bshv->bhts", upstream, values)
+    row_term = np.einsum("bthv,bthv->bht", upstream, output)
+    score_grads = weights * (weight_grads - row_term[..., None])
+
+    def per_group(x):
+        return x.reshape(x.shape[:2] + (groups, heads // groups, x.shape[-1])).sum(3)
+
+    return {
+        "output": output,
+        "log_sum": log_sum.transpose(0, 2, 1),
+        "query": np.einsum("bhts,bshk->bthk", score_grads, keys),
+        "key": per_group(np.einsum("bhts,bthk->bshk", score_grads, scaled)),
+        "value": per_group(np.einsum("bhts,bthv->bshv", weights, upstream)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["none", "all", "decoding_offset", "band", "band_all"])
+def test_each_scan_alone_matches_the_softmax_derivatives(rng, kind):
+    """`blocked_forward`, `blocked_query_gradient` and
+    `blocked_key_value_gradient` called directly, on the kernel's layout."""
+    options = dict(MASK_KINDS[kind])
+    q, k, v, masks = random_case(rng, q_len=options.pop("q_len", 21), k_len=options.pop("k_len", 19),
+                                 **options)
+    upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],))
+    (tq, tk, tv), tf_masks = tf_inputs(q, k, v, masks)
+    layout = kernels.BlockLayout.create(
+        tq, tk, masks.get("causal", False), masks.get("window_size"),
+        masks.get("query_offset", 0), block_size=4, band=masks.get("band", False))
+    block_masks = kernels.BlockMasks.create(
+        layout, tf_masks.get("query_mask"), tf_masks.get("key_mask"),
+        tf_masks.get("attention_mask"))
+    queries, keys, values = layout.pack(tq, tk, tv, SCALE)
+    packed_upstream = layout.pack(tf.constant(upstream, tf.float32), tk, tv, 1.0)[0]
+    expected = softmax_derivatives(q, k, v, upstream, allowed_of(q, k, masks))
+
+    output, log_sum = kernels.blocked_forward(layout, block_masks, queries, keys, values)
+    np.testing.assert_allclose(layout.unpack_output(output), expected["output"], atol=2e-5)
+    np.testing.assert_allclose(layout.unpack_rows(log_sum), expected["log_sum"], rtol=1e-5, atol=2e-5)
+
+    row_dot = tf.reduce_sum(packed_upstream * output, axis=-1)
+    gradient_inputs = (layout, block_masks, queries, keys, values, packed_upstream, log_sum,
+                       row_dot)
+    query_grad = kernels.blocked_query_gradient(*gradient_inputs)
+    np.testing.assert_allclose(layout.unpack_output(query_grad), expected["query"], atol=2e-5)
+    key_grad, value_grad = kernels.blocked_key_value_gradient(*gradient_inputs)
+    for got, name in ((key_grad, "key"), (value_grad, "value")):
+        got = np.transpose(np.asarray(got), (0, 2, 1, 3))[:, :k.shape[1]]
+        np.testing.assert_allclose(got, expected[name], atol=2e-5, err_msg=name)
+
+
 def test_gradients_equal_dense_kernel_autodiff(rng):
     q, k, v, masks = random_case(rng, q_len=37, k_len=29, padding=True, causal=True,
                                  explicit=True)

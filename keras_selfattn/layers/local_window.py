@@ -134,9 +134,7 @@ class LocalWindow(SequenceSelfAttention):
         )
         scores = None
         if return_attention_scores:
-            scores = kernels.band_to_dense(
-                band_weights, length, self.window_size, use_causal_mask
-            )
+            scores = kernels.band_to_dense(band_weights, length)
         return self.output_dense(output), scores
 
     def _dense(self, query, key, value, length, scale, dropout, padding_mask,

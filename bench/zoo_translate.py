@@ -168,8 +168,9 @@ def main(quick=False, decode_only=False):
     epochs = 2 if quick else 30
     steps = epochs * -(-len(train[0]) // BATCH)
 
-    ours = Translator(**architecture)
-    ours.adapt(*train)
+    ours = Translator.from_training_pairs(*train, **architecture)
+    # Both models sized to the learned vocabularies.
+    architecture["vocabulary_size"] = ours.vocabulary_size
     hub = keras_hub_translator(architecture)
     batches = ours.dataset(*train, batch_size=BATCH, shuffle=True, training=True)
 

@@ -326,6 +326,21 @@ def test_shipped_preset_translates_held_out_pairs_and_fine_tunes():
     assert model.source_vocabulary == Translator.from_preset("gramps_en_de_small").source_vocabulary
 
 
+def test_a_model_from_training_pairs_is_sized_to_its_learned_vocabularies():
+    sources, targets = number_pairs(40, seed=2)
+    model = Translator.from_training_pairs(sources, targets, **TINY)
+    learned = max(len(model.source_vocabulary), len(model.target_vocabulary))
+    assert learned < TINY["vocabulary_size"] and model.vocabulary_size == learned
+    inputs, _, _ = model.preprocess_pair(tf.constant(sources[:4]), tf.constant(targets[:4]))
+    assert model(inputs).shape[-1] == learned
+    adapted = Translator(**TINY)
+    adapted.adapt(sources, targets)
+    assert (adapted.source_vocabulary, adapted.target_vocabulary) == (
+        model.source_vocabulary, model.target_vocabulary)
+    assert model.get_config()["vocabulary_size"] == learned
+    assert len(model.translate(sources[:2])) == 2
+
+
 def test_ids_past_the_learned_vocabulary_never_reach_the_detokenizer():
     """`vocabulary_size` sizes the output layer; the learned vocabulary can be
     smaller, and an untrained model picks such ids. The WordPiece

@@ -53,13 +53,16 @@ def main(fast=False, work=None):
     cut = len(sources) - (40 if fast else 300)
     train, held_out = (sources[:cut], targets[:cut]), (sources[cut:], targets[cut:])
 
+    # Vocabularies learned from your pairs (at most vocabulary_size tokens
+    # each), and the embeddings and output layer sized to what they hold.
     if fast:
-        model = Translator(vocabulary_size=600, source_sequence_length=24,
-                           target_sequence_length=24, hidden_dim=32, num_encoder_layers=1,
-                           num_decoder_layers=1, num_heads=2, intermediate_dim=64)
+        model = Translator.from_training_pairs(
+            *train, vocabulary_size=600, source_sequence_length=24, target_sequence_length=24,
+            hidden_dim=32, num_encoder_layers=1, num_decoder_layers=1, num_heads=2,
+            intermediate_dim=64)
     else:
-        model = Translator(vocabulary_size=4000, hidden_dim=128, num_heads=4,
-                           intermediate_dim=512)
+        model = Translator.from_training_pairs(
+            *train, vocabulary_size=4000, hidden_dim=128, num_heads=4, intermediate_dim=512)
     epochs, batch_size = (2, 32) if fast else (30, 64)
     steps = epochs * -(-len(train[0]) // batch_size)
     model.compile(optimizer=keras.optimizers.AdamW(warmup_cosine(2e-3, steps),

@@ -122,6 +122,21 @@ class SmoothedSequenceCrossEntropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
+def _learn_vocabularies(source_texts, target_texts, size, shared):
+    """`(source, target)` WordPiece vocabularies of at most `size` tokens,
+    the same one twice when `shared`. Case and accents are kept: they carry
+    meaning in translations."""
+    sources, targets = text_array(source_texts).tolist(), text_array(target_texts).tolist()
+
+    def learn(texts):
+        return learn_word_piece_vocabulary(texts, size, RESERVED_TOKENS, lowercase=False)
+
+    if shared:
+        vocabulary = learn(sources + targets)
+        return vocabulary, vocabulary
+    return learn(sources), learn(targets)
+
+
 @keras.saving.register_keras_serializable(package="zoo")
 class Translator(PresetModel, RawInputModel):
     """A transformer encoder-decoder translator that takes and returns strings.
@@ -143,7 +158,9 @@ class Translator(PresetModel, RawInputModel):
             starting with `[PAD] [UNK] [START] [END]`); when `None` they are
             learned from the training pairs at the first `fit` (or `adapt`).
         shared_vocabulary: learn one vocabulary from both sides.
-        vocabulary_size: size of each learned vocabulary and embedding.
+        vocabulary_size: rows of each embedding and of the output layer,
+            and the most tokens a learned vocabulary may hold
+            (`from_training_pairs` sets it to what the vocabularies hold).
         source_sequence_length: source tokens, `[END]` included; longer
             sources are truncated.
         target_sequence_length: target tokens, `[END]` included: the
@@ -298,18 +315,31 @@ class Translator(PresetModel, RawInputModel):
     def target_tokenizer(self):
         return self.target_preprocessor and self.target_preprocessor.tokenizer
 
-    def adapt(self, source_texts, target_texts):
-        """Learns the WordPiece vocabularies from training pairs."""
-        sources = self.raw_array(source_texts).tolist()
-        targets = self.raw_array(target_texts).tolist()
-        def learn(texts):  # case and accents kept: they carry meaning in translations
-            return learn_word_piece_vocabulary(texts, self.vocabulary_size, RESERVED_TOKENS,
-                                               lowercase=False)
+    @classmethod
+    def from_training_pairs(cls, source_texts, target_texts, vocabulary_size=4000,
+                            shared_vocabulary=False, **kwargs):
+        """A translator with vocabularies learned from the pairs, its
+        embeddings and output layer sized to them.
 
-        if self.shared_vocabulary:
-            self.set_vocabularies(learn(sources + targets))
-        else:
-            self.set_vocabularies(learn(sources), learn(targets))
+        `vocabulary_size` caps each learned vocabulary. A corpus often
+        supports fewer tokens than the cap (the embedded Gramps messages
+        about 800 of 4000), and `Translator(vocabulary_size=...)` followed
+        by `fit` would keep a row for every capped id in the embeddings and
+        in the output softmax, the largest matmul of training and decoding;
+        here the model's `vocabulary_size` becomes the longer learned
+        vocabulary's length. Other arguments are the constructor's.
+        """
+        vocabularies = _learn_vocabularies(source_texts, target_texts, vocabulary_size,
+                                           shared_vocabulary)
+        return cls(*vocabularies, shared_vocabulary=shared_vocabulary,
+                   vocabulary_size=max(len(vocabulary) for vocabulary in vocabularies), **kwargs)
+
+    def adapt(self, source_texts, target_texts):
+        """Learns the WordPiece vocabularies from training pairs (at most
+        `vocabulary_size` tokens each; `from_training_pairs` also sizes the
+        model to them)."""
+        self.set_vocabularies(*_learn_vocabularies(source_texts, target_texts,
+                                                   self.vocabulary_size, self.shared_vocabulary))
 
     def _check_vocabularies(self):
         if self.source_tokenizer is None:

@@ -11,7 +11,9 @@ from zoo.translator.model import Translator
 EMBEDDED_DATA = "gramps"
 DEFAULT_LANGUAGE = "de"
 
-# The from-scratch architecture of the command line and the shipped preset.
+# The from-scratch architecture of the command line and the shipped preset;
+# `vocabulary_size` caps the learned vocabularies, and the model is sized to
+# what they hold (`Translator.from_training_pairs`).
 DEFAULT_ARCHITECTURE = dict(
     vocabulary_size=4000, source_sequence_length=40, target_sequence_length=40,
     hidden_dim=128, num_encoder_layers=2, num_decoder_layers=2, num_heads=4,
@@ -80,8 +82,8 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
         if preset is not None:
             model = Translator.from_preset(preset, **dropout_override(dropout))
         else:
-            model = Translator(**{**(architecture or DEFAULT_ARCHITECTURE), **dropout_override(dropout)})
-            model.adapt(*train)
+            model = Translator.from_training_pairs(
+                *train, **{**(architecture or DEFAULT_ARCHITECTURE), **dropout_override(dropout)})
         run.prepare(model)
         model.compile(optimizer=keras.optimizers.AdamW(
             warmup_cosine(learning_rate, steps), weight_decay=0.01

@@ -59,6 +59,8 @@ def position_mask(query_length, key_length, causal=False, window_size=None,
     tokens see every token and every token sees them). Returns `None` when
     none applies.
     """
+    if not causal and window_size is None:
+        return None
     return positions_mask(
         ops.arange(query_length, dtype="int32") + query_offset,
         ops.arange(key_length, dtype="int32"),

@@ -89,13 +89,28 @@ def test_cached_decoding_equals_full_decoding(rng, with_encoder):
     cache = block.empty_self_attention_cache(2, 7)
     cross = block.cross_attention_cache_for(source) if with_encoder else None
     steps = []
-    for t in range(7):
+    # Three positions written at once (a prompt, causal among themselves),
+    # then one per step (no mask: the newest query sees every filled key).
+    for start, end in [(0, 3)] + [(t, t + 1) for t in range(3, 7)]:
         out, cache, cross = block(
-            target[:, t:t + 1], self_attention_cache=cache,
-            self_attention_cache_update_index=t, cross_attention_cache=cross,
+            target[:, start:end], self_attention_cache=cache,
+            self_attention_cache_update_index=start, cross_attention_cache=cross,
         )
         steps.append(np.asarray(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_a_decoder_stacks_cross_attention_caches_come_from_one_matmul_and_equal_each_blocks(rng):
+    blocks = [ksa.TransformerDecoderBlock(num_heads=2, intermediate_dim=16) for _ in range(3)]
+    target = rng.normal(size=(2, 4, 8)).astype("float32")
+    source = rng.normal(size=(2, 5, 8)).astype("float32")
+    for block in blocks:
+        block(target, source)
+    fused = ksa.TransformerDecoderBlock.cross_attention_caches(blocks, source)
+    assert len(fused) == 3
+    for block, cache in zip(blocks, fused):
+        np.testing.assert_allclose(np.asarray(cache),
+                                   np.asarray(block.cross_attention_cache_for(source)), atol=1e-6)
 
 
 def test_cached_cross_attention_hides_source_padding(rng):

@@ -433,16 +433,19 @@ class MultiHead(BaseAttention):
             key_heads, value_heads = cache[:, 0], cache[:, 1]
             offset, causal = 0, use_causal_mask
         else:
-            key_cache = _write_at(cache[:, 0], self.key_dense(key), cache_update_index)
-            value_cache = _write_at(cache[:, 1], self.value_dense(value), cache_update_index)
-            cache = ops.stack((key_cache, value_cache), axis=1)
+            # Keys and values written together: one select over the cache.
+            new = ops.stack((self.key_dense(key), self.value_dense(value)), axis=1)
+            cache = _write_at(cache, new, cache_update_index)
             # Attend only to the filled part, so step t costs O(t).
-            batch, _, heads, width = kernels.static_or_dynamic_shape(key_cache)
-            filled = cache_update_index + kernels.static_or_dynamic_shape(query)[1]
-            size = (batch, filled, heads, width)
-            key_heads = ops.slice(key_cache, (0, 0, 0, 0), size)
-            value_heads = ops.slice(value_cache, (0, 0, 0, 0), size)
-            offset, causal, key_mask = cache_update_index, True, None
+            batch, _, _, heads, width = kernels.static_or_dynamic_shape(cache)
+            steps = kernels.static_or_dynamic_shape(query)[1]
+            filled = ops.slice(cache, (0, 0, 0, 0, 0),
+                               (batch, 2, cache_update_index + steps, heads, width))
+            key_heads, value_heads = filled[:, 0], filled[:, 1]
+            # One query at the newest position may see every filled key:
+            # no causal mask to build at each decoding step.
+            offset, key_mask = cache_update_index, None
+            causal = not (isinstance(steps, int) and steps == 1)
         output, scores = self._attend(
             query_heads, key_heads, value_heads, query_mask, key_mask,
             attention_mask, causal, training, return_attention_scores,
@@ -611,19 +614,24 @@ def _product(dims):
 
 
 def _write_at(cache, new, index):
-    """`cache` `(B, S_max, ...)` with `new` `(B, T, ...)` written at positions
-    `index .. index + T - 1`.
+    """`cache` `(B, 2, S_max, ...)` with `new` `(B, 2, T, ...)` written at
+    positions `index .. index + T - 1`.
 
     A select over the cache rather than `ops.slice_update`, which the
     TensorFlow backend lowers to `XlaDynamicUpdateSlice`: an op that runs
     only through XLA's on-demand compiler, which a stock TF Serving binary
     may lack, so an exported decoder using it can fail to serve.
     """
-    positions = ops.arange(ops.shape(cache)[1], dtype="int32")
+    positions = ops.arange(ops.shape(cache)[2], dtype="int32")
     offsets = positions - ops.cast(index, "int32")
-    steps = ops.shape(new)[1]
+    if new.shape[2] == 1:
+        # One decoding step: the new row broadcasts over the select.
+        written = ops.reshape(ops.equal(offsets, 0),
+                              (1, 1, -1) + (1,) * (len(cache.shape) - 3))
+        return ops.where(written, ops.cast(new, cache.dtype), cache)
+    steps = ops.shape(new)[2]
     written = ops.logical_and(offsets >= 0, offsets < steps)
-    aligned = ops.take(new, ops.clip(offsets, 0, steps - 1), axis=1)
-    written = ops.reshape(written, (1, -1) + (1,) * (len(cache.shape) - 2))
+    aligned = ops.take(new, ops.clip(offsets, 0, steps - 1), axis=2)
+    written = ops.reshape(written, (1, 1, -1) + (1,) * (len(cache.shape) - 3))
     return ops.where(written, ops.cast(aligned, cache.dtype), cache)
 

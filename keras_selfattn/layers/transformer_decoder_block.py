@@ -175,6 +175,40 @@ class TransformerDecoderBlock(ResidualBlock):
             axis=1,
         )
 
+    @staticmethod
+    def cross_attention_caches(blocks, encoder_sequence):
+        """`cross_attention_cache_for` of every block of a decoder stack
+        reading one encoder output, from one matmul over their stacked key
+        and value projections (what decoding does once per sentence).
+
+        Falls back to one block at a time when a projection is LoRA-adapted
+        or quantized, whose kernels are not plain matrices.
+        """
+        projections = [
+            dense for block in blocks
+            for dense in (block.cross_attention.key_dense,
+                          block.cross_attention.value_dense)
+        ]
+        plain = all(
+            not getattr(dense, "lora_enabled", False)
+            and getattr(dense, "quantization_mode", None) is None
+            for dense in projections
+        )
+        if len(blocks) < 2 or not plain:
+            return [block.cross_attention_cache_for(encoder_sequence)
+                    for block in blocks]
+        dtype = blocks[0].compute_dtype
+        # (dim, 2 * blocks, heads, key_dim), key and value of each block.
+        kernel = ops.stack(
+            [ops.cast(dense.kernel, dtype) for dense in projections], axis=1)
+        projected = ops.einsum("bsd,dnhk->bnshk",
+                               ops.cast(encoder_sequence, dtype), kernel)
+        if blocks[0].cross_attention.use_bias:
+            bias = ops.stack(
+                [ops.cast(dense.bias, dtype) for dense in projections])
+            projected = projected + bias[None, :, None]
+        return ops.split(projected, len(blocks), axis=1)
+
     def empty_self_attention_cache(self, batch_size, max_length):
         """A zero cache `(B, 2, max_length, heads, key_dim)` to decode into."""
         return ops.zeros(

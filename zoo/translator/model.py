@@ -462,12 +462,15 @@ class Translator(PresetModel, RawInputModel):
 
             return (), recompute
 
-        cross_caches = [block.cross_attention_cache_for(encoded) for block in self.decoder_blocks]
+        cross_caches = ksa.TransformerDecoderBlock.cross_attention_caches(
+            self.decoder_blocks, encoded)
         state = [block.empty_self_attention_cache(rows, max_length)
                  for block in self.decoder_blocks]
 
         def cached(tokens, index, caches):
-            token = tokens[:, index:index + 1]
+            # Indexed, not sliced, so the one-token length is known while
+            # tracing and the attention skips the causal mask.
+            token = tokens[:, index][:, None]
             x = self.target_embedding(token, start_index=index)
             updated = []
             for block, cache, cross in zip(self.decoder_blocks, caches, cross_caches):

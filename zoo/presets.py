@@ -58,7 +58,7 @@ SHIPPED_METADATA_SHA256 = {
     "text_encoder/presets/english_body_small":
         "0ba3205a86ea7602d252c25a9593587796d88d2be6dbc015bfa47f1bd8dafd7e",
     "translator/presets/gramps_en_de_small":
-        "cd82369dcd425aa345593897017a84deb09532993c72c8e4cd4b393c329ec545",
+        "76e4a9f33bdb03aec01478f53a8847cfdf066ecb9ee1e412181ae0435f989b42",
 }
 
 

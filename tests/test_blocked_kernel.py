@@ -168,9 +168,15 @@ def test_each_scan_alone_matches_the_softmax_derivatives(rng, kind):
     query_grad = kernels.blocked_query_gradient(*gradient_inputs)
     np.testing.assert_allclose(layout.unpack_output(query_grad), expected["query"], atol=2e-5)
     key_grad, value_grad = kernels.blocked_key_value_gradient(*gradient_inputs)
-    for got, name in ((key_grad, "key"), (value_grad, "value")):
-        got = np.transpose(np.asarray(got), (0, 2, 1, 3))[:, :k.shape[1]]
-        np.testing.assert_allclose(got, expected[name], atol=2e-5, err_msg=name)
+    gradients = {"key_value": (query_grad, key_grad, value_grad)}
+    if layout.band:
+        gradients["band, one scan"] = kernels.blocked_band_gradient(*gradient_inputs)
+    for scans, (query_grad, key_grad, value_grad) in gradients.items():
+        np.testing.assert_allclose(layout.unpack_output(query_grad), expected["query"], atol=2e-5,
+                                   err_msg=scans)
+        for got, name in ((key_grad, "key"), (value_grad, "value")):
+            got = np.transpose(np.asarray(got), (0, 2, 1, 3))[:, :k.shape[1]]
+            np.testing.assert_allclose(got, expected[name], atol=2e-5, err_msg=f"{scans}: {name}")
 
 
 def test_gradients_equal_dense_kernel_autodiff(rng):

@@ -546,6 +546,7 @@ def block_mask(layout, query_positions, key_positions, query_mask=None,
 # The time axis of each tensor a scan reads, by the side it belongs to:
 # queries and what has one value per query row, and keys and values.
 _QUERY_SIDE = {"queries": 3, "upstream": 3, "log_sum": 3, "row_dot": 3,
+               "row_has_key": 3,
                "query_positions": 0, "query_mask": 1}
 _KEY_SIDE = {"keys": 2, "values": 2, "key_positions": 0, "key_mask": 1}
 
@@ -660,15 +661,37 @@ def _query_block_scores(layout, inputs):
     return scores if mask is None else ops.where(mask, scores, _MASKED_LOGIT)
 
 
-def _unnormalized_weights(scores):
-    """`exp(scores - row max)`, the row max, and the row sum."""
-    row_max = ops.max(scores, axis=-1, keepdims=True)
-    weights = ops.exp(scores - row_max)
-    return weights, row_max, ops.sum(weights, axis=-1, keepdims=True)
-
-
 def _row_has_key(row_max):
     return row_max > _MASKED_LOGIT / 2
+
+
+def _block_weights(scores, row_has_key=None):
+    """The softmax of a query block's rows, which hold all their keys.
+
+    TensorFlow's fused softmax runs 1.2-2.6x faster on these blocks than
+    `exp(scores - max)` written out (bench notes in bench/RESULTS.md).
+    `row_has_key` (float32 `(..., n_q)`, 0 on rows with no allowed key)
+    zeroes the rows that would otherwise spread over masked keys.
+    """
+    weights = ops.softmax(scores, axis=-1)
+    return weights if row_has_key is None else weights * row_has_key[..., None]
+
+
+def _rows_may_be_empty(layout, masks):
+    """Whether some query row of the layout may have no allowed key (causal
+    rows and a band's rows always see themselves; rows of padding beyond
+    the sequence get a zero upstream gradient)."""
+    window_without_band = layout.window_size is not None and not layout.band
+    return window_without_band or any(
+        mask is not None for mask in (masks.query, masks.key, masks.explicit))
+
+
+def _row_has_key_input(layout, masks, log_sum):
+    """The `row_has_key` of `_block_weights` from the forward's log-sum-exp,
+    or `None` when every row has a key."""
+    if not _rows_may_be_empty(layout, masks):
+        return None
+    return ops.cast(_row_has_key(log_sum), "float32")
 
 
 def _recompute_offsets(log_sum):
@@ -693,16 +716,20 @@ def blocked_forward(layout, masks, queries, keys, values):
     dtype, value_width = queries.dtype, values.shape[-1]
 
     def step(inputs):
-        weights, row_max, row_sum = _unnormalized_weights(
-            _query_block_scores(layout, inputs))
+        scores = _query_block_scores(layout, inputs)
+        weights = _block_weights(scores)
         output = ops.matmul(_rows(ops.cast(weights, dtype)), inputs["values"])
-        output = ops.reshape(ops.cast(output, "float32"),
-                             layout.query_block_shape(value_width)) / row_sum
+        output = ops.reshape(output, layout.query_block_shape(value_width))
+        # log(sum exp(s)) = max s - log(max weight): the weight of the
+        # largest score is exp(0) / sum.
+        row_max = ops.max(scores, axis=-1, keepdims=True)
         has_key = _row_has_key(row_max)
-        log_sum = ops.where(has_key, row_max + ops.log(row_sum),
-                            _MASKED_LOGIT)
-        output = ops.where(has_key, output, 0.0)
-        return ops.cast(output, dtype), ops.squeeze(log_sum, -1)
+        log_sum = ops.where(
+            has_key,
+            row_max - ops.log(ops.max(weights, axis=-1, keepdims=True)),
+            _MASKED_LOGIT)
+        output = ops.where(has_key, output, ops.zeros_like(output))
+        return output, ops.squeeze(log_sum, -1)
 
     per_block, whole = _scan_inputs(layout, masks, True, queries=queries,
                                     keys=keys, values=values)
@@ -730,8 +757,8 @@ def blocked_query_gradient(layout, masks, queries, keys, values, upstream,
     dtype, key_width = queries.dtype, queries.shape[-1]
 
     def step(inputs):
-        weights = ops.exp(_query_block_scores(layout, inputs)
-                          - inputs["log_sum"][..., None])
+        weights = _block_weights(_query_block_scores(layout, inputs),
+                                 inputs.get("row_has_key"))
         weight_grads = ops.matmul(_rows(inputs["upstream"]),
                                   _swap_last(inputs["values"]))
         weight_grads = ops.reshape(ops.cast(weight_grads, "float32"),
@@ -744,7 +771,8 @@ def blocked_query_gradient(layout, masks, queries, keys, values, upstream,
     per_block, whole = _scan_inputs(
         layout, masks, True, queries=queries, keys=keys, values=values,
         upstream=ops.cast(upstream, dtype),
-        log_sum=_recompute_offsets(log_sum), row_dot=row_dot)
+        row_has_key=_row_has_key_input(layout, masks, log_sum),
+        row_dot=row_dot)
     return _unblock(_scan_blocks(
         step, per_block, whole,
         ops.zeros(layout.query_block_shape(key_width), dtype)), 3)
@@ -825,8 +853,8 @@ def blocked_band_gradient(layout, masks, queries, keys, values, upstream,
     span = layout.keys_per_query_block
 
     def step(inputs):
-        weights = ops.exp(_query_block_scores(layout, inputs)
-                          - inputs["log_sum"][..., None])
+        weights = _block_weights(_query_block_scores(layout, inputs),
+                                 inputs.get("row_has_key"))
         upstream_rows = _rows(inputs["upstream"])
         weight_grads = ops.reshape(ops.cast(ops.matmul(
             upstream_rows, _swap_last(inputs["values"])), "float32"),
@@ -846,7 +874,8 @@ def blocked_band_gradient(layout, masks, queries, keys, values, upstream,
     per_block, whole = _scan_inputs(
         layout, masks, True, queries=queries, keys=keys, values=values,
         upstream=ops.cast(upstream, dtype),
-        log_sum=_recompute_offsets(log_sum), row_dot=row_dot)
+        row_has_key=_row_has_key_input(layout, masks, log_sum),
+        row_dot=row_dot)
     query_grad, key_shares, value_shares = _scan_blocks(
         step, per_block, whole, (
             ops.zeros(layout.query_block_shape(key_width), dtype),
@@ -1152,9 +1181,9 @@ def banded_attention(query, key, value, window_size, causal=False,
     queries, keys, values = layout.pack(query, key, value, scale)
     per_block, _ = _scan_inputs(layout, masks, True, queries=queries,
                                 keys=keys, values=values)
-    weights, row_max, row_sum = _unnormalized_weights(
-        _query_block_scores(layout, per_block))
-    weights = ops.where(_row_has_key(row_max), weights / row_sum, 0.0)
+    scores = _query_block_scores(layout, per_block)
+    weights = _block_weights(scores, ops.cast(_row_has_key(
+        ops.max(scores, axis=-1)), "float32"))
     weights = ops.cast(weights, query.dtype)
     combined = dropout(weights) if dropout is not None else weights
     output = ops.matmul(_rows(combined), per_block["values"])

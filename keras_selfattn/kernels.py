@@ -673,7 +673,14 @@ def _block_weights(scores, row_has_key=None):
     `row_has_key` (float32 `(..., n_q)`, 0 on rows with no allowed key)
     zeroes the rows that would otherwise spread over masked keys.
     """
-    weights = ops.softmax(scores, axis=-1)
+    shape = static_or_dynamic_shape(scores)
+    if len(shape) > 5:
+        # Every block at once (`banded_attention`): TensorFlow's CPU softmax
+        # takes at most 5 dimensions.
+        weights = ops.reshape(
+            ops.softmax(ops.reshape(scores, (-1, shape[-1])), axis=-1), shape)
+    else:
+        weights = ops.softmax(scores, axis=-1)
     return weights if row_has_key is None else weights * row_has_key[..., None]
 
 

@@ -14,6 +14,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from zoo.keras_compat import preset_file, preset_file_exists
+
 HUB_SCHEMES = ("hf://", "kaggle://", "modelscope://", "gs://")
 # Bounds on a zipped checkpoint: what a BERT-base folder needs, with room.
 MAX_ZIP_MEMBERS = 64
@@ -29,17 +31,13 @@ def is_hub_handle(preset):
 
 
 def has_file(handle, name):
-    from keras_hub.src.utils import preset_utils
-
-    return preset_utils.check_file_exists(str(handle), name)
+    return preset_file_exists(handle, name)
 
 
 def read_text(handle, name):
     """A checkpoint's text file, at most `MAX_TEXT_FILE_BYTES`."""
-    from keras_hub.src.utils import preset_utils
-
     try:
-        path = Path(preset_utils.get_file(str(handle), name))
+        path = Path(preset_file(handle, name))
         size = path.stat().st_size
         if size > MAX_TEXT_FILE_BYTES:
             raise ValueError(f"{handle}/{name} holds {size} bytes, more than the "

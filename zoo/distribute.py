@@ -112,13 +112,6 @@ def local_cluster(workers):
             for index in range(workers)]
 
 
-def in_multi_worker_mode(strategy):
-    """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning
-    several workers (one worker runs it like `MirroredStrategy`)."""
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
-
-
 def is_tpu(strategy):
     return isinstance(strategy, (tf.distribute.TPUStrategy,
                                  tf.distribute.experimental.TPUStrategy))

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from zoo.distribute import in_multi_worker_mode
+from zoo.keras_compat import build_on_local_batch, reducible_across_workers, set_untracked
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -304,7 +304,7 @@ class RawInputModel(keras.Model):
         functions = getattr(self, "graph_functions", None)
         if functions is None:
             functions = {}
-            object.__setattr__(self, "graph_functions", functions)
+            set_untracked(self, graph_functions=functions)
         key = function.__name__
         if key not in functions:
             spec = tf.TensorSpec([None], tf.string)
@@ -431,6 +431,12 @@ class RawInputModel(keras.Model):
         """`(inputs, targets)` of the one example the figure shows."""
         return self.raw_array(inputs)[:1], None if targets is None else self.raw_array(targets)[:1]
 
+    def text_of_about(self, inputs, words):
+        """`(1,)` array: the text among the first 50 `inputs` whose word
+        count is closest to `words` (a figure's panels stay readable)."""
+        candidates = [str(t) for t in self.raw_array(inputs)[:50]]
+        return np.array([min(candidates, key=lambda t: abs(len(t.split()) - words))])
+
     def save_attention_figure(self, inputs, path, targets=None):
         """Every head of every attention layer on one of `inputs`, as a PNG
         grid (see `zoo.report.plot_attention_heads`); returns `[path]`, the
@@ -451,41 +457,17 @@ class RawInputModel(keras.Model):
             title=f"{type(self).__name__}: every head on one example")]
 
     # Keras 3.15's `fit` and `evaluate` under `MultiWorkerMirroredStrategy`
-    # (keras-team/keras#20585): two private steps fail there, and these two
-    # overrides route around them (tests/test_zoo_scale.py trains two worker
-    # processes through the command line).
+    # (keras-team/keras#20585) fail in two private steps; these overrides
+    # route around them with `zoo.keras_compat`'s helpers.
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras averages the first distributed batch over the replicas to
-        # build the model on it, which multi-worker collectives cannot do
-        # with a tuple; building needs only shapes and dtypes, so the local
-        # replica's batch serves.
-        strategy = self._distribute_strategy
-        if iterator is not None and strategy is not None and in_multi_worker_mode(strategy):
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda value: strategy.experimental_local_results(value)[0]
-                    if isinstance(value, tf.distribute.DistributedValues) else value,
-                    next(batches),
-                )
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        return build_on_local_batch(self, super()._maybe_symbolic_build, iterator, data_batch)
 
     def train_step(self, data):
-        return self._reducible_across_workers(super().train_step(data))
+        return reducible_across_workers(super().train_step(data))
 
     def test_step(self, data):
-        return self._reducible_across_workers(super().test_step(data))
-
-    def _reducible_across_workers(self, logs):
-        # In multi-worker mode Keras reduces each step output with
-        # `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalar
-        # loss and metric results; as vectors of one they average correctly.
-        strategy = tf.distribute.get_strategy()
-        if not in_multi_worker_mode(strategy):
-            return logs
-        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return reducible_across_workers(super().test_step(data))
 
 
 def _sharded_by_data(data):

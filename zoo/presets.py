@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from zoo.keras_compat import set_untracked
 from zoo.publishing import recover_replaced, replaced_directory
 
 FORMAT_VERSION = 1
@@ -466,12 +467,9 @@ class PresetModel:
         return {}
 
     def _set_untracked(self, **attributes):
-        # Tokenizers and vocabularies hold no weights and are replaced when a
-        # vocabulary is learned after the network is built, which Keras's
-        # state tracking forbids; the export modules track tokenizers
-        # explicitly instead.
-        for name, value in attributes.items():
-            object.__setattr__(self, name, value)
+        # Tokenizers and vocabularies are replaced after the network is
+        # built (zoo.keras_compat.set_untracked says why).
+        set_untracked(self, **attributes)
 
     def write_assets(self):
         """`{file name: text}` written under the preset's `assets/`."""

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from zoo import distribute
+from zoo.keras_compat import in_multi_worker_mode
 from zoo import report as reports
 from zoo.publishing import replaced_directory, write_text_atomic
 
@@ -115,7 +116,7 @@ class TrainingRun:
         """Builds under the strategy and the precision policy; the global
         policy is restored afterwards, so later models (a preset's twin, a
         reloaded copy) are float32."""
-        if self.precision == "mixed_float16" and distribute.in_multi_worker_mode(
+        if self.precision == "mixed_float16" and in_multi_worker_mode(
                 self.distribution):
             raise ValueError(
                 "--precision mixed_float16 is not supported across workers: with Keras 3.15's "
@@ -153,7 +154,7 @@ class TrainingRun:
                 f"--jit-compile true cannot run over {len(devices)} CPU devices of one process: "
                 "XLA compiles the step for one device and then cannot reach the other replicas' "
                 "variables (TensorFlow 2.21). Use --jit-compile false or auto here.")
-        if distribute.in_multi_worker_mode(strategy):
+        if in_multi_worker_mode(strategy):
             raise ValueError(
                 "--jit-compile true cannot run across CPU workers: the optimizer gathers the "
                 "embeddings' sparse gradients with CollectiveGatherV2, which XLA's CPU backend "

@@ -10,18 +10,29 @@ from keras import regularizers
 from keras_selfattn import kernels
 
 
-def check_positive_int(name, value, allow_none=False):
-    """Raises `ValueError` unless `value` is a positive int (or allowed None)."""
+def check_int(name, value, minimum=1, maximum=None, allow_none=False,
+              reason=""):
+    """Raises `ValueError` unless `value` is an int (not a bool) in
+    `[minimum, maximum]`, or `None` where `allow_none`; `reason` is appended
+    to the message."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        expected = "a positive integer or None" if allow_none else (
-            "a positive integer"
-        )
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or value < minimum or (maximum is not None and value > maximum)):
+        expected = f"an integer >= {minimum}"
+        if maximum is not None:
+            expected += f" and <= {maximum}"
+        if allow_none:
+            expected += " or None"
         raise ValueError(
-            f"Invalid argument `{name}`: it must be {expected}. "
+            f"Invalid argument `{name}`: it must be {expected}{reason}. "
             f"Received: {name}={value!r}"
         )
+
+
+def check_positive_int(name, value, allow_none=False):
+    """Raises `ValueError` unless `value` is a positive int (or allowed None)."""
+    check_int(name, value, 1, allow_none=allow_none)
 
 
 def check_grouped_heads(num_heads, num_key_value_heads):

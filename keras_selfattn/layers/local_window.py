@@ -7,7 +7,7 @@ import keras
 from keras_selfattn import kernels
 from keras_selfattn.layers.base_attention import SequenceSelfAttention
 from keras_selfattn.layers.base_attention import check_grouped_heads
-from keras_selfattn.layers.base_attention import check_positive_int
+from keras_selfattn.layers.base_attention import check_int, check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
@@ -64,10 +64,7 @@ class LocalWindow(SequenceSelfAttention):
         check_grouped_heads(num_heads, num_key_value_heads)
         check_positive_int("key_dim", key_dim)
         check_positive_int("window_size", window_size)
-        if isinstance(global_tokens, bool) or not isinstance(global_tokens, int) \
-                or global_tokens < 0:
-            raise ValueError("Invalid argument `global_tokens`: it must be a non-negative "
-                             f"integer. Received: global_tokens={global_tokens!r}")
+        check_int("global_tokens", global_tokens, minimum=0)
         check_positive_int("value_dim", value_dim, allow_none=True)
         super().__init__(**kwargs)
         self.num_heads = num_heads

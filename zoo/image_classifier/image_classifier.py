@@ -13,6 +13,7 @@ from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, Classifi
 from zoo.export import export_saved_model
 from zoo.image_classifier.backbone import ImageBackbone
 from zoo.image_classifier.preprocessor import MAX_IMAGE_PIXELS, ImagePreprocessor
+from zoo.keras_compat import xla_wherever_keras_allows
 
 KIND = "image_classifier"
 BACKBONE_KIND = "image_backbone"
@@ -331,13 +332,10 @@ class ImageClassifier(ClassifierModel):
         # accelerator; at the small-image sizes this network trains 1.1-1.35x
         # faster with XLA on two CPU cores (at vit_tiny_16's it is 17% slower:
         # bench/RESULTS.md), so here it means XLA wherever Keras's other rules
-        # allow it (one replica, every layer compilable, no op determinism). Keras asks
-        # this (private, Keras 3.15) method both in `compile` and when an
-        # uncompiled model predicts, so a trained model and its reloaded
+        # allow it. Keras asks this private method both in `compile` and when
+        # an uncompiled model predicts, so a trained model and its reloaded
         # preset run the same compiled program and predict identically.
-        from keras.src.trainers.trainer import model_supports_jit
-
-        return tf.distribute.get_strategy().num_replicas_in_sync == 1 and model_supports_jit(self)
+        return xla_wherever_keras_allows(self)
 
     def attention_rollout(self, images):
         """Attention rollout (Abnar & Zuidema, 2020) over the patch grid.

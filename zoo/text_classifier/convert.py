@@ -32,6 +32,7 @@ from zoo.checkpoint_files import (
     check_safetensors, checkpoint_format, has_file, hub_backbone, is_hub_handle, read_json,
     read_text, unzipped,
 )
+from zoo.keras_compat import safetensor_loader
 from zoo.text_classifier.backbone import TextBackbone
 from zoo.text_classifier.preprocessor import TextPreprocessor
 
@@ -117,9 +118,7 @@ def _special_token(config, name, default):
 
 
 def _roberta_type_row(handle):
-    from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
-
-    with SafetensorLoader(handle) as loader:
+    with safetensor_loader(handle) as loader:
         try:
             return np.asarray(loader.get_tensor("embeddings.token_type_embeddings.weight"))[0]
         except Exception:  # older RoBERTa checkpoints have no type embedding

@@ -3,6 +3,8 @@
 import keras_hub
 import tensorflow as tf
 
+from keras_selfattn.layers.base_attention import check_int
+from zoo.keras_compat import graph_tokenizer
 from zoo.pipeline import learn_word_piece_vocabulary, valid_utf8
 
 # The tokens a learned vocabulary starts with; a checkpoint's are found by name.
@@ -58,10 +60,8 @@ class TextPreprocessor:
     def __init__(self, vocabulary=None, sequence_length=128, lowercase=True, strip_accents=None,
                  pad_token="[PAD]", unknown_token="[UNK]", start_token="[CLS]",
                  end_token="[SEP]", tokenizer="word_piece", merges=None):
-        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) \
-                or sequence_length < 3:
-            raise ValueError("`sequence_length` must be an int >= 3 (start, a token, end). "
-                             f"Received: sequence_length={sequence_length!r}")
+        check_int("sequence_length", sequence_length, minimum=3,
+                  reason=" (start, a token, end)")
         if tokenizer not in TOKENIZERS:
             raise ValueError(f"`tokenizer` must be one of {TOKENIZERS}. "
                              f"Received: tokenizer={tokenizer!r}")
@@ -99,18 +99,19 @@ class TextPreprocessor:
                              f"Received {'no' if merges is None else len(merges)} merges.")
         self.vocabulary = vocabulary
         self.merges = None if merges is None else [str(merge) for merge in merges]
-        # The TF path everywhere, eager included: ragged tensors out.
+        # The TensorFlow ops everywhere, eager included (see
+        # zoo.keras_compat.graph_tokenizer).
         if self.kind == "byte_pair":
-            self.tokenizer = keras_hub.tokenizers.BytePairTokenizer(
+            self.tokenizer = graph_tokenizer(
+                keras_hub.tokenizers.BytePairTokenizer,
                 vocabulary={token: i for i, token in enumerate(vocabulary)},
                 merges=self.merges, dtype="int32",
-                unsplittable_tokens=[getattr(self, name) for name in SPECIAL_TOKEN_ARGUMENTS],
-                _allow_python_workflow=False)
+                unsplittable_tokens=[getattr(self, name) for name in SPECIAL_TOKEN_ARGUMENTS])
         else:
-            self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
+            self.tokenizer = graph_tokenizer(
+                keras_hub.tokenizers.WordPieceTokenizer,
                 vocabulary=vocabulary, lowercase=self.lowercase,
-                strip_accents=self.strip_accents, oov_token=self.unknown_token, dtype="int32",
-                _allow_python_workflow=False)
+                strip_accents=self.strip_accents, oov_token=self.unknown_token, dtype="int32")
         self.start_id = vocabulary.index(self.start_token)
         self.end_id = vocabulary.index(self.end_token)
         self._graph_functions = None

@@ -205,9 +205,7 @@ class TextClassifier(ClassifierModel):
         return [self.vocabulary[int(i)] for i in ids if i != 0], None
 
     def attention_sample(self, inputs, targets=None):
-        # A sentence of about 12 words keeps the panels readable.
-        candidates = [str(t) for t in self.raw_array(inputs)[:50]]
-        return np.array([min(candidates, key=lambda t: abs(len(t.split()) - 12))]), None
+        return self.text_of_about(inputs, 12), None
 
     # Configuration, presets and export.
 

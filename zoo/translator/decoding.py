@@ -19,6 +19,8 @@ with the beams. It returns `(log_probabilities (N, V) float32, state)`.
 
 import tensorflow as tf
 
+from keras_selfattn.layers.base_attention import check_int
+
 NEGATIVE = -1e9  # a finite "minus infinity": -inf - -inf would give NaN
 
 
@@ -48,10 +50,8 @@ def beam_search(step, state, batch_size, beam_size, max_length, start_id, end_id
         (positions after it are `end_id` too). `scores`: `(batch_size,)`,
         its summed log-probability divided by the length penalty.
     """
-    if not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"`beam_size` must be an int >= 1. Received: beam_size={beam_size!r}")
-    if not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"`max_length` must be an int >= 1. Received: max_length={max_length!r}")
+    check_int("beam_size", beam_size)
+    check_int("max_length", max_length)
     beams, width = beam_size, max_length + 1
     rows = batch_size * beams
     positions = tf.range(width)

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_selfattn as ksa
+from keras_selfattn.layers.base_attention import check_int
 from zoo import report as reports
 from zoo.export import checked_texts, export_saved_model
 from zoo.pipeline import (
@@ -202,12 +203,9 @@ class Translator(PresetModel, RawInputModel):
         for name, value in (("vocabulary_size", vocabulary_size),
                             ("source_sequence_length", source_sequence_length),
                             ("target_sequence_length", target_sequence_length)):
-            if not isinstance(value, int) or value < 2:
-                raise ValueError(f"`{name}` must be an int >= 2. Received: {name}={value!r}")
-        for name, value in (("num_encoder_layers", num_encoder_layers),
-                            ("num_decoder_layers", num_decoder_layers)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
+            check_int(name, value, minimum=2)
+        check_int("num_encoder_layers", num_encoder_layers)
+        check_int("num_decoder_layers", num_decoder_layers)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(
                 f"`label_smoothing` must lie in [0, 1). Received: label_smoothing={label_smoothing!r}"
@@ -500,11 +498,8 @@ class Translator(PresetModel, RawInputModel):
     def _check_max_length(self, max_length):
         if max_length is None:
             return self.target_sequence_length
-        if not isinstance(max_length, int) or not 1 <= max_length <= self.target_sequence_length:
-            raise ValueError(
-                f"`max_length` must be an int in [1, target_sequence_length="
-                f"{self.target_sequence_length}]. Received: max_length={max_length!r}"
-            )
+        check_int("max_length", max_length, maximum=self.target_sequence_length,
+                  reason=" (the target_sequence_length)")
         return max_length
 
     def detokenize(self, target_ids):
@@ -613,11 +608,10 @@ class Translator(PresetModel, RawInputModel):
         return keys, queries
 
     def attention_sample(self, inputs, targets=None):
-        # A sentence of about 8 words keeps the panels readable; its greedy
-        # translation, decoded once here, is what the figure's decoder reads
-        # (`attention_maps` and `attention_tokens` would each decode it).
-        candidates = [str(t) for t in self.raw_array(inputs)[:50]]
-        sample = np.array([min(candidates, key=lambda t: abs(len(t.split()) - 8))])
+        # Its greedy translation, decoded once here, is what the figure's
+        # decoder reads (`attention_maps` and `attention_tokens` would each
+        # decode it).
+        sample = self.text_of_about(inputs, 8)
         return sample, np.array(self.translate(sample))
 
     # Reports (the training job, `python -m zoo evaluate|predict`).

@@ -1,0 +1,106 @@
+"""zoo.keras_compat: every entry's private Keras, keras-hub or TensorFlow code
+is still there and still does what the entry needs. An upgrade that changes
+one fails here, with a message naming the entry, rather than with a wrong
+result somewhere in the zoo."""
+
+import importlib
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from zoo import keras_compat
+
+
+def test_the_installed_versions_are_those_the_entries_were_checked_against():
+    installed = {name: importlib.import_module(name).__version__
+                 for name in keras_compat.WRITTEN_AGAINST}
+    assert installed == keras_compat.WRITTEN_AGAINST, (
+        "An upgrade: re-check each entry of zoo/keras_compat.py against the new versions (this "
+        "file's other tests check what each relies on), then update WRITTEN_AGAINST.")
+
+
+def test_a_missing_private_name_fails_naming_the_entry():
+    with pytest.raises(keras_compat.PrivateCodeChanged, match="keras_compat.some_entry relies on "
+                       r"the private Model._gone"):
+        keras_compat.private(keras.Model, "_gone", "some_entry")
+
+
+def test_set_untracked_keeps_what_keras_tracking_would_wrap():
+    model = keras.Sequential([keras.layers.Dense(2)])
+    model.build((None, 3))
+    cache = {}
+    model.tracked = {}
+    assert type(model.tracked) is not dict, (
+        "Keras no longer wraps dict attributes: set_untracked may no longer be needed")
+    keras_compat.set_untracked(model, cache=cache)
+    assert model.cache is cache
+    assert len(model.weights) == 2
+
+
+def test_the_multi_worker_entries_find_the_private_code_they_use():
+    from tensorflow.python.distribute.collective_all_reduce_strategy import (
+        CollectiveAllReduceExtended,
+    )
+
+    assert callable(keras_compat.private(CollectiveAllReduceExtended, "_in_multi_worker_mode",
+                                         "in_multi_worker_mode"))
+    assert not keras_compat.in_multi_worker_mode(tf.distribute.get_strategy())
+    assert list(keras_compat.private(keras.Model, "_maybe_symbolic_build",
+                                     "build_on_local_batch").__code__.co_varnames[1:3]) == [
+        "iterator", "data_batch"]
+    logs = {"loss": tf.constant(1.5)}
+    assert keras_compat.reducible_across_workers(logs) is logs
+
+    # Keras builds symbolically only under a strategy (the zoo's models
+    # always have one).
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        model = keras.Sequential([keras.layers.Dense(2)])
+        model.compile(loss="mse")
+    keras_compat.build_on_local_batch(model, model._maybe_symbolic_build, None,
+                                      (np.ones((4, 3), "float32"), np.ones((4, 2), "float32")))
+    assert model.built and len(model.weights) == 2
+
+
+def test_keras_still_asks_the_auto_xla_hook_in_compile():
+    class AlwaysXla(keras.Sequential):
+        def _resolve_auto_jit_compile(self):
+            return True
+
+    model = AlwaysXla([keras.layers.Dense(2)])
+    model.compile(loss="mse", jit_compile="auto")
+    assert model.jit_compile is True, "Keras no longer asks Model._resolve_auto_jit_compile"
+    plain = keras.Sequential([keras.layers.Dense(2)])
+    plain.build((None, 3))
+    assert keras_compat.xla_wherever_keras_allows(plain) is True
+
+
+@pytest.mark.parametrize("tokenizer_class, arguments", [
+    (keras_hub.tokenizers.WordPieceTokenizer, dict(vocabulary=["[PAD]", "[UNK]", "a", "b"])),
+    (keras_hub.tokenizers.BytePairTokenizer, dict(vocabulary={"a": 0, "b": 1, "ab": 2},
+                                                  merges=["a b"])),
+])
+def test_graph_tokenizers_take_the_tensorflow_path_in_eager_code(tokenizer_class, arguments):
+    tokenizer = keras_compat.graph_tokenizer(tokenizer_class, **arguments, dtype="int32")
+    uses_tf = keras_compat.private(tokenizer, "_use_tf_workflow", "graph_tokenizer")
+    assert uses_tf(), "keras-hub ignores `_allow_python_workflow=False` now"
+    default = tokenizer_class(**arguments, dtype="int32")
+    assert not default._use_tf_workflow(), (
+        "keras-hub's tokenizers take the TensorFlow path eagerly by default again: "
+        "graph_tokenizer's private flag may no longer be needed")
+    # The same ids as inside a tf.function, which always takes that path.
+    eager = tokenizer(["a b"])
+    traced = tf.function(lambda texts: tokenizer(texts))(tf.constant(["a b"]))
+    assert list(eager[0]) == traced[0].numpy().tolist()
+
+
+def test_preset_file_access_reads_a_local_checkpoint_folder(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert keras_compat.preset_file_exists(tmp_path, "config.json")
+    assert not keras_compat.preset_file_exists(tmp_path, "tokenizer.json")
+    assert keras_compat.preset_file(tmp_path, "config.json") == str(tmp_path / "config.json")
+    from keras_hub.src.utils.transformers import safetensor_utils
+
+    assert keras_compat.private(safetensor_utils, "SafetensorLoader", "safetensor_loader")

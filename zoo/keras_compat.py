@@ -1,0 +1,162 @@
+"""Every place the zoo leans on private Keras, keras-hub or TensorFlow code.
+
+Written against Keras 3.15.1, keras-hub 0.32.0 and TensorFlow 2.21.0 (the
+pins in setup.cfg). Each entry below says what it relies on and why, with the
+upstream issue where there is one. Private names are looked up through
+`private`, which fails with one message naming the entry when an upgrade has
+removed them, and `tests/test_keras_compat.py` checks every entry's private
+code is still there and still behaves as the entry needs, so an upgrade
+fails in that test, not with a wrong result elsewhere.
+
+Everything else in the zoo imports these helpers from here. TensorFlow is
+imported where it is used, so that importing this module (as the presets
+module does for the command line's `--help`) stays instant.
+"""
+
+WRITTEN_AGAINST = {"keras": "3.15.1", "keras_hub": "0.32.0", "tensorflow": "2.21.0"}
+
+
+class PrivateCodeChanged(RuntimeError):
+    """A private name an entry of this module relies on is gone."""
+
+
+def private(owner, name, entry):
+    """`getattr(owner, name)`, or a `PrivateCodeChanged` naming `entry`."""
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise PrivateCodeChanged(
+            f"zoo.keras_compat.{entry} relies on the private "
+            f"{getattr(owner, '__name__', type(owner).__name__)}"
+            f".{name}, which the installed version no longer has (written against "
+            f"{WRITTEN_AGAINST}); re-check that entry against the new version.") from None
+
+
+# 1. Attributes Keras must not track.
+#
+# Keras's `Layer.__setattr__` tracks every attribute (wrapping lists and
+# dicts) and refuses to add state to a built layer. Tokenizers and
+# vocabularies hold no weights and are replaced when a vocabulary is learned
+# after the network is built; the tf.function caches of eager tokenization
+# are plain dicts. `object.__setattr__` sets them past the tracker (the
+# export modules track tokenizers explicitly).
+
+def set_untracked(obj, **attributes):
+    """Sets `attributes` on a Keras layer or model without Keras tracking them."""
+    for name, value in attributes.items():
+        object.__setattr__(obj, name, value)
+
+
+# 2. Multi-worker training (keras-team/keras#20585).
+#
+# Keras 3.15's `fit` and `evaluate` under `MultiWorkerMirroredStrategy`
+# fail in two private steps: building the model on the first distributed
+# batch (averaged over replicas, which collectives cannot do with a tuple)
+# and reducing scalar step outputs with `strategy.reduce(..., axis=0)`.
+# `RawInputModel` overrides `_maybe_symbolic_build` and its step methods
+# with the helpers below (tests/test_zoo_scale.py trains two worker
+# processes through the command line).
+
+def in_multi_worker_mode(strategy):
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning
+    several workers (one worker runs it like `MirroredStrategy`); TF's
+    public API does not say."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    return private(strategy.extended, "_in_multi_worker_mode", "in_multi_worker_mode")()
+
+
+def build_on_local_batch(model, keras_build, iterator, data_batch):
+    """What `model._maybe_symbolic_build(iterator, data_batch)` does, with
+    the local replica's first batch standing in for the distributed one in
+    multi-worker mode: building needs only shapes and dtypes.
+
+    `keras_build` is Keras's own `_maybe_symbolic_build`, bound to `model`.
+    """
+    import tensorflow as tf
+
+    strategy = private(model, "_distribute_strategy", "build_on_local_batch")
+    if iterator is not None and strategy is not None and in_multi_worker_mode(strategy):
+        for _, _, batches in iterator:
+            data_batch = tf.nest.map_structure(
+                lambda value: strategy.experimental_local_results(value)[0]
+                if isinstance(value, tf.distribute.DistributedValues) else value,
+                next(batches),
+            )
+            break
+        iterator = None
+    return keras_build(iterator=iterator, data_batch=data_batch)
+
+
+def reducible_across_workers(logs):
+    """A step's logs as Keras can reduce them across workers: scalars as
+    vectors of one, which `strategy.reduce("MEAN", value, axis=0)` averages."""
+    import tensorflow as tf
+
+    if not in_multi_worker_mode(tf.distribute.get_strategy()):
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
+# 3. XLA by default where it wins.
+#
+# Keras's `jit_compile="auto"` means no XLA on a machine without an
+# accelerator; a model that trains faster with XLA on the CPU overrides the
+# private `Model._resolve_auto_jit_compile` (asked both in `compile` and
+# when an uncompiled model predicts) with this rule. No upstream issue:
+# Keras chose the CPU default deliberately.
+
+def xla_wherever_keras_allows(model):
+    """XLA with one replica and every layer compilable (Keras's own
+    `model_supports_jit`, which also refuses under op determinism)."""
+    import tensorflow as tf
+    from keras.src.trainers import trainer
+
+    model_supports_jit = private(trainer, "model_supports_jit", "xla_wherever_keras_allows")
+    return tf.distribute.get_strategy().num_replicas_in_sync == 1 and model_supports_jit(model)
+
+
+# 4. keras-hub tokenizers on the TensorFlow path everywhere.
+#
+# keras-hub 0.32 tokenizers called eagerly run a pure-Python implementation
+# (its "Python workflow", keras-team/keras-hub#2628, #2948; byte-pair through
+# Hugging Face's `tokenizers`), while tf.data and the exported SavedModel run
+# the TensorFlow ops. The zoo tokenizes with the same ops everywhere, so that
+# what a user checks eagerly is what is served: the private
+# `_allow_python_workflow=False` keeps the TensorFlow path. (Eager outputs are
+# still converted to lists; `RawInputModel.in_graph` runs eager tokenization
+# inside a `tf.function` to get tensors.)
+
+def graph_tokenizer(tokenizer_class, **arguments):
+    """`tokenizer_class(**arguments)` that runs TensorFlow ops when called
+    eagerly too."""
+    return tokenizer_class(**arguments, _allow_python_workflow=False)
+
+
+# 5. keras-hub's preset file access.
+#
+# Reading one file of a checkpoint handle (a local folder, `hf://` or
+# `kaggle://`) the way keras-hub's own loaders do; keras-hub exports no
+# public function for it.
+
+def preset_file_exists(handle, name):
+    from keras_hub.src.utils import preset_utils
+
+    return private(preset_utils, "check_file_exists", "preset_file_exists")(str(handle), name)
+
+
+def preset_file(handle, name):
+    """The local path of `name` in the checkpoint `handle` (downloaded if
+    the handle is on a hub)."""
+    from keras_hub.src.utils import preset_utils
+
+    return private(preset_utils, "get_file", "preset_file")(str(handle), name)
+
+
+def safetensor_loader(handle):
+    """keras-hub's reader of a Hugging Face checkpoint's safetensors files."""
+    from keras_hub.src.utils.transformers import safetensor_utils
+
+    return private(safetensor_utils, "SafetensorLoader", "safetensor_loader")(handle)

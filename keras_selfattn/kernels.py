@@ -6,13 +6,11 @@ divides `H` (grouped-query attention; `G == H` is ordinary multi-head).
 Attention weights are `(B, H, T_q, T_k)`; a mask is boolean, `True` = may
 attend, broadcastable to the weights.
 
-The blocked kernel reads top to bottom: `BlockLayout` fixes the blocks once
-(sizes, padding, which neighbour blocks a band meets) and packs the inputs;
-`BlockMasks` pads the masks; `block_mask` is the one masking rule, per block;
-`blocked_forward`, `blocked_query_gradient` and `blocked_key_value_gradient`
-are scans from tensors to tensors (a band's backward is the one scan
-`blocked_band_gradient`), joined by `blocked_attention`. `banded_attention`
-runs the same band layout and step on every block at once.
+The blocked kernel, top to bottom: `BlockLayout` fixes the blocks once (sizes,
+padding, a band's neighbours) and packs inputs; `BlockMasks` pads the masks;
+`block_mask` is the one masking rule; `blocked_forward` and the backward scans
+(`blocked_query_gradient` with `blocked_key_value_gradient`, or a band's one
+`blocked_band_gradient`) map tensors to tensors; `blocked_attention` joins them.
 """
 
 import dataclasses

@@ -651,12 +651,17 @@ def _query_block_scores(layout, inputs):
         ops.cast(ops.matmul(_rows(queries), _swap_last(keys)), "float32"),
         shape,
     )
-    mask = block_mask(
+    mask = _step_mask(layout, inputs)
+    return scores if mask is None else ops.where(mask, scores, _MASKED_LOGIT)
+
+
+def _step_mask(layout, inputs):
+    """`block_mask` of one scan step's (or every block's) inputs."""
+    return block_mask(
         layout, inputs["query_positions"], inputs["key_positions"],
         inputs.get("query_mask"), inputs.get("key_mask"),
         inputs.get("explicit"),
     )
-    return scores if mask is None else ops.where(mask, scores, _MASKED_LOGIT)
 
 
 def _row_has_key(row_max):
@@ -809,10 +814,7 @@ def blocked_key_value_gradient(layout, masks, queries, keys, values,
         scores = ops.reshape(ops.cast(
             ops.matmul(inputs["keys"], _swap_last(query_rows)), "float32"),
             scores_shape)
-        mask = block_mask(
-            layout, inputs["query_positions"], inputs["key_positions"],
-            inputs.get("query_mask"), inputs.get("key_mask"),
-            inputs.get("explicit"))
+        mask = _step_mask(layout, inputs)
         if mask is not None:
             scores = ops.where(ops.transpose(mask, (0, 1, 4, 2, 3)), scores,
                                _MASKED_LOGIT)

@@ -142,6 +142,7 @@ def graph_tokenizer(tokenizer_class, **arguments):
 # public function for it.
 
 def preset_file_exists(handle, name):
+    """Whether the checkpoint `handle` holds the file `name`."""
     from keras_hub.src.utils import preset_utils
 
     return private(preset_utils, "check_file_exists", "preset_file_exists")(str(handle), name)

@@ -63,7 +63,7 @@ def measure(kind, strategy, precision, jit_compile, examples):
     """examples/s of the fastest epoch after the first, in this process."""
     import keras
 
-    from zoo.training import TrainingRun
+    from zoo.training_run import TrainingRun
 
     class EpochTimes(keras.callbacks.Callback):
         def __init__(self):

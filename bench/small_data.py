@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from results import update_section  # noqa: E402
 from zoo.datasets import load_definitions, load_sentiment  # noqa: E402
 from zoo.text_classifier import train as text_training  # noqa: E402
-from zoo.training import TrainingRun  # noqa: E402
+from zoo.training_run import TrainingRun  # noqa: E402
 
 BATCH = 32
 
@@ -63,7 +63,7 @@ def fine_tune(csv_path, out, variant):
     start = time.perf_counter()
     summary = text_training.train_text_classifier(
         str(csv_path), out, batch_size=BATCH, verbose=0,
-        run=TrainingRun(export=False, figures=False, attention_statistics=False), **options)
+        run=TrainingRun(export=False, figures=False, attention_statistics=False), **options).report
     seconds = time.perf_counter() - start
     return TextClassifier.from_preset(str(Path(out) / "preset")), summary, seconds
 

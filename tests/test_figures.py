@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import TINY_TRANSLATOR, TINY_VIT, number_pairs
 from zoo import report
-from zoo.training import StepHistory
+from zoo.resume import StepHistory
 
 
 @pytest.fixture

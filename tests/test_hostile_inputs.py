@@ -333,7 +333,7 @@ def test_a_checkpoint_resumes_only_into_its_own_run(sentiment_sample, tmp_path, 
 
     from conftest import TINY_ARCHITECTURE, write_reviews_csv
     from zoo import TextClassifier
-    from zoo.training import TrainingCheckpoint, run_fingerprint
+    from zoo.resume import TrainingCheckpoint, run_fingerprint
 
     (texts, labels), _ = sentiment_sample
     first = write_reviews_csv(tmp_path, sentiment_sample, 80)
@@ -377,7 +377,7 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_p
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-         "from zoo.training import exclusive_folder;"
+         "from zoo.resume import exclusive_folder;"
          "lock = exclusive_folder(sys.argv[2]); lock.__enter__(); print('held', flush=True);"
          "time.sleep(120)", str(REPO_ROOT), str(tmp_path / "run" / "backup")],
         stdout=subprocess.PIPE, text=True)
@@ -621,7 +621,7 @@ def test_the_translator_export_bounds_a_request(tmp_path):
 def test_a_checkpoint_the_disk_cannot_hold_is_refused_by_name_and_free_space(tmp_path):
     import shutil
 
-    from zoo.training import check_free_space
+    from zoo.resume import check_free_space
 
     free = shutil.disk_usage(tmp_path).free
     (tmp_path / "step-000000002").mkdir()
@@ -638,7 +638,7 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_keeps_the_previous_one(
 
     import keras
 
-    from zoo.training import TrainingCheckpoint
+    from zoo.resume import TrainingCheckpoint
 
     # A real write failure: from the second epoch on, no file may grow past
     # 64 KB (RLIMIT_FSIZE; with SIGXFSZ ignored a write past it fails with
@@ -674,7 +674,7 @@ def test_a_checkpoint_with_an_edited_step_history_is_read_as_unreadable(tmp_path
 
     import keras
 
-    from zoo.training import TrainingCheckpoint
+    from zoo.resume import TrainingCheckpoint
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile("adam", "mse")

@@ -18,7 +18,7 @@ from conftest import (
 )
 from zoo import report
 from zoo.distribute import describe, get_strategy, local_cluster
-from zoo.training import TrainingRun
+from zoo.training_run import TrainingRun
 
 
 def zoo_command(*args):
@@ -224,7 +224,7 @@ def test_tensorboard_gets_losses_attention_statistics_maps_and_a_profile(reviews
     from zoo.text_classifier.train import train_text_classifier
 
     logs = tmp_path / "logs"
-    summary = train_text_classifier(
+    result = train_text_classifier(
         str(reviews_csv), tmp_path / "run", epochs=2, architecture=TINY_ARCHITECTURE, verbose=0,
         run=TrainingRun(tensorboard=str(logs), profile_steps=(2, 3), export=False))
     tags = {}
@@ -237,7 +237,7 @@ def test_tensorboard_gets_losses_attention_statistics_maps_and_a_profile(reviews
             "attention_maps/block_1"} <= set(tags)
     assert tags["attention/mean_entropy"] == {0, 1}  # every epoch
     assert list(logs.rglob("*.xplane.pb"))  # the profiled steps
-    statistics = summary["attention"]
+    statistics = result.report["attention"]
     assert statistics["heads"] == 2 and 0.0 <= statistics["mean_entropy"] <= 1.0
     assert (tmp_path / "run" / "attention.png").exists()
 

@@ -125,17 +125,14 @@ def _train(args):
     options = {o: getattr(args, o) for o in (*COMMON_TRAIN_OPTIONS, *entry.options)
                if getattr(args, o) is not None}
     with pin:  # the preset's metadata checked as it is loaded, not only here
-        summary = _import(entry.train)(args.data, args.out, run=_training_run(args), **options)
+        result = _import(entry.train)(args.data, args.out, run=_training_run(args), **options)
     out = Path(args.out)
-    from zoo.report import format_score
-
-    headline = summary["headline"]
-    print(f"\n{summary['evaluated_on']} {headline}: {format_score(headline, summary[headline])}")
-    if not summary["wrote_outputs"]:
+    print(f"\n{result.score}")
+    if result.preset is None:
         print(f"outputs: written by the chief worker into its {out}")
         return
-    print(f"preset:  {out / 'preset'}")
-    print(f"export:  {summary['export']}")
+    print(f"preset:  {result.preset}")
+    print(f"export:  {result.export}")
     print(f"figures: {', '.join(str(figure) for figure in sorted(out.glob('*.png')))}")
 
 
@@ -154,7 +151,7 @@ def _tune(args):
 
 
 def _training_run(args):
-    from zoo.training import TrainingRun
+    from zoo.training_run import TrainingRun
 
     profile = None
     if getattr(args, "profile_steps", None):

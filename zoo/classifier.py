@@ -112,13 +112,13 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
     # Reports (the training job, `python -m zoo evaluate|predict`).
 
     def evaluation_report(self, inputs, labels, batch_size=32):
-        """Accuracy, per-class P/R/F1 and the confusion matrix; `"headline"`
-        names the number the command line prints."""
+        """Accuracy, per-class P/R/F1 and the confusion matrix; `"score"`
+        is the number the model is judged by (`zoo.report.Score`'s fields)."""
         predicted, _ = self.predict_labels(inputs, batch_size=batch_size)
         summary = reports.classification_report(
             self.label_ids(labels), self.label_ids(predicted), self.display_labels()
         )
-        return {**summary, "headline": "accuracy"}
+        return {**summary, "score": {"metric": "accuracy", "value": summary["accuracy"]}}
 
     def format_evaluation(self, summary):
         return reports.format_report(summary)

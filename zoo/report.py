@@ -1,5 +1,7 @@
 """Evaluation reports and figures for the zoo's models."""
 
+import dataclasses
+
 import numpy as np
 
 
@@ -76,6 +78,34 @@ def translation_report(sources, references, translations_by_beam, examples=5):
             for i in range(min(examples, len(sources)))
         ],
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """The number a trained model is judged by, and where it was measured.
+
+    Attributes:
+        metric: `"accuracy"`, `"bleu_beam_4"`, ...
+        value: its value (BLEU as a fraction, printed on its 0-100 scale).
+        split: the data it was measured on (`"test"`, `"validation"`), or
+            None.
+    """
+
+    metric: str
+    value: float
+    split: str = None
+
+    @property
+    def key(self):
+        """The metadata and report key: `"test_accuracy"`."""
+        return f"{self.split}_{self.metric}" if self.split else self.metric
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+    def __str__(self):
+        where = f"{self.split} " if self.split else ""
+        return f"{where}{self.metric}: {format_score(self.metric, self.value)}"
 
 
 def format_score(name, value):

@@ -22,13 +22,13 @@ import shutil
 from pathlib import Path
 
 from zoo.publishing import replaced_directory
-from zoo.training import TrainingRun
+from zoo.training_run import TrainingRun
 
 
-def _objective_value(summary, metric):
-    history = summary["history"].get(metric)
+def _objective_value(report, metric):
+    history = report["history"].get(metric)
     if not history:
-        raise ValueError(f"The training job logged no {metric!r}; it logged {sorted(summary['history'])}.")
+        raise ValueError(f"The training job logged no {metric!r}; it logged {sorted(report['history'])}.")
     return float(history[-1])
 
 
@@ -63,9 +63,9 @@ def tune(train_target, data, out, trials, epochs=None, max_train_examples=None, 
             given = {k: v for k, v in (("epochs", epochs),
                                          ("max_train_examples", max_train_examples))
                      if v is not None}
-            summary = train(data, out / "trials" / trial.trial_id, seed=seed, verbose=0,
+            result = train(data, out / "trials" / trial.trial_id, seed=seed, verbose=0,
                             run=trial_run, **given, **{**train_options, **options})
-            value = _objective_value(summary, metric)
+            value = _objective_value(result.report, metric)
             print(f"trial {trial.trial_id}: {metric} {value:.4f} with "
                   f"{json.dumps(trial.hyperparameters.values)}", flush=True)
             return {metric: value}

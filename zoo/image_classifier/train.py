@@ -1,6 +1,7 @@
 """The image classifier's training job: images in, report, figures, preset and export out."""
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -9,8 +10,9 @@ from zoo.data import read_image_folder
 from zoo.datasets import load_digits
 from zoo.image_classifier.image_classifier import CONFIGURATIONS, ImageClassifier
 from zoo.image_classifier.preprocessor import decode_bounded
+from zoo.training_run import TrainingRun
 from zoo.training import (
-    TrainingRun, dropout_override, label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
+    Job, dropout_override, label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
 )
 
 EMBEDDED_DATA = "mnist"
@@ -108,7 +110,7 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
     patch-to-patch weights (`attention_matrices.png`).
 
     Returns:
-        The summary dict also written to `report.json`.
+        A `zoo.training.TrainingResult` (its `report` is `report.json`'s).
     """
     keras.utils.set_random_seed(seed)
     train, validation, test, skipped = load_training_data(data, seed=seed)
@@ -150,12 +152,13 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
           f"width {backbone.hidden_dim}, {backbone.num_layers} blocks; {len(train[0])} training images"
           + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""))
 
-    return train_and_report(
-        model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
-        training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
-        summary_extra={"preset": preset, "skipped_files": skipped},
+    return train_and_report(model, Job(
+        train=train, validation=validation, test=test, out=Path(out), epochs=epochs,
+        batch_size=batch_size, seed=seed, verbose=verbose,
+        metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
+        report_extra={"preset": preset, "skipped_files": skipped},
         figure_options={"labels": validation[1], "matrices": bool(attention_matrices)},
-    )
+    ), run)
 
 
 # `python -m zoo tune image-classifier`: the sizes, dropout and learning rate

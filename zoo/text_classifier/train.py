@@ -1,13 +1,16 @@
 """The text classifier's training job: data in, report, figures, preset and export out."""
 
+from pathlib import Path
+
 import keras
 import numpy as np
 
 from zoo.data import read_labelled_data
 from zoo.datasets import load_definitions, load_sentiment
 from zoo.text_classifier.text_classifier import TextClassifier
+from zoo.training_run import TrainingRun
 from zoo.training import (
-    TrainingRun, dropout_override, label_names, preset_label_order, split_validation, train_and_report,
+    Job, dropout_override, label_names, preset_label_order, split_validation, train_and_report,
     warmup_cosine,
 )
 
@@ -145,7 +148,7 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     Writes under `out/` what `zoo.training.train_and_report` lists.
 
     Returns:
-        The summary dict also written to `report.json`.
+        A `zoo.training.TrainingResult` (its `report` is `report.json`'s).
     """
     if from_scratch and preset is not None:
         raise ValueError(f"Give either a preset to fine-tune or from_scratch=True, not both. "
@@ -188,15 +191,14 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
         if preset is None:
             model.adapt(train[0])
 
-    return train_and_report(
-        model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
-        training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
-                           # `evaluate RUN --data ...` reads the same columns.
-                           "text_column": text_column, "label_column": label_column,
-                           **data_rows},
-        summary_extra={"preset": None if preset is None else str(preset),
-                       **data_rows},
-    )
+    return train_and_report(model, Job(
+        train=train, validation=validation, test=test, out=Path(out), epochs=epochs,
+        batch_size=batch_size, seed=seed, verbose=verbose,
+        metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
+                  # `evaluate RUN --data ...` reads the same columns.
+                  "text_column": text_column, "label_column": label_column, **data_rows},
+        report_extra={"preset": None if preset is None else str(preset), **data_rows},
+    ), run)
 
 
 # `python -m zoo tune text-classifier`: the sizes, dropout and learning rate

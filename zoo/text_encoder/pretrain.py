@@ -41,7 +41,8 @@ import numpy as np
 from zoo.pipeline import StopAfterEpoch
 from zoo.text_encoder import corpus
 from zoo.text_encoder.model import PRESETS_DIR, TextEncoder
-from zoo.training import TrainingCheckpoint, warmup_cosine
+from zoo.resume import TrainingCheckpoint
+from zoo.training import warmup_cosine
 
 PRESET_NAME = "english_body_small"
 ARCHITECTURE = dict(

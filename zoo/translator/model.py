@@ -618,16 +618,17 @@ class Translator(PresetModel, RawInputModel):
 
     def evaluation_report(self, sources, references, batch_size=64, beam_size=4):
         """Corpus BLEU of greedy and beam-`beam_size` translations, and
-        examples; `"headline"` names the number the command line prints."""
+        examples; `"score"` is the number the model is judged by (BLEU at
+        `beam_size`, as `zoo.report.Score`'s fields)."""
         sources = self.raw_array(sources)
         beams = sorted({1, beam_size})
         summary = reports.translation_report(sources, self.raw_array(references), {
             k: self.translate(sources, beam_size=k, batch_size=batch_size) for k in beams
         })
-        headline = f"bleu_beam_{beam_size}"
         for k in beams:
             summary[f"bleu_beam_{k}"] = summary["bleu"][str(k)]
-        return {**summary, "headline": headline, "beam_size": beam_size}
+        score = {"metric": f"bleu_beam_{beam_size}", "value": summary[f"bleu_beam_{beam_size}"]}
+        return {**summary, "score": score, "beam_size": beam_size}
 
     def format_evaluation(self, summary):
         return reports.format_translation_report(summary)

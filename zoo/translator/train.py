@@ -1,11 +1,14 @@
 """The translator's training job: sentence pairs in, BLEU, figures, preset and export out."""
 
+from pathlib import Path
+
 import keras
 import numpy as np
 
 from zoo.data import read_sentence_data
 from zoo.datasets import load_message_pairs, split_pairs
-from zoo.training import TrainingRun, dropout_override, train_and_report, warmup_cosine
+from zoo.training import Job, dropout_override, train_and_report, warmup_cosine
+from zoo.training_run import TrainingRun
 from zoo.translator.model import Translator
 
 EMBEDDED_DATA = "gramps"
@@ -64,7 +67,7 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
     export decodes with `beam_size`.
 
     Returns:
-        The summary dict also written to `report.json`.
+        A `zoo.training.TrainingResult` (its `report` is `report.json`'s).
     """
     keras.utils.set_random_seed(seed)
     epochs = epochs or DEFAULT_EPOCHS
@@ -89,14 +92,14 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
             warmup_cosine(learning_rate, steps), weight_decay=0.01
         ), **run.compile_options())
 
-    return train_and_report(
-        model, train, validation, test, out, epochs, batch_size, verbose=verbose, run=run, seed=seed,
-        training_metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
-                           **data_rows},
-        summary_extra={"preset": preset, **data_rows},
+    return train_and_report(model, Job(
+        train=train, validation=validation, test=test, out=Path(out), epochs=epochs,
+        batch_size=batch_size, seed=seed, verbose=verbose,
+        metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed, **data_rows},
+        report_extra={"preset": preset, **data_rows},
         evaluation_options={"beam_size": beam_size},
         export_options={"beam_size": beam_size},
-    )
+    ), run)
 
 
 # `python -m zoo tune translator`: the sizes, dropout and learning rate

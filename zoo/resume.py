@@ -1,0 +1,334 @@
+"""Resuming an interrupted training run, and only into the run it belongs to.
+
+- `TrainingCheckpoint`: the callback that backs up weights, optimizer state
+  and history every N steps and at each epoch's end (atomically, the two
+  newest kept), and restores the newest readable one.
+- `run_fingerprint`: what makes a run itself (its data and settings); a
+  checkpoint of another run is refused (`RunMismatchError`).
+- `exclusive_folder`: one training process per backup folder.
+- `resumable_fit`: `model.fit` that starts where the checkpoint stopped, in
+  the middle of an epoch included.
+
+Imports Keras and NumPy; nothing from the models.
+"""
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """Backs up the training state every `every_steps` steps and at each
+    epoch's end, so that a killed run resumes where it stopped.
+
+    A checkpoint is a folder `step-<N>` holding the weights with the
+    optimizer's state and `state.json` (epoch, batches done in it, total
+    steps, history so far per epoch and per step); it is written under a temporary name and
+    renamed into place, so a kill while writing leaves the previous one
+    whole. The two newest are kept: a resume falls back to the older when
+    the newer cannot be read.
+
+    A checkpoint also records the run's `fingerprint` (`run_fingerprint`:
+    the training data and the settings), and a run resumes only from its
+    own: another run's checkpoint is refused, naming what differs.
+
+    Args:
+        directory: the backup folder (its own, nothing else in it).
+        every_steps: steps between checkpoints; None for epoch ends only.
+        fingerprint: `{"data": sha256, "settings": {...}}` of this run.
+    """
+
+    STATE_FILE = "state.json"
+    WEIGHTS_FILE = "state.weights.h5"
+
+    def __init__(self, directory, every_steps=None, fingerprint=None):
+        super().__init__()
+        self.directory = Path(directory)
+        self.every_steps = every_steps
+        self.fingerprint = fingerprint
+        self.history = {}
+        self.step_history = StepHistory()
+        self._epoch = 0
+        self._skipped = 0
+
+    def restore(self, model):
+        """Loads the newest readable checkpoint into `model` (built under its
+        strategy); returns its state, or None when there is none."""
+        for unfinished in self.directory.glob(".writing-*"):  # killed while writing
+            shutil.rmtree(unfinished, ignore_errors=True)
+        for folder in reversed(self._checkpoints()):
+            try:
+                state = json.loads((folder / self.STATE_FILE).read_text())
+                self._check_same_run(state.get("fingerprint"))
+                if model.optimizer is not None and not model.optimizer.built:
+                    model.optimizer.build(model.trainable_variables)
+                step_history = StepHistory(state.get("step_history"))
+                model.load_weights(str(folder / self.WEIGHTS_FILE))
+            except RunMismatchError:
+                raise
+            except (OSError, ValueError, KeyError) as error:
+                print(f"checkpoint {folder} is unreadable ({error}); trying an older one")
+                continue
+            self.history = state["history"]
+            self.step_history = step_history
+            return state
+        return None
+
+    def _check_same_run(self, theirs):
+        ours = self.fingerprint
+        if ours is None or theirs == ours:
+            return
+        theirs = theirs or {}
+        differences = []
+        if theirs.get("data") != ours["data"]:
+            differences.append("other training data")
+        settings = theirs.get("settings", {})
+        differences += [f"{name} {settings.get(name)!r} -> {value!r}"
+                        for name, value in ours["settings"].items()
+                        if settings.get(name) != value and name != "network"]
+        if settings.get("network") != ours["settings"]["network"]:
+            differences.append("another network")
+        raise RunMismatchError(
+            f"{self.directory} holds the checkpoint of another run "
+            f"({'; '.join(differences) or 'written by an earlier version'}); resuming would "
+            "continue its weights on this run: pass --restart (TrainingRun(restart=True)) to "
+            "discard it, or train into another --out.")
+
+    def start(self, epoch, skipped_batches):
+        """Tells the callback where the coming `fit` call starts."""
+        self._epoch, self._skipped = epoch, skipped_batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_begin(self, logs=None):
+        self._last_saved = self._steps()
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = self._steps()
+        self.step_history.record(steps, logs)
+        # `batch` is the last of the steps one call ran (steps_per_execution);
+        # an epoch's last batch is saved as the epoch's end.
+        if batch + 1 >= self.params.get("steps", float("inf")):
+            return
+        if self.every_steps and steps - self._last_saved >= self.every_steps:
+            self._save(self._epoch, self._skipped + batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        self.step_history.end_epoch(self._steps())
+        self._skipped = 0
+        self._save(epoch + 1, 0)
+
+    def _steps(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _save(self, epoch, batches_done):
+        steps = self._last_saved = self._steps()
+        target = self.directory / f"step-{steps:09d}"
+        if target.exists():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Weights and optimizer state, with room for the file format: HDF5
+        # crashed the process (SIGSEGV) when the disk filled while writing.
+        state_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                          for v in [*self.model.weights, *self.model.optimizer.variables])
+        check_free_space(self.directory, int(state_bytes * 1.1) + (1 << 20))
+        staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=self.directory))
+        try:
+            self.model.save_weights(str(staging / self.WEIGHTS_FILE))
+            (staging / self.STATE_FILE).write_text(json.dumps({
+                "epoch": epoch, "batches_done": batches_done, "steps": steps,
+                "history": self.history, "step_history": self.step_history.as_dict(),
+                "fingerprint": self.fingerprint,
+            }))
+            os.replace(staging, target)
+        except OSError as error:
+            # The disk filled (or a quota or file-size limit was met) after
+            # the free-space check: h5py's message runs to several lines.
+            reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
+            raise ValueError(
+                f"{self.directory}: writing the checkpoint at step {steps} failed ({reason}); "
+                f"{shutil.disk_usage(self.directory).free / 2**20:.1f} MB free. "
+                + ("The previous checkpoint is kept. " if self._checkpoints() else "")
+                + "Free some space and run the same command again to resume."
+            ) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        where = (f"epoch {epoch + 1}, after batch {batches_done}" if batches_done
+                 else f"end of epoch {epoch}")
+        print(f"\ncheckpoint: step {steps} ({where})", flush=True)
+        for old in self._checkpoints()[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _checkpoints(self):
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir()
+                      if re.fullmatch(r"step-\d{9}", p.name) and p.is_dir())
+
+
+class StepHistory:
+    """The training metrics Keras reports after each step (each epoch's mean
+    so far), for the curves of a run too short for per-epoch points. At most
+    `max_points` are kept: past that, every other point is dropped and only
+    every `stride`-th step (doubled) is recorded, so a long run's record
+    stays small in every checkpoint."""
+
+    def __init__(self, saved=None, max_points=1000):
+        saved = saved or {}
+        # `saved` comes from a checkpoint's state.json: a file edited by hand
+        # or cut short is refused (and the checkpoint read as unreadable).
+        try:
+            self.stride = int(saved.get("stride", 1))
+            self.epoch_ends = [int(step) for step in saved.get("epoch_ends", [])]
+            self.metrics = {str(name): [float(value) for value in values]
+                            for name, values in saved.get("metrics", {}).items()}
+        except (AttributeError, TypeError, ValueError) as error:
+            raise ValueError(f"malformed step history ({error})") from None
+        lengths = {len(values) for values in self.metrics.values()}
+        if self.stride < 1 or len(lengths) > 1:
+            raise ValueError(f"malformed step history (stride {self.stride}, "
+                             f"metric lengths {sorted(lengths)})")
+        self.max_points = max_points
+
+    def record(self, step, logs):
+        if step % self.stride or not logs:
+            return
+        self.metrics.setdefault("step", []).append(step)
+        for name, value in logs.items():
+            if not name.startswith("val_"):
+                self.metrics.setdefault(name, []).append(float(value))
+        if len(self.metrics["step"]) > self.max_points:
+            self.metrics = {name: values[1::2] for name, values in self.metrics.items()}
+            self.stride *= 2
+
+    def end_epoch(self, step):
+        self.epoch_ends.append(step)
+
+    def as_dict(self):
+        return {"stride": self.stride, "epoch_ends": self.epoch_ends, "metrics": self.metrics}
+
+
+LOCK_FILE = ".lock"
+
+
+def check_free_space(folder, needed):
+    """Refuses to write `needed` bytes into `folder` when its file system has
+    less free: one message naming the folder and the free space, and every
+    file already there (the previous checkpoint) kept."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ValueError(f"{folder}: {free / 2**20:.1f} MB free, and the checkpoint needs "
+                         f"{needed / 2**20:.1f} MB; the previous checkpoint is kept. Free some "
+                         "space and run the same command again to resume.")
+
+
+class RunMismatchError(ValueError):
+    """A checkpoint that belongs to another run (not an unreadable one)."""
+
+
+def run_fingerprint(model, train, epochs, batch_size, training_metadata=None):
+    """What makes a run itself: the SHA-256 of its training inputs and
+    labels, and its settings (the network's configuration, epochs, batch
+    size, and the job's `training_metadata`: data path, learning rate,
+    seed). A checkpoint resumes only into the run with the same."""
+    digest = hashlib.sha256()
+    for column in train:
+        for value in column:
+            raw = value if isinstance(value, bytes) else (
+                np.ascontiguousarray(value).tobytes() if isinstance(value, np.ndarray)
+                else str(value).encode("utf-8"))
+            digest.update(len(raw).to_bytes(8, "little"))
+            digest.update(raw)
+    architecture = model.architecture() if hasattr(model, "architecture") else {}
+    settings = {"epochs": int(epochs), "batch_size": int(batch_size),
+                **json.loads(json.dumps(training_metadata or {}, default=str)),
+                "network": json.loads(json.dumps(architecture, sort_keys=True, default=str))}
+    return {"data": digest.hexdigest(), "settings": settings}
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder):
+    """Holds a lock on `folder` (the file `.lock` in it) for the block: a
+    second training run into the same backup folder is refused, naming the
+    process that holds it, instead of resuming from the first run's
+    checkpoint while it is written. The operating system releases the lock
+    when the process ends, however it ends."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / LOCK_FILE
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ValueError(f"{folder.parent} is in use by another training run (process "
+                         f"{holder}); wait for it to end, or train into another --out.") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+class StepProgress(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, counting the steps that ran. With
+    `steps_per_execution` Keras reports the last step each call could have
+    run, so an epoch of 5 steps run 8 at a time ended at `8/5`, with a bar
+    past its end and a negative time left."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        last = batch if self.target is None else min(batch, self.target - 1)
+        super().on_train_batch_end(last, logs)
+
+
+def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, callbacks=(),
+                  verbose="auto", seed=0):
+    """`model.fit` that resumes from `checkpoint`'s newest state: the rest
+    of an interrupted epoch (its remaining batches, in the same order),
+    then the remaining epochs.
+
+    Returns:
+        `(history, steps)`: the history of every epoch (those before the
+        interruption included) and `{"total", "resumed_at", "this_run"}`.
+        The metrics after each step are in `checkpoint.step_history`.
+    """
+    with model.distribute_strategy.scope():
+        state = checkpoint.restore(model)
+    epoch, skipped = (state["epoch"], state["batches_done"]) if state else (0, 0)
+    resumed_at = state["steps"] if state else 0
+    if state:
+        print(f"resuming from the checkpoint at step {resumed_at}: epoch {epoch + 1}"
+              f"{f', after batch {skipped}' if skipped else ''}", flush=True)
+    fit = functools.partial(
+        model.fit, train[0], train[1], validation_data=validation, batch_size=batch_size,
+        verbose=verbose, seed=seed, callbacks=[checkpoint, StepProgress(), *callbacks],
+    )
+    if skipped:
+        checkpoint.start(epoch, skipped)
+        fit(initial_epoch=epoch, epochs=epochs, skip_batches=skipped)
+        epoch += 1
+    if epoch < epochs:
+        checkpoint.start(epoch, 0)
+        fit(initial_epoch=epoch, epochs=epochs)
+    total = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    return checkpoint.history, {"total": total, "resumed_at": resumed_at,
+                                "this_run": total - resumed_at}

@@ -3,7 +3,7 @@ workers, under each precision, with XLA on and off, in one run.
 
 Each measurement runs in a fresh process (logical devices must be set before
 TensorFlow starts; two workers are two processes): the model's own training
-job's pieces (`zoo.training.TrainingRun`, the raw-input `fit`), its recipe
+job's pieces (`zoo.training_run.TrainingRun`, the raw-input `fit`), its recipe
 architecture, raw embedded data, global batch 64, three epochs; the rate is
 examples/s of the fastest epoch after the first (which traces). 1 replica is
 the default strategy; 2 replicas `MirroredStrategy` over two logical CPU

@@ -77,6 +77,23 @@ def test_keras_still_asks_the_auto_xla_hook_in_compile():
     assert keras_compat.xla_wherever_keras_allows(plain) is True
 
 
+def test_fits_validation_pass_is_told_from_a_users_evaluate():
+    calls = []
+
+    class Recording(keras.Sequential):
+        def evaluate(self, x=None, y=None, **kwargs):
+            calls.append(keras_compat.evaluates_fits_validation_data(kwargs))
+            return super().evaluate(x, y, **kwargs)
+
+    model = Recording([keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    data = (np.ones((8, 3), "float32"), np.ones((8, 1), "float32"))
+    model.fit(*data, validation_data=data, epochs=2, verbose=0)
+    model.evaluate(*data, verbose=0)
+    assert calls == [True, True, False], (
+        "Keras's fit no longer validates through evaluate(_use_cached_eval_dataset=True)")
+
+
 @pytest.mark.parametrize("tokenizer_class, arguments", [
     (keras_hub.tokenizers.WordPieceTokenizer, dict(vocabulary=["[PAD]", "[UNK]", "a", "b"])),
     (keras_hub.tokenizers.BytePairTokenizer, dict(vocabulary={"a": 0, "b": 1, "ab": 2},

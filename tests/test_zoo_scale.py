@@ -337,15 +337,16 @@ def test_static_shapes_for_a_tpu(tiny_classifier, sentiment_sample):
     """What `--strategy tpu` sets (`TrainingRun.prepare`): every batch padded
     to the full length, partial batches dropped; shown here without a TPU."""
     from zoo import TextClassifier, Translator
+    from zoo.pipeline import input_pipeline
 
     model = TextClassifier(num_classes=2, **TINY_ARCHITECTURE, vocabulary=tiny_classifier.vocabulary)
     model.static_shapes = True
     (texts, labels), _ = sentiment_sample
     ids = model.preprocess(tf.constant(["a", "b c"]))
     assert ids.shape == (2, TINY_ARCHITECTURE["sequence_length"])
-    batches, steps = model.training_batches(texts[:70], (np.array(labels[:70]) == "fresh").astype(int), 32,
-                                            lambda: tf.constant(0, tf.int64))
-    assert steps == 2
+    batches = input_pipeline(model, texts[:70], (np.array(labels[:70]) == "fresh").astype(int), 32,
+                             training=True, shuffle=True, epoch=tf.Variable(0, dtype=tf.int64))
+    assert int(batches.cardinality()) == 2
     assert [tuple(x.shape) for x, _ in batches] == [(32, TINY_ARCHITECTURE["sequence_length"])] * 2
 
     translator = Translator(**TINY_TRANSLATOR)

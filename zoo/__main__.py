@@ -39,7 +39,7 @@ def _labelled_texts(args):
 
 
 def _labelled_images(args):
-    from zoo.data import read_image_folder
+    from zoo.image_classifier.image_folder import read_image_folder
     from zoo.datasets import load_digits
     from zoo.image_classifier.train import EMBEDDED_DATA
 

@@ -41,3 +41,23 @@ class Backbone(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def attention_through(blocks, x, padding_mask=None):
+    """Runs `x` through encoder `blocks` as the forward pass does (training
+    off), keeping each block's attention weights on the input it receives.
+
+    Args:
+        blocks: `TransformerEncoderBlock`s, in order.
+        x: the first block's input `(B, T, dim)`.
+        padding_mask: `(B, T)` bool, True on real tokens, or None.
+
+    Returns:
+        `(weights, output)`: a `(B, heads, T, T)` tensor per block, and the
+        last block's output.
+    """
+    weights = []
+    for block in blocks:
+        weights.append(block.attention_scores(x, padding_mask=padding_mask))
+        x = block(x, padding_mask=padding_mask, training=False)
+    return weights, x

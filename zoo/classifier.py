@@ -91,15 +91,9 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
                 "needs examples of at least two."
             )
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """`compile` with classifier defaults: AdamW, cross-entropy, accuracy."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(1e-3, weight_decay=0.01)
-        if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        if metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+    def default_loss(self):
+        """Cross-entropy over the classes' logits."""
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def predict_labels(self, inputs, batch_size=32):
         """`(names, probabilities)` for raw `inputs`."""

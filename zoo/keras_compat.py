@@ -161,3 +161,16 @@ def safetensor_loader(handle):
     from keras_hub.src.utils.transformers import safetensor_utils
 
     return private(safetensor_utils, "SafetensorLoader", "safetensor_loader")(handle)
+
+
+# 6. `fit`'s validation pass.
+#
+# Keras 3.15's `fit` validates at each epoch's end by calling the model's
+# own `evaluate` with the private keyword `_use_cached_eval_dataset=True`;
+# `evaluate` then reads the iterator `fit` built from `validation_data` and
+# ignores `x`. An `evaluate` that builds a pipeline from raw inputs
+# (`RawInputModel.evaluate`) must hand such a call straight on.
+
+def evaluates_fits_validation_data(evaluate_kwargs):
+    """Whether `evaluate(**evaluate_kwargs)` is `fit`'s validation pass."""
+    return bool(evaluate_kwargs.get("_use_cached_eval_dataset", False))

@@ -10,7 +10,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from zoo.keras_compat import build_on_local_batch, reducible_across_workers, set_untracked
+from zoo.keras_compat import (
+    build_on_local_batch, evaluates_fits_validation_data, reducible_across_workers, set_untracked,
+)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -91,70 +93,153 @@ def valid_utf8(texts):
 
 
 class RawInputModel(keras.Model):
-    """Base of the zoo models. Subclasses implement:
+    """Base of the zoo models: Keras's `fit`, `evaluate` and `predict` on raw
+    inputs (texts, images), preprocessed in the `tf.data` pipeline.
 
-    - `preprocess(inputs)`: a batch of raw inputs -> model inputs (TF ops).
-    - `raw_input_spec`: the `tf.TensorSpec` of one raw input.
-    and may override:
-    - `raw_dtypes`: the dtypes raw inputs come in (default: the spec's);
-      anything else in a `tf.data.Dataset` is taken as already preprocessed.
-    - `is_batched(spec)`: whether a dataset's elements are batches.
-    - `preprocess_example(input)`: one raw input -> fixed-shape model input,
-      for unbatched datasets whose inputs cannot be batched as they are
-      (images of different sizes).
-    - `raw_examples(x, y)`: `fit`/`evaluate`/`predict` arguments -> `(raw
-      inputs, labels)` (e.g. a folder of labelled files).
-    - `augment(model_inputs)`: random augmentation of a preprocessed batch,
-      applied to `fit`'s training data only, in the pipeline, so that the
-      network stays free of ops XLA cannot compile.
-    - `batch_raw(data, batch_size, drop_remainder, ordered)`: how raw
-      examples are grouped into batches; with `groups_by_length`, similar
-      lengths together unless `ordered` (`predict`).
-    - `targets(y)`, `tf_targets(y)` and `preprocess_pair(inputs, targets)`:
-      what `y` becomes (default: label ids, by name or number) and how a
-      batch of raw pairs becomes the model's `(x, y[, sample_weight])`
-      (default: `(preprocess(inputs), targets)`); a translator's targets
-      are texts.
-    and may keep label names in `self.label_names`.
+    `input_pipeline` turns whatever the user passed into batches of model
+    inputs; its docstring has the table of accepted types. A subclass
+    implements `preprocess` and `raw_input_spec` and overrides the other
+    hooks below where its inputs need it: each hook says what calls it and
+    when. Keras's own private methods overridden here are at the end of the
+    class, each delegating to `zoo.keras_compat`.
     """
 
-    raw_input_spec = None
-    label_names = None
-    # Text models pad each batch to its longest text: grouping similar
-    # lengths (`length_grouped_batches`) spares the padding.
-    groups_by_length = False
-    preprocess_example = None
-    augment = None
     # Whether `fit` drops the last, partial batch of in-memory training
     # data: under XLA every new batch shape compiles the step again.
     drop_remainder_in_training = False
     # Every batch padded to the full sequence length, partial batches
-    # dropped: what a TPU needs (set by `zoo.training.TrainingRun`).
+    # dropped: what a TPU needs (set by `zoo.training_run.TrainingRun.prepare`).
     static_shapes = False
-    # Whether `attention_maps` needs the targets (a decoder's attention does).
+
+    # Hooks: what a subclass defines.
+
+    #: The `tf.TensorSpec` of one raw input (`TensorSpec((), tf.string)` for
+    #: a text). `input_pipeline` compares a dataset's elements with it.
+    raw_input_spec = None
+
+    #: Label names, when the labels have names; `label_ids` maps them.
+    label_names = None
+
+    #: Whether raw examples are batched by length (`batch_raw`): text
+    #: models pad each batch to its longest text, and grouping similar
+    #: lengths spares the padding.
+    groups_by_length = False
+
+    #: Whether the attention figure and statistics need the targets
+    #: (`attention_maps(inputs, targets)`): a decoder's attention does.
     attention_needs_targets = False
 
+    #: Whether an unbatched dataset is preprocessed one example at a time
+    #: (`preprocess_example`) before batching: for raw inputs that cannot be
+    #: batched as they are (images of different sizes).
+    preprocesses_each_example = False
+
     def preprocess(self, inputs):
-        raise NotImplementedError
+        """A batch of raw inputs -> the network's inputs, in TensorFlow ops.
+
+        Called by `input_pipeline` inside `tf.data` for every batch (and by
+        the export, traced into the SavedModel): training and serving run
+        the same preprocessing.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement `preprocess`.")
 
     @property
     def raw_dtypes(self):
+        """The dtypes raw inputs come in (default: `raw_input_spec`'s).
+
+        Read by `input_pipeline`: a `tf.data.Dataset` of any other dtype is
+        taken as already preprocessed and used as it is.
+        """
         return (self.raw_input_spec.dtype,)
 
     def is_batched(self, element_spec):
+        """Whether a raw dataset's elements (`element_spec`) are batches.
+
+        Called by `input_pipeline` on a `tf.data.Dataset` of raw inputs: a
+        batched one is preprocessed batch by batch, an unbatched one is
+        batched first (`batch_raw`).
+        """
         return element_spec.shape.rank == self.raw_input_spec.shape.rank + 1
 
     def raw_examples(self, x, y=None):
+        """`fit`/`evaluate`/`predict`'s `x` and `y` -> `(raw inputs, labels)`.
+
+        Called first, on anything that is not a `tf.data.Dataset`. The image
+        classifier reads a folder of labelled files here.
+        """
         return self.raw_array(x), y
 
+    def raw_array(self, x):
+        """In-memory raw inputs -> one NumPy array, checked (texts: `text_array`)."""
+        return np.asarray(x)
+
+    def prepare_for_training(self, x, y):
+        """Called by `fit` before it builds its dataset, with the raw inputs
+        (or the user's `tf.data.Dataset`) and labels: a text model learns
+        its vocabulary here, a classifier its label names."""
+
     def targets(self, y):
+        """In-memory labels or targets -> the array the pipeline slices.
+
+        Called by `input_pipeline` on in-memory data (default: label ids,
+        by name or number, via `label_ids`; a translator keeps its texts).
+        """
         return self.label_ids(y)
 
     def tf_targets(self, y):
+        """`targets` in TensorFlow ops, for a `tf.data.Dataset` of raw
+        `(inputs, labels)` pairs; called by `input_pipeline` per element."""
         return self._tf_label_ids(y)
 
     def preprocess_pair(self, inputs, targets):
+        """A batch of raw `(inputs, targets)` -> the network's `(x, y[,
+        sample_weight])`, in TensorFlow ops.
+
+        Called by `input_pipeline` for every labelled batch (default:
+        `(preprocess(inputs), targets)`; a translator tokenizes its target
+        texts into decoder inputs, next tokens and weights).
+        """
         return self.preprocess(inputs), targets
+
+    def preprocess_example(self, example):
+        """One raw input -> a fixed-shape network input, in TensorFlow ops.
+
+        Called by `input_pipeline` on each element of an unbatched dataset
+        when `preprocesses_each_example` (images of different sizes), which
+        is then batched.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} sets preprocesses_each_example but does not "
+            "implement `preprocess_example`.")
+
+    def batch_raw(self, data, batch_size, drop_remainder=False, ordered=False, seed=None):
+        """Groups raw examples (before `preprocess`) into batches.
+
+        Called by `input_pipeline` on in-memory data and on unbatched
+        datasets. Default: texts of similar length together when
+        `groups_by_length`, unless `ordered` (`predict` keeps the inputs'
+        order) or the shapes must be static.
+        """
+        if self.groups_by_length and not ordered and not self.static_shapes:
+            return length_grouped_batches(data, batch_size, drop_remainder, seed)
+        return data.batch(batch_size, drop_remainder=drop_remainder)
+
+    def augment(self, model_inputs):
+        """Random augmentation of a preprocessed batch of training inputs.
+
+        Called by `fit` in the `tf.data` pipeline, on the training data
+        only, so that the network stays free of ops XLA cannot compile.
+        Default: none.
+        """
+        return model_inputs
+
+    def default_loss(self):
+        """The loss `compile(loss="auto")` uses. Called by `compile`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `default_loss`.")
+
+    #: Whether `compile`'s metrics are weighted by the pipeline's sample
+    #: weights (`preprocess_pair`'s third output).
+    sample_weighted_metrics = False
 
     # Labels.
 
@@ -186,157 +271,29 @@ class RawInputModel(keras.Model):
             )
         return ids
 
-    # Datasets.
+    # Keras entry points on raw data.
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """Keras's `compile`, where `"auto"` means the zoo's defaults: AdamW
+        (learning rate 1e-3, weight decay 0.01), `default_loss()`, and
+        accuracy (weighted when `sample_weighted_metrics`)."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(1e-3, weight_decay=0.01)
+        if loss == "auto":
+            loss = self.default_loss()
+        if metrics == "auto":
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        if self.sample_weighted_metrics:
+            kwargs["weighted_metrics"] = metrics
+        else:
+            kwargs["metrics"] = metrics
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     def dataset(self, x, y=None, batch_size=32, shuffle=False, seed=0, training=False,
                 ordered=False):
-        """Raw inputs (list, array or `tf.data`) -> batched, preprocessed data.
-
-        `ordered`: the batches must follow the inputs' order (`predict`).
-        """
-        if isinstance(x, tf.data.Dataset):
-            if y is not None:
-                raise ValueError("Give labels inside the dataset, not as `y`.")
-            data = x
-            element = data.element_spec
-            spec = element[0] if isinstance(element, tuple) else element
-            if getattr(spec, "dtype", None) not in self.raw_dtypes:
-                # Keras's `fit` validates by calling `evaluate` on the dataset
-                # this method already built.
-                return data
-            if isinstance(element, tuple) and len(element) == 2:
-                data = data.map(lambda a, b: (a, self.tf_targets(b)))
-            if self.is_batched(spec):
-                return self._preprocessed(data)
-            if self.preprocess_example is not None:
-                return data.map(
-                    self._preprocess_element(self.preprocess_example),
-                    num_parallel_calls=AUTOTUNE,
-                ).batch(batch_size).prefetch(AUTOTUNE)
-            return self._preprocessed(
-                self.batch_raw(data, batch_size, ordered=ordered)
-            )
-        data = self._examples(x, y)
-        if shuffle:
-            data = data.shuffle(int(data.cardinality()), seed=seed,
-                                reshuffle_each_iteration=True)
-        drop = training and self._drops_remainder(int(data.cardinality()), batch_size)
-        return self._preprocessed(self.batch_raw(data, batch_size, drop, ordered))
-
-    def training_batches(self, x, y, batch_size, epoch, skip_batches=0, shuffle=True, seed=0):
-        """In-memory raw training data -> `(batches, steps_per_epoch)`: one
-        epoch of preprocessed batches, less the first `skip_batches`.
-
-        `epoch()` gives the epoch number (a scalar int64 tensor) when a pass
-        over the dataset begins; the order of the examples depends only on
-        it and `seed`, so a run resumed from a checkpoint taken after batch
-        `b` of epoch `e` goes on with exactly the batches the interrupted
-        run would have trained on next, on any number of replicas.
-        """
-        inputs, y = self.raw_examples(x, y)
-        columns = self._columns(inputs, y)
-        count = len(inputs)
-        drop = self._drops_remainder(count, batch_size)
-        steps = count // batch_size if drop else -(-count // batch_size)
-
-        def examples(number):
-            order = tf.range(count)
-            if shuffle:
-                order = tf.random.experimental.stateless_shuffle(
-                    order, seed=tf.stack([tf.constant(seed, tf.int64), number]))
-            picked = tuple(tf.gather(column, order) for column in columns)
-            return tf.data.Dataset.from_tensor_slices(picked if len(picked) > 1 else picked[0])
-
-        data = tf.data.Dataset.from_tensors(0).map(lambda _: epoch()).flat_map(examples)
-        batches = self.batch_raw(data, batch_size, drop, ordered=not shuffle, seed=seed)
-        batches = batches.skip(skip_batches).apply(
-            tf.data.experimental.assert_cardinality(steps - skip_batches))
-        return self._preprocessed(_sharded_by_data(batches)), steps
-
-    def _columns(self, inputs, y):
-        if len(inputs) == 0:
-            raise ValueError("No inputs: received an empty list or array.")
-        if y is None:
-            return (inputs,)
-        targets = self.targets(y)
-        if len(targets) != len(inputs):
-            raise ValueError(f"Got {len(inputs)} inputs but {len(targets)} targets.")
-        return inputs, targets
-
-    def _examples(self, x, y):
-        inputs, y = self.raw_examples(x, y)
-        columns = self._columns(inputs, y)
-        data = tf.data.Dataset.from_tensor_slices(columns if len(columns) > 1 else columns[0])
-        return _sharded_by_data(data)
-
-    def _drops_remainder(self, count, batch_size):
-        # XLA compiles the step again for every new batch shape; a TPU
-        # needs static shapes.
-        return (self.drop_remainder_in_training or self.static_shapes) and count >= batch_size
-
-    def batch_raw(self, data, batch_size, drop_remainder=False, ordered=False, seed=None):
-        """Batches raw examples (before `preprocess`): texts of similar
-        length together when `groups_by_length`, unless `ordered`."""
-        if self.groups_by_length and not ordered and not self.static_shapes:
-            return length_grouped_batches(data, batch_size, drop_remainder, seed)
-        return data.batch(batch_size, drop_remainder=drop_remainder)
-
-    def _preprocessed(self, batches):
-        def apply(*element):
-            if len(element) == 2:
-                return self.preprocess_pair(*element)
-            return self.preprocess(element[0])
-
-        return batches.map(apply, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
-
-    def raw_array(self, x):
-        return np.asarray(x)
-
-    def in_graph(self, function, *texts):
-        """Runs `function` on string tensors as a (cached) `tf.function` when
-        called eagerly: keras-hub's tokenizers give Python lists there.
-
-        The cache, `self.graph_functions`, captures the tokenizers: a model
-        resets it to `{}` when it replaces them.
-        """
-        if not tf.executing_eagerly():
-            return function(*texts)
-        functions = getattr(self, "graph_functions", None)
-        if functions is None:
-            functions = {}
-            set_untracked(self, graph_functions=functions)
-        key = function.__name__
-        if key not in functions:
-            spec = tf.TensorSpec([None], tf.string)
-            functions[key] = tf.function(function, input_signature=[spec] * len(texts))
-        return functions[key](*(tf.constant(t) for t in texts))
-
-    @staticmethod
-    def _preprocess_element(function):
-        def apply(*element):
-            if len(element) == 2:
-                return function(element[0]), element[1]
-            return function(element[0])
-
-        return apply
-
-    def _tf_label_ids(self, labels):
-        if labels.dtype == tf.string:
-            table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(list(self.label_names or [])),
-                    tf.range(len(self.label_names or []), dtype=tf.int32),
-                ),
-                default_value=-1,
-            )
-            ids = table.lookup(labels)
-            tf.debugging.assert_non_negative(
-                ids, message=f"a label is not among the model's labels {self.label_names}"
-            )
-            return ids
-        return tf.cast(labels, tf.int32)
-
-    # Keras entry points on raw data.
+        """`input_pipeline(self, ...)`: raw inputs -> batches of network inputs."""
+        return input_pipeline(self, x, y, batch_size, shuffle=shuffle, seed=seed,
+                              training=training, ordered=ordered)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, validation_data=None,
             shuffle=True, initial_epoch=0, skip_batches=0, seed=0, **kwargs):
@@ -352,28 +309,19 @@ class RawInputModel(keras.Model):
             x, y = self.raw_examples(x, y)
         self.prepare_for_training(x, y)
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        if isinstance(x, tf.data.Dataset):
-            data = self.dataset(x, y, batch_size, shuffle=shuffle, training=True)
-            data = data.skip(skip_batches) if skip_batches else data
-        else:
-            epoch = _EpochNumber(initial_epoch)
+        epoch = None
+        if not isinstance(x, tf.data.Dataset):
+            epoch = EpochVariable(initial_epoch)
             callbacks.append(epoch)
-            data, steps = self.training_batches(
-                x, y, batch_size, epoch.tensor, skip_batches, shuffle, seed)
-            if skip_batches >= steps:
-                raise ValueError(
-                    f"`skip_batches` must be less than the {steps} batches of an epoch. "
-                    f"Received: skip_batches={skip_batches}."
-                )
+        data = input_pipeline(self, x, y, batch_size, training=True, shuffle=shuffle, seed=seed,
+                              epoch=epoch and epoch.variable, skip_batches=skip_batches)
         if skip_batches:
             # Resuming mid-epoch runs the rest of that one epoch only (shown
             # as epoch `initial_epoch + 1` of `epochs`); a second `fit` goes on.
             callbacks.append(StopAfterEpoch())
         kwargs["callbacks"] = callbacks
         self._build_optimizer()
-        if self.augment is not None:
-            data = data.map(lambda inputs, labels: (self.augment(inputs), labels),
-                            num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        data = data.map(_on_inputs(self.augment), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
         if validation_data is not None:
             if isinstance(validation_data, tuple) and len(validation_data) == 2:
                 validation_data = self.dataset(*validation_data, batch_size=batch_size)
@@ -382,16 +330,10 @@ class RawInputModel(keras.Model):
         return super().fit(data, epochs=epochs, validation_data=validation_data,
                            shuffle=False, initial_epoch=initial_epoch, **kwargs)
 
-    def _build_optimizer(self):
-        # Without a strategy scope Keras builds the optimizer inside the first
-        # traced train step, and `tf.function` then traces the whole step a
-        # second time to lift the new variables out (10 of the image
-        # classifier's 37 s of `fit` on 80 images); built first, it is traced once.
-        if self.optimizer is not None and not self.optimizer.built and self.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
-
     def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
+        if evaluates_fits_validation_data(kwargs):
+            # Built by `fit` above; Keras reads it from its own cache.
+            return super().evaluate(x, y, batch_size=batch_size, **kwargs)
         return super().evaluate(self.dataset(x, y, batch_size or 32), **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
@@ -411,24 +353,27 @@ class RawInputModel(keras.Model):
         outputs = super().predict(self.dataset(x, batch_size=batch_size, ordered=True), **kwargs)
         return tf.nest.map_structure(lambda output: output[:count], outputs)
 
-    def prepare_for_training(self, x, y):
-        """Hook run before `fit` builds its dataset (e.g. to learn a vocabulary)."""
-
     # Attention, for the training job's figure and statistics.
 
     def attention_maps(self, inputs, targets=None):
         """Every attention layer's weights on a batch of raw `inputs`:
         `[(name, weights (B, H, T_q, T_k), allowed, query mask (B, T_q))]`,
-        `allowed` True where a query may attend a key (broadcastable)."""
-        raise NotImplementedError
+        `allowed` True where a query may attend a key (broadcastable).
+
+        Called by the training job's `AttentionMonitor` at each epoch's end
+        and by `save_attention_figure`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement `attention_maps`.")
 
     def attention_tokens(self, inputs, targets=None):
         """Axis labels for `plot_attention_heads` of the first input:
-        `(key tokens, query tokens)` per layer, or None."""
+        `(key tokens, query tokens)` per layer, or None. Called by
+        `save_attention_figure`."""
         return None, None
 
     def attention_sample(self, inputs, targets=None):
-        """`(inputs, targets)` of the one example the figure shows."""
+        """`(inputs, targets)` of the one example the figure shows. Called
+        by `save_attention_figure`."""
         return self.raw_array(inputs)[:1], None if targets is None else self.raw_array(targets)[:1]
 
     def text_of_about(self, inputs, words):
@@ -456,9 +401,55 @@ class RawInputModel(keras.Model):
             maps, path, key_tokens, query_tokens,
             title=f"{type(self).__name__}: every head on one example")]
 
-    # Keras 3.15's `fit` and `evaluate` under `MultiWorkerMirroredStrategy`
-    # (keras-team/keras#20585) fail in two private steps; these overrides
-    # route around them with `zoo.keras_compat`'s helpers.
+    # Helpers for subclasses.
+
+    def in_graph(self, function, *texts):
+        """Runs `function` on string tensors as a (cached) `tf.function` when
+        called eagerly: keras-hub's tokenizers give Python lists there.
+
+        The cache, `self.graph_functions`, captures the tokenizers: a model
+        resets it to `{}` when it replaces them.
+        """
+        if not tf.executing_eagerly():
+            return function(*texts)
+        functions = getattr(self, "graph_functions", None)
+        if functions is None:
+            functions = {}
+            set_untracked(self, graph_functions=functions)
+        key = function.__name__
+        if key not in functions:
+            spec = tf.TensorSpec([None], tf.string)
+            functions[key] = tf.function(function, input_signature=[spec] * len(texts))
+        return functions[key](*(tf.constant(t) for t in texts))
+
+    def _tf_label_ids(self, labels):
+        if labels.dtype == tf.string:
+            table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(list(self.label_names or [])),
+                    tf.range(len(self.label_names or []), dtype=tf.int32),
+                ),
+                default_value=-1,
+            )
+            ids = table.lookup(labels)
+            tf.debugging.assert_non_negative(
+                ids, message=f"a label is not among the model's labels {self.label_names}"
+            )
+            return ids
+        return tf.cast(labels, tf.int32)
+
+    def _build_optimizer(self):
+        # Without a strategy scope Keras builds the optimizer inside the first
+        # traced train step, and `tf.function` then traces the whole step a
+        # second time to lift the new variables out (10 of the image
+        # classifier's 37 s of `fit` on 80 images); built first, it is traced once.
+        if self.optimizer is not None and not self.optimizer.built and self.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
+    # Keras's private methods, overridden. Keras 3.15's `fit` and `evaluate`
+    # under `MultiWorkerMirroredStrategy` (keras-team/keras#20585) fail in
+    # two steps; these route around them with `zoo.keras_compat`'s helpers.
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         return build_on_local_batch(self, super()._maybe_symbolic_build, iterator, data_batch)
@@ -470,6 +461,142 @@ class RawInputModel(keras.Model):
         return reducible_across_workers(super().test_step(data))
 
 
+def input_pipeline(model, x, y=None, batch_size=32, *, training=False, shuffle=False, seed=0,
+                   ordered=False, epoch=None, skip_batches=0):
+    """Whatever the user gave `fit`, `evaluate` or `predict` -> a `tf.data`
+    pipeline of batches of the network's inputs (and targets).
+
+    | `x` (and `y`) | what happens |
+    |---|---|
+    | NumPy array or list of raw inputs (texts; image bytes, paths or uint8 arrays), `y` labels (names or ids), target texts or None | `model.raw_examples`, then sliced (each worker keeps its share of a global batch), shuffled when `shuffle`, batched by `model.batch_raw`, preprocessed |
+    | a folder of labelled images (image classifier) | read by `model.raw_examples`, then as above |
+    | `tf.data.Dataset` of batches of raw inputs, or of `(inputs, labels)` batches | labels through `model.tf_targets`, batches preprocessed |
+    | `tf.data.Dataset` of single raw inputs (or pairs) | batched by `model.batch_raw` (or preprocessed one by one, `model.preprocess_example`, then batched), preprocessed |
+    | `tf.data.Dataset` whose inputs are not of `model.raw_dtypes` | taken as the network's inputs, used as it is |
+
+    A `tf.data.Dataset` carries its labels: `y` must be None.
+
+    Args:
+        model: the `RawInputModel` whose hooks preprocess.
+        x, y: as above.
+        batch_size: examples per batch (in-memory data and unbatched
+            datasets).
+        training: `fit`'s data: the last partial batch is dropped where
+            batch shapes must not change (XLA, a TPU).
+        shuffle, seed: shuffle in-memory data, reproducibly.
+        ordered: keep the inputs' order (`predict`).
+        epoch: for `fit` on in-memory data, an int64 `tf.Variable` holding
+            the epoch; each pass over the data reads it when it begins, and
+            the order of the examples depends only on it and `seed`. A run
+            resumed after batch `b` of epoch `e` then goes on with exactly
+            the batches the interrupted run would have trained on next, on
+            any number of replicas.
+        skip_batches: batches of the first pass left out (resuming mid-epoch;
+            in-memory training data).
+
+    Returns:
+        A `tf.data.Dataset` (with a known number of batches for in-memory
+        data).
+    """
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("Give labels inside the dataset, not as `y`.")
+        data = _raw_dataset_batches(model, x, batch_size, ordered)
+        return data.skip(skip_batches) if skip_batches else data
+    inputs, y = model.raw_examples(x, y)
+    columns = _columns(model, inputs, y)
+    count = len(inputs)
+    drop = training and _drops_remainder(model, count, batch_size)
+    if epoch is None:
+        data = _slices(columns)
+        if shuffle:
+            data = data.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        batches = model.batch_raw(data, batch_size, drop, ordered)
+    else:
+        # Batched with the same seed every pass: the order is the epoch's.
+        batches = model.batch_raw(_epoch_examples(columns, epoch, shuffle, seed), batch_size,
+                                  drop, ordered=ordered or not shuffle, seed=seed)
+        steps = count // batch_size if drop else -(-count // batch_size)
+        if skip_batches >= steps:
+            raise ValueError(
+                f"`skip_batches` must be less than the {steps} batches of an epoch. "
+                f"Received: skip_batches={skip_batches}.")
+        batches = batches.skip(skip_batches).apply(
+            tf.data.experimental.assert_cardinality(steps - skip_batches))
+    return _preprocessed(model, _sharded_by_data(batches))
+
+
+def _raw_dataset_batches(model, data, batch_size, ordered):
+    element = data.element_spec
+    spec = element[0] if isinstance(element, tuple) else element
+    if getattr(spec, "dtype", None) not in model.raw_dtypes:
+        return data  # the network's inputs already
+    if isinstance(element, tuple) and len(element) == 2:
+        data = data.map(lambda inputs, labels: (inputs, model.tf_targets(labels)))
+    if model.is_batched(spec):
+        return _preprocessed(model, data)
+    if model.preprocesses_each_example:
+        return data.map(
+            _on_inputs(model.preprocess_example), num_parallel_calls=AUTOTUNE,
+        ).batch(batch_size).prefetch(AUTOTUNE)
+    return _preprocessed(model, model.batch_raw(data, batch_size, ordered=ordered))
+
+
+def _columns(model, inputs, y):
+    if len(inputs) == 0:
+        raise ValueError("No inputs: received an empty list or array.")
+    if y is None:
+        return (inputs,)
+    targets = model.targets(y)
+    if len(targets) != len(inputs):
+        raise ValueError(f"Got {len(inputs)} inputs but {len(targets)} targets.")
+    return inputs, targets
+
+
+def _slices(columns):
+    return tf.data.Dataset.from_tensor_slices(columns if len(columns) > 1 else columns[0])
+
+
+def _epoch_examples(columns, epoch, shuffle, seed):
+    """The examples of one pass, in an order that depends only on the epoch
+    (read from `epoch` when the pass begins) and `seed`."""
+    count = len(columns[0])
+
+    def examples(number):
+        order = tf.range(count)
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(
+                order, seed=tf.stack([tf.constant(seed, tf.int64), number]))
+        return _slices(tuple(tf.gather(column, order) for column in columns))
+
+    return tf.data.Dataset.from_tensors(0).map(lambda _: epoch.read_value()).flat_map(examples)
+
+
+def _drops_remainder(model, count, batch_size):
+    # XLA compiles the step again for every new batch shape; a TPU
+    # needs static shapes.
+    return (model.drop_remainder_in_training or model.static_shapes) and count >= batch_size
+
+
+def _preprocessed(model, batches):
+    def apply(*element):
+        if len(element) == 2:
+            return model.preprocess_pair(*element)
+        return model.preprocess(element[0])
+
+    return batches.map(apply, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def _on_inputs(function):
+    """`function` applied to the inputs of `inputs` or `(inputs, *labels)` elements."""
+    def apply(*element):
+        if len(element) > 1:
+            return (function(element[0]), *element[1:])
+        return function(element[0])
+
+    return apply
+
+
 def _sharded_by_data(data):
     # Arrays in memory: under several workers each keeps its share of every
     # global batch (there are no files to share out).
@@ -478,20 +605,19 @@ def _sharded_by_data(data):
     return data.with_options(options)
 
 
-class _EpochNumber(keras.callbacks.Callback):
-    """The epoch `fit` is in, for the training data to read when a pass
-    begins. Keras starts each epoch's pass after `on_epoch_begin` (its
-    dataset has a known number of batches and no `steps_per_epoch`)."""
+class EpochVariable(keras.callbacks.Callback):
+    """The epoch `fit` is in, as an int64 `tf.Variable` that the training
+    data reads when a pass begins (`input_pipeline`'s `epoch`). Keras starts
+    each epoch's pass after `on_epoch_begin` (its dataset has a known number
+    of batches and no `steps_per_epoch`)."""
 
     def __init__(self, initial_epoch):
         super().__init__()
-        self.epoch = initial_epoch
+        self.variable = tf.Variable(initial_epoch, dtype=tf.int64, trainable=False,
+                                    name="data_epoch")
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def tensor(self):
-        return tf.py_function(lambda: np.int64(self.epoch), [], tf.int64)
+        self.variable.assign(epoch)
 
 
 class StopAfterEpoch(keras.callbacks.Callback):
@@ -500,6 +626,3 @@ class StopAfterEpoch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.model.stop_training = True
-
-
-

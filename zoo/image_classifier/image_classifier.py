@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import presets as preset_io
+from zoo.backbone import attention_through
 from zoo.checkpoint_files import is_hub_handle
 from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
@@ -152,6 +153,7 @@ class ImageClassifier(ClassifierModel):
 
     raw_input_spec = tf.TensorSpec((None, None, None), tf.uint8)
     raw_dtypes = (tf.uint8, tf.string)
+    preprocesses_each_example = True
     kind = KIND
     presets_dir = PRESETS_DIR
     configurations = CONFIGURATIONS
@@ -242,7 +244,7 @@ class ImageClassifier(ClassifierModel):
     def raw_examples(self, x, y=None):
         """A folder gives its images and, from its sub-folder names, labels."""
         if isinstance(x, (str, os.PathLike)) and Path(x).is_dir():
-            from zoo.data import read_image_folder
+            from zoo.image_classifier.image_folder import read_image_folder
 
             if y is not None:
                 raise ValueError(
@@ -327,16 +329,6 @@ class ImageClassifier(ClassifierModel):
             pooled = keras.ops.mean(tokens[:, int(self.backbone.class_token):], axis=1)
         return self.head(self.head_dropout(pooled, training=training))
 
-    def _resolve_auto_jit_compile(self):
-        # Keras's `jit_compile="auto"` means no XLA on a machine without an
-        # accelerator; at the small-image sizes this network trains 1.1-1.35x
-        # faster with XLA on two CPU cores (at vit_tiny_16's it is 17% slower:
-        # bench/RESULTS.md), so here it means XLA wherever Keras's other rules
-        # allow it. Keras asks this private method both in `compile` and when
-        # an uncompiled model predicts, so a trained model and its reloaded
-        # preset run the same compiled program and predict identically.
-        return xla_wherever_keras_allows(self)
-
     def attention_rollout(self, images):
         """Attention rollout (Abnar & Zuidema, 2020) over the patch grid.
 
@@ -353,12 +345,11 @@ class ImageClassifier(ClassifierModel):
         x = self.backbone.embed(self.preprocess(images))
         tokens = x.shape[1]
         rollout = tf.eye(tokens, batch_shape=[tf.shape(x)[0]])
-        for block in self.backbone.blocks:
-            weights = tf.reduce_mean(tf.cast(block.attention_scores(x), tf.float32), axis=1)
+        for block_weights in attention_through(self.backbone.blocks, x)[0]:
+            weights = tf.reduce_mean(tf.cast(block_weights, tf.float32), axis=1)
             weights = weights + tf.eye(tokens)
             weights = weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
             rollout = tf.matmul(weights, rollout)
-            x = block(x, training=False)
         if self.pooling == "token":
             maps = rollout[:, 0, 1:]
         else:
@@ -388,13 +379,10 @@ class ImageClassifier(ClassifierModel):
         return maps.reshape(*maps.shape[:2], *self.grid_shape)
 
     def attention_maps(self, inputs, targets=None):
-        x, maps = self.backbone.embed(self.preprocess(self.raw_array(inputs))), []
+        x = self.backbone.embed(self.preprocess(self.raw_array(inputs)))
         every = np.ones((1, 1, 1, x.shape[1]), bool)
-        for number, block in enumerate(self.backbone.blocks, 1):
-            maps.append((f"block {number}", np.asarray(block.attention_scores(x)), every,
-                         np.ones(x.shape[:2], bool)))
-            x = block(x, training=False)
-        return maps
+        return [(f"block {number}", np.asarray(weights), every, np.ones(x.shape[:2], bool))
+                for number, weights in enumerate(attention_through(self.backbone.blocks, x)[0], 1)]
 
     def save_attention_figure(self, images, path, count=6, labels=None, matrices=False):
         """Attention figures of the first `count` of `images`, titled with
@@ -506,6 +494,18 @@ class ImageClassifier(ClassifierModel):
             "serving_default": module.serve.get_concrete_function(),
             "predict_images": module.predict_images.get_concrete_function(),
         }, version)
+
+    # Keras's private method, overridden.
+
+    def _resolve_auto_jit_compile(self):
+        # Keras's `jit_compile="auto"` means no XLA on a machine without an
+        # accelerator; at the small-image sizes this network trains 1.1-1.35x
+        # faster with XLA on two CPU cores (at vit_tiny_16's it is 17% slower:
+        # bench/RESULTS.md), so here it means XLA wherever Keras's other rules
+        # allow it. Keras asks this private method both in `compile` and when
+        # an uncompiled model predicts, so a trained model and its reloaded
+        # preset run the same compiled program and predict identically.
+        return xla_wherever_keras_allows(self)
 
 
 class _ImageClassifierServing(ClassifierServing):

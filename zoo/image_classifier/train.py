@@ -6,7 +6,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from zoo.data import read_image_folder
+from zoo.image_classifier.image_folder import read_image_folder
 from zoo.datasets import load_digits
 from zoo.image_classifier.image_classifier import CONFIGURATIONS, ImageClassifier
 from zoo.image_classifier.preprocessor import decode_bounded

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from zoo.backbone import attention_through
 from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
 from zoo.export import checked_texts, export_saved_model
 from zoo.pipeline import text_array
@@ -192,13 +193,10 @@ class TextClassifier(ClassifierModel):
     def attention_maps(self, inputs, targets=None):
         ids = self.preprocess(tf.constant(self.raw_array(inputs)))
         mask = ids != 0
-        x, maps = self.backbone.embed(ids), []
-        for number, block in enumerate(self.backbone.blocks, 1):
-            weights = block.attention_scores(x, padding_mask=mask)
-            maps.append((f"block {number}", np.asarray(weights), mask.numpy()[:, None, None, :],
-                         mask.numpy()))
-            x = block(x, padding_mask=mask)
-        return maps
+        weights, _ = attention_through(self.backbone.blocks, self.backbone.embed(ids), mask)
+        mask = mask.numpy()
+        return [(f"block {number}", np.asarray(w), mask[:, None, None, :], mask)
+                for number, w in enumerate(weights, 1)]
 
     def attention_tokens(self, inputs, targets=None):
         ids = self.preprocess(tf.constant(self.raw_array(inputs)[:1])).numpy()[0]

@@ -10,6 +10,7 @@ import tensorflow as tf
 import keras_selfattn as ksa
 from keras_selfattn.layers.base_attention import check_int
 from zoo import report as reports
+from zoo.backbone import attention_through
 from zoo.export import checked_texts, export_saved_model
 from zoo.pipeline import (
     RawInputModel,
@@ -399,16 +400,12 @@ class Translator(PresetModel, RawInputModel):
                 raise ValueError("A translator trains on pairs: give the target texts as `y`.")
             self.adapt(x, y)
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """`compile` with translator defaults: AdamW, label-smoothed token
-        cross-entropy over real tokens, token accuracy."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(1e-3, weight_decay=0.01)
-        if loss == "auto":
-            loss = SmoothedSequenceCrossEntropy(self.label_smoothing)
-        if metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=metrics, **kwargs)
+    # Token accuracy over real tokens: the pipeline's weights are 0 on padding.
+    sample_weighted_metrics = True
+
+    def default_loss(self):
+        """Label-smoothed token cross-entropy over real tokens."""
+        return SmoothedSequenceCrossEntropy(self.label_smoothing)
 
     # The network.
 
@@ -579,13 +576,10 @@ class Translator(PresetModel, RawInputModel):
         source_ids, decoder_ids = model_inputs["encoder_token_ids"], model_inputs["decoder_token_ids"]
         source_mask, decoder_mask = source_ids != PAD_ID, decoder_ids != PAD_ID
         keys = source_mask.numpy()[:, None, None, :]
-        maps = []
-        x = self.source_embedding(source_ids)
-        for number, block in enumerate(self.encoder_blocks, 1):
-            maps.append((f"encoder {number}", np.asarray(block.attention_scores(
-                x, padding_mask=source_mask)), keys, source_mask.numpy()))
-            x = block(x, padding_mask=source_mask)
-        encoded = x
+        weights, encoded = attention_through(
+            self.encoder_blocks, self.source_embedding(source_ids), source_mask)
+        maps = [(f"encoder {number}", np.asarray(w), keys, source_mask.numpy())
+                for number, w in enumerate(weights, 1)]
         x = self.target_embedding(decoder_ids)
         for number, block in enumerate(self.decoder_blocks, 1):
             scores = block.cross_attention_scores(

@@ -1,8 +1,10 @@
 """The training job every zoo model shares: fit, report, figures, preset, export.
 
 A model's `train_*` function loads its data, builds (or loads) the model under
-the strategy and hands it here; what is written under `out/` is the same for
-every model:
+its `zoo.training_run.TrainingRun` (where and how fast it trains) and hands it
+here with a `Job` (what it learns from and what is recorded);
+`train_and_report` returns a `TrainingResult`. Resuming an interrupted run is
+`zoo.resume`'s. What is written under `out/` is the same for every model:
 
     preset/                 checksummed preset (weights without optimizer state)
     export/<version>/       TF Serving SavedModel

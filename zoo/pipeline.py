@@ -321,7 +321,8 @@ class RawInputModel(keras.Model):
             callbacks.append(StopAfterEpoch())
         kwargs["callbacks"] = callbacks
         self._build_optimizer()
-        data = data.map(_on_inputs(self.augment), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        if type(self).augment is not RawInputModel.augment:  # no pipeline stage for nothing
+            data = data.map(_on_inputs(self.augment), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
         if validation_data is not None:
             if isinstance(validation_data, tuple) and len(validation_data) == 2:
                 validation_data = self.dataset(*validation_data, batch_size=batch_size)

@@ -61,8 +61,8 @@ def test_body_fine_tunes_on_texts_of_over_1024_tokens_with_local_window():
     def token_counts(texts):  # one batch through the tokenizer, not a call per text
         return model.preprocessor.tokenize(list(texts)).row_lengths().numpy()
 
-    train = long_review_documents(texts[:6000], names[labels[:6000]], 1100,
-                                  token_counts(texts[:6000]))
+    train = long_review_documents(texts[:4000], names[labels[:4000]], 1100,
+                                  token_counts(texts[:4000]))
     test = long_review_documents(test_texts, names[test_labels], 1100, token_counts(test_texts))
     ids = model.preprocess(np.asarray(test[0][:2]))
     assert ids.shape[1] >= 1024 and int((ids.numpy() > 0).sum(1).min()) >= 1024

@@ -408,11 +408,14 @@ def test_the_recipe_path_is_deterministic(tmp_path):
             f"""
             from zoo.image_classifier.train import train_image_classifier
             from zoo.training import reproduce_preset
+            from zoo.training_run import TrainingRun
 
+            # The preset is what a recipe keeps: no export, figures or statistics.
             reproduce_preset(
                 lambda work: train_image_classifier(
                     "mnist", work, epochs=1, max_train_examples=192, batch_size=64, verbose=0,
-                    architecture=dict(hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64)),
+                    architecture=dict(hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64),
+                    run=TrainingRun(export=False, figures=False, attention_statistics=False)),
                 {str(tmp_path / name)!r})
             """,
             cwd=tmp_path,

@@ -357,6 +357,27 @@ def test_static_shapes_for_a_tpu(tiny_classifier, sentiment_sample):
     assert targets.shape[1] == TINY_TRANSLATOR["target_sequence_length"]
 
 
+def test_skipped_batches_leave_the_rest_of_the_pass_and_are_bounded(tiny_classifier,
+                                                                    sentiment_sample):
+    """`skip_batches` (a resume mid-epoch) drops the first batches of a pass,
+    with or without the epoch variable, and refuses to skip a whole pass."""
+    from zoo.pipeline import input_pipeline
+
+    (texts, labels), _ = sentiment_sample
+    texts, labels = texts[:70], (np.array(labels[:70]) == "fresh").astype(int)
+    epoch = tf.Variable(0, dtype=tf.int64)
+    for extra in ({}, {"epoch": epoch, "shuffle": True, "training": True}):
+        whole = [x.numpy() for x, _ in input_pipeline(tiny_classifier, texts, labels, 32, **extra)]
+        rest = input_pipeline(tiny_classifier, texts, labels, 32, skip_batches=1, **extra)
+        if extra:  # the same order on every pass of an epoch
+            assert int(rest.cardinality()) == 2
+            for ours, theirs in zip((x.numpy() for x, _ in rest), whole[1:]):
+                np.testing.assert_array_equal(ours, theirs)
+        assert sum(1 for _ in rest) == len(whole) - 1 == 2
+        with pytest.raises(ValueError, match=r"skip_batches.*less than the 3 batches.*=3"):
+            input_pipeline(tiny_classifier, texts, labels, 32, skip_batches=3, **extra)
+
+
 # Hyperparameter search.
 
 @pytest.mark.slow

@@ -283,11 +283,8 @@ class RawInputModel(keras.Model):
             loss = self.default_loss()
         if metrics == "auto":
             metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        if self.sample_weighted_metrics:
-            kwargs["weighted_metrics"] = metrics
-        else:
-            kwargs["metrics"] = metrics
-        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        metrics_argument = "weighted_metrics" if self.sample_weighted_metrics else "metrics"
+        super().compile(optimizer=optimizer, loss=loss, **{metrics_argument: metrics}, **kwargs)
 
     def dataset(self, x, y=None, batch_size=32, shuffle=False, seed=0, training=False,
                 ordered=False):
@@ -309,12 +306,13 @@ class RawInputModel(keras.Model):
             x, y = self.raw_examples(x, y)
         self.prepare_for_training(x, y)
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        epoch = None
-        if not isinstance(x, tf.data.Dataset):
+        if isinstance(x, tf.data.Dataset):
+            data = input_pipeline(self, x, y, batch_size, training=True, skip_batches=skip_batches)
+        else:
             epoch = EpochVariable(initial_epoch)
             callbacks.append(epoch)
-        data = input_pipeline(self, x, y, batch_size, training=True, shuffle=shuffle, seed=seed,
-                              epoch=epoch and epoch.variable, skip_batches=skip_batches)
+            data = in_memory_batches(self, x, y, batch_size, training=True, shuffle=shuffle,
+                                     seed=seed, epoch=epoch.variable, skip_batches=skip_batches)
         if skip_batches:
             # Resuming mid-epoch runs the rest of that one epoch only (shown
             # as epoch `initial_epoch + 1` of `epochs`); a second `fit` goes on.
@@ -351,7 +349,8 @@ class RawInputModel(keras.Model):
         filler = -count % batch_size if count > batch_size else 0
         if filler:
             x = np.concatenate([x, x[:filler]])
-        outputs = super().predict(self.dataset(x, batch_size=batch_size, ordered=True), **kwargs)
+        outputs = super().predict(in_memory_batches(self, x, None, batch_size, ordered=True),
+                                  **kwargs)
         return tf.nest.map_structure(lambda output: output[:count], outputs)
 
     # Attention, for the training job's figure and statistics.
@@ -492,8 +491,8 @@ def input_pipeline(model, x, y=None, batch_size=32, *, training=False, shuffle=F
             resumed after batch `b` of epoch `e` then goes on with exactly
             the batches the interrupted run would have trained on next, on
             any number of replicas.
-        skip_batches: batches of the first pass left out (resuming mid-epoch;
-            in-memory training data).
+        skip_batches: batches of the first pass left out (resuming mid-epoch);
+            fewer than the batches of a pass.
 
     Returns:
         A `tf.data.Dataset` (with a known number of batches for in-memory
@@ -505,9 +504,22 @@ def input_pipeline(model, x, y=None, batch_size=32, *, training=False, shuffle=F
         data = _raw_dataset_batches(model, x, batch_size, ordered)
         return data.skip(skip_batches) if skip_batches else data
     inputs, y = model.raw_examples(x, y)
+    return in_memory_batches(model, inputs, y, batch_size, training=training, shuffle=shuffle,
+                             seed=seed, ordered=ordered, epoch=epoch, skip_batches=skip_batches)
+
+
+def in_memory_batches(model, inputs, y, batch_size, *, training=False, shuffle=False, seed=0,
+                      ordered=False, epoch=None, skip_batches=0):
+    """`input_pipeline` of in-memory data already through `model.raw_examples`
+    (`fit` and `predict` convert it first, and it is not converted twice)."""
     columns = _columns(model, inputs, y)
     count = len(inputs)
     drop = training and _drops_remainder(model, count, batch_size)
+    steps = count // batch_size if drop else -(-count // batch_size)
+    if skip_batches >= steps:
+        raise ValueError(
+            f"`skip_batches` must be less than the {steps} batches of an epoch. "
+            f"Received: skip_batches={skip_batches}.")
     if epoch is None:
         data = _slices(columns)
         if shuffle:
@@ -517,13 +529,10 @@ def input_pipeline(model, x, y=None, batch_size=32, *, training=False, shuffle=F
         # Batched with the same seed every pass: the order is the epoch's.
         batches = model.batch_raw(_epoch_examples(columns, epoch, shuffle, seed), batch_size,
                                   drop, ordered=ordered or not shuffle, seed=seed)
-        steps = count // batch_size if drop else -(-count // batch_size)
-        if skip_batches >= steps:
-            raise ValueError(
-                f"`skip_batches` must be less than the {steps} batches of an epoch. "
-                f"Received: skip_batches={skip_batches}.")
-        batches = batches.skip(skip_batches).apply(
-            tf.data.experimental.assert_cardinality(steps - skip_batches))
+        # `flat_map` hides the number of batches, which Keras needs.
+        batches = batches.apply(tf.data.experimental.assert_cardinality(steps))
+    if skip_batches:
+        batches = batches.skip(skip_batches)
     return _preprocessed(model, _sharded_by_data(batches))
 
 

@@ -155,7 +155,6 @@ def warmup_cosine(learning_rate, total_steps, warmup_fraction=0.1):
     )
 
 
-
 def train_and_report(model, job, run=None):
     """Fits `model` (compiled under `run`) on `job`, reports on its test
     split (or validation split), and writes everything listed in the module
@@ -185,6 +184,7 @@ def train_and_report(model, job, run=None):
             model, job.train, job.validation, job.epochs, job.batch_size, checkpoint,
             verbose=job.verbose, seed=job.seed, callbacks=[*monitoring, *job.callbacks],
         )
+        step_history = checkpoint.step_history.as_dict()
         split, (inputs, labels) = job.evaluated
         evaluation = model.evaluation_report(inputs, labels, batch_size=job.batch_size,
                                              **job.evaluation_options)
@@ -192,8 +192,7 @@ def train_and_report(model, job, run=None):
         print(model.format_evaluation(evaluation))
         score = Score(split=split, **evaluation["score"])
         if run.figures:
-            reports.plot_history(history, outputs.folder / "training_curves.png",
-                                 checkpoint.step_history.as_dict())
+            reports.plot_history(history, outputs.folder / "training_curves.png", step_history)
             model.save_attention_figure(job.validation[0], outputs.folder / "attention.png",
                                         **job.figure_options)
         report = {
@@ -211,7 +210,7 @@ def train_and_report(model, job, run=None):
             "attention": next((c.statistics for c in monitoring
                                if isinstance(c, AttentionMonitor)), None),
             "history": history,
-            "step_history": checkpoint.step_history.as_dict(),
+            "step_history": step_history,
             **job.report_extra,
         }
         preset = outputs.folder / "preset"

@@ -10,10 +10,10 @@ from zoo.image_classifier.image_folder import read_image_folder
 from zoo.datasets import load_digits
 from zoo.image_classifier.image_classifier import CONFIGURATIONS, ImageClassifier
 from zoo.image_classifier.preprocessor import decode_bounded
-from zoo.training_run import TrainingRun
 from zoo.training import (
     Job, dropout_override, label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
 )
+from zoo.training_run import TrainingRun
 
 EMBEDDED_DATA = "mnist"
 

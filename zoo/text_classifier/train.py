@@ -8,11 +8,11 @@ import numpy as np
 from zoo.data import read_labelled_data
 from zoo.datasets import load_definitions, load_sentiment
 from zoo.text_classifier.text_classifier import TextClassifier
-from zoo.training_run import TrainingRun
 from zoo.training import (
     Job, dropout_override, label_names, preset_label_order, split_validation, train_and_report,
     warmup_cosine,
 )
+from zoo.training_run import TrainingRun
 
 EMBEDDED_DATA = "rotten-tomatoes"
 # The topic task of the quality benchmark: WordNet noun definitions -> field.

@@ -66,7 +66,7 @@ class Job:
     job = Job(train=(texts, labels), validation=(val_texts, val_labels),
               test=None, out="runs/reviews", epochs=3, batch_size=32)
     result = train_and_report(model, job)
-    print(result.score)  # validation accuracy: 0.8412
+    print(result.score)  # "validation accuracy: ..."
     ```
     """
 

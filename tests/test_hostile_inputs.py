@@ -530,6 +530,32 @@ def _gif(frames, **save):
     return buffer.getvalue()
 
 
+def test_a_folder_read_skips_a_declared_huge_image_without_decoding_it(digits_sample, tmp_path):
+    import zlib
+
+    import tensorflow as tf
+
+    from zoo.image_classifier.image_folder import read_image_folder
+
+    _, (images, _) = digits_sample
+    png = tf.io.encode_png(images[0][..., None]).numpy()
+    header = b"IHDR" + struct.pack(">II", 23000, 23000) + png[24:29]
+    bomb = png[:12] + header + struct.pack(">I", zlib.crc32(header)) + png[33:]
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "fine.png").write_bytes(png)
+    (tmp_path / "b" / "bomb.png").write_bytes(bomb)
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\).*bomb\.png"):
+        read, labels, skipped = read_image_folder(tmp_path)
+    assert (len(read), sorted(labels), skipped) == (2, ["a", "b"], [str(tmp_path / "b" / "bomb.png")])
+    # Refused by its declared size (the check the folder read decodes through), not
+    # after allocating its 529 MB.
+    from zoo.image_classifier.preprocessor import decode_bounded
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"declares 529000000 pixels"):
+        decode_bounded(bomb)
+
+
 def test_the_image_export_refuses_a_huge_declared_image_before_decoding(
         tiny_image_classifier, digits_sample, tmp_path):
     import zlib

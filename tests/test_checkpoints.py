@@ -181,8 +181,8 @@ def test_keras_hub_presets_convert_to_equal_zoo_backbones(hub_presets, name):
 
 def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_folder, tmp_path):
     from zoo import TextClassifier
-    from zoo import checkpoint_files
-    from zoo.text_classifier import bodies, convert
+    from zoo import guarded_files
+    from zoo.text_classifier import bodies
 
     def refused(folder, message):
         with pytest.raises(ValueError, match=message):
@@ -191,7 +191,8 @@ def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_
     gpt = tmp_path / "gpt"
     gpt.mkdir()
     (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    refused(gpt, "Hugging Face 'gpt2' checkpoint; the zoo converts 'bert', 'distilbert', 'roberta'")
+    refused(gpt, "cannot use .*gpt: it is a Hugging Face 'gpt2' checkpoint. It takes .*"
+                 "a Hugging Face 'bert' checkpoint")
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     shutil.copy(minilm_folder / "config.json", no_weights)
@@ -200,14 +201,14 @@ def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_
     no_vocabulary = tmp_path / "no_vocabulary"
     no_vocabulary.mkdir()
     for name in ("config.json", "model.safetensors"):
-        (no_vocabulary / name).symlink_to(minilm_folder / name)
+        shutil.copy(minilm_folder / name, no_vocabulary)
     refused(no_vocabulary, "neither vocab.txt nor tokenizer.json")
     refused(tmp_path / "nowhere", "Unknown preset")
     oversized = tmp_path / "oversized"
     oversized.mkdir()
     with open(oversized / "config.json", "wb") as handle:
-        handle.truncate(checkpoint_files.MAX_TEXT_FILE_BYTES + 1)  # sparse: no disk used
-    refused(oversized, "config.json holds 67108865 bytes, more than")
+        handle.truncate(guarded_files.MAX_TEXT_FILE_BYTES + 1)  # sparse: no disk used
+    refused(oversized, "config.json holds more than 67108864 bytes")
     (oversized / "config.json").write_text('{"model_type": "bert", ')
     refused(oversized, "config.json is not valid JSON")
     refused(tmp_path, "holds no config.json")
@@ -215,13 +216,13 @@ def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_
     keras_hub.models.GPT2Backbone(vocabulary_size=16, num_layers=1, num_heads=2, hidden_dim=8,
                                   intermediate_dim=16, max_sequence_length=8
                                   ).save_to_preset(str(tmp_path / "gpt2"))
-    refused(tmp_path / "gpt2", "holds a GPT2Backbone checkpoint; the zoo converts BERT, DistilBERT")
+    refused(tmp_path / "gpt2", "it is a keras-hub GPT2Backbone preset. It takes")
     edited = tmp_path / "edited"
     shutil.copytree(hub_presets["bert"][0], edited)
     config = json.loads((edited / "config.json").read_text())
     config["registered_name"] = "keras_hub>AlbertBackbone"
     (edited / "config.json").write_text(json.dumps(config))
-    refused(edited, "keras-hub cannot read the checkpoint .*AlbertBackbone")
+    refused(edited, "it is a keras-hub AlbertBackbone preset. It takes")
     # Zips: a path outside the folder, a decompression bomb, no zip at all.
     for members, message in (({"../evil.txt": b"x"}, "a path outside its folder"),
                              ({"config.json": b"0" * (1 << 22)}, "more than 50 to 1")):
@@ -229,9 +230,10 @@ def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
             for member, data in members.items():
                 zipped.writestr(member, data)
-        with pytest.raises(ValueError, match=message):
-            convert.load_zipped_checkpoint(archive)
+        with pytest.raises(ValueError, match=message), guarded_files.unzipped(archive):
+            pass
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable zip file"):
-        convert.load_zipped_checkpoint(tmp_path / "bad.zip")
+    with pytest.raises(ValueError, match="not a readable zip file"), \
+            guarded_files.unzipped(tmp_path / "bad.zip"):
+        pass
     assert "all_minilm_l6_v2" in bodies.named_bodies()

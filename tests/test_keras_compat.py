@@ -121,3 +121,18 @@ def test_preset_file_access_reads_a_local_checkpoint_folder(tmp_path):
     from keras_hub.src.utils.transformers import safetensor_utils
 
     assert keras_compat.private(safetensor_utils, "SafetensorLoader", "safetensor_loader")
+
+
+def test_keras_hub_encoder_blocks_keep_the_sublayers_conversion_copies():
+    import keras_hub
+
+    encoder = keras_hub.layers.TransformerEncoder(intermediate_dim=8, num_heads=2)
+    encoder.build((1, 4, 6))
+    sublayers = keras_compat.hub_encoder_sublayers(encoder)
+    assert sorted(sublayers) == sorted(keras_compat.HUB_ENCODER_SUBLAYERS)
+    # Each holds weights, shaped as the zoo's block needs them.
+    assert [w.shape for w in sublayers["intermediate_dense"].weights] == [(6, 8), (8,)]
+    assert [w.shape for w in sublayers["output_dense"].weights] == [(8, 6), (6,)]
+    assert len(sublayers["attention_layer"].weights) == 8
+    for norm in ("attention_norm", "feed_forward_norm"):
+        assert [w.shape for w in sublayers[norm].weights] == [(6,), (6,)]

@@ -136,10 +136,10 @@ def random_images(count, size=SIZES["image"], seed=0):
 
 
 def test_keras_hub_vit_preset_converts_to_an_equal_backbone_and_preprocessor(hub_vit):
-    from zoo.image_classifier import convert
+    from zoo.image_classifier.image_classifier import load_body
 
     folder, hub = hub_vit
-    backbone, preprocessor = convert.load_checkpoint(folder)
+    backbone, preprocessor = load_body(folder)
     assert backbone.count_params() == hub.count_params()
     np.testing.assert_allclose(preprocessor.mean, IMAGENET_MEAN, atol=1e-6)
     np.testing.assert_allclose(preprocessor.std, IMAGENET_STD, atol=1e-6)
@@ -155,10 +155,10 @@ def test_keras_hub_vit_preset_converts_to_an_equal_backbone_and_preprocessor(hub
 
 
 def test_hugging_face_vit_equals_a_float64_numpy_vit(hugging_face_vit):
-    from zoo.image_classifier import convert
+    from zoo.image_classifier.image_classifier import load_body
 
     folder, tensors, config = hugging_face_vit
-    backbone, preprocessor = convert.load_checkpoint(folder)
+    backbone, preprocessor = load_body(folder)
     assert backbone.layer_norm_epsilon == 1e-12 and backbone.class_token
     images = random_images(4, seed=1)
     expected = numpy_vit(tensors, images, config, IMAGENET_MEAN, IMAGENET_STD)
@@ -246,11 +246,14 @@ def test_unsupported_vit_checkpoints_are_refused(hugging_face_vit, hub_vit, tmp_
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    refused(bert, "Hugging Face 'bert' checkpoint; the zoo converts .'vit',. into image models")
+    refused(bert, "ImageClassifier.from_preset cannot use .*bert: it is a Hugging Face 'bert' "
+                  "checkpoint. It takes .*a Hugging Face 'vit' checkpoint")
     rescaled = tmp_path / "rescaled"
     shutil.copytree(folder, rescaled)
     (rescaled / "preprocessor_config.json").write_text(json.dumps({"rescale_factor": 1.0}))
     refused(rescaled, "rescale_factor=1.0")
-    refused(hub_vit[0], "holds a ViTBackbone checkpoint; the zoo converts BERT", TextClassifier)
-    with pytest.raises(ValueError, match="'image_classifier' preset or an image body"):
+    refused(hub_vit[0], "TextClassifier.from_preset cannot use .*: it is a keras-hub ViTBackbone "
+                        "preset. It takes .*a keras-hub BertBackbone preset", TextClassifier)
+    with pytest.raises(ValueError, match="it is a zoo 'text_encoder' preset. It takes .*"
+                                         "a zoo 'image_classifier' preset"):
         ImageClassifier.from_preset(TextEncoder.presets["english_body_small"], labels=["a", "b"])

@@ -55,7 +55,7 @@ def main(fast=False, work=None):
     cut = int(len(texts) * 0.8)
     train, held_out = (texts[:cut], labels[:cut]), (texts[cut:], labels[cut:])
 
-    print("Shipped presets and bodies:", sorted(TextClassifier.all_presets()))
+    print("Shipped presets and bodies:", sorted(TextClassifier.named_presets()))
     model = TextClassifier.from_preset("english_body_small", labels=["disliked", "liked"])
     epochs = 1 if fast else 3
     steps = epochs * -(-len(train[0]) // 32)

@@ -11,7 +11,6 @@ with code 2.
 import argparse
 import contextlib
 import importlib
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -116,8 +115,7 @@ def _train(args):
         if args.preset is None:
             raise ValueError("--preset-sha256 pins the --preset folder; give --preset too.")
         model_class = entry.model_class
-        pin = pinned(args.preset, args.preset_sha256,
-                     getattr(model_class, "all_presets", lambda: model_class.presets)())
+        pin = pinned(args.preset, args.preset_sha256, model_class.named_presets())
     foreign = [o for o in MODEL_OPTIONS if o not in entry.options and getattr(args, o) is not None]
     if foreign:
         flags = ", ".join("--" + o.replace("_", "-") for o in foreign)
@@ -172,15 +170,14 @@ def _training_run(args):
 def entry_for(preset_folder):
     """The registry entry of the model a preset folder holds."""
     from zoo.presets import METADATA_FILE
+    from zoo.sources import zoo_kind
 
-    metadata = Path(preset_folder) / METADATA_FILE
-    try:
-        kind = json.loads(metadata.read_text()).get("kind")
-    except (OSError, json.JSONDecodeError):
+    kind = zoo_kind(preset_folder)
+    if kind is None:
         raise ValueError(
             f"{preset_folder} holds no trained model: expected a training output "
             f"folder or a preset folder with {METADATA_FILE}."
-        ) from None
+        )
     for entry in MODELS.values():
         if entry.kind == kind:
             return entry
@@ -203,14 +200,16 @@ def _load(directory):
 def _trained_with(directory):
     """The `training` entry of the metadata of the model in `directory`
     (what `train` recorded; empty for a preset that has none)."""
+    from zoo.guarded_files import read_json
     from zoo.presets import METADATA_FILE
 
     folder = Path(directory)
     preset = folder / "preset" if (folder / "preset").is_dir() else folder
     try:
-        return json.loads((preset / METADATA_FILE).read_text()).get("training") or {}
-    except (OSError, ValueError, AttributeError):
+        training = (read_json(preset, METADATA_FILE) or {}).get("training")
+    except ValueError:
         return {}
+    return training if isinstance(training, dict) else {}
 
 
 def _evaluate(args):
@@ -241,30 +240,47 @@ def _options_for(entry, args, command):
 
 
 def _export(args):
-    entry, model = _load(args.model_dir)
     target = args.to or str(Path(args.model_dir) / "export")
+    _check_output_folder(target, "--to")
+    entry, model = _load(args.model_dir)
     print(f"exported to {model.export(target, **_options_for(entry, args, 'export'))}")
 
 
+def _check_output_folder(path, flag):
+    """Refuses, before any model is loaded, an output folder that is a file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{flag} {path} is a file; expected a folder to write into.")
+
+
 def _convert(args):
-    from zoo.image_classifier import convert as image_checkpoints
+    """One door: the handle's source picks its body loader (text or image);
+    the body is written as a checksummed zoo body preset."""
+    from functools import partial
 
-    if image_checkpoints.is_image_checkpoint(args.handle):
-        from zoo.image_classifier.image_classifier import save_backbone_preset
+    from zoo.image_classifier import image_classifier as images
+    from zoo.sources import load
+    from zoo.text_classifier import TextClassifier, bodies
 
-        backbone, preprocessor = image_checkpoints.load_checkpoint(args.handle)
-        folder = save_backbone_preset(args.to, backbone, preprocessor,
-                                      metadata={"source": str(args.handle)})
+    _check_output_folder(args.to, "--to")
+
+    def converted(family, load_body, source):
+        return (family, *load_body(source))
+
+    loaders = {key: partial(converted, "text", load_body)
+               for key, load_body in bodies.body_loaders().items()}
+    loaders.update({key: partial(converted, "image", load_body)
+                    for key, load_body in images.body_loaders().items()})
+    family, backbone, preprocessor = load(args.handle, loaders, TextClassifier.named_presets(),
+                                          "python -m zoo convert")
+    metadata = {"source": str(args.handle)}
+    if family == "image":
+        folder = images.save_backbone_preset(args.to, backbone, preprocessor, metadata=metadata)
         size = "x".join(map(str, backbone.image_size))
         print(f"converted {args.handle}: ViT, {backbone.num_layers} blocks of width "
               f"{backbone.hidden_dim}, {backbone.count_params():,} parameters, {size} images")
         print(f"preset:  {folder} (train image-classifier --preset {folder})")
         return
-    from zoo.text_classifier import bodies
-
-    backbone, preprocessor = bodies.load_body(args.handle)
-    folder = bodies.save_backbone_preset(args.to, backbone, preprocessor,
-                                         metadata={"source": str(args.handle)})
+    folder = bodies.save_backbone_preset(args.to, backbone, preprocessor, metadata=metadata)
     print(f"converted {args.handle}: {backbone.num_layers} blocks of width {backbone.hidden_dim}, "
           f"{backbone.count_params():,} parameters, {len(preprocessor.vocabulary):,} tokens")
     print(f"preset:  {folder} (train text-classifier --preset {folder})")

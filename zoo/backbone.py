@@ -2,6 +2,9 @@
 
 import keras
 
+from zoo import sources
+from zoo.presets import pinned
+
 
 class Backbone(keras.Model):
     """Base of `TextBackbone` and `ImageBackbone`, functional models whose
@@ -41,6 +44,45 @@ class Backbone(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    # `from_preset`, as every task has it (zoo.preset_model): a subclass says
+    # which sources hold a backbone of its kind.
+
+    @classmethod
+    def named_presets(cls):
+        """`{name: preset folder or zoo.sources.Packaged}` taken by name."""
+        return {}
+
+    @classmethod
+    def body_loaders(cls):
+        """`{source key: source -> (backbone, preprocessor)}` of every source
+        holding a backbone of this class: body presets, checkpoints, and the
+        presets of the tasks built on it."""
+        return {}
+
+    @classmethod
+    def from_preset(cls, preset, sha256=None, **changes):
+        """The backbone a handle holds: a body preset, a task preset (its
+        backbone), or a checkpoint; the same handles, `sha256` pinning and
+        refusals as the tasks' `from_preset`. `changes` go to `with_changes`.
+        """
+        if sha256 is not None:
+            with pinned(preset, sha256, cls.named_presets()) as folder:
+                return cls.from_preset(folder, **changes)
+        loaders = {key: (lambda source, load=load: load(source)[0])
+                   for key, load in cls.body_loaders().items()}
+        backbone = sources.load(preset, loaders, cls.named_presets(),
+                                f"{cls.__name__}.from_preset")
+        return backbone.with_changes(**changes)
+
+
+def task_body(task_cls):
+    """A body loader reading the backbone and preprocessor of `task_cls`'s presets."""
+    def load(source):
+        task = task_cls.from_preset(source.folder)
+        return task.backbone, task.preprocessor
+
+    return load
 
 
 def attention_through(blocks, x, padding_mask=None):

@@ -6,23 +6,21 @@ backbone, a preprocessor and a head. A subclass sets `kind` (the preset
 kind) and `presets_dir`, builds its network in `__init__` with
 `self.backbone`, `self.preprocessor` and a final `Dense` named
 `classifier_head`, and implements `architecture()`; for `from_preset` it
-says which bodies it takes and how they load (`check_body`, `load_body`;
-anything but a classifier preset of its kind is a body, `is_body_preset`)
-and how a fresh head goes on one (`_fine_tuned`);
-it may add preset assets (a vocabulary) through `preset_assets()` /
-`assets_from_preset()`.
+declares the bodies it takes (`body_loaders`, keyed by what a source holds)
+and how a fresh head goes on one (`from_body`); it may add preset assets
+(a vocabulary) through `preset_assets()` / `assets_from_preset()`.
 """
 
 import json
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from zoo import presets as preset_io
 from zoo import report as reports
 from zoo.pipeline import RawInputModel
+from zoo.preset_model import PresetModel
+from zoo.presets import load_preset
 
 LABELS_FILE = "labels.json"
 HEAD_NAME = "classifier_head"
@@ -49,7 +47,7 @@ def check_classes(num_classes, labels):
     return num_classes, labels
 
 
-class ClassifierModel(preset_io.PresetModel, RawInputModel):
+class ClassifierModel(PresetModel, RawInputModel):
     """Base of the zoo's classifiers (see the module docstring)."""
 
     adjustable_at_load = ("dropout", "num_classes")
@@ -138,63 +136,37 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
     def preset_labels(cls, loaded):
         return json.loads(loaded.asset_text(LABELS_FILE))
 
-    # Presets and pretrained bodies: what a subclass provides.
+    # Presets and pretrained bodies: what a subclass provides (`body_loaders`,
+    # `from_body`; zoo.preset_model says how a handle picks one).
     from_scratch_sizes = {}
     # Defaults of `from_preset` on a body (a backbone without a head).
     body_overrides = {}
-
-    @classmethod
-    def is_body_preset(cls, preset):
-        """Whether `preset` names a pretrained body (a checkpoint, a handle, a
-        zoo body preset) rather than a classifier preset of this kind: a
-        shipped name or a folder whose metadata names `kind`."""
-        if isinstance(preset, str) and preset in cls.presets:
-            return False
-        folder = Path(str(preset))
-        return not (folder.is_dir() and preset_io.preset_kind(folder) == cls.kind)
-
-    @classmethod
-    def check_body(cls, preset):
-        """Refuses, before anything is read, a `preset` that can hold no body."""
-
-    @classmethod
-    def load_body(cls, preset):
-        """`(backbone, preprocessor)` of a pretrained body."""
-        raise NotImplementedError
-
-    @classmethod
-    def _fine_tuned(cls, backbone, preprocessor, num_classes, labels, overrides):
-        """A classifier on `backbone` and `preprocessor`, `overrides` applied, a fresh head."""
-        raise NotImplementedError
 
     def task_settings(self):
         """The task's own settings a fine-tuned copy keeps (pooling, dropout, ...)."""
         return {"dropout": self.dropout}
 
     @classmethod
-    def all_presets(cls):
-        """What `from_preset` takes by name."""
-        return cls.presets
-
-    @classmethod
-    def from_preset(cls, preset, num_classes=None, labels=None, sha256=None, **overrides):
+    def from_preset(cls, preset, sha256=None, **overrides):
         """Loads a classifier preset, or puts a fresh head on a pretrained body.
 
         Args:
-            preset: a shipped classifier preset (`presets`), a classifier
-                preset folder, or a body (`is_body_preset`): a checkpoint or
-                a zoo body preset.
-            num_classes, labels: the classes. Required for a body; for a
-                classifier preset, other classes give a fresh head.
+            preset: a shipped classifier preset (`presets`) or body
+                (`named_presets()`), a classifier preset folder, or a body
+                (`body_loaders`): a zoo body preset, a keras-hub preset, a
+                Hugging Face folder, `hf://` or `kaggle://`.
             sha256: pins a zoo preset folder (a classifier preset or a
                 body): the SHA-256 its `metadata.json` must have.
-            **overrides: any of `adjustable_at_load`; sizes that shape
-                weights cannot change.
+            **overrides: `num_classes` or `labels` (required for a body; for
+                a classifier preset, other classes give a fresh head), and
+                any of `adjustable_at_load`; sizes that shape weights cannot
+                change.
         """
-        if sha256 is not None:
-            with preset_io.pinned(preset, sha256, cls.all_presets()) as folder:
-                return cls.from_preset(folder, num_classes, labels, **overrides)
-        unknown = set(overrides) - set(cls.adjustable_at_load)
+        return super().from_preset(preset, sha256, **overrides)
+
+    @classmethod
+    def check_override_names(cls, overrides):
+        unknown = set(overrides) - set(cls.adjustable_at_load) - {"labels"}
         if unknown:
             shaping = sorted(unknown & set(cls.from_scratch_sizes))
             if shaping:
@@ -203,20 +175,25 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
                     f"weights. Only {list(cls.adjustable_at_load)} may be given.")
             raise ValueError(f"Unknown arguments {sorted(unknown)}; only "
                              f"{list(cls.adjustable_at_load)} may be given.")
-        if not cls.is_body_preset(preset):
-            return cls._from_classifier_preset(preset, num_classes, labels, overrides)
-        cls.check_body(preset)
-        if labels is None and num_classes is None:
-            raise ValueError(
-                f"'{preset}' is a pretrained body without a classifier head: give the "
-                "classes, e.g. `labels=['negative', 'positive']` or `num_classes=2`.")
-        backbone, preprocessor = cls.load_body(preset)
-        return cls._fine_tuned(backbone, preprocessor, num_classes, labels,
-                               {**cls.body_overrides, **overrides})
 
     @classmethod
-    def _from_classifier_preset(cls, preset, num_classes, labels, overrides):
-        loaded = cls.load_verified_preset(preset)
+    def _from_body_source(cls, load_body, source, num_classes=None, labels=None, **overrides):
+        if labels is None and num_classes is None:
+            raise ValueError(
+                f"'{source.handle}' is a pretrained body without a classifier head: give the "
+                "classes, e.g. `labels=['negative', 'positive']` or `num_classes=2`.")
+        backbone, preprocessor = load_body(source)
+        return cls.from_body(backbone, preprocessor, num_classes=num_classes, labels=labels,
+                             **{**cls.body_overrides, **overrides})
+
+    @classmethod
+    def from_body(cls, backbone, preprocessor, num_classes=None, labels=None, **overrides):
+        """A classifier on `backbone` and `preprocessor`, `overrides` applied, a fresh head."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_own_preset(cls, source, num_classes=None, labels=None, **overrides):
+        loaded = load_preset(source.folder, cls.kind)
         if "backbone" not in loaded.config:
             raise ValueError(
                 f"{loaded.folder} holds a {cls.kind} preset in the single-network layout of "
@@ -232,9 +209,9 @@ class ClassifierModel(preset_io.PresetModel, RawInputModel):
             return pretrained
         if same_head and labels is None:
             labels = preset_labels
-        model = cls._fine_tuned(pretrained.backbone, pretrained.preprocessor,
-                                None if labels else wanted, labels,
-                                {**pretrained.task_settings(), **overrides})
+        model = cls.from_body(pretrained.backbone, pretrained.preprocessor,
+                              num_classes=None if labels else wanted, labels=labels,
+                              **{**pretrained.task_settings(), **overrides})
         if same_head:
             model.head.set_weights(pretrained.head.get_weights())
         return model

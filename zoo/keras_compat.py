@@ -156,6 +156,17 @@ def preset_file(handle, name):
     return private(preset_utils, "get_file", "preset_file")(str(handle), name)
 
 
+# The zoo's TransformerEncoderBlock sublayer -> keras-hub's
+# `TransformerEncoder` attribute holding the same weights (entry 7).
+HUB_ENCODER_SUBLAYERS = {
+    "attention_layer": "_self_attention_layer",
+    "attention_norm": "_self_attention_layer_norm",
+    "intermediate_dense": "_feedforward_intermediate_dense",
+    "output_dense": "_feedforward_output_dense",
+    "feed_forward_norm": "_feedforward_layer_norm",
+}
+
+
 def safetensor_loader(handle):
     """keras-hub's reader of a Hugging Face checkpoint's safetensors files."""
     from keras_hub.src.utils.transformers import safetensor_utils
@@ -174,3 +185,16 @@ def safetensor_loader(handle):
 def evaluates_fits_validation_data(evaluate_kwargs):
     """Whether `evaluate(**evaluate_kwargs)` is `fit`'s validation pass."""
     return bool(evaluate_kwargs.get("_use_cached_eval_dataset", False))
+
+
+# 7. keras-hub's encoder block sublayers.
+#
+# keras-hub 0.32's `TransformerEncoder` (the blocks of `BertBackbone`,
+# `DistilBertBackbone`, `RobertaBackbone`) keeps its attention, norms and
+# feed-forward layers in private attributes and exposes no public accessor;
+# converting a checkpoint copies each one's weights into the zoo's block.
+
+def hub_encoder_sublayers(encoder):
+    """`{zoo block sublayer name: keras-hub sublayer}` of a keras-hub `TransformerEncoder`."""
+    return {ours: private(encoder, theirs, "hub_encoder_sublayers")
+            for ours, theirs in HUB_ENCODER_SUBLAYERS.items()}

@@ -22,7 +22,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo.keras_compat import set_untracked
 from zoo.publishing import recover_replaced, replaced_directory
 
 FORMAT_VERSION = 1
@@ -168,15 +167,10 @@ def load_checked_weights(model, loaded):
     hand-edited file is refused before anything is allocated for it."""
     import collections
 
-    import h5py
-
     try:
-        with h5py.File(loaded.weights, "r") as weights_file:
-            stored = []
-            weights_file.visititems(lambda name, item: stored.append(tuple(item.shape))
-                                    if isinstance(item, h5py.Dataset) else None)
-    except OSError as error:
-        raise ValueError(f"{loaded.folder}/{WEIGHTS_FILE} is not a weights file: {error}") from None
+        stored = stored_weight_shapes(loaded.weights)
+    except ValueError as error:
+        raise ValueError(f"{loaded.folder}/{WEIGHTS_FILE} {error}") from None
     expected = collections.Counter(tuple(w.shape) for w in model.weights)
     stored = collections.Counter(stored)
     if stored != expected:
@@ -194,6 +188,21 @@ def load_checked_weights(model, loaded):
                          f"config: {error}") from None
 
 
+def stored_weight_shapes(path):
+    """The shape of every weight a Keras `.weights.h5` file stores, read from
+    its header alone (no weight is read)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as weights_file:
+            stored = []
+            weights_file.visititems(lambda name, item: stored.append(tuple(item.shape))
+                                    if isinstance(item, h5py.Dataset) else None)
+    except OSError as error:
+        raise ValueError(f"is not a weights file: {error}") from None
+    return stored
+
+
 def resolve(name_or_folder, shipped):
     """The folder of a shipped preset name, or a user's preset folder."""
     if isinstance(name_or_folder, str) and name_or_folder in shipped:
@@ -205,14 +214,6 @@ def resolve(name_or_folder, shipped):
         f"Unknown preset {str(name_or_folder)!r}: it is neither a shipped "
         f"preset ({sorted(shipped)}) nor an existing preset folder."
     )
-
-
-def preset_kind(folder):
-    """The kind a preset folder's metadata names, or None when it has none."""
-    try:
-        return json.loads((Path(folder) / METADATA_FILE).read_text()).get("kind")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
 
 
 def _listed_path(folder, name):
@@ -358,8 +359,8 @@ def check_pinned(preset, sha256, shipped=None):
     SHA-256 `sha256`: a user pins a preset they received (`from_preset(...,
     sha256=...)`, `--preset-sha256`). Returns the folder."""
     folder = resolve(preset, shipped or {}) if not isinstance(preset, Path) else preset
-    metadata_path = Path(folder) / METADATA_FILE
-    if metadata_path.is_symlink() or not metadata_path.is_file():
+    metadata_path = Path(folder) / METADATA_FILE if isinstance(folder, (str, Path)) else None
+    if metadata_path is None or metadata_path.is_symlink() or not metadata_path.is_file():
         raise ValueError(f"sha256 pins a zoo preset folder, which {preset} is not (it has no "
                          f"{METADATA_FILE}); convert a checkpoint first (python -m zoo convert).")
     actual = hashlib.sha256(_read_bounded(metadata_path, MAX_ASSET_BYTES,
@@ -427,145 +428,9 @@ class _AssetFolder:
             raise ValueError(f"{path} cannot be read: {error}") from None
 
 
-class _ShippedPresets:
-    """`Model.presets`: `{name: folder}` of the presets shipped for that model."""
-
-    def __get__(self, instance, owner):
-        return shipped_presets(owner.presets_dir) if owner.presets_dir else {}
-
-
 def shipped_presets(folder):
     """`{name: folder}` of the preset folders under `folder`."""
     folder = Path(folder)
     if not folder.is_dir():
         return {}
     return {p.name: p for p in sorted(folder.iterdir()) if (p / METADATA_FILE).is_file()}
-
-
-class PresetModel:
-    """What every zoo model shares for presets: `from_preset`, `save_to_preset`
-    and the list of shipped ones.
-
-    A subclass sets `kind` (stored in the preset) and `presets_dir`, and
-    implements `architecture()`; it may store constructor arguments as
-    assets (vocabularies) through `preset_assets()`, `write_assets()` and
-    `assets_from_preset()`.
-    """
-
-    kind = None
-    presets_dir = None
-    presets = _ShippedPresets()
-    # Configuration entries that may differ from a preset's when loading it.
-    adjustable_at_load = ("dropout",)
-
-    def architecture(self):
-        """The constructor arguments that define the network (JSON-able)."""
-        raise NotImplementedError
-
-    def preset_assets(self):
-        """`{constructor argument: value}` stored as preset assets, not config."""
-        return {}
-
-    def _set_untracked(self, **attributes):
-        # Tokenizers and vocabularies are replaced after the network is
-        # built (zoo.keras_compat.set_untracked says why).
-        set_untracked(self, **attributes)
-
-    def write_assets(self):
-        """`{file name: text}` written under the preset's `assets/`."""
-        return {}
-
-    @classmethod
-    def assets_from_preset(cls, loaded):
-        """Constructor arguments read back from a verified preset's assets."""
-        return {}
-
-    def use_assets(self, **assets):
-        """Takes the constructor arguments `assets_from_preset` reads (a
-        vocabulary) into a model built without them: `.keras` loading."""
-
-    def constructor_arguments(self):
-        """Everything that rebuilds this model: architecture and assets."""
-        return {**self.architecture(), **self.preset_assets()}
-
-    # Keras's `.keras` format: the architecture in the config, the assets
-    # (vocabularies) as files beside the weights, as keras-hub's tokenizers
-    # keep theirs.
-
-    def get_config(self):
-        return {**super().get_config(), **self.architecture()}
-
-    def save_assets(self, dir_path):
-        if any(value is None for value in self.preset_assets().values()):
-            return  # nothing learned yet
-        for name, contents in self.write_assets().items():
-            (Path(dir_path) / name).write_text(contents, encoding="utf-8")
-
-    def load_assets(self, dir_path):
-        folder = Path(dir_path)
-        if any(folder.iterdir()):
-            self.use_assets(**self.assets_from_preset(_AssetFolder(folder)))
-
-    def inference_copy(self):
-        """This network with its weights and without the optimizer: what a
-        preset or an export holds (a compiled model carries the optimizer's
-        slots, two per AdamW weight, which would triple either)."""
-        if getattr(self, "optimizer", None) is None:
-            return self
-        twin = type(self)(**self.constructor_arguments())
-        twin.set_weights(self.get_weights())
-        return twin
-
-    def save_to_preset(self, folder, metadata=None):
-        """Writes config, weights and assets, checksummed, atomically."""
-        return save_preset(
-            folder, self.kind, self.architecture(), self.inference_copy().save_weights,
-            assets=self.write_assets(), metadata=metadata,
-        )
-
-    @classmethod
-    def load_verified_preset(cls, preset):
-        """The verified `Preset` for a shipped name or a folder."""
-        return load_preset(resolve(preset, cls.presets), cls.kind)
-
-    @classmethod
-    def check_overrides(cls, config, overrides):
-        unknown = set(overrides) - set(config)
-        if unknown:
-            raise ValueError(
-                f"Unknown arguments {sorted(unknown)} for a {cls.kind} preset; "
-                f"it is configured by {sorted(config)}."
-            )
-        changed = {
-            k for k in overrides
-            if k not in cls.adjustable_at_load and overrides[k] != config[k]
-        }
-        if changed:
-            raise ValueError(
-                f"Cannot change {sorted(changed)} of a pretrained preset: they "
-                f"shape its weights. Only {list(cls.adjustable_at_load)} may differ."
-            )
-
-    @classmethod
-    def with_preset_weights(cls, loaded, **arguments):
-        """`cls(**arguments)` with the weights of the verified preset `loaded`."""
-        model = cls(**arguments)
-        load_checked_weights(model, loaded)
-        return model
-
-    @classmethod
-    def from_preset(cls, preset, sha256=None, **overrides):
-        """Loads a shipped preset by name, or a preset folder.
-
-        `overrides` may change the entries in `adjustable_at_load`; sizes
-        that shape weights cannot change. `sha256` pins the preset: the
-        SHA-256 its `metadata.json` must have (`pinned`).
-        """
-        if sha256 is not None:
-            with pinned(preset, sha256, cls.presets) as folder:
-                return cls.from_preset(folder, **overrides)
-        loaded = cls.load_verified_preset(preset)
-        cls.check_overrides(loaded.config, overrides)
-        return cls.with_preset_weights(
-            loaded, **{**loaded.config, **overrides, **cls.assets_from_preset(loaded)}
-        )

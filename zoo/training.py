@@ -349,7 +349,10 @@ def recipe_command(description, default_target, train, argv=None):
 
 
 def preset_label_order(model_class, preset, names):
-    """The preset's label order when the data has the same labels, so that
-    fine-tuning keeps the pretrained head; else `names`."""
+    """For a classifier preset of `model_class`'s own kind, its label order
+    when the data has the same labels, so that fine-tuning keeps the
+    pretrained head; else (a body, or other labels) `names`."""
+    if not model_class.is_own_preset(preset):
+        return names
     preset_labels = model_class.preset_labels(model_class.load_verified_preset(preset))
     return preset_labels if set(preset_labels) == set(names) else names

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from zoo import presets as preset_io
 from zoo.backbone import attention_through
-from zoo.checkpoint_files import is_hub_handle
+from zoo.checkpoint_files import open_checkpoint
 from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
 from zoo.image_classifier.backbone import ImageBackbone
@@ -156,6 +156,8 @@ class ImageClassifier(ClassifierModel):
     preprocesses_each_example = True
     kind = KIND
     presets_dir = PRESETS_DIR
+    backbone_cls = ImageBackbone
+    preprocessor_cls = ImagePreprocessor
     configurations = CONFIGURATIONS
     adjustable_at_load = ADJUSTABLE
     from_scratch_sizes = FROM_SCRATCH_SIZES
@@ -432,34 +434,13 @@ class ImageClassifier(ClassifierModel):
                 "augmentation": self.augmentation}
 
     @classmethod
-    def check_body(cls, preset):
-        if is_hub_handle(preset):
-            return
-        folder = Path(str(preset))
-        if not folder.is_dir():
-            raise ValueError(
-                f"Unknown preset {str(preset)!r}: it is neither a shipped preset "
-                f"({sorted(cls.presets)}), nor an existing folder, nor an hf:// or "
-                "kaggle:// handle.")
-        kind = preset_io.preset_kind(folder)
-        if kind not in (None, BACKBONE_KIND):
-            raise ValueError(f"{folder} is a {kind!r} preset; expected a {KIND!r} preset or "
-                             f"an image body ({BACKBONE_KIND!r}, or a ViT checkpoint).")
+    def body_loaders(cls):
+        return body_loaders()
 
     @classmethod
-    def load_body(cls, preset):
-        """`(backbone, preprocessor)` of an image body (see `is_body_preset`)."""
-        from zoo.image_classifier import convert
-
-        if not is_hub_handle(preset) and preset_io.preset_kind(preset) == BACKBONE_KIND:
-            return load_backbone_preset(preset)
-        return convert.load_checkpoint(preset)
-
-    @classmethod
-    def _fine_tuned(cls, backbone, preprocessor, num_classes, labels, overrides):
+    def from_body(cls, backbone, preprocessor, num_classes=None, labels=None, **overrides):
         """A classifier on a pretrained `backbone` and `preprocessor`, with the
         `overrides` applied and a fresh head."""
-        overrides = dict(overrides)
         task = {name: overrides.pop(name) for name in ("pooling", "dropout", "augmentation")
                 if name in overrides}
         if "dropout" in task:
@@ -589,3 +570,25 @@ def load_backbone_preset(folder):
     return preset_io.load_backbone_preset(
         folder, BACKBONE_KIND, ImageBackbone,
         lambda loaded: ImagePreprocessor(**loaded.config["preprocessor"]))
+
+
+def load_converted(source):
+    """`(backbone, preprocessor)` of a checked ViT checkpoint."""
+    from zoo.image_classifier import convert
+
+    with open_checkpoint(source.folder, source.handle) as checkpoint:
+        return convert.load_checkpoint(checkpoint)
+
+
+def load_body(handle):
+    """`(backbone, preprocessor)` of any image body handle, through the one door."""
+    from zoo.sources import load
+
+    return load(handle, body_loaders(), None, "an image body")
+
+
+def body_loaders():
+    """`{source key: source -> (backbone, preprocessor)}` of every image body:
+    a zoo `image_backbone` preset, a Hugging Face ViT, a keras-hub ViT preset."""
+    return {("zoo", BACKBONE_KIND): lambda source: load_backbone_preset(source.folder),
+            ("hugging_face", "vit"): load_converted, ("keras_hub", "ViTBackbone"): load_converted}

@@ -127,8 +127,7 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
             overrides = dropout_override(dropout)
             if image_size is not None:
                 overrides["image_size"] = image_size
-            labels = (names if ImageClassifier.is_body_preset(preset)
-                      else preset_label_order(ImageClassifier, preset, names))
+            labels = preset_label_order(ImageClassifier, preset, names)
             model = ImageClassifier.from_preset(preset, labels=labels, **overrides)
         else:
             geometry = choose_geometry(describe_images(train[0]))

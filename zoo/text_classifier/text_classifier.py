@@ -13,6 +13,7 @@ from zoo.pipeline import text_array
 from zoo.presets import shipped_presets
 from zoo.text_classifier import bodies
 from zoo.text_classifier.backbone import TextBackbone
+from zoo.text_classifier.preprocessor import TextPreprocessor
 
 KIND = "text_classifier"
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -100,6 +101,8 @@ class TextClassifier(ClassifierModel):
     raw_input_spec = tf.TensorSpec((), tf.string)
     kind = KIND
     presets_dir = PRESETS_DIR
+    backbone_cls = TextBackbone
+    preprocessor_cls = TextPreprocessor
     adjustable_at_load = ADJUSTABLE
     from_scratch_sizes = FROM_SCRATCH_SIZES
     body_overrides = {"dropout": FINE_TUNING_DROPOUT}
@@ -226,31 +229,28 @@ class TextClassifier(ClassifierModel):
         self.preprocessor.set_vocabulary(vocabulary, merges)
 
     @classmethod
-    def all_presets(cls):
+    def named_presets(cls):
         """The shipped classifier presets and the text bodies `from_preset`
         also takes by name (`zoo.text_classifier.bodies.named_bodies`)."""
         return {**shipped_presets(PRESETS_DIR), **bodies.named_bodies()}
 
     @classmethod
-    def check_body(cls, preset):
-        bodies.check_body_kind(preset)
+    def body_loaders(cls):
+        return bodies.body_loaders()
 
     @classmethod
-    def load_body(cls, preset):
-        return bodies.load_body(preset)
-
-    @classmethod
-    def from_preset(cls, preset, num_classes=None, labels=None, sha256=None, **overrides):
+    def from_preset(cls, preset, sha256=None, **overrides):
         """Loads a classifier preset, or puts a fresh head on a text body.
 
         Args:
             preset: a shipped classifier preset (`presets`), a shipped or
-                packaged body (`all_presets()`), a zoo preset folder, a
+                packaged body (`named_presets()`), a zoo preset folder, a
                 keras-hub preset (folder or `kaggle://` handle) or a Hugging
-                Face checkpoint (folder or `hf://` handle).
-            num_classes, labels: the classes. Required for a body; for a
-                classifier preset, other classes give a fresh head.
-            **overrides: any of `ADJUSTABLE`. A `sequence_length` other
+                Face checkpoint (folder, cache snapshot or `hf://` handle).
+            sha256: pins a zoo preset folder: the SHA-256 its
+                `metadata.json` must have.
+            **overrides: `num_classes` or `labels` (required for a body),
+                and any of `ADJUSTABLE`. A `sequence_length` other
                 than the backbone's positions cuts them or tiles them end to
                 end (`tiled_positions`); `attention` and `window_size` move
                 between `"multi_head"` and `"local_window"`, which share
@@ -260,19 +260,16 @@ class TextClassifier(ClassifierModel):
                 recomputes each block's activations in the backward pass,
                 which halves the memory of such long-document training;
                 `dropout` defaults to `FINE_TUNING_DROPOUT` for a body.
-            sha256: pins a zoo preset folder: the SHA-256 its
-                `metadata.json` must have.
         """
-        return super().from_preset(preset, num_classes, labels, sha256, **overrides)
+        return super().from_preset(preset, sha256, **overrides)
 
     def task_settings(self):
         return {"pooling": self.pooling, "dropout": self.dropout}
 
     @classmethod
-    def _fine_tuned(cls, backbone, preprocessor, num_classes, labels, overrides):
+    def from_body(cls, backbone, preprocessor, num_classes=None, labels=None, **overrides):
         """A classifier on a pretrained `backbone` and `preprocessor`, with the
         `overrides` applied and a fresh head."""
-        overrides = dict(overrides)
         pooling = overrides.pop("pooling", "mean")
         dropout = overrides.pop("dropout")
         sequence_length = overrides.pop("sequence_length", None)

@@ -43,8 +43,9 @@ def default_body():
     """`(name, one line saying which body and why)` of the default body."""
     from zoo.text_classifier.bodies import PACKAGED_CHECKPOINTS, packaged_checkpoint_zip
 
-    distribution, _, _, upstream, licence = PACKAGED_CHECKPOINTS[CHECKPOINT_BODY]
-    package = distribution.split("==")[0]
+    packaged = PACKAGED_CHECKPOINTS[CHECKPOINT_BODY]
+    upstream, licence = packaged.upstream, packaged.licence
+    package = packaged.distribution.split("==")[0]
     if packaged_checkpoint_zip(CHECKPOINT_BODY) is not None:
         return CHECKPOINT_BODY, (f"body: {CHECKPOINT_BODY} ({upstream}, {licence}), read from "
                                  f"the installed package {package}")
@@ -55,17 +56,10 @@ def default_body():
 def fine_tuning_recipe(preset):
     """`FINE_TUNING` for our own bodies and presets, `CHECKPOINT_FINE_TUNING`
     for converted checkpoints."""
-    from zoo.presets import preset_kind
-    from zoo.text_classifier.bodies import PACKAGED_CHECKPOINTS
-    from zoo.text_classifier.convert import is_hub_handle
+    from zoo.sources import zoo_kind
     from zoo.text_encoder.model import TextEncoder
 
-    ours = set(TextEncoder.presets) | set(TextClassifier.presets)
-    if isinstance(preset, str) and preset in ours:
-        return FINE_TUNING
-    if (isinstance(preset, str) and preset in PACKAGED_CHECKPOINTS) or is_hub_handle(preset):
-        return CHECKPOINT_FINE_TUNING
-    kind = preset_kind(preset)
+    kind = zoo_kind(preset, TextClassifier.named_presets())
     return FINE_TUNING if kind in (TextEncoder.kind, TextClassifier.kind) else CHECKPOINT_FINE_TUNING
 
 
@@ -176,8 +170,7 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     run = run or TrainingRun()
     with run.scope():
         if preset is not None:
-            labels = (names if TextClassifier.is_body_preset(preset)
-                      else preset_label_order(TextClassifier, preset, names))
+            labels = preset_label_order(TextClassifier, preset, names)
             model = TextClassifier.from_preset(preset, labels=labels,
                                                **shape, **dropout_override(dropout))
             schedule = fine_tuning_schedule(len(train[0]), batch_size, epochs, learning_rate, recipe)

@@ -6,11 +6,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from zoo.presets import PresetModel
+from zoo.preset_model import PresetModel
+from zoo.text_classifier import bodies
+from zoo.text_classifier.backbone import TextBackbone
 from zoo.text_classifier.bodies import (
     body_parts, preprocessor_assets, read_vocabulary, vocabulary_asset,
 )
-from zoo.text_classifier.preprocessor import RESERVED_TOKENS
+from zoo.text_classifier.preprocessor import RESERVED_TOKENS, TextPreprocessor
 
 KIND = "text_encoder"
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -60,7 +62,10 @@ class TextEncoder(PresetModel, keras.Model):
     `TextPreprocessor`, a `TextBackbone` (the network `TextClassifier`
     fine-tunes) and a masked-token head: dense + GELU + layer norm, then
     logits tied to the token embedding. `python -m zoo.text_encoder.pretrain`
-    trains it; `TextClassifier.from_preset(<encoder preset>, labels=[...])`,
+    trains it; `TextEncoder.from_preset` loads an encoder preset, or puts a
+    fresh masked-token head on any text body a `TextClassifier` takes (a
+    BERT-family checkpoint whose vocabulary has `[MASK]`, to pretrain
+    further); `TextClassifier.from_preset(<encoder preset>, labels=[...])`,
     or `TextClassifier(backbone=encoder.backbone, preprocessor=
     encoder.preprocessor, labels=[...])`, puts a classification head on its
     backbone.
@@ -94,6 +99,8 @@ class TextEncoder(PresetModel, keras.Model):
 
     kind = KIND
     presets_dir = PRESETS_DIR
+    backbone_cls = TextBackbone
+    preprocessor_cls = TextPreprocessor
     reserved_tokens = RESERVED_TOKENS + (MASK_TOKEN,)
 
     def __init__(self, backbone=None, preprocessor=None, *, vocabulary=None, merges=None,
@@ -192,3 +199,27 @@ class TextEncoder(PresetModel, keras.Model):
 
     def use_assets(self, vocabulary, merges=None):
         self.preprocessor.set_vocabulary(vocabulary, merges)
+
+    @classmethod
+    def named_presets(cls):
+        """The shipped encoders and the packaged checkpoints, by name."""
+        return bodies.named_bodies()
+
+    @classmethod
+    def body_loaders(cls):
+        return {key: load for key, load in bodies.body_loaders().items() if key != ("zoo", KIND)}
+
+    @classmethod
+    def check_override_names(cls, overrides):
+        unknown = set(overrides) - set(cls.adjustable_at_load)
+        if unknown:
+            raise ValueError(f"Unknown arguments {sorted(unknown)} for TextEncoder.from_preset; "
+                             f"only {list(cls.adjustable_at_load)} may be given.")
+
+    @classmethod
+    def from_body(cls, backbone, preprocessor, **overrides):
+        """An encoder on a pretrained `backbone` and `preprocessor` with a
+        fresh masked-token head; `dropout` changes the backbone's."""
+        if "dropout" in overrides:
+            backbone = backbone.with_changes(dropout=overrides["dropout"])
+        return cls(backbone=backbone, preprocessor=preprocessor)

@@ -17,7 +17,8 @@ from zoo.pipeline import (
     learn_word_piece_vocabulary,
     text_array,
 )
-from zoo.presets import PresetModel, asset_lines
+from zoo.preset_model import PresetModel
+from zoo.presets import asset_lines
 from zoo.text_classifier.preprocessor import TextPreprocessor
 from zoo.translator.decoding import beam_search
 

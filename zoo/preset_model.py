@@ -1,0 +1,217 @@
+"""The one loading contract every zoo task shares: `from_preset`, `save_to_preset`, `presets`.
+
+`Cls.from_preset(handle, sha256=None, **overrides)` means the same for every
+task: `handle` is anything `zoo.sources` resolves (a shipped name, a
+packaged checkpoint, a zoo preset folder, a keras-hub preset, a Hugging Face
+folder or cache snapshot, `hf://`, `kaggle://`); `sha256` pins a zoo preset
+folder (the SHA-256 its `metadata.json` must have); `overrides` change what
+the task allows (`adjustable_at_load`). What the handle holds picks the one
+loader (`preset_loaders`): the task's own preset kind, or a pretrained body
+(`body_loaders`) that gets a fresh head; anything else is refused by name.
+"""
+
+import functools
+from pathlib import Path
+
+from zoo import sources
+from zoo.keras_compat import set_untracked
+from zoo.presets import (
+    _AssetFolder, load_checked_weights, load_preset, pinned, save_preset, shipped_presets,
+)
+
+
+class _ShippedPresets:
+    """`Model.presets`: `{name: folder}` of the presets shipped for that model."""
+
+    def __get__(self, instance, owner):
+        return shipped_presets(owner.presets_dir) if owner.presets_dir else {}
+
+
+class PresetModel:
+    """What every zoo model shares for presets: `from_preset`, `save_to_preset`
+    and the list of shipped ones.
+
+    A subclass sets `kind` (stored in the preset) and `presets_dir`, and
+    implements `architecture()`; it may store constructor arguments as
+    assets (vocabularies) through `preset_assets()`, `write_assets()` and
+    `assets_from_preset()`.
+    """
+
+    kind = None
+    presets_dir = None
+    presets = _ShippedPresets()
+    # The classes of a task's parts, for the tasks built of a backbone and
+    # a preprocessor (`from_body`).
+    backbone_cls = None
+    preprocessor_cls = None
+    # Configuration entries that may differ from a preset's when loading it.
+    adjustable_at_load = ("dropout",)
+
+    def architecture(self):
+        """The constructor arguments that define the network (JSON-able)."""
+        raise NotImplementedError
+
+    def preset_assets(self):
+        """`{constructor argument: value}` stored as preset assets, not config."""
+        return {}
+
+    def _set_untracked(self, **attributes):
+        # Tokenizers and vocabularies are replaced after the network is
+        # built (zoo.keras_compat.set_untracked says why).
+        set_untracked(self, **attributes)
+
+    def write_assets(self):
+        """`{file name: text}` written under the preset's `assets/`."""
+        return {}
+
+    @classmethod
+    def assets_from_preset(cls, loaded):
+        """Constructor arguments read back from a verified preset's assets."""
+        return {}
+
+    def use_assets(self, **assets):
+        """Takes the constructor arguments `assets_from_preset` reads (a
+        vocabulary) into a model built without them: `.keras` loading."""
+
+    def constructor_arguments(self):
+        """Everything that rebuilds this model: architecture and assets."""
+        return {**self.architecture(), **self.preset_assets()}
+
+    # Keras's `.keras` format: the architecture in the config, the assets
+    # (vocabularies) as files beside the weights, as keras-hub's tokenizers
+    # keep theirs.
+
+    def get_config(self):
+        return {**super().get_config(), **self.architecture()}
+
+    def save_assets(self, dir_path):
+        if any(value is None for value in self.preset_assets().values()):
+            return  # nothing learned yet
+        for name, contents in self.write_assets().items():
+            (Path(dir_path) / name).write_text(contents, encoding="utf-8")
+
+    def load_assets(self, dir_path):
+        folder = Path(dir_path)
+        if any(folder.iterdir()):
+            self.use_assets(**self.assets_from_preset(_AssetFolder(folder)))
+
+    def inference_copy(self):
+        """This network with its weights and without the optimizer: what a
+        preset or an export holds (a compiled model carries the optimizer's
+        slots, two per AdamW weight, which would triple either)."""
+        if getattr(self, "optimizer", None) is None:
+            return self
+        twin = type(self)(**self.constructor_arguments())
+        twin.set_weights(self.get_weights())
+        return twin
+
+    def save_to_preset(self, folder, metadata=None):
+        """Writes config, weights and assets, checksummed, atomically."""
+        return save_preset(
+            folder, self.kind, self.architecture(), self.inference_copy().save_weights,
+            assets=self.write_assets(), metadata=metadata,
+        )
+
+    @classmethod
+    def named_presets(cls):
+        """What `from_preset` takes by name: `{name: preset folder or
+        zoo.sources.Packaged}`; the shipped presets unless a task adds bodies."""
+        return cls.presets
+
+    @classmethod
+    def body_loaders(cls):
+        """`{source key: source -> (backbone, preprocessor)}` of the
+        pretrained bodies this task puts a fresh head on (none by default)."""
+        return {}
+
+    @classmethod
+    def preset_loaders(cls):
+        """`{source key: loader}`: the task's own presets and its bodies."""
+        loaders = {key: functools.partial(cls._from_body_source, load_body)
+                   for key, load_body in cls.body_loaders().items()}
+        loaders[("zoo", cls.kind)] = cls._from_own_preset
+        return loaders
+
+    @classmethod
+    def from_preset(cls, preset, sha256=None, **overrides):
+        """Loads a preset or a pretrained body (see the module docstring).
+
+        Args:
+            preset: a shipped name (`named_presets()`), a zoo preset folder,
+                or a body this task takes (`body_loaders`): a keras-hub
+                preset, a Hugging Face folder, `hf://` or `kaggle://`.
+            sha256: pins a zoo preset folder: the SHA-256 its
+                `metadata.json` must have.
+            **overrides: any of `adjustable_at_load`; sizes that shape
+                weights cannot change.
+
+        Raises:
+            ValueError: (`zoo.guarded_files.RefusedSource` for what the
+                handle holds) naming what was received and what is taken.
+        """
+        if sha256 is not None:
+            with pinned(preset, sha256, cls.named_presets()) as folder:
+                return cls.from_preset(folder, **overrides)
+        cls.check_override_names(overrides)
+        return sources.load(preset, cls.preset_loaders(), cls.named_presets(),
+                            f"{cls.__name__}.from_preset", **overrides)
+
+    @classmethod
+    def check_override_names(cls, overrides):
+        """Refuses, before anything is read, an override no preset of this task takes."""
+
+    @classmethod
+    def _from_body_source(cls, load_body, source, **overrides):
+        backbone, preprocessor = load_body(source)
+        return cls.from_body(backbone, preprocessor, **overrides)
+
+    @classmethod
+    def from_body(cls, backbone, preprocessor, **overrides):
+        """This task on a pretrained `backbone` and `preprocessor`, with a fresh head."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_own_preset(cls, source, **overrides):
+        """This task from a verified preset of its own kind."""
+        loaded = load_preset(source.folder, cls.kind)
+        cls.check_overrides(loaded.config, overrides)
+        return cls.with_preset_weights(
+            loaded, **{**loaded.config, **overrides, **cls.assets_from_preset(loaded)}
+        )
+
+    @classmethod
+    def is_own_preset(cls, preset):
+        """Whether `preset` names a zoo preset of this task's kind (read from
+        its metadata alone), rather than a body or another model's preset."""
+        return sources.zoo_kind(preset, cls.named_presets()) == cls.kind
+
+    @classmethod
+    def load_verified_preset(cls, preset):
+        """The verified `Preset` of a shipped name or a preset folder of this task."""
+        target = cls.named_presets().get(preset) if isinstance(preset, str) else None
+        return load_preset(target if target is not None else preset, cls.kind)
+
+    @classmethod
+    def check_overrides(cls, config, overrides):
+        unknown = set(overrides) - set(config)
+        if unknown:
+            raise ValueError(
+                f"Unknown arguments {sorted(unknown)} for a {cls.kind} preset; "
+                f"it is configured by {sorted(config)}."
+            )
+        changed = {
+            k for k in overrides
+            if k not in cls.adjustable_at_load and overrides[k] != config[k]
+        }
+        if changed:
+            raise ValueError(
+                f"Cannot change {sorted(changed)} of a pretrained preset: they "
+                f"shape its weights. Only {list(cls.adjustable_at_load)} may differ."
+            )
+
+    @classmethod
+    def with_preset_weights(cls, loaded, **arguments):
+        """`cls(**arguments)` with the weights of the verified preset `loaded`."""
+        model = cls(**arguments)
+        load_checked_weights(model, loaded)
+        return model

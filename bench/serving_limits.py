@@ -43,11 +43,22 @@ elif kind == "text":
     text = " ".join(np.random.default_rng(0).choice(words, size))[:size]
     request = dict(text=tf.constant([text] * count))
     one = len(text.encode())
+elif kind == "forged":
+    # Small PNGs whose headers declare `size` x `size` 16-bit RGBA: decoding
+    # would allocate 8 bytes a declared pixel.
+    import struct, zlib
+    png = tf.io.encode_png(np.zeros((28, 28, 1), np.uint8)).numpy()
+    serve(image_bytes=tf.constant([png]))
+    header = b"IHDR" + struct.pack(">IIBBBBB", size, size, 16, 6, 0, 0, 0)
+    forged = png[:12] + header + struct.pack(">I", zlib.crc32(header)) + png[33:]
+    request = dict(image_bytes=tf.constant([forged] * count))
+    one = len(forged)
 else:
     serve(image_bytes=tf.stack([tf.io.encode_png(np.zeros((28, 28, 1), np.uint8))]))
-    # The largest image the header check admits (`size` x `size`): black and
-    # white squares of 4 x 4 pixels, whose PNG fits in the 8 MB an image may take.
-    squares = np.random.default_rng(0).integers(0, 2, (size // 4, size // 4, 3), np.uint8) * 255
+    # The largest image the header check admits (`size` x `size`), 16-bit
+    # RGBA (the costliest PNG to decode): black and white squares of 4 x 4
+    # pixels, whose PNG fits in the 8 MB an image may take.
+    squares = np.random.default_rng(0).integers(0, 2, (size // 4, size // 4, 4), np.uint16) * 65535
     large = tf.io.encode_png(np.repeat(np.repeat(squares, 4, axis=0), 4, axis=1))
     request = dict(image_bytes=tf.stack([large] * count))
     one = len(large.numpy())
@@ -58,12 +69,15 @@ def peak_bytes():
     return int(status.split("VmHWM:")[1].split()[0]) * 1024
 before = peak_bytes()
 start = time.perf_counter()
-answer = serve(**request)
+try:
+    answer = serve(**request)
+    rows, refused = int(next(iter(answer.values())).shape[0]), None
+except tf.errors.InvalidArgumentError as error:
+    rows, refused = 0, error.message.split("assertion failed: [")[-1].split("]")[0]
 seconds = time.perf_counter() - start
 peak = peak_bytes()
-print("RESULT " + json.dumps(dict(seconds=seconds, peak=peak,
-                                  added=peak - before, bytes=one,
-                                  rows=int(next(iter(answer.values())).shape[0]))))
+print("RESULT " + json.dumps(dict(seconds=seconds, peak=peak, added=peak - before, bytes=one,
+                                  rows=rows, refused=refused)))
 """
 MODELS = {"rotten_tomatoes_small": {}, "all_minilm_l6_v2": {"labels": ["a", "b"]}}
 
@@ -100,7 +114,7 @@ def worst_request(model, kind, count, size, *extra, **export_options):
 def main():
     from results import update_section
     from zoo import ImageClassifier, TextClassifier, Translator
-    from zoo.image_classifier.image_classifier import MAX_REQUEST_IMAGES
+    from zoo.image_classifier.image_classifier import MAX_REQUEST_IMAGES, MAX_REQUEST_PIXELS
     from zoo.image_classifier.preprocessor import MAX_IMAGE_PIXELS
     from zoo.text_classifier.text_classifier import MIN_REQUEST_TEXT_BYTES, REQUEST_TOKEN_BUDGET
     from zoo.translator.model import MAX_REQUEST_TEXT_BYTES, MAX_REQUEST_TEXTS
@@ -114,7 +128,9 @@ def main():
                      worst_request(model, "text", count, size)))
     side = int(MAX_IMAGE_PIXELS ** 0.5)
     image = worst_request(ImageClassifier.from_preset("mnist_vit_micro"), "image",
-                          MAX_REQUEST_IMAGES, side)
+                          MAX_REQUEST_PIXELS // MAX_IMAGE_PIXELS, side)
+    forged = worst_request(ImageClassifier.from_preset("mnist_vit_micro"), "forged",
+                           MAX_REQUEST_IMAGES, side)
     with tempfile.TemporaryDirectory() as folder:
         gif = animated_gif(Path(folder) / "animated.gif", 400, 1000)
         animated = {kind: worst_request(ImageClassifier.from_preset("mnist_vit_micro"), kind, 1,
@@ -138,12 +154,17 @@ def main():
                      f"{result['peak'] / 2**30:.2f} GiB | {result['added'] / 2**30:.2f} GiB |")
     lines += [
         "",
-        f"Images: the worst request the image export's defaults admit, {MAX_REQUEST_IMAGES} "
-        f"PNGs each declaring the largest image the header check admits ({side} x {side} x 3, "
-        f"{image['bytes']} bytes each, under the 8 MB per image), to `mnist_vit_micro`'s export: "
-        f"{image['seconds']:.2f} s, peak {image['peak'] / 2**30:.2f} GiB, "
-        f"{image['added'] / 2**30:.2f} GiB added by the request (images are decoded two at a "
-        "time).",
+        f"Images: the worst request the image export's defaults admit: "
+        f"{MAX_REQUEST_PIXELS // MAX_IMAGE_PIXELS} PNGs each declaring the largest image the "
+        f"header check admits ({side} x {side}, 16-bit RGBA, the costliest PNG to decode; "
+        f"{image['bytes']} bytes each, under the 8 MB per image), since a request's images "
+        f"may declare {MAX_REQUEST_PIXELS} pixels together (`max_request_pixels`), to "
+        f"`mnist_vit_micro`'s export: {image['seconds']:.2f} s, peak "
+        f"{image['peak'] / 2**30:.2f} GiB, {image['added'] / 2**30:.2f} GiB added by the "
+        f"request. {MAX_REQUEST_IMAGES} PNGs of {forged['bytes']} bytes each declaring the same "
+        "(a request that held a server for 61 s and 1.97 GB before that bound) are refused "
+        f"before decoding in {forged['seconds']:.2f} s, adding "
+        f"{forged['added'] / 2**30:.2f} GiB: \"{forged['refused']}\"",
     ]
     lines += [
         "",

@@ -146,15 +146,14 @@ def test_pre_norm_body_moves_with_its_final_norm_and_fine_tunes_with_dropout(
     assert TextClassifier.from_preset(tmp_path / "body", labels=["a", "b"], dropout=0.3).dropout == 0.3
 
 
-def test_encoder_preset_round_trip_and_checksums(tiny_encoder, tmp_path):
+def test_encoder_preset_carries_its_notice_and_checksums(tiny_encoder, tmp_path):
+    # Identical outputs after the round trip: tests/test_preset_contract.py.
     from zoo.text_encoder.model import TextEncoder
 
     encoder, sequences, _ = tiny_encoder
     encoder.save_to_preset(tmp_path / "body")
     assert "WordNet 3.0 Copyright 2006" in (tmp_path / "body/assets/NOTICE").read_text()
-    loaded = TextEncoder.from_preset(tmp_path / "body")
-    inputs = {"token_ids": sequences[:4], "mask_positions": np.ones((4, 2), "int32")}
-    np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(encoder(inputs)))
+    assert TextEncoder.from_preset(tmp_path / "body").vocabulary == encoder.vocabulary
     weights = tmp_path / "body/model.weights.h5"
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(ValueError, match="corrupt or changed"):

@@ -110,6 +110,7 @@ def _train(args):
     from zoo.presets import pinned
 
     entry = MODELS[args.model]
+    _check_output_folder(args.out, "--out")
     pin = contextlib.nullcontext()
     if args.preset_sha256 is not None:
         if args.preset is None:

@@ -13,7 +13,9 @@ from zoo.checkpoint_files import open_checkpoint
 from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
 from zoo.image_classifier.backbone import ImageBackbone
-from zoo.image_classifier.preprocessor import MAX_IMAGE_PIXELS, ImagePreprocessor
+from zoo.image_classifier.preprocessor import (
+    MAX_IMAGE_PIXELS, ImagePreprocessor, first_frame_pixels,
+)
 from zoo.keras_compat import xla_wherever_keras_allows
 
 KIND = "image_classifier"
@@ -35,6 +37,11 @@ FROM_SCRATCH_SIZES = dict(
 # limits").
 MAX_REQUEST_IMAGES = 32
 MAX_REQUEST_IMAGE_BYTES = 8 << 20
+# The pixels all the images of one request may declare together (two of the
+# largest image, or 32 of 1024 x 1024), checked from their headers before
+# any is decoded: 32 small 16-bit RGBA PNGs each declaring 4096 x 4096 held
+# a server for 61 s and 1.97 GB before this bound (`bench/RESULTS.md`).
+MAX_REQUEST_PIXELS = 1 << 25
 
 
 ADJUSTABLE = ("dropout", "num_classes", "image_size", "augmentation", "attention",
@@ -452,7 +459,7 @@ class ImageClassifier(ClassifierModel):
                    labels=labels, **task)
 
     def export(self, folder, version=None, max_images=MAX_REQUEST_IMAGES,
-               max_image_bytes=MAX_REQUEST_IMAGE_BYTES):
+               max_image_bytes=MAX_REQUEST_IMAGE_BYTES, max_request_pixels=MAX_REQUEST_PIXELS):
         """Exports a TF Serving SavedModel to `folder/<version>/`.
 
         Signatures, both returning `{"probabilities": float32[None, C],
@@ -466,11 +473,13 @@ class ImageClassifier(ClassifierModel):
         Loads with `tensorflow` alone. Bytes that are no image fail the
         request with an `InvalidArgumentError` naming the input, and so does
         a request of more than `max_images` images, an image of more than
-        `max_image_bytes` bytes, or one whose header declares more than
-        `MAX_IMAGE_PIXELS` pixels (checked before decoding); an empty
-        request gets empty outputs.
+        `max_image_bytes` bytes, one whose header declares more than
+        `MAX_IMAGE_PIXELS` pixels, or images declaring more than
+        `max_request_pixels` pixels together (each checked before
+        decoding); an empty request gets empty outputs.
         """
-        module = _ImageClassifierServing(self.inference_copy(), max_images, max_image_bytes)
+        module = _ImageClassifierServing(self.inference_copy(), max_images, max_image_bytes,
+                                         max_request_pixels)
         return export_saved_model(module, folder, {
             "serving_default": module.serve.get_concrete_function(),
             "predict_images": module.predict_images.get_concrete_function(),
@@ -492,11 +501,12 @@ class ImageClassifier(ClassifierModel):
 class _ImageClassifierServing(ClassifierServing):
     """What the SavedModel tracks: the network and the labels."""
 
-    def __init__(self, classifier, max_images, max_image_bytes):
+    def __init__(self, classifier, max_images, max_image_bytes, max_request_pixels):
         super().__init__(classifier)
         self.max_images, self.max_image_bytes = int(max_images), int(max_image_bytes)
+        self.max_request_pixels = int(max_request_pixels)
 
-    def _bounded(self, inputs, count, largest, limit, what):
+    def _bounded(self, inputs, count, largest, limit, what, pixels):
         checks = [
             tf.debugging.assert_less_equal(
                 count, self.max_images,
@@ -506,6 +516,13 @@ class _ImageClassifierServing(ClassifierServing):
                 message=f"An image holds at most {limit} {what}."),
         ]
         with tf.control_dependencies(checks):
+            # Read from the headers only after the count and sizes hold.
+            pixels = pixels()
+        total = tf.debugging.assert_less_equal(
+            pixels, tf.constant(self.max_request_pixels, tf.int64),
+            message=f"A request's images declare at most {self.max_request_pixels} pixels "
+                    "together (max_request_pixels).")
+        with tf.control_dependencies([total]):
             inputs = tf.identity(inputs)
         return tf.cond(count > 0,
                        lambda: self.outputs(self.classifier.preprocess(inputs)),
@@ -515,14 +532,24 @@ class _ImageClassifierServing(ClassifierServing):
     def serve(self, image_bytes):
         return self._bounded(image_bytes, tf.size(image_bytes),
                              tf.reduce_max(tf.concat([tf.strings.length(image_bytes), [0]], 0)),
-                             self.max_image_bytes, "bytes (max_image_bytes)")
+                             self.max_image_bytes, "bytes (max_image_bytes)",
+                             lambda: _request_pixels(image_bytes))
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
     def predict_images(self, images):
         shape = tf.shape(images)
         return self._bounded(images, shape[0], shape[1] * shape[2], MAX_IMAGE_PIXELS,
-                             "pixels (MAX_IMAGE_PIXELS)")
+                             "pixels (MAX_IMAGE_PIXELS)",
+                             lambda: tf.reduce_prod(tf.cast(shape[:3], tf.int64)))
+
+
+def _request_pixels(image_bytes):
+    """The pixels a request's images declare together, each counted at most
+    `MAX_IMAGE_PIXELS`: an image over its own bound is refused by its index
+    as it is decoded, with the message that names it."""
+    pixels = tf.map_fn(first_frame_pixels, image_bytes, fn_output_signature=tf.int64)
+    return tf.reduce_sum(tf.minimum(pixels, MAX_IMAGE_PIXELS))
 
 
 def _image_array(array):

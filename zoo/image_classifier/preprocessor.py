@@ -149,6 +149,22 @@ def bounded_image_bytes(data, index):
         return tf.identity(data)
 
 
+def first_frame_pixels(data):
+    """The pixels decoding `data`'s first frame would produce, as its header
+    declares them (0 for bytes of no known format, refused when decoded)."""
+    recognised = tf.reduce_any(tf.stack([
+        tf.strings.substr(data, 0, len(signature)) == signature
+        for signature in IMAGE_SIGNATURES
+    ]))
+
+    def pixels():
+        frame = tf.cond(is_gif(data), lambda: first_gif_frame(data)[1],
+                        lambda: tf.constant(0, tf.int64))
+        return tf.maximum(declared_pixels(data), frame)
+
+    return tf.cond(recognised, pixels, lambda: tf.constant(0, tf.int64))
+
+
 def decode_bounded(data, index=-1):
     """Encoded image bytes -> uint8 `(H, W, C)` pixels of its first frame,
     after the checks of `bounded_image_bytes`."""

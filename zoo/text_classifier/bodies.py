@@ -94,7 +94,7 @@ def named_bodies():
     from zoo.text_encoder.model import TextEncoder
 
     installed = {name: packaged for name, packaged in PACKAGED_CHECKPOINTS.items()
-                 if packaged.archive() is not None}
+                 if packaged_checkpoint_zip(name) is not None}
     return {**TextEncoder.presets, **installed}
 
 

@@ -55,8 +55,10 @@ def refused_everywhere(folder, message, capsys, tmp_path):
     from zoo.__main__ import main
     from zoo.guarded_files import RefusedSource
 
-    with pytest.raises(RefusedSource, match=message):
+    with pytest.raises(RefusedSource, match=message) as refusal:
         TextClassifier.from_preset(folder, labels=LABELS)
+    # Named as the user's file, never the private copy it was checked in.
+    assert "zoo-source-" not in str(refusal.value) and str(folder) in str(refusal.value)
     capsys.readouterr()
     target = tmp_path / "converted"
     assert main(["convert", str(folder), "--to", str(target)]) == 2
@@ -163,7 +165,7 @@ def test_malformed_tokenizer_files_are_refused(copy, tmp_path, capsys):
 def test_a_vocabulary_larger_than_the_embedding_is_refused_naming_both(copy, tmp_path, capsys):
     with open(copy / "vocab.txt", "a") as handle:
         handle.write("extra\n")
-    refused_everywhere(copy, "The vocabulary has 10 tokens but the checkpoint embeds only 9",
+    refused_everywhere(copy, "the vocabulary has 10 tokens but the weights embed only 9",
                        capsys, tmp_path)
 
 
@@ -315,3 +317,21 @@ def test_every_task_and_backbone_takes_the_same_handles_and_refuses_by_name(
         ImageBackbone.from_preset(bert_folder)
     with pytest.raises(RefusedSource, match="Unknown preset 'no_such_preset'"):
         Translator.from_preset("no_such_preset")
+
+
+def test_a_zoo_preset_holding_a_fifo_or_a_device_is_refused_unread(tmp_path):
+    from zoo import TextClassifier
+
+    shipped = TextClassifier.presets["rotten_tomatoes_small"]
+    for name in ("assets/vocabulary.txt", "metadata.json", "config.json"):
+        for kind in ("fifo", "device"):
+            folder = tmp_path / f"{name.replace('/', '_')}_{kind}"
+            shutil.copytree(shipped, folder)
+            (folder / name).unlink()
+            if kind == "fifo":
+                os.mkfifo(folder / name)
+            else:
+                os.mknod(folder / name, stat.S_IFCHR | 0o444, os.makedev(1, 5))
+            with pytest.raises(ValueError, match=rf"{name.split('/')[-1]} (is missing|is a "
+                                                 r"(FIFO|character device))"):
+                TextClassifier.from_preset(folder)

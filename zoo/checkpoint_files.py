@@ -94,10 +94,10 @@ class Checkpoint:
         return exists(self.folder, name)
 
     def json(self, name, required=False):
-        return read_json(self.folder, name, required=required)
+        return read_json(self.folder, name, required=required, where=self.where(name))
 
     def text(self, name):
-        return read_text(self.folder, name)
+        return read_text(self.folder, name, where=self.where(name))
 
     def where(self, name):
         return f"{self.origin}/{name}"
@@ -126,7 +126,7 @@ def read_config(folder, origin):
     if not exists(folder, "config.json"):
         raise RefusedSource(f"{origin} holds no config.json: expected a keras-hub preset or a "
                             "Hugging Face checkpoint folder.")
-    return read_json(folder, "config.json")
+    return read_json(folder, "config.json", where=f"{origin}/config.json")
 
 
 @contextlib.contextmanager
@@ -141,7 +141,8 @@ def open_checkpoint(folder, origin=None):
     names, trees = ((HUGGING_FACE_FILES, ()) if hugging_face
                     else (KERAS_HUB_FILES, KERAS_HUB_TREES))
     with private_copy(folder, names, trees) as private:
-        checkpoint = Checkpoint(private, origin, read_json(private, "config.json"),
+        checkpoint = Checkpoint(private, origin,
+                                read_json(private, "config.json", where=f"{origin}/config.json"),
                                 "hugging_face" if hugging_face else "keras_hub")
         if checkpoint.config != config:
             raise RefusedSource(f"{origin}/config.json changed while it was read.")
@@ -313,6 +314,13 @@ def _check_tokenizer_files(checkpoint):
     if "max_seq_length" in sentence and sentence["max_seq_length"] is not None:
         check_size(sentence["max_seq_length"], "max_seq_length", "sequence_length",
                    checkpoint.where("sentence_bert_config.json"))
+    for name in ("vocab.txt", "merges.txt"):
+        if checkpoint.has(name):
+            checkpoint.text(name)  # UTF-8 without NUL, read before anything is built
+    if checkpoint.has("vocab.txt"):
+        vocabulary_lines(checkpoint, "vocab.txt")
+    if checkpoint.has("vocab.json"):
+        vocabulary_in_order(checkpoint.json("vocab.json"), checkpoint.where("vocab.json"))
     tokenizer = checkpoint.json("tokenizer.json")
     if tokenizer is not None:
         model = tokenizer.get("model")

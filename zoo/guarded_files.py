@@ -104,7 +104,7 @@ def checked_path(folder, name):
 
 
 @contextlib.contextmanager
-def _opened(folder, name):
+def opened(folder, name):
     """A binary file object of a checked `folder/name`, checked again once
     opened (non-blocking, so a FIFO swapped in meanwhile cannot hang)."""
     real = checked_path(folder, name)
@@ -137,7 +137,7 @@ def _is_weights(name):
 
 def read_bytes(folder, name, limit=MAX_TEXT_FILE_BYTES):
     """The bytes of `folder/name`, at most `limit` (see the module docstring)."""
-    with _opened(folder, name) as handle:
+    with opened(folder, name) as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise _too_large(folder, name, limit)
@@ -148,7 +148,7 @@ def copy_file(folder, name, target, limit):
     """Copies `folder/name` to `target`, at most `limit` bytes; returns the
     number of bytes copied."""
     copied = 0
-    with _opened(folder, name) as reading, open(target, "wb") as writing:
+    with opened(folder, name) as reading, open(target, "wb") as writing:
         for block in iter(lambda: reading.read(_CHUNK), b""):
             copied += len(block)
             if copied > limit:
@@ -187,24 +187,28 @@ def parse_json(data, where, expected=dict):
     return value
 
 
-def read_json(folder, name, required=False, expected=dict):
-    """The JSON object of `folder/name` (None when absent and not `required`)."""
+def read_json(folder, name, required=False, expected=dict, where=None):
+    """The JSON object of `folder/name` (None when absent and not `required`);
+    `where` names the file in messages (default: its path)."""
+    where = where or f"{Path(folder) / name}"
     if not exists(folder, name):
         if required:
-            raise RefusedSource(f"{folder} holds no {name}.")
+            raise RefusedSource(f"{where} is missing.")
         return None
-    return parse_json(read_bytes(folder, name), f"{Path(folder) / name}", expected)
+    return parse_json(read_bytes(folder, name), where, expected)
 
 
-def read_text(folder, name):
-    """The UTF-8 text of `folder/name`, refused when it holds a NUL."""
+def read_text(folder, name, where=None):
+    """The UTF-8 text of `folder/name`, refused when it holds a NUL; `where`
+    names the file in messages (default: its path)."""
+    where = where or f"{Path(folder) / name}"
     data = read_bytes(folder, name)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise RefusedSource(f"{Path(folder) / name} is not UTF-8 text: {error}") from None
+        raise RefusedSource(f"{where} is not UTF-8 text: {error}") from None
     if "\0" in text:
-        raise RefusedSource(f"{Path(folder) / name} holds a NUL character; expected text.")
+        raise RefusedSource(f"{where} holds a NUL character; expected text.")
     return text
 
 

@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from zoo.guarded_files import opened
 from zoo.publishing import recover_replaced, replaced_directory
 
 FORMAT_VERSION = 1
@@ -251,14 +252,15 @@ def _unlisted(folder, listed):
 
 
 def _read_bounded(path, limit, what):
-    size = path.lstat().st_size
-    if size <= limit:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-        if len(data) <= limit:  # not grown since
-            return data
-        size = len(data)
-    raise ValueError(f"{path} holds {size} bytes, more than the {limit} {what} may.")
+    """At most `limit` bytes of the regular file `path`, through the guarded
+    reader's `opened` (a FIFO or device swapped in is refused, not read)."""
+    with opened(path.parent, path.name) as handle:
+        data = handle.read(limit + 1)
+        if len(data) > limit:
+            size = os.fstat(handle.fileno()).st_size  # for the message: the bound is the read
+            raise ValueError(f"{path} holds {max(size, len(data))} bytes, more than the {limit} "
+                             f"{what} may.")
+    return data
 
 
 def load_preset(folder, kind):

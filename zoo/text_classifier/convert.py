@@ -70,7 +70,7 @@ def load_checkpoint(checkpoint):
         _hugging_face_tokenizer(checkpoint, config["model_type"]) if hugging_face
         else _keras_hub_tokenizer(checkpoint))
     vocabulary, weights["token"] = _padding_first(
-        vocabulary, weights["token"], tokenizer_config["pad_token"])
+        vocabulary, weights["token"], tokenizer_config["pad_token"], checkpoint.origin)
     sequence_length = min(backbone_config["max_sequence_length"], DEFAULT_SEQUENCE_LENGTH)
     if hugging_face:
         sentence_config = checkpoint.json("sentence_bert_config.json") or {}
@@ -201,14 +201,14 @@ def _keras_hub_tokenizer(checkpoint):
     }
 
 
-def _padding_first(vocabulary, token_embeddings, pad_token):
+def _padding_first(vocabulary, token_embeddings, pad_token, origin):
     """The vocabulary and embedding rows with the padding token moved to id
     0 (the backbone masks id 0), swapped with what was there."""
     if pad_token not in vocabulary:
-        raise RefusedSource(f"The vocabulary has no padding token {pad_token!r}.")
+        raise RefusedSource(f"{origin}: the vocabulary has no padding token {pad_token!r}.")
     if len(vocabulary) > len(token_embeddings):
-        raise RefusedSource(f"The vocabulary has {len(vocabulary)} tokens but the checkpoint embeds "
-                         f"only {len(token_embeddings)}.")
+        raise RefusedSource(f"{origin}: the vocabulary has {len(vocabulary)} tokens but the "
+                            f"weights embed only {len(token_embeddings)}.")
     pad = vocabulary.index(pad_token)
     if pad == 0:
         return vocabulary, token_embeddings

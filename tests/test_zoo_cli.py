@@ -147,7 +147,9 @@ def test_image_user_errors_print_one_line_and_exit_2(digit_folder, digits_sample
          "--preset", "rotten_tomatoes_small"): "Unknown preset 'rotten_tomatoes_small'",
         ("train", "image-classifier", "--data", str(digit_folder), "--out", "x",
          "--preset", str(REPO_ROOT / "zoo/text_classifier/presets/rotten_tomatoes_small")):
-            "is a 'text_classifier' preset; expected a 'image_classifier' preset",
+            "it is a zoo 'text_classifier' preset. It takes a Hugging Face 'vit' checkpoint, "
+            "a keras-hub ViTBackbone preset, a zoo 'image_backbone' preset, a zoo "
+            "'image_classifier' preset.",
         ("train", "image-classifier", "--data", str(digit_folder), "--out", "x",
          "--text-column", "review"): "--text-column does not apply to image-classifier",
         ("predict", "empty", "a.png"): "holds no trained model",
@@ -261,7 +263,7 @@ def test_translator_user_errors_print_one_line_and_exit_2(pairs_tsv, tmp_path, c
             "--image-size does not apply to translator",
         ("train", "translator", "--data", str(pairs_tsv), "--out", "x",
          "--preset", str(REPO_ROOT / "zoo/text_classifier/presets/rotten_tomatoes_small")):
-            "is a 'text_classifier' preset; expected a 'translator' preset",
+            "it is a zoo 'text_classifier' preset. It takes a zoo 'translator' preset.",
         ("export", str(REPO_ROOT / "zoo/text_classifier/presets/rotten_tomatoes_small"),
          "--to", str(tmp_path / "e"), "--beam-size", "2"):
             "--beam-size does not apply to `export` on a text_classifier model",

@@ -89,8 +89,7 @@ def zoo_kind(handle, named=None):
     folder = Path(str(target if target is not None else handle))
     if not folder.is_dir() or not exists(folder, METADATA_FILE):
         return None
-    kind = read_json(folder, METADATA_FILE).get("kind")
-    return kind if isinstance(kind, str) else None
+    return _zoo_metadata_kind(folder)
 
 
 @contextlib.contextmanager

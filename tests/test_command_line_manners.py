@@ -166,3 +166,52 @@ def test_the_readme_documents_every_flag_and_no_other():
         assert not undocumented, (command, undocumented)
     for name in (REVIEWS, DEFINITIONS_DATA, DIGITS, "gramps"):
         assert f"--data {name}" in readme, name
+
+
+def test_numbers_are_checked_as_the_command_line_reads_them():
+    results, tensorflow_imported = zoo_in_fresh_process(
+        *(["train", "text-classifier", "--data", "x.csv", "--out", "run", flag, value]
+          for flag, value in (("--epochs", "0"), ("--epochs", "-3"), ("--batch-size", "x"),
+                              ("--learning-rate", "0"), ("--dropout", "1"),
+                              ("--sequence-length", "0"), ("--window-size", "-1"),
+                              ("--max-train-examples", "0"), ("--checkpoint-every", "0"))),
+        ["evaluate", "run", "--data", "x.csv", "--batch-size", "0"],
+        ["tune", "text-classifier", "--data", "x.csv", "--out", "run", "--trials", "0"],
+    )
+    assert not tensorflow_imported  # refused before anything starts
+    expected = ["--epochs: expected a whole number of at least 1; received '0'",
+                "--epochs: expected a whole number of at least 1; received '-3'",
+                "--batch-size: expected a whole number of at least 1; received 'x'",
+                "--learning-rate: expected a number in (0, 1]; received '0'",
+                "--dropout: expected a number in [0, 1); received '1'",
+                "--sequence-length: expected a whole number of at least 1; received '0'",
+                "--window-size: expected a whole number of at least 1; received '-1'",
+                "--max-train-examples: expected a whole number of at least 1; received '0'",
+                "--checkpoint-every: expected a whole number of at least 1; received '0'",
+                "--batch-size: expected a whole number of at least 1; received '0'",
+                "--trials: expected a whole number of at least 1; received '0'"]
+    for (_, code, out, err), message in zip(results, expected):
+        assert code == 2 and out == ""
+        assert err.splitlines()[-1].endswith(f"error: argument {message}"), err
+
+
+def test_a_small_validation_split_is_one_warning_and_a_validation_file_replaces_it(
+        tmp_path, capsys):
+    import numpy as np
+
+    from zoo.text_classifier.train import load_training_data
+
+    rows = [f"text {i},{'ab'[i % 2]}\n" for i in range(12)]
+    (tmp_path / "small.csv").write_text("text,label\n" + "".join(rows))
+    (tmp_path / "held.csv").write_text("text,label\n" + "".join(rows[:6]))
+    train, validation, _, _ = load_training_data(str(tmp_path / "small.csv"))
+    assert len(validation[0]) == 1 and len(train[0]) == 11
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "warning: the validation split holds 1 example (10% of 12), fewer than the 20 that "
+        "make its figures more than noise: give more data, or a separate file with "
+        "--validation-data.")
+    train, validation, _, _ = load_training_data(str(tmp_path / "small.csv"),
+                                                 validation_data=str(tmp_path / "held.csv"))
+    assert len(train[0]) == 12 and list(validation[0]) == [f"text {i}" for i in range(6)]
+    assert np.asarray(validation[1]).tolist() == ["a", "b"] * 3
+    assert "warning" not in capsys.readouterr().out

@@ -100,7 +100,7 @@ MODELS = {
     ),
 }
 COMMON_TRAIN_OPTIONS = ("preset", "epochs", "batch_size", "learning_rate", "max_train_examples",
-                        "dropout")
+                        "dropout", "validation_data")
 MODEL_OPTIONS = sorted({option for entry in MODELS.values() for option in entry.options})
 TUNE_MODEL_OPTIONS = ("text_column", "label_column")
 DECODING_OPTIONS = sorted({o for entry in MODELS.values() for o in entry.evaluate_options})
@@ -287,6 +287,42 @@ def _convert(args):
     print(f"preset:  {folder} (train text-classifier --preset {folder})")
 
 
+def whole_number(minimum):
+    """An argparse type: a whole number of at least `minimum`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number of at least {minimum}; received {text!r}")
+        return value
+
+    return parse
+
+
+def number_between(low, high, low_included=False, high_included=False):
+    """An argparse type: a finite number between `low` and `high`."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        above = value >= low if low_included else value > low
+        below = value <= high if high_included else value < high
+        if not (above and below):
+            raise argparse.ArgumentTypeError(
+                f"expected a number in {'[' if low_included else '('}{low:g}, {high:g}"
+                f"{']' if high_included else ')'}; received {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE = whole_number(1)
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
@@ -320,11 +356,15 @@ def _parser():
     train.add_argument("--from-scratch", action="store_true", default=None,
                        help="text-classifier: train a new network instead of fine-tuning the "
                             "pretrained body")
-    train.add_argument("--epochs", type=int, help="default: the model's recipe")
-    train.add_argument("--batch-size", type=int, help="default: the model's recipe")
-    train.add_argument("--learning-rate", type=float, help="default: the model's recipe")
+    train.add_argument("--epochs", type=POSITIVE, help="default: the model's recipe")
+    train.add_argument("--batch-size", type=POSITIVE, help="default: the model's recipe")
+    train.add_argument("--learning-rate", type=number_between(0, 1, high_included=True),
+                       help="default: the model's recipe")
+    train.add_argument("--validation-data", metavar="DATA",
+                       help="validate on this file or folder (of the same kind as --data) "
+                            "instead of a split of --data")
     _add_run_options(train)
-    train.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+    train.add_argument("--checkpoint-every", type=POSITIVE, metavar="STEPS",
                        help="back up the training state every STEPS steps as well as each epoch; "
                             "an interrupted run resumes from the last backup")
     train.add_argument("--tensorboard", metavar="DIR",
@@ -333,39 +373,39 @@ def _parser():
                        help="profile these steps with the TensorFlow profiler (needs --tensorboard)")
     train.add_argument("--no-attention-stats", dest="attention_statistics", action="store_false",
                        help="do not log attention entropy and collapsed heads each epoch")
-    train.add_argument("--max-train-examples", type=int,
+    train.add_argument("--max-train-examples", type=POSITIVE,
                        help="train on at most this many examples (the first, after the "
                             "validation split)")
     train.add_argument("--restart", action="store_true",
                        help="discard the checkpoint in --out and start over (a run resumes only "
                             "from a checkpoint of the same data and settings)")
-    train.add_argument("--dropout", type=float, help="default: the model's recipe or preset")
+    train.add_argument("--dropout", type=number_between(0, 1, low_included=True), help="default: the model's recipe or preset")
     train.add_argument("--text-column", help="text-classifier: the text column")
     train.add_argument("--label-column", help="text-classifier: the label column")
     train.add_argument("--allow-skipped", action="store_const", const=True,
                        help="text-classifier: train even when more than 1%% of the rows have an "
                             "empty text or no label (they are skipped and counted)")
-    train.add_argument("--sequence-length", type=int,
+    train.add_argument("--sequence-length", type=POSITIVE,
                        help="text-classifier: tokens per text (longer than the preset's extends "
                             "its position embeddings)")
     train.add_argument("--attention", choices=("multi_head", "local_window"),
                        help="text-classifier: attention of the blocks (local_window for long texts)")
-    train.add_argument("--window-size", type=int,
+    train.add_argument("--window-size", type=POSITIVE,
                        help="text-classifier: band half-width of local_window attention")
-    train.add_argument("--global-tokens", type=int,
+    train.add_argument("--global-tokens", type=whole_number(0),
                        help="text-classifier: leading tokens ([CLS]) with global attention under "
                             "local_window, as Longformer's")
     train.add_argument("--rematerialize", action="store_const", const=True,
                        help="text-classifier: recompute each block's activations in the backward "
                             "pass (about half the memory of long-document training, about 22%% "
                             "more time)")
-    train.add_argument("--image-size", type=int,
+    train.add_argument("--image-size", type=POSITIVE,
                        help="image-classifier: model input side (default: chosen from the images, "
                             "or the preset's)")
     train.add_argument("--attention-matrices", action="store_const", const=True,
                        help="image-classifier: also draw every head's patch-to-patch attention "
                             "weights on one validation image (attention_matrices.png)")
-    train.add_argument("--beam-size", type=int,
+    train.add_argument("--beam-size", type=POSITIVE,
                        help="translator: beam size of the report and the export (default 4)")
     train.set_defaults(run=_train)
 
@@ -374,9 +414,9 @@ def _parser():
     tune.add_argument("model", choices=sorted(MODELS))
     tune.add_argument("--data", required=True, help="as for `train`")
     tune.add_argument("--out", required=True, help="output folder (a rerun goes on)")
-    tune.add_argument("--trials", type=int, required=True, help="configurations to try")
-    tune.add_argument("--epochs", type=int, help="per trial (default: the model's recipe)")
-    tune.add_argument("--max-train-examples", type=int)
+    tune.add_argument("--trials", type=POSITIVE, required=True, help="configurations to try")
+    tune.add_argument("--epochs", type=POSITIVE, help="per trial (default: the model's recipe)")
+    tune.add_argument("--max-train-examples", type=POSITIVE)
     tune.add_argument("--text-column")
     tune.add_argument("--label-column")
     _add_run_options(tune)
@@ -386,7 +426,7 @@ def _parser():
         "evaluate", help="report accuracy, P/R/F1 and confusion matrix (classifiers) or BLEU")
     evaluate.add_argument("model_dir")
     evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=POSITIVE, default=64)
     evaluate.add_argument("--text-column",
                           help="text-classifier: default: the column the run was trained on")
     evaluate.add_argument("--label-column",
@@ -394,7 +434,7 @@ def _parser():
     evaluate.add_argument("--allow-skipped", action="store_true",
                           help="text-classifier: evaluate even when more than 1%% of the rows "
                                "have an empty text or no label")
-    evaluate.add_argument("--beam-size", type=int, help="translator: beam size (default 4)")
+    evaluate.add_argument("--beam-size", type=POSITIVE, help="translator: beam size (default 4)")
     evaluate.set_defaults(run=_evaluate)
 
     predict = command("predict", help="print each input's prediction: a label with its "
@@ -407,7 +447,7 @@ def _parser():
     export = command("export", help="export a TF Serving SavedModel")
     export.add_argument("model_dir")
     export.add_argument("--to", help="model folder (default: MODEL_DIR/export)")
-    export.add_argument("--beam-size", type=int, help="translator: beam size served (default 4)")
+    export.add_argument("--beam-size", type=POSITIVE, help="translator: beam size served (default 4)")
     export.set_defaults(run=_export)
 
     convert = command(

@@ -118,15 +118,34 @@ def dropout_override(dropout):
     return {"dropout": dropout}
 
 
-def split_validation(inputs, labels, source, validation_fraction=0.1, seed=0):
-    """`(train, validation)`, each `(inputs, labels)`, a fixed random split."""
-    require_two_classes(labels, source)
+# Fewer validation examples than this make validation figures noise (one
+# example: 0 or 100%); a split that small gets a one-line warning.
+MIN_VALIDATION_EXAMPLES = 20
+
+
+def split_validation(inputs, labels, source, validation_fraction=0.1, seed=0, validation=None,
+                     classes=True):
+    """`(train, validation)`, each `(inputs, labels)`: `validation` as given
+    (read from `--validation-data`) with every example to train on, else a
+    fixed random split of `validation_fraction`, with a one-line warning when
+    it holds fewer than `MIN_VALIDATION_EXAMPLES`."""
+    if classes:
+        require_two_classes(labels, source)
+    if validation is not None:
+        if len(validation[0]) == 0:
+            raise ValueError(f"The validation data holds no examples; {source} needs some.")
+        return (inputs, labels), validation
     order = np.random.default_rng(seed).permutation(len(inputs))
     cut = max(1, int(len(inputs) * validation_fraction))
-    validation, train = order[:cut], order[cut:]
+    held, train = order[:cut], order[cut:]
     if len(train) < 2:
         raise ValueError(f"{source}: too few examples ({len(inputs)}) to train on.")
-    return (inputs[train], labels[train]), (inputs[validation], labels[validation])
+    if cut < MIN_VALIDATION_EXAMPLES:
+        print(f"warning: the validation split holds {cut} example{'s' * (cut != 1)} "
+              f"({validation_fraction:.0%} of {len(inputs)}), fewer than the "
+              f"{MIN_VALIDATION_EXAMPLES} that make its figures more than noise: give more data, "
+              "or a separate file with --validation-data.", flush=True)
+    return (inputs[train], labels[train]), (inputs[held], labels[held])
 
 
 def require_two_classes(labels, source):

@@ -37,13 +37,14 @@ STEPS_PER_EXECUTION = 8
 FINE_TUNE = dict(epochs=10, learning_rate=5e-4, weight_decay=0.05)
 
 
-def load_training_data(data, validation_fraction=None, seed=0):
+def load_training_data(data, validation_fraction=None, seed=0, validation_data=None):
     """`(train, validation, test, skipped)`; test may be None.
 
     `data` is a folder of class folders, or `"mnist"` for the embedded digits
     with their fixed held-out test split of 1,000. The validation split is 10%
     of a folder, and 5% (200) of the embedded digits: their quality is
     measured on the test split, so validation only monitors training.
+    `validation_data`, another folder of class folders, replaces the split.
     """
     skipped = []
     if validation_fraction is None:
@@ -55,7 +56,13 @@ def load_training_data(data, validation_fraction=None, seed=0):
     else:
         images, labels, skipped = read_image_folder(data)
         images, labels, test = np.array(images, dtype=object), np.array(labels), None
-    train, validation = split_validation(images, labels, data, validation_fraction, seed)
+    validation = None
+    if validation_data is not None:
+        held_images, held_labels, held_skipped = read_image_folder(validation_data)
+        validation = (np.array(held_images, dtype=object), np.array(held_labels))
+        skipped = list(skipped) + list(held_skipped)
+    train, validation = split_validation(images, labels, data, validation_fraction, seed,
+                                         validation)
     return train, validation, test, skipped
 
 
@@ -100,7 +107,7 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
                            batch_size=64, run=None, learning_rate=None,
                            max_train_examples=None, architecture=None,
                            augmentation=None, dropout=None, attention_matrices=False,
-                           verbose="auto", seed=0):
+                           validation_data=None, verbose="auto", seed=0):
     """Trains (or fine-tunes `preset`), reports, plots, saves and exports.
 
     Writes under `out/` what `zoo.training.train_and_report` lists; the
@@ -113,7 +120,8 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
         A `zoo.training.TrainingResult` (its `report` is `report.json`'s).
     """
     keras.utils.set_random_seed(seed)
-    train, validation, test, skipped = load_training_data(data, seed=seed)
+    train, validation, test, skipped = load_training_data(data, seed=seed,
+                                                          validation_data=validation_data)
     if max_train_examples:
         train = (train[0][:max_train_examples], train[1][:max_train_examples])
     names = label_names(train, validation)

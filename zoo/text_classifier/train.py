@@ -89,7 +89,8 @@ DEMO_ARCHITECTURE = dict(
 
 
 def load_training_data(data, text_column=None, label_column=None,
-                       validation_fraction=0.1, seed=0, allow_skipped=False):
+                       validation_fraction=0.1, seed=0, allow_skipped=False,
+                       validation_data=None):
     """`(train, validation, test, counts)`, each split `(texts, labels)`;
     test may be None, and so are the counts (`zoo.data.ReadCounts`) of
     embedded data.
@@ -98,7 +99,8 @@ def load_training_data(data, text_column=None, label_column=None,
     refuses a file with more than 1% of its rows skipped unless
     `allow_skipped`), `"rotten-tomatoes"` for the embedded sentiment data or
     `"wordnet-definitions"` for the embedded topic task, each with its fixed
-    held-out test split.
+    held-out test split. `validation_data`, a file of the same kind (the same
+    columns), replaces the validation split.
     """
     counts = None
     if data == EMBEDDED_DATA:
@@ -112,7 +114,13 @@ def load_training_data(data, text_column=None, label_column=None,
         texts, labels, counts = read_labelled_data(data, text_column, label_column,
                                                    allow_skipped=allow_skipped)
         texts, labels, test = np.array(texts, dtype=object), np.array(labels), None
-    train, validation = split_validation(texts, labels, data, validation_fraction, seed)
+    validation = None
+    if validation_data is not None:
+        held = read_labelled_data(validation_data, text_column, label_column,
+                                  allow_skipped=allow_skipped)
+        validation = (np.array(held[0], dtype=object), np.array(held[1]))
+    train, validation = split_validation(texts, labels, data, validation_fraction, seed,
+                                         validation)
     return train, validation, test, counts
 
 
@@ -121,7 +129,7 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
                           learning_rate=None, max_train_examples=None, architecture=None,
                           dropout=None, sequence_length=None, attention=None, window_size=None,
                           global_tokens=None, rematerialize=None, allow_skipped=False,
-                          verbose="auto", seed=0):
+                          validation_data=None, verbose="auto", seed=0):
     """Fine-tunes a pretrained body or preset, or trains from scratch; then
     reports, plots, saves and exports.
 
@@ -154,7 +162,8 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     learning_rate = learning_rate or recipe["learning_rate"]
     keras.utils.set_random_seed(seed)
     train, validation, test, counts = load_training_data(data, text_column, label_column,
-                                                         seed=seed, allow_skipped=allow_skipped)
+                                                         seed=seed, allow_skipped=allow_skipped,
+                                                         validation_data=validation_data)
     if counts is not None:
         print(counts.summary(), flush=True)
     data_rows = {"data_rows": counts.as_dict()} if counts else {}

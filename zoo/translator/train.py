@@ -7,7 +7,9 @@ import numpy as np
 
 from zoo.data import read_sentence_data
 from zoo.datasets import load_message_pairs, split_pairs
-from zoo.training import Job, dropout_override, train_and_report, warmup_cosine
+from zoo.training import (
+    Job, dropout_override, split_validation, train_and_report, warmup_cosine,
+)
 from zoo.training_run import TrainingRun
 from zoo.translator.model import Translator
 
@@ -34,14 +36,15 @@ def embedded_language(data):
     return None
 
 
-def load_training_data(data, validation_fraction=0.1, seed=0):
+def load_training_data(data, validation_fraction=0.1, seed=0, validation_data=None):
     """`(train, validation, test, counts)`, each split `(sources, targets)`;
     test may be None, and so are the counts (`zoo.data.ReadCounts`) of the
     embedded corpus.
 
     `data` is a TSV/JSONL file of pairs, or `"gramps[:LANG]"` for the
     embedded interface messages, English -> LANG (German by default), with
-    their fixed held-out test split of 500 pairs.
+    their fixed held-out test split of 500 pairs. `validation_data`, a
+    file of the same kind, replaces the validation split.
     """
     language = embedded_language(data)
     counts = None
@@ -51,16 +54,19 @@ def load_training_data(data, validation_fraction=0.1, seed=0):
         sources, targets, counts = read_sentence_data(data)
         sources, targets = np.array(sources, dtype=object), np.array(targets, dtype=object)
         test = None
-    order = np.random.default_rng(seed).permutation(len(sources))
-    cut = max(1, int(len(sources) * validation_fraction))
-    validation, train = order[:cut], order[cut:]
-    return ((sources[train], targets[train]), (sources[validation], targets[validation]), test,
-            counts)
+    validation = None
+    if validation_data is not None:
+        held = read_sentence_data(validation_data)
+        validation = (np.array(held[0], dtype=object), np.array(held[1], dtype=object))
+    train, validation = split_validation(sources, targets, data, validation_fraction, seed,
+                                         validation, classes=False)
+    return train, validation, test, counts
 
 
 def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=None,
                      learning_rate=None, max_train_examples=None, beam_size=4,
-                     architecture=None, dropout=None, verbose="auto", seed=0):
+                     architecture=None, dropout=None, validation_data=None, verbose="auto",
+                     seed=0):
     """Trains (or fine-tunes `preset`), reports BLEU, plots, saves and exports.
 
     Writes under `out/` what `zoo.training.train_and_report` lists; the
@@ -72,7 +78,8 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
     keras.utils.set_random_seed(seed)
     epochs = epochs or DEFAULT_EPOCHS
     learning_rate = learning_rate or (5e-4 if preset else 2e-3)
-    train, validation, test, counts = load_training_data(data, seed=seed)
+    train, validation, test, counts = load_training_data(data, seed=seed,
+                                                         validation_data=validation_data)
     if counts is not None:
         print(counts.summary(), flush=True)
     data_rows = {"data_rows": counts.as_dict()} if counts else {}

@@ -127,6 +127,15 @@ def test_the_serving_client_takes_a_run_folder_and_answers_mistakes_in_one_line(
         assert failed.returncode == 2, (args, failed.stderr[-2000:])
         assert failed.stderr.count("\n") == 1 and failed.stderr.startswith(message), \
             failed.stderr[-2000:]
+    # An image export refusing bytes that are no image: its own message, whole
+    # (no graph node names, no stray bracket).
+    from zoo import ImageClassifier
+
+    ImageClassifier.from_preset("mnist_vit_micro").export(tmp_path / "images")
+    (tmp_path / "not_an_image.png").write_text("not an image")
+    failed = client("images", "not_an_image.png")
+    assert failed.returncode == 2 and failed.stderr == (
+        "error: image_bytes[0] (12 bytes) is not a JPEG, PNG, BMP or GIF image\n")
 
 
 def _readme_commands():

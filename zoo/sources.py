@@ -116,10 +116,14 @@ def opened(handle, named=None):
         return
     folder = Path(str(handle))
     if not folder.is_dir():
-        raise RefusedSource(
-            f"Unknown preset {str(handle)!r}: it is neither a shipped preset or checkpoint "
-            f"({sorted(named)}), nor an existing folder, nor an hf:// or kaggle:// handle.")
+        raise _unknown(handle, named)
     yield _source(str(handle), folder)
+
+
+def _unknown(handle, named):
+    return RefusedSource(
+        f"Unknown preset {str(handle)!r}: it is neither a shipped preset or checkpoint "
+        f"({sorted(named)}), nor an existing folder, nor an hf:// or kaggle:// handle.")
 
 
 def _source(handle, folder):
@@ -136,6 +140,22 @@ def _zoo_metadata_kind(folder):
     metadata = read_json(folder, METADATA_FILE)
     kind = metadata.get("kind") if "format_version" in metadata else None
     return kind if isinstance(kind, str) else None
+
+
+def description(handle, named=None):
+    """One phrase saying what `handle` holds, read from its files alone (the
+    command line's `body:` line); a handle the door would refuse raises here
+    as it would there."""
+    target = (named or {}).get(handle) if isinstance(handle, str) else None
+    if isinstance(target, Packaged):
+        return (f"{target.upstream}, {target.licence}, read from the installed package "
+                f"{target.distribution.split('==')[0]}")
+    if is_hub_handle(handle):
+        return "downloaded by keras-hub"
+    folder = Path(str(target if target is not None else handle))
+    if not folder.is_dir():
+        raise _unknown(handle, named or {})
+    return _source(handle, folder).describe()
 
 
 def _downloaded(handle):

@@ -367,6 +367,13 @@ def recipe_command(description, default_target, train, argv=None):
     return reproduce_preset(train, Path(out) if out else Path(default_target))
 
 
+def announce_body(model_class, preset):
+    """Prints the `body:` line: which preset or checkpoint a run starts from."""
+    from zoo.sources import description
+
+    print(f"body: {preset} ({description(preset, model_class.named_presets())})", flush=True)
+
+
 def preset_label_order(model_class, preset, names):
     """For a classifier preset of `model_class`'s own kind, its label order
     when the data has the same labels, so that fine-tuning keeps the

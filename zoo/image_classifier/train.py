@@ -11,7 +11,7 @@ from zoo.datasets import load_digits
 from zoo.image_classifier.image_classifier import CONFIGURATIONS, ImageClassifier
 from zoo.image_classifier.preprocessor import decode_bounded
 from zoo.training import (
-    Job, dropout_override, label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
+    Job, announce_body, dropout_override, label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
 )
 from zoo.training_run import TrainingRun
 
@@ -126,6 +126,8 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
         train = (train[0][:max_train_examples], train[1][:max_train_examples])
     names = label_names(train, validation)
     recipe = FINE_TUNE if preset is not None else SCRATCH
+    if preset is not None:
+        announce_body(ImageClassifier, preset)
     epochs = epochs or recipe["epochs"]
     learning_rate = learning_rate or recipe["learning_rate"]
 

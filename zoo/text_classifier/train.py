@@ -9,7 +9,8 @@ from zoo.data import read_labelled_data
 from zoo.datasets import load_definitions, load_sentiment
 from zoo.text_classifier.text_classifier import TextClassifier
 from zoo.training import (
-    Job, dropout_override, label_names, preset_label_order, split_validation, train_and_report,
+    Job, announce_body, dropout_override, label_names, preset_label_order, split_validation,
+    train_and_report,
     warmup_cosine,
 )
 from zoo.training_run import TrainingRun
@@ -155,7 +156,8 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     if from_scratch and preset is not None:
         raise ValueError(f"Give either a preset to fine-tune or from_scratch=True, not both. "
                          f"Received: preset={preset!r}, from_scratch=True.")
-    if preset is None and not (from_scratch or architecture):
+    announced = preset is None and not (from_scratch or architecture)
+    if announced:
         preset, line = default_body()
         print(line, flush=True)
     recipe = fine_tuning_recipe(preset) if preset is not None else FROM_SCRATCH
@@ -166,6 +168,8 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
                                                          validation_data=validation_data)
     if counts is not None:
         print(counts.summary(), flush=True)
+    if preset is not None and not announced:
+        announce_body(TextClassifier, preset)
     data_rows = {"data_rows": counts.as_dict()} if counts else {}
     if max_train_examples:
         train = (train[0][:max_train_examples], train[1][:max_train_examples])

@@ -8,7 +8,7 @@ import numpy as np
 from zoo.data import read_sentence_data
 from zoo.datasets import load_message_pairs, split_pairs
 from zoo.training import (
-    Job, dropout_override, split_validation, train_and_report, warmup_cosine,
+    Job, announce_body, dropout_override, split_validation, train_and_report, warmup_cosine,
 )
 from zoo.training_run import TrainingRun
 from zoo.translator.model import Translator
@@ -78,6 +78,8 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
     keras.utils.set_random_seed(seed)
     epochs = epochs or DEFAULT_EPOCHS
     learning_rate = learning_rate or (5e-4 if preset else 2e-3)
+    if preset is not None:
+        announce_body(Translator, preset)
     train, validation, test, counts = load_training_data(data, seed=seed,
                                                          validation_data=validation_data)
     if counts is not None:

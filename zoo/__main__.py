@@ -100,7 +100,7 @@ MODELS = {
     ),
 }
 COMMON_TRAIN_OPTIONS = ("preset", "epochs", "batch_size", "learning_rate", "max_train_examples",
-                        "dropout", "validation_data")
+                        "dropout", "validation_data", "patience")
 MODEL_OPTIONS = sorted({option for entry in MODELS.values() for option in entry.options})
 TUNE_MODEL_OPTIONS = ("text_column", "label_column")
 DECODING_OPTIONS = sorted({o for entry in MODELS.values() for o in entry.evaluate_options})
@@ -360,6 +360,10 @@ def _parser():
     train.add_argument("--batch-size", type=POSITIVE, help="default: the model's recipe")
     train.add_argument("--learning-rate", type=number_between(0, 1, high_included=True),
                        help="default: the model's recipe")
+    train.add_argument("--patience", type=whole_number(0), metavar="EPOCHS",
+                       help="stop once validation accuracy has not improved for this many "
+                            "epochs and keep the best epoch's weights (default 3; 0: train "
+                            "every epoch)")
     train.add_argument("--validation-data", metavar="DATA",
                        help="validate on this file or folder (of the same kind as --data) "
                             "instead of a split of --data")

@@ -8,6 +8,8 @@
 - `exclusive_folder`: one training process per backup folder.
 - `resumable_fit`: `model.fit` that starts where the checkpoint stopped, in
   the middle of an epoch included.
+- `StopWhenDone`: stops once validation accuracy has stopped improving and
+  keeps the best epoch's weights, across a resume too.
 
 Imports Keras and NumPy; nothing from the models.
 """
@@ -223,6 +225,77 @@ class StepHistory:
 LOCK_FILE = ".lock"
 
 
+class StopWhenDone(keras.callbacks.Callback):
+    """Stops training once validation accuracy has not improved for
+    `patience` epochs, and keeps the best epoch's weights.
+
+    The rule spans a resumed run: `resume(history)` takes the epochs a
+    checkpoint recorded before the interruption, and the best weights are
+    kept in `best_weights_path` (one file, replaced atomically when
+    validation improves) as well as in memory.
+
+    Args:
+        patience: epochs without improvement before stopping; 0 never stops
+            (and every epoch's weights run on to the last, as without it).
+        best_weights_path: where the best weights are kept for a resumed
+            run (None: in memory only).
+        monitor: the validation metric, higher is better.
+    """
+
+    def __init__(self, patience, best_weights_path=None, monitor="val_accuracy"):
+        super().__init__()
+        self.patience = patience
+        self.best_weights_path = None if best_weights_path is None else Path(best_weights_path)
+        self.monitor = monitor
+        self.best = self.best_epoch = self.last_epoch = self.stopped_epoch = None
+        self._best_weights = None
+
+    def resume(self, history):
+        """Takes the epochs a checkpoint recorded before the interruption."""
+        for epoch, value in enumerate(history.get(self.monitor, [])):
+            self._record(epoch, value, keep=False)
+
+    def _record(self, epoch, value, keep=True):
+        self.last_epoch = epoch
+        if value is None or not np.isfinite(value) or (self.best is not None
+                                                        and value <= self.best):
+            return
+        self.best, self.best_epoch = float(value), epoch
+        if keep:
+            self._best_weights = self.model.get_weights()
+            if self.best_weights_path is not None:
+                staging = self.best_weights_path.with_name(
+                    f".{self.best_weights_path.name}.{os.getpid()}.weights.h5")
+                self.model.save_weights(str(staging))
+                os.replace(staging, self.best_weights_path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record(epoch, (logs or {}).get(self.monitor))
+        if (self.patience and self.best_epoch is not None
+                and epoch - self.best_epoch >= self.patience):
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    @property
+    def stopped(self):
+        return self.stopped_epoch is not None
+
+    def keep_best(self, epochs):
+        """Puts back the best epoch's weights when the run stopped early;
+        returns the line that says so (None when it did not stop)."""
+        if not self.stopped:
+            return None
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+        elif self.best_weights_path is not None and self.best_weights_path.is_file():
+            self.model.load_weights(str(self.best_weights_path))
+        else:
+            return None
+        name = self.monitor.removeprefix("val_").replace("_", " ")
+        return (f"stopped at epoch {self.stopped_epoch + 1} of {epochs}: validation {name} "
+                f"{self.best:.3f} since epoch {self.best_epoch + 1}, whose weights are kept")
+
+
 def check_free_space(folder, needed):
     """Refuses to write `needed` bytes into `folder` when its file system has
     less free: one message naming the folder and the free space, and every
@@ -301,10 +374,11 @@ class StepProgress(keras.callbacks.ProgbarLogger):
 
 
 def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, callbacks=(),
-                  verbose="auto", seed=0):
+                  verbose="auto", seed=0, stopper=None):
     """`model.fit` that resumes from `checkpoint`'s newest state: the rest
     of an interrupted epoch (its remaining batches, in the same order),
-    then the remaining epochs.
+    then the remaining epochs, or fewer when `stopper` (a `StopWhenDone`)
+    ends the run, whose best weights it then puts back.
 
     Returns:
         `(history, steps)`: the history of every epoch (those before the
@@ -318,17 +392,25 @@ def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, call
     if state:
         print(f"resuming from the checkpoint at step {resumed_at}: epoch {epoch + 1}"
               f"{f', after batch {skipped}' if skipped else ''}", flush=True)
+    stopping = [] if stopper is None else [stopper]
+    if stopper is not None:
+        stopper.resume(checkpoint.history)
     fit = functools.partial(
         model.fit, train[0], train[1], validation_data=validation, batch_size=batch_size,
-        verbose=verbose, seed=seed, callbacks=[checkpoint, StepProgress(), *callbacks],
+        verbose=verbose, seed=seed,
+        callbacks=[checkpoint, StepProgress(), *stopping, *callbacks],
     )
     if skipped:
         checkpoint.start(epoch, skipped)
         fit(initial_epoch=epoch, epochs=epochs, skip_batches=skipped)
         epoch += 1
-    if epoch < epochs:
+    if epoch < epochs and not (stopper is not None and stopper.stopped):
         checkpoint.start(epoch, 0)
         fit(initial_epoch=epoch, epochs=epochs)
+    if stopper is not None:
+        kept = stopper.keep_best(epochs)
+        if kept:
+            print(kept, flush=True)
     total = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     return checkpoint.history, {"total": total, "resumed_at": resumed_at,
                                 "this_run": total - resumed_at}

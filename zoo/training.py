@@ -33,9 +33,17 @@ from zoo import distribute
 from zoo import report as reports
 from zoo.publishing import replaced_directory, write_text_atomic
 from zoo.report import Score
-from zoo.resume import LOCK_FILE, TrainingCheckpoint, exclusive_folder, resumable_fit, run_fingerprint
+from keras_selfattn.layers.base_attention import check_int
+from zoo.resume import (
+    LOCK_FILE, StopWhenDone, TrainingCheckpoint, exclusive_folder, resumable_fit, run_fingerprint,
+)
 from zoo.training_run import TrainingRun, process_outputs
 
+
+# Epochs without a better validation accuracy before a run stops (`Job`).
+DEFAULT_PATIENCE = 3
+# The best epoch's weights, beside the checkpoints, for a resumed run.
+BEST_WEIGHTS_FILE = "best.weights.h5"
 
 @dataclasses.dataclass(frozen=True)
 class Job:
@@ -59,6 +67,9 @@ class Job:
             arguments of the model's `evaluation_report`, `export` and
             `save_attention_figure`.
         callbacks: more Keras callbacks for `fit`.
+        patience: stop once validation accuracy has not improved for this
+            many epochs, keeping the best epoch's weights (`StopWhenDone`);
+            0 trains every epoch.
 
     Example:
 
@@ -84,6 +95,12 @@ class Job:
     export_options: dict = dataclasses.field(default_factory=dict)
     figure_options: dict = dataclasses.field(default_factory=dict)
     callbacks: tuple = ()
+    patience: int = DEFAULT_PATIENCE
+
+    def __post_init__(self):
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("patience", self.patience, minimum=0)
 
     @property
     def evaluated(self):
@@ -199,9 +216,11 @@ def train_and_report(model, job, run=None):
             outputs.backup, run.checkpoint_every,
             run_fingerprint(model, job.train, job.epochs, job.batch_size, job.metadata))
         monitoring = monitoring_callbacks(model, run, job.validation, outputs.tensorboard)
+        stopper = StopWhenDone(job.patience, outputs.backup / BEST_WEIGHTS_FILE)
         history, steps = resumable_fit(
             model, job.train, job.validation, job.epochs, job.batch_size, checkpoint,
             verbose=job.verbose, seed=job.seed, callbacks=[*monitoring, *job.callbacks],
+            stopper=stopper,
         )
         step_history = checkpoint.step_history.as_dict()
         split, (inputs, labels) = job.evaluated
@@ -221,6 +240,9 @@ def train_and_report(model, job, run=None):
             "examples": {"train": len(job.train[0]), "validation": len(job.validation[0]),
                          "evaluated": len(inputs)},
             "epochs": job.epochs,
+            "epochs_trained": len(next(iter(history.values()), [])),
+            "best_epoch": None if stopper.best_epoch is None else stopper.best_epoch + 1,
+            "patience": job.patience,
             "steps": steps,
             "strategy": distribute.describe(run.distribution),
             "precision": run.precision,

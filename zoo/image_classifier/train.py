@@ -11,7 +11,8 @@ from zoo.datasets import load_digits
 from zoo.image_classifier.image_classifier import CONFIGURATIONS, ImageClassifier
 from zoo.image_classifier.preprocessor import decode_bounded
 from zoo.training import (
-    Job, announce_body, dropout_override, label_names, preset_label_order, split_validation, train_and_report, warmup_cosine,
+    DEFAULT_PATIENCE, Job, announce_body, dropout_override, label_names, preset_label_order,
+    split_validation, train_and_report, warmup_cosine,
 )
 from zoo.training_run import TrainingRun
 
@@ -107,7 +108,8 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
                            batch_size=64, run=None, learning_rate=None,
                            max_train_examples=None, architecture=None,
                            augmentation=None, dropout=None, attention_matrices=False,
-                           validation_data=None, verbose="auto", seed=0):
+                           validation_data=None, patience=DEFAULT_PATIENCE, verbose="auto",
+                           seed=0):
     """Trains (or fine-tunes `preset`), reports, plots, saves and exports.
 
     Writes under `out/` what `zoo.training.train_and_report` lists; the
@@ -163,7 +165,7 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
 
     return train_and_report(model, Job(
         train=train, validation=validation, test=test, out=Path(out), epochs=epochs,
-        batch_size=batch_size, seed=seed, verbose=verbose,
+        batch_size=batch_size, seed=seed, verbose=verbose, patience=patience,
         metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
         report_extra={"preset": preset, "skipped_files": skipped},
         figure_options={"labels": validation[1], "matrices": bool(attention_matrices)},

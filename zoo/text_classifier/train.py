@@ -9,9 +9,8 @@ from zoo.data import read_labelled_data
 from zoo.datasets import load_definitions, load_sentiment
 from zoo.text_classifier.text_classifier import TextClassifier
 from zoo.training import (
-    Job, announce_body, dropout_override, label_names, preset_label_order, split_validation,
-    train_and_report,
-    warmup_cosine,
+    DEFAULT_PATIENCE, Job, announce_body, dropout_override, label_names, preset_label_order,
+    split_validation, train_and_report, warmup_cosine,
 )
 from zoo.training_run import TrainingRun
 
@@ -130,7 +129,8 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
                           learning_rate=None, max_train_examples=None, architecture=None,
                           dropout=None, sequence_length=None, attention=None, window_size=None,
                           global_tokens=None, rematerialize=None, allow_skipped=False,
-                          validation_data=None, verbose="auto", seed=0):
+                          validation_data=None, patience=DEFAULT_PATIENCE, verbose="auto",
+                          seed=0):
     """Fine-tunes a pretrained body or preset, or trains from scratch; then
     reports, plots, saves and exports.
 
@@ -199,7 +199,7 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
 
     return train_and_report(model, Job(
         train=train, validation=validation, test=test, out=Path(out), epochs=epochs,
-        batch_size=batch_size, seed=seed, verbose=verbose,
+        batch_size=batch_size, seed=seed, verbose=verbose, patience=patience,
         metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
                   # `evaluate RUN --data ...` reads the same columns.
                   "text_column": text_column, "label_column": label_column, **data_rows},

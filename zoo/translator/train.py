@@ -8,7 +8,8 @@ import numpy as np
 from zoo.data import read_sentence_data
 from zoo.datasets import load_message_pairs, split_pairs
 from zoo.training import (
-    Job, announce_body, dropout_override, split_validation, train_and_report, warmup_cosine,
+    DEFAULT_PATIENCE, Job, announce_body, dropout_override, split_validation, train_and_report,
+    warmup_cosine,
 )
 from zoo.training_run import TrainingRun
 from zoo.translator.model import Translator
@@ -65,8 +66,8 @@ def load_training_data(data, validation_fraction=0.1, seed=0, validation_data=No
 
 def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=None,
                      learning_rate=None, max_train_examples=None, beam_size=4,
-                     architecture=None, dropout=None, validation_data=None, verbose="auto",
-                     seed=0):
+                     architecture=None, dropout=None, validation_data=None,
+                     patience=DEFAULT_PATIENCE, verbose="auto", seed=0):
     """Trains (or fine-tunes `preset`), reports BLEU, plots, saves and exports.
 
     Writes under `out/` what `zoo.training.train_and_report` lists; the
@@ -103,7 +104,7 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
 
     return train_and_report(model, Job(
         train=train, validation=validation, test=test, out=Path(out), epochs=epochs,
-        batch_size=batch_size, seed=seed, verbose=verbose,
+        batch_size=batch_size, seed=seed, verbose=verbose, patience=patience,
         metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed, **data_rows},
         report_extra={"preset": preset, **data_rows},
         evaluation_options={"beam_size": beam_size},

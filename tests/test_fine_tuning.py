@@ -50,6 +50,9 @@ def test_a_resumed_run_keeps_the_rule_and_the_best_weights_from_before(tmp_path)
     for epoch, accuracy in enumerate([0.5, 0.8, 0.6]):
         model.set_weights([np.full((2, 1), epoch, "float32"), np.full((1,), epoch, "float32")])
         before.on_epoch_end(epoch, {"val_accuracy": accuracy})
+    assert not (tmp_path / "best.weights.h5").exists()  # written only with a checkpoint
+    before.persist()  # as the checkpoint at epoch 3's end does
+    np.testing.assert_array_equal(model.get_weights()[0], np.full((2, 1), 2))  # left as it was
     best = [np.full((2, 1), 1, "float32"), np.full((1,), 1, "float32")]
     # The process dies; a new one resumes from the checkpoint's history.
     resumed_model = small_model()
@@ -91,3 +94,26 @@ def test_a_run_stops_when_validation_stops_improving(sentiment_sample, tmp_path,
     predicted, _ = kept.predict_labels(list(validation[0]))
     assert np.mean(np.asarray(predicted) == validation[1]) == pytest.approx(
         accuracy[best - 1], abs=1e-6)
+
+
+def test_checkpoints_come_by_time_and_at_the_end_and_two_are_kept(tmp_path):
+    from zoo.resume import StopWhenDone, TrainingCheckpoint
+
+    def fit(every_seconds, epochs=4, folder="backup"):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile("adam", "mse")
+        # Any logged number serves to give the best-weights file something to keep.
+        stopper = StopWhenDone(0, tmp_path / folder / "best.weights.h5", monitor="loss")
+        saves = []
+        checkpoint = TrainingCheckpoint(tmp_path / folder, every_seconds=every_seconds,
+                                        on_save=[stopper.persist, lambda: saves.append(1)])
+        model.fit(np.ones((8, 3)), np.ones((8, 2)), batch_size=4, epochs=epochs, verbose=0,
+                  callbacks=[stopper, checkpoint])
+        return sorted(p.name for p in (tmp_path / folder).iterdir()), len(saves)
+
+    # An hour between backups: a 4-epoch run writes one, at its end.
+    written, saves = fit(3600)
+    assert written == ["best.weights.h5", "step-000000008"] and saves == 1
+    # No time between them: every epoch's end, the two newest kept.
+    written, saves = fit(0, folder="every")
+    assert written == ["best.weights.h5", "step-000000006", "step-000000008"] and saves == 4

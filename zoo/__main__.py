@@ -159,12 +159,14 @@ def _training_run(args):
         except ValueError:
             raise ValueError("--profile-steps takes two step numbers, e.g. 10,12. "
                              f"Received: {args.profile_steps!r}.") from None
+    minutes = getattr(args, "checkpoint_minutes", None)  # None: TrainingRun's default
     return TrainingRun(
         strategy=args.strategy, precision=args.precision, jit_compile=args.jit_compile,
         checkpoint_every=getattr(args, "checkpoint_every", None),
         tensorboard=getattr(args, "tensorboard", None), profile_steps=profile,
         attention_statistics=getattr(args, "attention_statistics", False),
         restart=bool(getattr(args, "restart", False)),
+        **({} if minutes is None else {"checkpoint_minutes": minutes}),
     )
 
 
@@ -369,8 +371,13 @@ def _parser():
                             "instead of a split of --data")
     _add_run_options(train)
     train.add_argument("--checkpoint-every", type=POSITIVE, metavar="STEPS",
-                       help="back up the training state every STEPS steps as well as each epoch; "
-                            "an interrupted run resumes from the last backup")
+                       help="back up the training state every STEPS steps as well; an "
+                            "interrupted run resumes from the last backup")
+    train.add_argument("--checkpoint-minutes", type=number_between(0, 1e9, low_included=True),
+                       metavar="MINUTES",
+                       help="back up the training state at an epoch's end once MINUTES have "
+                            "passed since the last backup (default 5; 0: every epoch), and "
+                            "when training ends; at most two backups are kept")
     train.add_argument("--tensorboard", metavar="DIR",
                        help="TensorBoard logs: losses, attention statistics and maps, profiles")
     train.add_argument("--profile-steps", metavar="FIRST,LAST",

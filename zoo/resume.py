@@ -1,8 +1,9 @@
 """Resuming an interrupted training run, and only into the run it belongs to.
 
 - `TrainingCheckpoint`: the callback that backs up weights, optimizer state
-  and history every N steps and at each epoch's end (atomically, the two
-  newest kept), and restores the newest readable one.
+  and history every N steps, and at an epoch's end every few minutes and
+  when training ends (atomically, the two newest kept), and restores the
+  newest readable one.
 - `run_fingerprint`: what makes a run itself (its data and settings); a
   checkpoint of another run is refused (`RunMismatchError`).
 - `exclusive_folder`: one training process per backup folder.
@@ -22,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -29,8 +31,9 @@ import numpy as np
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
-    """Backs up the training state every `every_steps` steps and at each
-    epoch's end, so that a killed run resumes where it stopped.
+    """Backs up the training state every `every_steps` steps, and at an
+    epoch's end once `every_seconds` have passed since the last backup and
+    when training ends, so that a killed run resumes where it stopped.
 
     A checkpoint is a folder `step-<N>` holding the weights with the
     optimizer's state and `state.json` (epoch, batches done in it, total
@@ -43,20 +46,33 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     the training data and the settings), and a run resumes only from its
     own: another run's checkpoint is refused, naming what differs.
 
+    At most two copies of the model with its optimizer state are on disk,
+    and one is written per `every_seconds` of training at most (besides
+    `every_steps` and the end): a 40-epoch fine-tuning of MiniLM with AdamW
+    (270 MB a copy) wrote 11 GB when every epoch's end was saved.
+
     Args:
         directory: the backup folder (its own, nothing else in it).
         every_steps: steps between checkpoints; None for epoch ends only.
         fingerprint: `{"data": sha256, "settings": {...}}` of this run.
+        every_seconds: the least time between two epoch-end checkpoints;
+            None saves every epoch's end.
+        on_save: callables run after each checkpoint is written (what must
+            be on disk with it, such as the best weights so far).
     """
 
     STATE_FILE = "state.json"
     WEIGHTS_FILE = "state.weights.h5"
 
-    def __init__(self, directory, every_steps=None, fingerprint=None):
+    def __init__(self, directory, every_steps=None, fingerprint=None, every_seconds=None,
+                 on_save=()):
         super().__init__()
         self.directory = Path(directory)
         self.every_steps = every_steps
+        self.every_seconds = every_seconds
+        self.on_save = tuple(on_save)
         self.fingerprint = fingerprint
+        self._saved_at = time.monotonic()
         self.history = {}
         self.step_history = StepHistory()
         self._epoch = 0
@@ -114,6 +130,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._last_saved = self._steps()
+        self._saved_at = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
         steps = self._steps()
@@ -130,7 +147,14 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self.history.setdefault(name, []).append(float(value))
         self.step_history.end_epoch(self._steps())
         self._skipped = 0
-        self._save(epoch + 1, 0)
+        if self.every_seconds is None or time.monotonic() - self._saved_at >= self.every_seconds:
+            self._save(epoch + 1, 0)
+
+    def on_train_end(self, logs=None):
+        # The end of training (the last epoch, or an early stop): a crash in
+        # the report or the export then resumes here, without training again.
+        if self._steps() != self._last_saved:
+            self._save(self._epoch + 1, 0)
 
     def _steps(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -170,8 +194,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         where = (f"epoch {epoch + 1}, after batch {batches_done}" if batches_done
                  else f"end of epoch {epoch}")
         print(f"\ncheckpoint: step {steps} ({where})", flush=True)
+        self._saved_at = time.monotonic()
         for old in self._checkpoints()[:-2]:
             shutil.rmtree(old, ignore_errors=True)
+        for also in self.on_save:
+            also()
 
     def _checkpoints(self):
         if not self.directory.is_dir():
@@ -231,8 +258,9 @@ class StopWhenDone(keras.callbacks.Callback):
 
     The rule spans a resumed run: `resume(history)` takes the epochs a
     checkpoint recorded before the interruption, and the best weights are
-    kept in `best_weights_path` (one file, replaced atomically when
-    validation improves) as well as in memory.
+    kept in memory and, by `persist` (which `TrainingCheckpoint` calls after
+    each checkpoint it writes), in `best_weights_path`: one file, replaced
+    atomically, and written only when a checkpoint is.
 
     Args:
         patience: epochs without improvement before stopping; 0 never stops
@@ -249,6 +277,7 @@ class StopWhenDone(keras.callbacks.Callback):
         self.monitor = monitor
         self.best = self.best_epoch = self.last_epoch = self.stopped_epoch = None
         self._best_weights = None
+        self._persisted = True
 
     def resume(self, history):
         """Takes the epochs a checkpoint recorded before the interruption."""
@@ -263,11 +292,22 @@ class StopWhenDone(keras.callbacks.Callback):
         self.best, self.best_epoch = float(value), epoch
         if keep:
             self._best_weights = self.model.get_weights()
-            if self.best_weights_path is not None:
-                staging = self.best_weights_path.with_name(
-                    f".{self.best_weights_path.name}.{os.getpid()}.weights.h5")
-                self.model.save_weights(str(staging))
-                os.replace(staging, self.best_weights_path)
+            self._persisted = False
+
+    def persist(self):
+        """Writes the best weights so far to `best_weights_path`, once each."""
+        if self.best_weights_path is None or self._best_weights is None or self._persisted:
+            return
+        current = self.model.get_weights()
+        self.model.set_weights(self._best_weights)
+        staging = self.best_weights_path.with_name(
+            f".{self.best_weights_path.name}.{os.getpid()}.weights.h5")
+        try:
+            self.model.save_weights(str(staging))
+            os.replace(staging, self.best_weights_path)
+        finally:
+            self.model.set_weights(current)
+        self._persisted = True
 
     def on_epoch_end(self, epoch, logs=None):
         self._record(epoch, (logs or {}).get(self.monitor))
@@ -398,7 +438,9 @@ def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, call
     fit = functools.partial(
         model.fit, train[0], train[1], validation_data=validation, batch_size=batch_size,
         verbose=verbose, seed=seed,
-        callbacks=[checkpoint, StepProgress(), *stopping, *callbacks],
+        # The stopper first: a checkpoint written at an epoch's end then
+        # persists that epoch's weights when they are the best.
+        callbacks=[*stopping, checkpoint, StepProgress(), *callbacks],
     )
     if skipped:
         checkpoint.start(epoch, skipped)

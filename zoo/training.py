@@ -212,11 +212,12 @@ def train_and_report(model, job, run=None):
     with process_outputs(run, job.out) as outputs, exclusive_folder(outputs.backup):
         if run.restart:
             discard_checkpoints(outputs.backup)
+        stopper = StopWhenDone(job.patience, outputs.backup / BEST_WEIGHTS_FILE)
         checkpoint = TrainingCheckpoint(
             outputs.backup, run.checkpoint_every,
-            run_fingerprint(model, job.train, job.epochs, job.batch_size, job.metadata))
+            run_fingerprint(model, job.train, job.epochs, job.batch_size, job.metadata),
+            every_seconds=60 * run.checkpoint_minutes, on_save=[stopper.persist])
         monitoring = monitoring_callbacks(model, run, job.validation, outputs.tensorboard)
-        stopper = StopWhenDone(job.patience, outputs.backup / BEST_WEIGHTS_FILE)
         history, steps = resumable_fit(
             model, job.train, job.validation, job.epochs, job.batch_size, checkpoint,
             verbose=job.verbose, seed=job.seed, callbacks=[*monitoring, *job.callbacks],

@@ -47,7 +47,9 @@ class TrainingRun:
         jit_compile: `"auto"` (Keras's choice, or the model's own rule),
             `"true"` or `"false"`: XLA for the train step.
         checkpoint_every: a checkpoint every this many steps as well as at
-            each epoch's end; None for epochs only.
+            epochs' ends; None for epochs' ends only.
+        checkpoint_minutes: the least time between two checkpoints at
+            epochs' ends (training's end is always one); 0 for every epoch.
         tensorboard: folder for TensorBoard logs (losses, attention
             statistics and maps, profiles), or None.
         profile_steps: `(first, last)` steps profiled with the TensorFlow
@@ -74,6 +76,7 @@ class TrainingRun:
     precision: str = "float32"
     jit_compile: object = "auto"
     checkpoint_every: int = None
+    checkpoint_minutes: float = 5
     tensorboard: str = None
     profile_steps: tuple = None
     attention_statistics: bool = True
@@ -95,6 +98,11 @@ class TrainingRun:
             raise ValueError(
                 f"checkpoint_every must be a positive number of steps. "
                 f"Received: {self.checkpoint_every}.")
+        if (isinstance(self.checkpoint_minutes, bool)
+                or not isinstance(self.checkpoint_minutes, (int, float))
+                or not 0 <= self.checkpoint_minutes < float("inf")):
+            raise ValueError(f"checkpoint_minutes must be a number of minutes from 0. "
+                             f"Received: {self.checkpoint_minutes!r}.")
         if self.profile_steps is not None:
             steps = tuple(self.profile_steps)
             if len(steps) != 2 or not all(isinstance(s, int) and s >= 1 for s in steps) \

@@ -78,6 +78,7 @@ def test_scores(model, texts, labels):
 # Names without commas: `--variants` is a comma-separated list of them.
 VARIANTS = {
     "default": {},
+    "every epoch (patience 0)": {"options": {"patience": 0}},
     "peak 2e-4": {"options": {"learning_rate": 2e-4}},
     "peak 5e-5": {"options": {"learning_rate": 5e-5}},
     "250 steps (at most 40 epochs)": {"rule": {"min_steps": 250, "max_epochs": 40}},
@@ -119,10 +120,11 @@ def main():
                     finally:
                         text_training.CHECKPOINT_FINE_TUNING = rule
                     accuracy, majority = test_scores(model, test_texts, test_labels)
-                    scores.append((accuracy, majority, summary["epochs"],
+                    scores.append((accuracy, majority, summary["epochs_trained"],
                                    summary["steps"]["total"], seconds))
                     print(f"{task} {size} {name} seed {seed}: test accuracy {accuracy:.4f}, "
-                          f"majority share {majority:.2f}, {summary['epochs']} epochs, "
+                          f"majority share {majority:.2f}, {summary['epochs_trained']} of "
+                          f"{summary['epochs']} epochs, "
                           f"{summary['steps']['total']} steps, {seconds:.0f} s", flush=True)
                 mean = np.mean(scores, axis=0)
                 rows.append((task, size, name, [s[0] for s in scores], mean[1], scores[0][2],

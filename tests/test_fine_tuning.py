@@ -39,6 +39,14 @@ def test_the_rule_stops_after_patience_and_puts_back_the_best_weights(tmp_path):
     for epoch, accuracy in enumerate([0.9, float("nan"), 0.1, 0.1, 0.1]):
         never.on_epoch_end(epoch, {"val_accuracy": accuracy})
     assert not never.stopped and never.best_epoch == 0 and never.keep_best(5) is None
+    # On a small validation split the accuracy settles: an equal one with a
+    # lower validation loss is an improvement (and resets the patience).
+    tied = StopWhenDone(2)
+    tied.set_model(model)
+    for epoch, (accuracy, loss) in enumerate([(0.9, 0.5), (0.9, 0.4), (0.9, 0.45), (0.9, 0.3),
+                                              (0.9, 0.35), (0.9, 0.31)]):
+        tied.on_epoch_end(epoch, {"val_accuracy": accuracy, "val_loss": loss})
+    assert tied.best_epoch == 3 and tied.stopped_epoch == 5
 
 
 def test_a_resumed_run_keeps_the_rule_and_the_best_weights_from_before(tmp_path):
@@ -77,6 +85,11 @@ def test_a_run_stops_when_validation_stops_improving(sentiment_sample, tmp_path,
                  "--no-attention-stats"]) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "run/report.json").read_text())
+    # Not a terminal: one plain line per epoch, no colour codes, no redrawn bar.
+    assert "\x1b[" not in out and "\b" not in out
+    epoch_lines = [line for line in out.splitlines() if line.startswith("Epoch ")]
+    progress_lines = [line for line in out.splitlines() if line.startswith("4/4 - ")]
+    assert len(epoch_lines) == len(progress_lines) == report["epochs_trained"], out
     trained, best = report["epochs_trained"], report["best_epoch"]
     assert report["epochs"] == 30 and report["patience"] == 1 and trained < 30
     accuracy = report["history"]["val_accuracy"]

@@ -182,9 +182,8 @@ class ClassifierModel(PresetModel, RawInputModel):
             raise ValueError(
                 f"'{source.handle}' is a pretrained body without a classifier head: give the "
                 "classes, e.g. `labels=['negative', 'positive']` or `num_classes=2`.")
-        backbone, preprocessor = load_body(source)
-        return cls.from_body(backbone, preprocessor, num_classes=num_classes, labels=labels,
-                             **{**cls.body_overrides, **overrides})
+        return cls.from_body(*cls.load_body_parts(load_body, source), num_classes=num_classes,
+                             labels=labels, **{**cls.body_overrides, **overrides})
 
     @classmethod
     def from_body(cls, backbone, preprocessor, num_classes=None, labels=None, **overrides):

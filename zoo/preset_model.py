@@ -14,6 +14,7 @@ import functools
 from pathlib import Path
 
 from zoo import sources
+from zoo.guarded_files import RefusedSource
 from zoo.keras_compat import set_untracked
 from zoo.presets import (
     _AssetFolder, load_checked_weights, load_preset, pinned, save_preset, shipped_presets,
@@ -162,8 +163,19 @@ class PresetModel:
 
     @classmethod
     def _from_body_source(cls, load_body, source, **overrides):
-        backbone, preprocessor = load_body(source)
-        return cls.from_body(backbone, preprocessor, **overrides)
+        return cls.from_body(*cls.load_body_parts(load_body, source), **overrides)
+
+    @classmethod
+    def load_body_parts(cls, load_body, source):
+        """`(backbone, preprocessor)` a body loader reads from `source`, each
+        of the class this task declares (`backbone_cls`, `preprocessor_cls`)."""
+        parts = load_body(source)
+        for part, expected in zip(parts, (cls.backbone_cls, cls.preprocessor_cls)):
+            if expected is not None and not isinstance(part, expected):
+                raise RefusedSource(
+                    f"{source.handle} holds a {type(part).__name__}; {cls.__name__} is built on "
+                    f"a {expected.__name__}.")
+        return parts
 
     @classmethod
     def from_body(cls, backbone, preprocessor, **overrides):

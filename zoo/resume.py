@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -256,6 +257,11 @@ class StopWhenDone(keras.callbacks.Callback):
     """Stops training once validation accuracy has not improved for
     `patience` epochs, and keeps the best epoch's weights.
 
+    An epoch improves on the best when its validation accuracy is higher,
+    or equal with a lower validation loss: on a small validation split the
+    accuracy settles early (20 examples: steps of 0.05) while the model
+    still gets better.
+
     The rule spans a resumed run: `resume(history)` takes the epochs a
     checkpoint recorded before the interruption, and the best weights are
     kept in memory and, by `persist` (which `TrainingCheckpoint` calls after
@@ -268,28 +274,40 @@ class StopWhenDone(keras.callbacks.Callback):
         best_weights_path: where the best weights are kept for a resumed
             run (None: in memory only).
         monitor: the validation metric, higher is better.
+        tie_breaker: the validation metric, lower is better, that decides
+            between epochs of an equal `monitor`.
     """
 
-    def __init__(self, patience, best_weights_path=None, monitor="val_accuracy"):
+    def __init__(self, patience, best_weights_path=None, monitor="val_accuracy",
+                 tie_breaker="val_loss"):
         super().__init__()
         self.patience = patience
         self.best_weights_path = None if best_weights_path is None else Path(best_weights_path)
-        self.monitor = monitor
+        self.monitor, self.tie_breaker = monitor, tie_breaker
         self.best = self.best_epoch = self.last_epoch = self.stopped_epoch = None
+        self._best_tie = None
         self._best_weights = None
         self._persisted = True
 
     def resume(self, history):
         """Takes the epochs a checkpoint recorded before the interruption."""
+        ties = history.get(self.tie_breaker, [])
         for epoch, value in enumerate(history.get(self.monitor, [])):
-            self._record(epoch, value, keep=False)
+            self._record(epoch, value, ties[epoch] if epoch < len(ties) else None, keep=False)
 
-    def _record(self, epoch, value, keep=True):
+    def _improves(self, value, tie):
+        if value is None or not np.isfinite(value):
+            return False
+        if self.best is None or value > self.best:
+            return True
+        return (value == self.best and tie is not None and np.isfinite(tie)
+                and (self._best_tie is None or tie < self._best_tie))
+
+    def _record(self, epoch, value, tie=None, keep=True):
         self.last_epoch = epoch
-        if value is None or not np.isfinite(value) or (self.best is not None
-                                                        and value <= self.best):
+        if not self._improves(value, tie):
             return
-        self.best, self.best_epoch = float(value), epoch
+        self.best, self.best_epoch, self._best_tie = float(value), epoch, tie
         if keep:
             self._best_weights = self.model.get_weights()
             self._persisted = False
@@ -310,7 +328,8 @@ class StopWhenDone(keras.callbacks.Callback):
         self._persisted = True
 
     def on_epoch_end(self, epoch, logs=None):
-        self._record(epoch, (logs or {}).get(self.monitor))
+        logs = logs or {}
+        self._record(epoch, logs.get(self.monitor), logs.get(self.tie_breaker))
         if (self.patience and self.best_epoch is not None
                 and epoch - self.best_epoch >= self.patience):
             self.stopped_epoch = epoch
@@ -425,6 +444,10 @@ def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, call
         interruption included) and `{"total", "resumed_at", "this_run"}`.
         The metrics after each step are in `checkpoint.step_history`.
     """
+    if verbose == "auto":
+        # A bar redrawn in place, with colours, on a terminal; else (a file,
+        # a pipe) one plain line per epoch, as Keras's `verbose=2` prints.
+        verbose = 1 if sys.stdout.isatty() else 2
     with model.distribute_strategy.scope():
         state = checkpoint.restore(model)
     epoch, skipped = (state["epoch"], state["batches_done"]) if state else (0, 0)

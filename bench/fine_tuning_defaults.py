@@ -70,7 +70,7 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         data, held_out = topic_files(folder)
-        for name, extra in (("defaults (patience 3, backups every 5 minutes)", []),
+        for name, extra in (("defaults (patience 5, backups every 5 minutes)", []),
                             ("every epoch (--patience 0 --checkpoint-minutes 0)",
                              ["--patience", "0", "--checkpoint-minutes", "0"])):
             out = folder / f"run{len(rows)}"

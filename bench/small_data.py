@@ -79,6 +79,7 @@ def test_scores(model, texts, labels):
 VARIANTS = {
     "default": {},
     "every epoch (patience 0)": {"options": {"patience": 0}},
+    "patience 5": {"options": {"patience": 5}},
     "peak 2e-4": {"options": {"learning_rate": 2e-4}},
     "peak 5e-5": {"options": {"learning_rate": 5e-5}},
     "250 steps (at most 40 epochs)": {"rule": {"min_steps": 250, "max_epochs": 40}},

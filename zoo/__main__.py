@@ -364,7 +364,7 @@ def _parser():
                        help="default: the model's recipe")
     train.add_argument("--patience", type=whole_number(0), metavar="EPOCHS",
                        help="stop once validation accuracy has not improved for this many "
-                            "epochs and keep the best epoch's weights (default 3; 0: train "
+                            "epochs and keep the best epoch's weights (default 5; 0: train "
                             "every epoch)")
     train.add_argument("--validation-data", metavar="DATA",
                        help="validate on this file or folder (of the same kind as --data) "

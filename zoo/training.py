@@ -41,7 +41,7 @@ from zoo.training_run import TrainingRun, process_outputs
 
 
 # Epochs without a better validation accuracy before a run stops (`Job`).
-DEFAULT_PATIENCE = 3
+DEFAULT_PATIENCE = 5
 # The best epoch's weights, beside the checkpoints, for a resumed run.
 BEST_WEIGHTS_FILE = "best.weights.h5"
 

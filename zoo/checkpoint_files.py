@@ -24,7 +24,7 @@ the `Checkpoint` it yields, and keras-hub reads its private folder.
 import contextlib
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zoo.guarded_files import (
@@ -85,6 +85,8 @@ class Checkpoint:
     origin: str
     config: dict
     format: str
+    # Each file is read and parsed once: the checks and the converter share it.
+    _read: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def hugging_face(self):
@@ -94,10 +96,15 @@ class Checkpoint:
         return exists(self.folder, name)
 
     def json(self, name, required=False):
-        return read_json(self.folder, name, required=required, where=self.where(name))
+        if ("json", name) not in self._read:
+            self._read["json", name] = read_json(self.folder, name, required=required,
+                                                 where=self.where(name))
+        return self._read["json", name]
 
     def text(self, name):
-        return read_text(self.folder, name, where=self.where(name))
+        if ("text", name) not in self._read:
+            self._read["text", name] = read_text(self.folder, name, where=self.where(name))
+        return self._read["text", name]
 
     def where(self, name):
         return f"{self.origin}/{name}"

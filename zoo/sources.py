@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.checkpoint_files import (
-    KERAS_HUB_FILES, checkpoint_format, is_hub_handle, keras_hub_class, read_config,
+    HUGGING_FACE_FILES, KERAS_HUB_FILES, checkpoint_format, is_hub_handle, keras_hub_class,
+    read_config,
 )
 from zoo.guarded_files import RefusedSource, exists, read_json, unzipped
 from zoo.presets import METADATA_FILE
@@ -160,7 +161,6 @@ def description(handle, named=None):
 
 def _downloaded(handle):
     """The local folder keras-hub downloads a hub handle's files into."""
-    from zoo.checkpoint_files import HUGGING_FACE_FILES
     from zoo.keras_compat import preset_file, preset_file_exists
 
     try:

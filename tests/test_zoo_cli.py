@@ -94,9 +94,10 @@ def test_image_classifier_train_predict_evaluate_export(digit_folder, tmp_path, 
     assert "precision" in out and "confusion matrix" in out
     # Once per epoch, not again at the end.
     assert out.count("attention: mean normalized entropy") == 2
-    # Steps run 8 at a time: the bar counts the steps that ran, never past its end.
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)  # without the bar's colours
-    bars = [tuple(map(int, found)) for found in re.findall(r"(\d+)/(\d+) ━", plain)]
+    # Steps run 8 at a time: the progress line counts the steps that ran, never
+    # past its end (one plain line per epoch here, where stdout is no terminal).
+    assert "\x1b[" not in out
+    bars = [tuple(map(int, found)) for found in re.findall(r"^(\d+)/(\d+) - ", out, re.M)]
     assert bars and all(done <= total for done, total in bars), bars
     for name in ("training_curves.png", "attention.png", "attention_rollout.png", "report.json",
                  "preset/metadata.json", "export/1/saved_model.pb"):

@@ -148,7 +148,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             self.history.setdefault(name, []).append(float(value))
         self.step_history.end_epoch(self._steps())
         self._skipped = 0
-        if self.every_seconds is None or time.monotonic() - self._saved_at >= self.every_seconds:
+        # An epoch's last batch is never saved as a step (see above): it is
+        # saved here when the steps are due, as when the time is.
+        due_by_steps = self.every_steps and self._steps() - self._last_saved >= self.every_steps
+        if (self.every_seconds is None or due_by_steps
+                or time.monotonic() - self._saved_at >= self.every_seconds):
             self._save(epoch + 1, 0)
 
     def on_train_end(self, logs=None):

@@ -45,20 +45,26 @@ class Backbone(keras.Model):
     def from_config(cls, config):
         return cls(**config)
 
-    # `from_preset`, as every task has it (zoo.preset_model): a subclass says
-    # which sources hold a backbone of its kind.
+    # `from_preset`, as every task has it (zoo.preset_model): a backbone is
+    # read from what its task takes, and from the task's own presets.
+
+    @classmethod
+    def task_cls(cls):
+        """The task built on this backbone (imported when asked: the task
+        module imports the backbone's)."""
+        raise NotImplementedError
 
     @classmethod
     def named_presets(cls):
-        """`{name: preset folder or zoo.sources.Packaged}` taken by name."""
-        return {}
+        """`{name: preset folder or zoo.sources.Packaged}` taken by name: the task's."""
+        return cls.task_cls().named_presets()
 
     @classmethod
     def body_loaders(cls):
         """`{source key: source -> (backbone, preprocessor)}` of every source
-        holding a backbone of this class: body presets, checkpoints, and the
-        presets of the tasks built on it."""
-        return {}
+        holding a backbone of this class: the task's bodies and its presets."""
+        task = cls.task_cls()
+        return {**task.body_loaders(), ("zoo", task.kind): _task_body(task)}
 
     @classmethod
     def from_preset(cls, preset, sha256=None, **changes):
@@ -76,7 +82,7 @@ class Backbone(keras.Model):
         return backbone.with_changes(**changes)
 
 
-def task_body(task_cls):
+def _task_body(task_cls):
     """A body loader reading the backbone and preprocessor of `task_cls`'s presets."""
     def load(source):
         task = task_cls.from_preset(source.folder)

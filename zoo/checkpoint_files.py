@@ -143,17 +143,14 @@ def open_checkpoint(folder, origin=None):
     module docstring)."""
     origin = str(origin or folder)
     config = read_config(folder, origin)
-    checkpoint_format(config, origin)
-    hugging_face = "model_type" in config
-    names, trees = ((HUGGING_FACE_FILES, ()) if hugging_face
+    form = checkpoint_format(config, origin)
+    names, trees = ((HUGGING_FACE_FILES, ()) if form == "hugging_face"
                     else (KERAS_HUB_FILES, KERAS_HUB_TREES))
     with private_copy(folder, names, trees) as private:
-        checkpoint = Checkpoint(private, origin,
-                                read_json(private, "config.json", where=f"{origin}/config.json"),
-                                "hugging_face" if hugging_face else "keras_hub")
+        checkpoint = Checkpoint(private, origin, read_config(private, origin), form)
         if checkpoint.config != config:
             raise RefusedSource(f"{origin}/config.json changed while it was read.")
-        if hugging_face:
+        if checkpoint.hugging_face:
             _check_hugging_face(checkpoint)
         else:
             _check_keras_hub(checkpoint)
@@ -206,18 +203,14 @@ def _check_hugging_face(checkpoint):
         n for n, z in names.items() if z in ("num_layers", "hidden_dim", "num_heads")))
     check_number(config, "layer_norm_eps", where)
     if not checkpoint.has("model.safetensors"):
+        origin = Path(checkpoint.origin)  # the user's folder (never copied: a pickle)
         also = (" (it has pytorch_model.bin, a pickle the zoo never reads)"
-                if exists(checkpoint_origin_folder(checkpoint), "pytorch_model.bin") else "")
+                if origin.is_dir() and exists(origin, "pytorch_model.bin") else "")
         raise RefusedSource(f"{checkpoint.origin} holds no model.safetensors{also}.")
     stored = safetensors_elements(checkpoint.folder / "model.safetensors",
                                   checkpoint.where("model.safetensors"))
     _check_enough_weights(sizes, stored, checkpoint.origin, "model.safetensors")
     _check_tokenizer_files(checkpoint)
-
-
-def checkpoint_origin_folder(checkpoint):
-    """The user's folder behind a checkpoint, where it is one (for messages)."""
-    return Path(checkpoint.origin) if Path(checkpoint.origin).is_dir() else checkpoint.folder
 
 
 def _check_keras_hub(checkpoint):
@@ -321,9 +314,9 @@ def _check_tokenizer_files(checkpoint):
     if "max_seq_length" in sentence and sentence["max_seq_length"] is not None:
         check_size(sentence["max_seq_length"], "max_seq_length", "sequence_length",
                    checkpoint.where("sentence_bert_config.json"))
-    for name in ("vocab.txt", "merges.txt"):
-        if checkpoint.has(name):
-            checkpoint.text(name)  # UTF-8 without NUL, read before anything is built
+    # Read and checked before anything is built; the converter reuses them.
+    if checkpoint.has("merges.txt"):
+        checkpoint.text("merges.txt")
     if checkpoint.has("vocab.txt"):
         vocabulary_lines(checkpoint, "vocab.txt")
     if checkpoint.has("vocab.json"):

@@ -54,6 +54,10 @@ class RefusedSource(ValueError):
     """A file, folder or handle the zoo will not read, with what it expected."""
 
 
+def _not_regular(path, mode):
+    return RefusedSource(f"{path} is {_kind_of(mode)}; a checkpoint holds regular files.")
+
+
 def _kind_of(mode):
     for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
@@ -99,7 +103,7 @@ def checked_path(folder, name):
     except OSError as error:
         raise RefusedSource(f"{path} cannot be read: {error.strerror}.") from None
     if not stat.S_ISREG(mode):
-        raise RefusedSource(f"{path} is {_kind_of(mode)}; a checkpoint holds regular files.")
+        raise _not_regular(path, mode)
     return real
 
 
@@ -115,8 +119,7 @@ def opened(folder, name):
     mode = os.fstat(descriptor).st_mode
     if not stat.S_ISREG(mode):
         os.close(descriptor)
-        raise RefusedSource(f"{Path(folder) / name} is {_kind_of(mode)}; a checkpoint holds "
-                            "regular files.")
+        raise _not_regular(Path(folder) / name, mode)
     os.set_blocking(descriptor, True)
     with os.fdopen(descriptor, "rb") as handle:
         yield handle
@@ -145,8 +148,7 @@ def read_bytes(folder, name, limit=MAX_TEXT_FILE_BYTES):
 
 
 def copy_file(folder, name, target, limit):
-    """Copies `folder/name` to `target`, at most `limit` bytes; returns the
-    number of bytes copied."""
+    """Copies `folder/name` to `target`, at most `limit` bytes."""
     copied = 0
     with opened(folder, name) as reading, open(target, "wb") as writing:
         for block in iter(lambda: reading.read(_CHUNK), b""):
@@ -154,7 +156,6 @@ def copy_file(folder, name, target, limit):
             if copied > limit:
                 raise _too_large(folder, name, limit)
             writing.write(block)
-    return copied
 
 
 def exists(folder, name):
@@ -171,8 +172,8 @@ def json_depth(data):
     return int(np.cumsum(steps).max(initial=0))
 
 
-def parse_json(data, where, expected=dict):
-    """The JSON value of `data`, nesting at most `MAX_JSON_DEPTH`, of type `expected`."""
+def parse_json(data, where):
+    """The JSON object of `data`, nesting at most `MAX_JSON_DEPTH`."""
     depth = json_depth(data)
     if depth > MAX_JSON_DEPTH:
         raise RefusedSource(f"{where} nests {depth} levels deep; at most {MAX_JSON_DEPTH} are "
@@ -181,13 +182,13 @@ def parse_json(data, where, expected=dict):
         value = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise RefusedSource(f"{where} is not valid JSON: {error}") from None
-    if not isinstance(value, expected):
+    if not isinstance(value, dict):
         raise RefusedSource(f"{where} holds a JSON {type(value).__name__}; expected a JSON "
-                            f"{'object' if expected is dict else expected.__name__}.")
+                            "object.")
     return value
 
 
-def read_json(folder, name, required=False, expected=dict, where=None):
+def read_json(folder, name, required=False, where=None):
     """The JSON object of `folder/name` (None when absent and not `required`);
     `where` names the file in messages (default: its path)."""
     where = where or f"{Path(folder) / name}"
@@ -195,7 +196,7 @@ def read_json(folder, name, required=False, expected=dict, where=None):
         if required:
             raise RefusedSource(f"{where} is missing.")
         return None
-    return parse_json(read_bytes(folder, name), where, expected)
+    return parse_json(read_bytes(folder, name), where)
 
 
 def read_text(folder, name, where=None):

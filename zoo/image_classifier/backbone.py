@@ -5,7 +5,7 @@ import keras
 import keras_selfattn as ksa
 from keras_selfattn.layers.base_attention import check_positive_int
 from keras_selfattn.layers.transformer_encoder_block import ATTENTION_TYPES
-from zoo.backbone import Backbone, task_body
+from zoo.backbone import Backbone
 from zoo.image_classifier.preprocessor import image_size_pair
 
 # What a pretrained backbone may change (`with_changes`): the image size
@@ -121,16 +121,10 @@ class ImageBackbone(Backbone):
         return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
 
     @classmethod
-    def named_presets(cls):
+    def task_cls(cls):
         from zoo.image_classifier import ImageClassifier
 
-        return ImageClassifier.named_presets()
-
-    @classmethod
-    def body_loaders(cls):
-        from zoo.image_classifier.image_classifier import ImageClassifier, body_loaders
-
-        return {**body_loaders(), ("zoo", ImageClassifier.kind): task_body(ImageClassifier)}
+        return ImageClassifier
 
     def with_changes(self, **changes):
         """A new backbone with `changes` to its configuration and this one's

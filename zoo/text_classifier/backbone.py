@@ -5,7 +5,7 @@ import keras
 import keras_selfattn as ksa
 from keras_selfattn.layers.base_attention import check_positive_int
 from keras_selfattn.layers.transformer_encoder_block import ATTENTION_TYPES
-from zoo.backbone import Backbone, task_body
+from zoo.backbone import Backbone
 from zoo.rematerialize import rematerialize as rematerialize_layer
 
 ACTIVATIONS = ("gelu", "gelu_approximate", "relu")
@@ -177,16 +177,10 @@ class TextBackbone(Backbone):
         return self.embedding.position_embedding.position_embeddings
 
     @classmethod
-    def named_presets(cls):
+    def task_cls(cls):
         from zoo.text_classifier import TextClassifier
 
-        return TextClassifier.named_presets()
-
-    @classmethod
-    def body_loaders(cls):
-        from zoo.text_classifier import TextClassifier, bodies
-
-        return {**bodies.body_loaders(), ("zoo", TextClassifier.kind): task_body(TextClassifier)}
+        return TextClassifier
 
     def with_changes(self, **changes):
         """A new backbone with `changes` to its configuration and this one's

@@ -248,12 +248,26 @@ def dot_product_attention(query, key, value, mask=None, scale=None,
     Returns:
         `(output, weights)`: `(B, T_q, H, V)` and `(B, H, T_q, T_k)`.
     """
+    weights = attention_weights(query, key, mask, scale)
+    combined = dropout(weights) if dropout is not None else weights
+    return weighted_values(combined, value), weights
+
+
+def attention_weights(query, key, mask=None, scale=None):
+    """The weights `(B, H, T_q, T_k)` of `dot_product_attention`, without
+    combining values."""
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     query = ops.multiply(query, ops.cast(scale, query.dtype))
-    weights = masked_softmax(dot_product_logits(query, key), mask, query.dtype)
-    combined = dropout(weights) if dropout is not None else weights
-    return weighted_values(combined, value), weights
+    return masked_softmax(dot_product_logits(query, key), mask, query.dtype)
+
+
+def attention_mask_rows(attention_mask, start, stop):
+    """Rows `start:stop` of a normalized `(B|1, H|1, T_q|1, T_k)` mask (one
+    broadcast row stays as it is), or `None`."""
+    if attention_mask is None or attention_mask.shape[-2] == 1:
+        return attention_mask
+    return attention_mask[:, :, start:stop]
 
 
 # Elements of one block's float32 scores in the blocked kernel: 32 MB,

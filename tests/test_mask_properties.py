@@ -138,3 +138,38 @@ def test_gradients_are_finite_even_with_fully_masked_rows(s):
     grads = tape.gradient(loss, [x] + layer.trainable_weights)
     for g in grads:
         assert np.all(np.isfinite(np.asarray(g)))
+
+
+ROWS_LAYERS = {
+    **LAYERS,
+    "local_window_global": lambda: LocalWindow(2, 3, window_size=2, global_tokens=1),
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario(), st.sampled_from(sorted(ROWS_LAYERS)), st.data())
+def test_attention_rows_equal_the_rows_of_the_whole_weights(s, name, data):
+    """What a long sequence's figure reads a few rows at a time."""
+    layer = ROWS_LAYERS[name]()
+    layer.build((None, None, 4))
+    length = s["x"].shape[1]
+    start = data.draw(st.integers(0, length - 1))
+    stop = data.draw(st.integers(start + 1, length))
+    kwargs = dict(attention_mask=s["explicit"], use_causal_mask=s["causal"])
+    masks = (dict(query_mask=s["padding"], value_mask=s["padding"])
+             if isinstance(layer, MultiHead) else dict(mask=s["padding"]))
+    _, whole = layer(s["x"], return_attention_scores=True, **masks, **kwargs)
+    rows = layer.attention_rows(s["x"], start, stop, mask=s["padding"], **kwargs)
+    assert tuple(rows.shape) == (s["x"].shape[0], whole.shape[1], stop - start, length)
+    np.testing.assert_allclose(np.asarray(rows), np.asarray(whole)[:, :, start:stop],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_attention_rows_refuse_rows_outside_the_sequence():
+    import pytest
+
+    layer = LocalWindow(2, 3, window_size=2)
+    x = np.zeros((1, 5, 4), "float32")
+    for start, stop in ((3, 3), (-1, 2), (0, 6)):
+        with pytest.raises(ValueError, match=f"start={start}, stop={stop}|start=-1"):
+            layer.attention_rows(x, start, stop)

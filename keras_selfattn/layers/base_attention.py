@@ -49,6 +49,17 @@ def check_grouped_heads(num_heads, num_key_value_heads):
         )
 
 
+def check_query_rows(start, stop, length):
+    """Raises `ValueError` unless `0 <= start < stop <= length` (ints)."""
+    for name, value in (("start", start), ("stop", stop)):
+        check_int(name, value, minimum=0)
+    if not start < stop or (isinstance(length, int) and stop > length):
+        raise ValueError(
+            "The query rows must satisfy 0 <= start < stop <= the sequence "
+            f"length ({length}). Received: start={start}, stop={stop}"
+        )
+
+
 def check_rate(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
         0.0 <= value < 1.0
@@ -310,6 +321,29 @@ class SequenceSelfAttention(BaseAttention):
                           use_causal_mask, training, return_attention_scores):
         """Returns `(output (B, T, width), weights (B, H, T, T) or None)`."""
         raise NotImplementedError
+
+    def attention_rows(self, inputs, start, stop, mask=None,
+                       attention_mask=None, use_causal_mask=False):
+        """The attention weights of queries `start:stop` on every key.
+
+        What `return_attention_scores=True` returns, rows `start:stop` of
+        it; a subclass that can computes them without the `T x T` weights
+        (`LocalWindow`, `MultiHead`), which lets a caller read a long
+        sequence's weights a few rows at a time.
+
+        Args:
+            inputs: `(B, T, dim)`.
+            start, stop: the query positions, `0 <= start < stop <= T`.
+            mask, attention_mask, use_causal_mask: as in `call`.
+
+        Returns:
+            `(B, heads, stop - start, T)`.
+        """
+        check_query_rows(start, stop, inputs.shape[1])
+        _, scores = self(inputs, mask=mask, attention_mask=attention_mask,
+                         use_causal_mask=use_causal_mask,
+                         return_attention_scores=True, training=False)
+        return scores[:, :, start:stop]
 
     def compute_output_shape(self, input_shape):
         input_shape = self.check_input_shape(input_shape)

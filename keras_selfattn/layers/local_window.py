@@ -8,6 +8,7 @@ from keras_selfattn import kernels
 from keras_selfattn.layers.base_attention import SequenceSelfAttention
 from keras_selfattn.layers.base_attention import check_grouped_heads
 from keras_selfattn.layers.base_attention import check_int, check_positive_int
+from keras_selfattn.layers.base_attention import check_query_rows
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
@@ -136,15 +137,40 @@ class LocalWindow(SequenceSelfAttention):
 
     def _dense(self, query, key, value, length, scale, dropout, padding_mask,
                attention_mask, use_causal_mask):
-        mask = kernels.dense_attention_mask(
-            length, length, padding_mask, padding_mask, attention_mask,
-            causal=use_causal_mask, window_size=self.window_size,
-            global_tokens=self.global_tokens,
-        )
+        mask = self._dense_mask(length, 0, length, padding_mask,
+                                attention_mask, use_causal_mask)
         output, scores = kernels.dot_product_attention(
             query, key, value, mask=mask, scale=scale, dropout=dropout
         )
         return self.output_dense(output), scores
+
+    def _dense_mask(self, length, start, stop, padding_mask, attention_mask,
+                    use_causal_mask):
+        """The band (with global rows and columns) of queries `start:stop`."""
+        return kernels.dense_attention_mask(
+            stop - start, length,
+            None if padding_mask is None else padding_mask[:, start:stop],
+            padding_mask, kernels.attention_mask_rows(attention_mask, start, stop),
+            causal=use_causal_mask, window_size=self.window_size,
+            query_offset=start, global_tokens=self.global_tokens,
+        )
+
+    def attention_rows(self, inputs, start, stop, mask=None,
+                       attention_mask=None, use_causal_mask=False):
+        """Rows `start:stop` of the weights, in `(stop - start) x T`: see
+        `SequenceSelfAttention.attention_rows`."""
+        batch, length = kernels.static_or_dynamic_shape(inputs)[:2]
+        check_query_rows(start, stop, length)
+        attention_mask = kernels.normalize_attention_mask(
+            attention_mask, length, length,
+            batch if isinstance(batch, int) else None, self.num_heads,
+        )
+        mask = self._dense_mask(length, start, stop, mask, attention_mask,
+                                use_causal_mask)
+        return kernels.attention_weights(
+            self.query_dense(inputs[:, start:stop]), self.key_dense(inputs),
+            mask, 1.0 / math.sqrt(self.key_dim),
+        )
 
     def output_width_for(self, input_shape):
         return input_shape[-1]

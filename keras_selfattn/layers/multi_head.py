@@ -12,6 +12,7 @@ from keras_selfattn.layers.base_attention import check_feature_shape
 from keras_selfattn.layers.base_attention import check_float_tensor
 from keras_selfattn.layers.base_attention import check_grouped_heads
 from keras_selfattn.layers.base_attention import check_positive_int
+from keras_selfattn.layers.base_attention import check_query_rows
 from keras_selfattn.layers.base_attention import check_width
 
 
@@ -326,6 +327,47 @@ class MultiHead(BaseAttention):
             scale=1.0 / math.sqrt(self.key_dim),
             dropout=self.apply_dropout(training),
         )
+
+    def attention_rows(self, inputs, start, stop, mask=None,
+                       attention_mask=None, use_causal_mask=False):
+        """Self-attention weights of queries `start:stop` on every key.
+
+        Rows `start:stop` of what `self(inputs, return_attention_scores=True)`
+        returns, computed in `(stop - start) x T`, never `T x T`, so that a
+        long sequence's weights can be read a few rows at a time.
+
+        Args:
+            inputs: `(B, T, dim)` (one attention axis).
+            start, stop: the query positions, `0 <= start < stop <= T`.
+            mask: `(B, T)` padding mask of the queries and keys.
+            attention_mask, use_causal_mask: as in `call`.
+
+        Returns:
+            `(B, heads, stop - start, T)`.
+        """
+        if len(inputs.shape) != 3 or not self._is_flat():
+            raise ValueError(
+                "`attention_rows` reads rank-3 self-attention (B, T, dim) "
+                "over one attention axis. Received: inputs.shape="
+                f"{tuple(inputs.shape)}, attention_axes={self._attention_axes}"
+            )
+        batch, length = kernels.static_or_dynamic_shape(inputs)[:2]
+        check_query_rows(start, stop, length)
+        attention_mask = kernels.attention_mask_rows(
+            kernels.normalize_attention_mask(
+                attention_mask, length, length,
+                batch if isinstance(batch, int) else None, self.num_heads,
+            ),
+            start, stop,
+        )
+        _, scores = self._attend(
+            self.query_dense(inputs[:, start:stop]), self.key_dense(inputs),
+            self.value_dense(inputs),
+            None if mask is None else mask[:, start:stop], mask,
+            attention_mask, use_causal_mask, training=False,
+            return_attention_scores=True, query_offset=start,
+        )
+        return scores
 
     def _attend(self, query, key, value, query_mask, key_mask,
                 attention_mask, use_causal_mask, training,

@@ -118,9 +118,16 @@ class TransformerEncoderBlock(ResidualBlock):
         return self.feed_forward(x, training)
 
     def attention_scores(self, inputs, padding_mask=None, attention_mask=None,
-                         use_causal_mask=False):
-        """The block's attention weights `(B, heads, T, T)` for `inputs`."""
+                         use_causal_mask=False, query_rows=None):
+        """The block's attention weights `(B, heads, T, T)` for `inputs`, or
+        with `query_rows=(start, stop)` rows `start:stop` of them, computed
+        without the `T x T` weights (see `MultiHead.attention_rows`)."""
         x = self.attention_norm(inputs) if self.normalize_first else inputs
+        if query_rows is not None:
+            return self.attention_layer.attention_rows(
+                x, *query_rows, mask=padding_mask,
+                attention_mask=attention_mask, use_causal_mask=use_causal_mask,
+            )
         _, scores = self._attend(x, padding_mask, attention_mask,
                                  use_causal_mask, training=False,
                                  return_attention_scores=True)

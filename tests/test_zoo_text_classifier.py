@@ -122,3 +122,76 @@ def test_length_grouped_batches_hold_every_example_once_in_a_known_count():
     assert sorted(seen) == list(range(1000))
     # Sorted runs: a batch spans a few characters, not the whole range.
     assert np.median(spreads) < 20
+
+
+def test_long_attention_is_summarized_a_few_rows_at_a_time(monkeypatch):
+    """The statistics and figure of a long sequence read its weights in row
+    chunks and max-pool them into cells; both equal what the whole weights
+    give (forced here at 38 tokens: chunks of one cell of 5 rows, 8 cells a side)."""
+    from zoo import backbone
+    from zoo.report import attention_statistics
+
+    import keras
+
+    keras.utils.set_random_seed(1)
+    model = TextClassifier(num_classes=2, **{**TINY_ARCHITECTURE, "num_layers": 2,
+                                             "sequence_length": 64, "attention": "local_window",
+                                             "window_size": 4, "global_tokens": 1})
+    texts = ["a wonderful film " * 12, "dull and long " * 7]
+    model.adapt(texts)
+    whole = model.attention_maps(texts)
+    monkeypatch.setattr(backbone, "SUMMARY_CELLS", 8)
+    monkeypatch.setattr(backbone, "ROW_CHUNK_ELEMENTS", 2 * 2 * 64 * 3)
+    summary = model.attention_summary(texts)
+    expected, got = attention_statistics(whole), attention_statistics(summary)
+    assert got["heads"] == expected["heads"] == 4
+    for name, heads in expected["layers"].items():
+        for want, have in zip(heads, got["layers"][name]):
+            assert have["state"] == want["state"]
+            np.testing.assert_allclose([have["entropy"], have["max_weight"]],
+                                       [want["entropy"], want["max_weight"]], rtol=1e-9)
+    for (name, weights, _, query_mask), layer in zip(whole, summary):
+        real = int(query_mask[0].sum())
+        first = np.asarray(weights)[0][:, :real, :real]
+        cell = -(-real // 8)
+        assert layer.name == name and layer.cell == cell > 1
+        cells = -(-real // cell)
+        assert layer.pooled.shape == (2, cells, cells)
+        for i in range(cells):
+            for j in range(cells):
+                np.testing.assert_allclose(
+                    layer.pooled[:, i, j],
+                    first[:, i * cell:(i + 1) * cell, j * cell:(j + 1) * cell].max(axis=(1, 2)),
+                    rtol=1e-6)
+        # The global token's column: every query gives it weight.
+        assert np.all(layer.pooled[:, :, 0] > 0)
+        np.testing.assert_allclose(layer.global_row, first[:, 0], rtol=1e-6)
+        np.testing.assert_allclose(layer.global_column, first[:, :, 0], rtol=1e-6)
+        window = 4
+        assert layer.band.shape == (2, cells, 2 * window - 1)
+        for i in range(cells):
+            queries = range(i * cell, min(real, (i + 1) * cell))
+            for d in range(-window + 1, window):
+                expected = np.mean([first[:, q, q + d] if 0 <= q + d < real else np.zeros(2)
+                                    for q in queries], axis=0)
+                np.testing.assert_allclose(layer.band[:, i, d + window - 1], expected,
+                                           rtol=1e-5, atol=1e-7)
+
+
+def test_a_long_sequence_figure_draws_the_band_and_the_global_token(monkeypatch, tmp_path):
+    from PIL import Image
+
+    from zoo import backbone
+
+    model = TextClassifier(num_classes=2, **{**TINY_ARCHITECTURE, "num_layers": 2,
+                                             "sequence_length": 64, "attention": "local_window",
+                                             "window_size": 4, "global_tokens": 1})
+    texts = ["a wonderful film " * 12, "dull and long " * 7]
+    model.adapt(texts)
+    monkeypatch.setattr(backbone, "SUMMARY_CELLS", 8)
+    path = tmp_path / "attention.png"
+    assert model.save_attention_figure(texts, path) == [path]
+    with Image.open(path) as image:
+        # Three panels a layer (band, the global token's row and column),
+        # not a T x T panel per head.
+        assert image.size[0] <= 1700 and image.size[1] <= 800, image.size

@@ -382,6 +382,15 @@ class RawInputModel(keras.Model):
         candidates = [str(t) for t in self.raw_array(inputs)[:50]]
         return np.array([min(candidates, key=lambda t: abs(len(t.split()) - words))])
 
+    def attention_summary(self, inputs, targets=None):
+        """`attention_maps` summarized (`zoo.report.LayerAttention` per
+        layer): what the statistics and the figure read. A model whose
+        inputs can be long overrides it to read the weights a few rows at a
+        time, never holding `T x T` of them."""
+        from zoo import report
+
+        return report.summarize_maps(self.attention_maps(inputs, targets))
+
     def save_attention_figure(self, inputs, path, targets=None):
         """Every head of every attention layer on one of `inputs`, as a PNG
         grid (see `zoo.report.plot_attention_heads`); returns `[path]`, the
@@ -389,16 +398,13 @@ class RawInputModel(keras.Model):
         from zoo import report
 
         sample, sample_targets = self.attention_sample(inputs, targets)
-        maps = []
-        for name, weights, allowed, query_mask in self.attention_maps(sample, sample_targets):
-            allowed = np.broadcast_to(np.asarray(allowed, bool)[0], np.shape(weights)[1:])
-            queries = np.asarray(query_mask, bool)[0]
-            keys = allowed.any(axis=(0, 1))
-            weights = np.asarray(weights, np.float32)[0][:, queries][:, :, keys]
-            maps.append((name, weights, allowed[:1][:, queries][:, :, keys]))
+        layers = self.attention_summary(sample, sample_targets)
+        if any(layer.band is not None for layer in layers):
+            return [report.plot_long_attention(
+                layers, path, title=f"{type(self).__name__} on one example")]
         key_tokens, query_tokens = self.attention_tokens(sample, sample_targets)
         return [report.plot_attention_heads(
-            maps, path, key_tokens, query_tokens,
+            layers, path, key_tokens, query_tokens,
             title=f"{type(self).__name__}: every head on one example")]
 
     # Helpers for subclasses.

@@ -210,6 +210,85 @@ ONE_HOT_WEIGHT = 0.9
 UNIFORM_ENTROPY = 0.98
 
 
+@dataclasses.dataclass
+class LayerAttention:
+    """One attention layer's weights, summarized in memory that does not
+    grow with `T x T`: what the statistics and the figure read.
+
+    Attributes:
+        name: the layer's name in figures and logs.
+        entropy, largest, rows: per head `(H,)`, the sums over the rows that
+            say something (see `attention_statistics`) of the normalized
+            entropy and of the largest weight, and how many rows.
+        pooled: `(H, T_q / cell, T_k / cell)` weights of the first example,
+            padding cut off, each cell the largest weight among the
+            `cell x cell` positions it covers (`cell` 1: the weights).
+        cell: positions per side of a cell of `pooled`.
+        band: for a long sequence in a local window of half-width `w`, the
+            first example's `(H, T_q / cell, 2w - 1)` weights on the keys
+            `-w + 1 .. w - 1` positions away from each query, averaged over
+            a cell's queries; else None.
+        global_row, global_column: with global tokens, the first token's
+            weights on every key and every query's weight on it, `(H, T)`
+            of the first example; else None.
+    """
+
+    name: str
+    entropy: np.ndarray
+    largest: np.ndarray
+    rows: np.ndarray
+    pooled: np.ndarray
+    cell: int = 1
+    band: np.ndarray = None
+    global_row: np.ndarray = None
+    global_column: np.ndarray = None
+
+
+def row_sums(weights, allowed, query_mask):
+    """Per head `(entropy, largest, rows)`: the sums over the rows that may
+    attend at least two keys, among the real queries, of the normalized
+    entropy and of the largest weight, and their count (see
+    `attention_statistics`).
+
+    Args:
+        weights: `(B, H, T_q, T_k)`, a few query rows of them or all.
+        allowed: broadcastable to `weights`, True where a query may attend.
+        query_mask: `(B, T_q)`, True on real queries.
+    """
+    weights = np.asarray(weights, np.float64)
+    allowed = np.broadcast_to(np.asarray(allowed, bool), weights.shape)
+    positive = allowed & (weights > 0)
+    entropy = -np.where(positive, weights * np.log(np.where(positive, weights, 1.0)), 0).sum(-1)
+    visible = allowed.sum(-1)
+    rows = np.asarray(query_mask, bool)[:, None, :] & (visible >= 2)
+    normalized = entropy / np.log(np.maximum(visible, 2))
+    return (np.where(rows, normalized, 0).sum((0, 2)),
+            np.where(rows, weights.max(-1), 0).sum((0, 2)), rows.sum((0, 2)))
+
+
+def max_pool(weights, cell):
+    """`(H, T_q, T_k)` -> `(H, ceil(T_q / cell), ceil(T_k / cell))`: each
+    cell's largest weight (zeros fill the last cells)."""
+    if cell == 1:
+        return np.asarray(weights, np.float32)
+    heads, queries, keys = np.shape(weights)
+    padded = np.zeros((heads, -(-queries // cell) * cell, -(-keys // cell) * cell), np.float32)
+    padded[:, :queries, :keys] = weights
+    return padded.reshape(heads, padded.shape[1] // cell, cell, -1, cell).max(axis=(2, 4))
+
+
+def summarize_maps(maps):
+    """`attention_maps`' output (whole weights) as `LayerAttention`s."""
+    layers = []
+    for name, weights, allowed, query_mask in maps:
+        weights = np.asarray(weights)
+        first = np.broadcast_to(np.asarray(allowed, bool), weights.shape)[0]
+        queries, keys = np.asarray(query_mask, bool)[0], first.any(axis=(0, 1))
+        layers.append(LayerAttention(name, *row_sums(weights, allowed, query_mask),
+                                     pooled=weights[0][:, queries][:, :, keys]))
+    return layers
+
+
 def attention_statistics(maps):
     """Per layer and head: normalized entropy, mean largest weight and
     whether the head has collapsed.
@@ -218,7 +297,8 @@ def attention_statistics(maps):
         maps: `[(layer name, weights (B, H, T_q, T_k), allowed, query mask)]`:
             `allowed` (broadcastable to the weights) is True where a query may
             attend a key (padding and causal masks), the query mask `(B, T_q)`
-            True on real queries.
+            True on real queries; or `LayerAttention`s (which a long
+            sequence's weights are read into a few rows at a time).
 
     Returns:
         `{"layers": {name: [{"entropy", "max_weight", "state"} per head]},
@@ -229,28 +309,20 @@ def attention_statistics(maps):
         largest weight is at least 0.9, `"uniform"` when its normalized
         entropy is at least 0.98, else `"attends"`.
     """
+    if maps and not isinstance(maps[0], LayerAttention):
+        maps = summarize_maps(maps)
     layers, states = {}, []
-    for name, weights, allowed, query_mask in maps:
-        weights = np.asarray(weights, np.float64)
-        allowed = np.broadcast_to(np.asarray(allowed, bool), weights.shape)
-        positive = allowed & (weights > 0)
-        entropy = -np.where(positive, weights * np.log(np.where(positive, weights, 1.0)), 0).sum(-1)
-        visible = allowed.sum(-1)
-        rows = np.asarray(query_mask, bool)[:, None, :] & (visible >= 2)
-        normalized = entropy / np.log(np.maximum(visible, 2))
-        largest = weights.max(-1)
+    for layer in maps:
         heads = []
-        for head in range(weights.shape[1]):
-            chosen = rows[:, head]
-            if not chosen.any():
+        for entropy, largest, rows in zip(layer.entropy, layer.largest, layer.rows):
+            if not rows:
                 continue
-            head_entropy = float(normalized[:, head][chosen].mean())
-            head_max = float(largest[:, head][chosen].mean())
+            head_entropy, head_max = float(entropy / rows), float(largest / rows)
             state = ("one-hot" if head_max >= ONE_HOT_WEIGHT else
                      "uniform" if head_entropy >= UNIFORM_ENTROPY else "attends")
             heads.append({"entropy": head_entropy, "max_weight": head_max, "state": state})
             states.append(state)
-        layers[name] = heads
+        layers[layer.name] = heads
     entropies = [h["entropy"] for heads in layers.values() for h in heads]
     return {
         "layers": layers,
@@ -269,27 +341,26 @@ def format_attention_statistics(statistics):
             f"{statistics['uniform']} uniform)")
 
 
-def plot_attention_heads(maps, path, key_tokens=None, query_tokens=None,
+def plot_attention_heads(layers, path, key_tokens=None, query_tokens=None,
                          title="attention weights"):
     """Every head of every layer for one example, as a grid PNG: a row per
     layer, a column per head, each on a colour scale from zero to its own
     largest weight, titled with its normalized entropy and state, so a flat
     head looks flat. Rows of a panel are the queries (the tokens attending),
     its columns the keys (the tokens attended to), as the figure's axis
-    labels say once.
+    labels say once. A long sequence's panels show each cell's largest
+    weight (`LayerAttention.pooled`): the band of a local window and a
+    global token's row and column stay visible, and no panel is `T x T`.
 
     Args:
-        maps: `[(layer name, weights (H, T_q, T_k), allowed (1, T_q, T_k))]`
-            of one example, padding already cut off; `allowed` as in
-            `attention_statistics`.
+        layers: `LayerAttention`s of one example.
         key_tokens, query_tokens: axis labels (per layer: a list of lists, or
             one list for all); None for none (image patches).
     """
     plt = _pyplot()
-    statistics = attention_statistics([
-        (name, weights[None], allowed[None], np.ones((1, np.shape(weights)[1]), bool))
-        for name, weights, allowed in maps
-    ])["layers"]
+    statistics = attention_statistics(layers)["layers"]
+    maps = [(layer.name, layer.pooled, None) for layer in layers]
+    cell = max(layer.cell for layer in layers)
     columns = max(np.shape(w)[0] for _, w, _ in maps)
     longest = max(max(np.shape(w)[1:]) for _, w, _ in maps)
     labelled = longest <= 40 and key_tokens is not None
@@ -331,12 +402,68 @@ def plot_attention_heads(maps, path, key_tokens=None, query_tokens=None,
                 axis.set_ylabel(name, fontsize=9, fontweight="bold")
     figure.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, ticks=[0, image.norm.vmax],
                     format=lambda value, _: "0" if value == 0 else "max")
-    figure.supxlabel("keys: the tokens attended to" if key_tokens is not None
-                     else "keys: the positions attended to", fontsize=10)
-    figure.supylabel("queries: the tokens attending" if key_tokens is not None
-                     else "queries: the positions attending", fontsize=10)
+    cells = f" ({cell} per pixel: its largest weight)" if cell > 1 else ""
+    figure.supxlabel(("keys: the tokens attended to" if key_tokens is not None
+                      else "keys: the positions attended to") + cells, fontsize=10)
+    figure.supylabel(("queries: the tokens attending" if key_tokens is not None
+                      else "queries: the positions attending") + cells, fontsize=10)
     figure.suptitle(f"{title}\nentropy: 1 = uniform over the keys, 0 = one key; each panel's "
                     "colours run from 0 (dark) to its own largest weight (bright)", fontsize=10)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_long_attention(layers, path, title="attention weights"):
+    """A long sequence's attention in a local window, one row per layer:
+    the band (the weights by offset from each query, averaged over the
+    heads and over each cell's queries) and, with global tokens, the first
+    token's row (its weights on every position) and column (every
+    position's weight on it), a line per head. The heads' entropies and
+    states are in the panel titles. Nothing drawn is `T x T`.
+
+    Args:
+        layers: `LayerAttention`s of one example, with `band` set.
+    """
+    plt = _pyplot()
+    statistics = attention_statistics(layers)["layers"]
+    with_global = any(layer.global_row is not None for layer in layers)
+    columns = 3 if with_global else 1
+    figure = plt.figure(figsize=(5.0 * columns + 1.0, 2.6 * len(layers) + 1.2),
+                        layout="constrained")
+    axes = figure.subplots(len(layers), columns, squeeze=False)
+    for row, layer in enumerate(layers):
+        band = layer.band.mean(axis=0)
+        reach = (band.shape[1] - 1) // 2
+        queries = band.shape[0] * layer.cell
+        image = axes[row, 0].imshow(band, cmap="viridis", vmin=0.0, aspect="auto",
+                                    extent=(-reach - 0.5, reach + 0.5, queries, 0),
+                                    interpolation="nearest")
+        states = [h["state"] for h in statistics.get(layer.name, [])]
+        entropies = [h["entropy"] for h in statistics.get(layer.name, [])]
+        axes[row, 0].set_title(
+            f"{layer.name}: band, mean of {len(layer.band)} heads (max {band.max():.2f}); "
+            f"entropy {np.mean(entropies):.2f}, {states.count('attends')} attend, "
+            f"{len(states) - states.count('attends')} collapsed", fontsize=8)
+        axes[row, 0].set_ylabel("query position", fontsize=8)
+        figure.colorbar(image, ax=axes[row, 0], fraction=0.04)
+        if with_global:
+            for axis, values, what in ((axes[row, 1], layer.global_row,
+                                        "the first token's weight on each key"),
+                                       (axes[row, 2], layer.global_column,
+                                        "each query's weight on the first token")):
+                for head in values:
+                    axis.plot(head, linewidth=0.6, alpha=0.7)
+                axis.set_title(f"{layer.name}: {what} (a line per head)", fontsize=8)
+                axis.set_xlim(0, values.shape[1] - 1)
+                axis.set_ylim(bottom=0)
+        if row == len(layers) - 1:
+            axes[row, 0].set_xlabel("key offset from the query", fontsize=8)
+            if with_global:
+                axes[row, 1].set_xlabel("key position", fontsize=8)
+                axes[row, 2].set_xlabel("query position", fontsize=8)
+    figure.suptitle(f"{title}\nthe band of the local window and the global token, per layer "
+                    "(a long sequence: its T x T weights are not drawn)", fontsize=10)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

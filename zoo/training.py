@@ -292,9 +292,14 @@ class AttentionMonitor(keras.callbacks.Callback):
     batch: one line on stdout, and with `log_dir` TensorBoard scalars and
     images of the sample's first example (every head of every layer).
 
+    Its cost grows with the examples times their query-key pairs, so long
+    sequences take fewer examples: as many as hold `ATTENTION_PAIRS` pairs
+    per head (8 of 512 tokens, 1 of 4,096), at least one, measured on the
+    first example.
+
     Args:
-        inputs, targets: the fixed sample batch of raw inputs (and targets
-            where the model's attention depends on them: a translator's).
+        inputs, targets: the sample batch of raw inputs (and targets where
+            the model's attention depends on them: a translator's).
         log_dir: TensorBoard folder, or None.
     """
 
@@ -304,15 +309,23 @@ class AttentionMonitor(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.statistics = None
         self._writer = None
+        self._sized = None
 
     def on_epoch_end(self, epoch, logs=None):
-        maps = self.model.attention_maps(self.inputs, self.targets)
-        self.statistics = reports.attention_statistics(maps)
+        if self._sized is None:
+            first = self.model.attention_summary(*self._first(1))
+            queries = max(int(layer.rows.max()) for layer in first)
+            self._sized = max(1, min(len(self.inputs), ATTENTION_PAIRS // max(1, queries) ** 2))
+        layers = self.model.attention_summary(*self._first(self._sized))
+        self.statistics = reports.attention_statistics(layers)
         print(reports.format_attention_statistics(self.statistics), flush=True)
         if self.log_dir is not None:
-            self._log(epoch, maps)
+            self._log(epoch, layers)
 
-    def _log(self, epoch, maps):
+    def _first(self, count):
+        return self.inputs[:count], None if self.targets is None else self.targets[:count]
+
+    def _log(self, epoch, layers):
         import tensorflow as tf
 
         if self._writer is None:
@@ -320,12 +333,12 @@ class AttentionMonitor(keras.callbacks.Callback):
         with self._writer.as_default(step=epoch):
             tf.summary.scalar("attention/mean_entropy", self.statistics["mean_entropy"])
             tf.summary.scalar("attention/collapsed_share", self.statistics["collapsed_share"])
-            for (name, weights, _, _), heads in zip(maps, self.statistics["layers"].values()):
-                tag = name.replace(" ", "_")
+            for layer, heads in zip(layers, self.statistics["layers"].values()):
+                tag = layer.name.replace(" ", "_")
                 for head, values in enumerate(heads, 1):
                     tf.summary.scalar(f"attention_entropy/{tag}/head_{head}", values["entropy"])
                 # One image per head, scaled from zero to its largest weight.
-                heads_maps = np.asarray(weights, np.float32)[0]
+                heads_maps = layer.pooled
                 peaks = np.maximum(heads_maps.max(axis=(1, 2), keepdims=True), 1e-9)
                 tf.summary.image(f"attention_maps/{tag}", (heads_maps / peaks)[..., None],
                                  max_outputs=heads_maps.shape[0])
@@ -337,8 +350,10 @@ class AttentionMonitor(keras.callbacks.Callback):
             self._writer = None
 
 
-# The sample batch the attention statistics are computed on.
+# The sample batch the attention statistics are computed on: at most this
+# many examples, and as many as hold this many query-key pairs per head.
 ATTENTION_SAMPLE = 8
+ATTENTION_PAIRS = ATTENTION_SAMPLE * 512 ** 2
 
 
 def monitoring_callbacks(model, run, validation, log_dir):

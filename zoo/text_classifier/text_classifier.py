@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from zoo.backbone import attention_through
+from zoo.backbone import attention_through, summarize_attention_through
 from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
 from zoo.export import checked_texts, export_saved_model
 from zoo.pipeline import text_array
@@ -200,6 +200,11 @@ class TextClassifier(ClassifierModel):
         mask = mask.numpy()
         return [(f"block {number}", np.asarray(w), mask[:, None, None, :], mask)
                 for number, w in enumerate(weights, 1)]
+
+    def attention_summary(self, inputs, targets=None):
+        ids = self.preprocess(tf.constant(self.raw_array(inputs)))
+        mask = ids != 0
+        return summarize_attention_through(self.backbone.blocks, self.backbone.embed(ids), mask)
 
     def attention_tokens(self, inputs, targets=None):
         ids = self.preprocess(tf.constant(self.raw_array(inputs)[:1])).numpy()[0]

@@ -80,14 +80,15 @@ MODELS = {
         "text_classifier", "zoo.text_classifier:TextClassifier",
         "zoo.text_classifier.train:train_text_classifier",
         ("text_column", "label_column", "from_scratch", "sequence_length", "attention",
-         "window_size", "global_tokens", "rematerialize", "allow_skipped"), _labelled_texts,
+         "window_size", "global_tokens", "rematerialize", "allow_skipped", "lora_rank"),
+        _labelled_texts,
         "CSV/TSV/JSONL file with text and label columns, or 'rotten-tomatoes' (sentiment) or "
         "'wordnet-definitions' (topic)",
     ),
     "image-classifier": ModelEntry(
         "image_classifier", "zoo.image_classifier:ImageClassifier",
         "zoo.image_classifier.train:train_image_classifier",
-        ("image_size", "attention_matrices"), _labelled_images,
+        ("image_size", "attention_matrices", "lora_rank"), _labelled_images,
         "folder of class folders of PNG/JPEG/BMP/GIF images, or 'mnist'",
     ),
     "translator": ModelEntry(
@@ -366,6 +367,11 @@ def _parser():
                        help="stop once validation accuracy has not improved for this many "
                             "epochs and keep the best epoch's weights (default 5; 0: train "
                             "every epoch)")
+    train.add_argument("--lora-rank", type=POSITIVE, metavar="RANK",
+                       help="text-classifier, image-classifier: fine-tune LoRA adapters of this "
+                            "rank on the body's attention and feed-forward projections and the "
+                            "head, the rest frozen (checkpoints of megabytes; the preset and the "
+                            "export get the adapters merged)")
     train.add_argument("--validation-data", metavar="DATA",
                        help="validate on this file or folder (of the same kind as --data) "
                             "instead of a split of --data")

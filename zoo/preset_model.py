@@ -1,11 +1,12 @@
 """The one loading contract every zoo task shares: `from_preset`, `save_to_preset`, `presets`.
 
-`Cls.from_preset(handle, sha256=None, **overrides)` means the same for every
+`Cls.from_preset(handle, sha256=None, lora_rank=None, **overrides)` means the same for every
 task: `handle` is anything `zoo.sources` resolves (a shipped name, a
 packaged checkpoint, a zoo preset folder, a keras-hub preset, a Hugging Face
 folder or cache snapshot, `hf://`, `kaggle://`); `sha256` pins a zoo preset
 folder (the SHA-256 its `metadata.json` must have); `overrides` change what
-the task allows (`adjustable_at_load`). What the handle holds picks the one
+the task allows (`adjustable_at_load`); `lora_rank` trains LoRA adapters on
+the backbone instead of every weight (`zoo.lora`). What the handle holds picks the one
 loader (`preset_loaders`): the task's own preset kind, or a pretrained body
 (`body_loaders`) that gets a fresh head; anything else is refused by name.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from zoo import sources
 from zoo.guarded_files import RefusedSource
 from zoo.keras_compat import set_untracked
+from zoo.lora import check_lora_rank, enable_lora, merged_weights
 from zoo.presets import (
     _AssetFolder, load_checked_weights, load_preset, pinned, save_preset, shipped_presets,
 )
@@ -100,10 +102,13 @@ class PresetModel:
         """This network with its weights and without the optimizer: what a
         preset or an export holds (a compiled model carries the optimizer's
         slots, two per AdamW weight, which would triple either)."""
-        if getattr(self, "optimizer", None) is None:
+        adapted = bool(getattr(self, "lora", None))
+        if getattr(self, "optimizer", None) is None and not adapted:
             return self
         twin = type(self)(**self.constructor_arguments())
-        twin.set_weights(self.get_weights())
+        # LoRA adapters merged into their kernels: nothing new to serve,
+        # and no extra matmuls per projection.
+        twin.set_weights(merged_weights(self) if adapted else self.get_weights())
         return twin
 
     def save_to_preset(self, folder, metadata=None):
@@ -134,7 +139,7 @@ class PresetModel:
         return loaders
 
     @classmethod
-    def from_preset(cls, preset, sha256=None, **overrides):
+    def from_preset(cls, preset, sha256=None, lora_rank=None, **overrides):
         """Loads a preset or a pretrained body (see the module docstring).
 
         Args:
@@ -143,6 +148,10 @@ class PresetModel:
                 preset, a Hugging Face folder, `hf://` or `kaggle://`.
             sha256: pins a zoo preset folder: the SHA-256 its
                 `metadata.json` must have.
+            lora_rank: trains rank-`lora_rank` LoRA adapters on the
+                backbone's attention and feed-forward projections, the rest
+                of the backbone frozen (`zoo.lora.enable_lora`); presets and
+                exports get them merged. None: every weight trains.
             **overrides: any of `adjustable_at_load`; sizes that shape
                 weights cannot change.
 
@@ -150,12 +159,17 @@ class PresetModel:
             ValueError: (`zoo.guarded_files.RefusedSource` for what the
                 handle holds) naming what was received and what is taken.
         """
+        check_lora_rank(lora_rank)
         if sha256 is not None:
             with pinned(preset, sha256, cls.named_presets()) as folder:
-                return cls.from_preset(folder, **overrides)
-        cls.check_override_names(overrides)
-        return sources.load(preset, cls.preset_loaders(), cls.named_presets(),
-                            f"{cls.__name__}.from_preset", **overrides)
+                model = cls.from_preset(folder, **overrides)
+        else:
+            cls.check_override_names(overrides)
+            model = sources.load(preset, cls.preset_loaders(), cls.named_presets(),
+                                 f"{cls.__name__}.from_preset", **overrides)
+        if lora_rank is not None:
+            enable_lora(model, lora_rank, preset)
+        return model
 
     @classmethod
     def check_override_names(cls, overrides):

@@ -12,7 +12,8 @@
 - `StopWhenDone`: stops once validation accuracy has stopped improving and
   keeps the best epoch's weights, across a resume too.
 
-Imports Keras and NumPy; nothing from the models.
+Imports Keras, NumPy and `zoo.lora` (a LoRA model's checkpoint holds its
+adapters); nothing from the models.
 """
 
 import contextlib
@@ -29,6 +30,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from zoo.lora import (
+    load_training_state, save_training_state, state_path, training_state_variables,
+)
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
@@ -91,7 +96,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 if model.optimizer is not None and not model.optimizer.built:
                     model.optimizer.build(model.trainable_variables)
                 step_history = StepHistory(state.get("step_history"))
-                model.load_weights(str(folder / self.WEIGHTS_FILE))
+                load_training_state(model, folder / self.WEIGHTS_FILE)
             except RunMismatchError:
                 raise
             except (OSError, ValueError, KeyError) as error:
@@ -173,11 +178,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         # Weights and optimizer state, with room for the file format: HDF5
         # crashed the process (SIGSEGV) when the disk filled while writing.
         state_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-                          for v in [*self.model.weights, *self.model.optimizer.variables])
+                          for v in training_state_variables(self.model))
         check_free_space(self.directory, int(state_bytes * 1.1) + (1 << 20))
         staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=self.directory))
         try:
-            self.model.save_weights(str(staging / self.WEIGHTS_FILE))
+            save_training_state(self.model, staging / self.WEIGHTS_FILE)
             (staging / self.STATE_FILE).write_text(json.dumps({
                 "epoch": epoch, "batches_done": batches_done, "steps": steps,
                 "history": self.history, "step_history": self.step_history.as_dict(),
@@ -323,10 +328,10 @@ class StopWhenDone(keras.callbacks.Callback):
         current = self.model.get_weights()
         self.model.set_weights(self._best_weights)
         staging = self.best_weights_path.with_name(
-            f".{self.best_weights_path.name}.{os.getpid()}.weights.h5")
+            f".{os.getpid()}.{self.best_weights_path.name}")
         try:
-            self.model.save_weights(str(staging))
-            os.replace(staging, self.best_weights_path)
+            written = save_training_state(self.model, staging)
+            os.replace(written, state_path(self.model, self.best_weights_path))
         finally:
             self.model.set_weights(current)
         self._persisted = True
@@ -350,8 +355,9 @@ class StopWhenDone(keras.callbacks.Callback):
             return None
         if self._best_weights is not None:
             self.model.set_weights(self._best_weights)
-        elif self.best_weights_path is not None and self.best_weights_path.is_file():
-            self.model.load_weights(str(self.best_weights_path))
+        elif (self.best_weights_path is not None
+              and state_path(self.model, self.best_weights_path).is_file()):
+            load_training_state(self.model, self.best_weights_path)
         else:
             return None
         name = self.monitor.removeprefix("val_").replace("_", " ")

@@ -10,6 +10,7 @@ from zoo.image_classifier.image_folder import read_image_folder
 from zoo.datasets import load_digits
 from zoo.image_classifier.image_classifier import CONFIGURATIONS, ImageClassifier
 from zoo.image_classifier.preprocessor import decode_bounded
+from zoo.lora import LORA_LEARNING_RATE
 from zoo.training import (
     DEFAULT_PATIENCE, Job, announce_body, dropout_override, label_names, preset_label_order,
     split_validation, train_and_report, warmup_cosine,
@@ -108,15 +109,18 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
                            batch_size=64, run=None, learning_rate=None,
                            max_train_examples=None, architecture=None,
                            augmentation=None, dropout=None, attention_matrices=False,
-                           validation_data=None, patience=DEFAULT_PATIENCE, verbose="auto",
-                           seed=0):
+                           validation_data=None, patience=DEFAULT_PATIENCE, lora_rank=None,
+                           verbose="auto", seed=0):
     """Trains (or fine-tunes `preset`), reports, plots, saves and exports.
 
     Writes under `out/` what `zoo.training.train_and_report` lists; the
     report also counts the files skipped as unreadable. The attention
     figures (`ImageClassifier.save_attention_figure`) show validation images
     with their true labels; `attention_matrices` adds every head's
-    patch-to-patch weights (`attention_matrices.png`).
+    patch-to-patch weights (`attention_matrices.png`). `lora_rank` fine-tunes
+    LoRA adapters of that rank and the head instead of every weight of the
+    preset (`zoo.lora`; peak learning rate `LORA_LEARNING_RATE`), merged into
+    the preset and the export.
 
     Returns:
         A `zoo.training.TrainingResult` (its `report` is `report.json`'s).
@@ -127,7 +131,12 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
     if max_train_examples:
         train = (train[0][:max_train_examples], train[1][:max_train_examples])
     names = label_names(train, validation)
+    if lora_rank is not None and preset is None:
+        raise ValueError("--lora-rank trains adapters on a pretrained --preset; it does not "
+                         "apply to training from scratch.")
     recipe = FINE_TUNE if preset is not None else SCRATCH
+    if lora_rank is not None:
+        recipe = {**recipe, "learning_rate": LORA_LEARNING_RATE}
     if preset is not None:
         announce_body(ImageClassifier, preset)
     epochs = epochs or recipe["epochs"]
@@ -140,7 +149,8 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
             if image_size is not None:
                 overrides["image_size"] = image_size
             labels = preset_label_order(ImageClassifier, preset, names)
-            model = ImageClassifier.from_preset(preset, labels=labels, **overrides)
+            model = ImageClassifier.from_preset(preset, labels=labels, lora_rank=lora_rank,
+                                                **overrides)
         else:
             geometry = choose_geometry(describe_images(train[0]))
             if image_size is not None:
@@ -166,8 +176,10 @@ def train_image_classifier(data, out, preset=None, image_size=None, epochs=None,
     return train_and_report(model, Job(
         train=train, validation=validation, test=test, out=Path(out), epochs=epochs,
         batch_size=batch_size, seed=seed, verbose=verbose, patience=patience,
-        metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed},
-        report_extra={"preset": preset, "skipped_files": skipped},
+        metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
+                  "lora": getattr(model, "lora", None)},
+        report_extra={"preset": preset, "skipped_files": skipped,
+                      "lora": getattr(model, "lora", None)},
         figure_options={"labels": validation[1], "matrices": bool(attention_matrices)},
     ), run)
 

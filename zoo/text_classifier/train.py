@@ -7,6 +7,7 @@ import numpy as np
 
 from zoo.data import read_labelled_data
 from zoo.datasets import load_definitions, load_sentiment
+from zoo.lora import LORA_LEARNING_RATE
 from zoo.text_classifier.text_classifier import TextClassifier
 from zoo.training import (
     DEFAULT_PATIENCE, Job, announce_body, dropout_override, label_names, preset_label_order,
@@ -129,8 +130,8 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
                           learning_rate=None, max_train_examples=None, architecture=None,
                           dropout=None, sequence_length=None, attention=None, window_size=None,
                           global_tokens=None, rematerialize=None, allow_skipped=False,
-                          validation_data=None, patience=DEFAULT_PATIENCE, verbose="auto",
-                          seed=0):
+                          validation_data=None, patience=DEFAULT_PATIENCE, lora_rank=None,
+                          verbose="auto", seed=0):
     """Fine-tunes a pretrained body or preset, or trains from scratch; then
     reports, plots, saves and exports.
 
@@ -142,7 +143,10 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     warm-up and cosine decay) and to `FROM_SCRATCH` otherwise.
     `sequence_length`, `attention`, `window_size`, `global_tokens` and
     `rematerialize` change the network's (a longer sequence than a preset's
-    extends its position embeddings).
+    extends its position embeddings). `lora_rank` trains LoRA adapters of
+    that rank and the head instead of every weight (`zoo.lora`; peak
+    learning rate `LORA_LEARNING_RATE`); the preset and the export get them
+    merged.
 
     A data file with more than 1% of its rows skipped (empty text, no label)
     is refused unless `allow_skipped`; what was read, used, skipped and cut
@@ -156,11 +160,16 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     if from_scratch and preset is not None:
         raise ValueError(f"Give either a preset to fine-tune or from_scratch=True, not both. "
                          f"Received: preset={preset!r}, from_scratch=True.")
+    if lora_rank is not None and (from_scratch or architecture):
+        raise ValueError("--lora-rank trains adapters on a pretrained body; it does not apply "
+                         "to training from scratch.")
     announced = preset is None and not (from_scratch or architecture)
     if announced:
         preset, line = default_body()
         print(line, flush=True)
     recipe = fine_tuning_recipe(preset) if preset is not None else FROM_SCRATCH
+    if lora_rank is not None:
+        recipe = {**recipe, "learning_rate": LORA_LEARNING_RATE}
     learning_rate = learning_rate or recipe["learning_rate"]
     keras.utils.set_random_seed(seed)
     train, validation, test, counts = load_training_data(data, text_column, label_column,
@@ -184,7 +193,7 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     with run.scope():
         if preset is not None:
             labels = preset_label_order(TextClassifier, preset, names)
-            model = TextClassifier.from_preset(preset, labels=labels,
+            model = TextClassifier.from_preset(preset, labels=labels, lora_rank=lora_rank,
                                                **shape, **dropout_override(dropout))
             schedule = fine_tuning_schedule(len(train[0]), batch_size, epochs, learning_rate, recipe)
         else:
@@ -201,9 +210,11 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
         train=train, validation=validation, test=test, out=Path(out), epochs=epochs,
         batch_size=batch_size, seed=seed, verbose=verbose, patience=patience,
         metadata={"data": str(data), "learning_rate": learning_rate, "seed": seed,
+                  "lora": getattr(model, "lora", None),
                   # `evaluate RUN --data ...` reads the same columns.
                   "text_column": text_column, "label_column": label_column, **data_rows},
-        report_extra={"preset": None if preset is None else str(preset), **data_rows},
+        report_extra={"preset": None if preset is None else str(preset),
+                      "lora": getattr(model, "lora", None), **data_rows},
     ), run)
 
 

@@ -130,3 +130,51 @@ def test_checkpoints_come_by_time_and_at_the_end_and_two_are_kept(tmp_path):
     # No time between them: every epoch's end, the two newest kept.
     written, saves = fit(0, folder="every")
     assert written == ["best.weights.h5", "step-000000006", "step-000000008"] and saves == 4
+
+
+def test_on_a_terminal_each_epoch_draws_its_bar_once_then_the_checkpoint_line(tmp_path):
+    """On a terminal Keras redraws one bar in place; the epoch's end finishes
+    it (with the validation metrics) before the checkpoint line, instead of
+    a second bar after it."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import environment
+
+    script = textwrap.dedent("""
+        import keras, numpy as np
+        from zoo.resume import TrainingCheckpoint, resumable_fit
+
+        class Plain(keras.Sequential):
+            def fit(self, *args, seed=None, **kwargs):
+                return super().fit(*args, **kwargs)
+
+        model = Plain([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile("adam", "mse")
+        x, y = np.ones((8, 3)), np.ones((8, 2))
+        resumable_fit(model, (x, y), (x, y), 2, 4, TrainingCheckpoint("backup", every_seconds=0))
+    """)
+    main, terminal = os.openpty()
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=environment(),
+                             stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.DEVNULL)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main)
+    assert child.wait(timeout=120) == 0
+    out = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    for epoch, step in ((1, 2), (2, 4)):
+        block = out.split(f"Epoch {epoch}/2")[1].split("Epoch ")[0]
+        drawn, after = block.split(f"checkpoint: step {step}")
+        assert "val_loss" in drawn.rstrip("\n").split("\n")[-1], drawn
+        # Nothing drawn again after the checkpoint line.
+        assert "2/2" not in after and "val_loss" not in after, after

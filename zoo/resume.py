@@ -203,7 +203,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             shutil.rmtree(staging, ignore_errors=True)
         where = (f"epoch {epoch + 1}, after batch {batches_done}" if batches_done
                  else f"end of epoch {epoch}")
-        print(f"\ncheckpoint: step {steps} ({where})", flush=True)
+        # Mid-epoch, after the bar drawn so far on its line.
+        print(f"{chr(10) if batches_done else ''}checkpoint: step {steps} ({where})", flush=True)
         self._saved_at = time.monotonic()
         for old in self._checkpoints()[:-2]:
             shutil.rmtree(old, ignore_errors=True)
@@ -472,8 +473,10 @@ def resumable_fit(model, train, validation, epochs, batch_size, checkpoint, call
         model.fit, train[0], train[1], validation_data=validation, batch_size=batch_size,
         verbose=verbose, seed=seed,
         # The stopper first: a checkpoint written at an epoch's end then
-        # persists that epoch's weights when they are the best.
-        callbacks=[*stopping, checkpoint, StepProgress(), *callbacks],
+        # persists that epoch's weights when they are the best. The bar
+        # before the checkpoint: it finishes the epoch's line (validation
+        # included), then the checkpoint's line follows, not a second bar.
+        callbacks=[*stopping, StepProgress(), checkpoint, *callbacks],
     )
     if skipped:
         checkpoint.start(epoch, skipped)

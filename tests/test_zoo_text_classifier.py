@@ -195,3 +195,30 @@ def test_a_long_sequence_figure_draws_the_band_and_the_global_token(monkeypatch,
         # Three panels a layer (band, the global token's row and column),
         # not a T x T panel per head.
         assert image.size[0] <= 1700 and image.size[1] <= 800, image.size
+
+
+def test_the_attention_summary_of_2048_tokens_never_holds_their_weights(monkeypatch):
+    """NumPy's peak while summarizing stays a fraction of one layer's whole
+    weights in float64, what the statistics used to convert them to."""
+    import tracemalloc
+
+    import keras
+
+    from zoo import backbone
+
+    keras.utils.set_random_seed(0)
+    model = TextClassifier(num_classes=2, **{**TINY_ARCHITECTURE, "sequence_length": 2048,
+                                             "attention": "local_window", "window_size": 32,
+                                             "global_tokens": 1})
+    texts = ["word " * 2100, "other words " * 1100]
+    model.adapt(texts)
+    monkeypatch.setattr(backbone, "ROW_CHUNK_ELEMENTS", 1 << 18)
+    tracemalloc.start()
+    try:
+        layers = model.attention_summary(texts)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    whole = 2 * 2 * 2048 * 2048 * 8  # (B, H, T, T) float64 of one layer
+    assert layers[0].rows.sum() == 2 * 2 * 2048 and layers[0].cell == 8
+    assert peak < whole / 4, (peak, whole)

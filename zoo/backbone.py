@@ -116,8 +116,9 @@ def attention_through(blocks, x, padding_mask=None):
 # sequence's weights are max-pooled into them.
 SUMMARY_CELLS = 256
 # Weights read at once by `summarize_attention_through`: (B, H, rows, T)
-# float32 of 64 MB, so a long sequence never holds its `T x T` weights.
-ROW_CHUNK_ELEMENTS = 1 << 24
+# float32 of 16 MB (their statistics take a few float64 copies), so a long
+# sequence never holds its `T x T` weights.
+ROW_CHUNK_ELEMENTS = 1 << 22
 
 
 def summarize_attention_through(blocks, x, padding_mask):
@@ -163,9 +164,10 @@ def summarize_attention_through(blocks, x, padding_mask):
             if window:
                 parts["band"].append(_band(first, start, window, cell))
             if global_tokens:
-                parts["column"].append(first[:, :, 0])
+                # Copies: a view would keep each chunk's weights alive.
+                parts["column"].append(first[:, :, 0].copy())
                 if start == 0:
-                    global_row = first[:, 0]
+                    global_row = first[:, 0].copy()
         joined = {name: np.concatenate(values, axis=1) if values else None
                   for name, values in parts.items()}
         layers.append(LayerAttention(

@@ -28,12 +28,9 @@ the section "Long documents" of RESULTS.md.
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,15 +139,10 @@ print("RESULT " + json.dumps(dict(tokens=int(ids.shape[1]), seconds=seconds, pea
 
 
 def _run(template, arguments):
-    code = textwrap.dedent(template.format(repo=str(REPO), tokens=TOKENS, share=SHARE,
-                                           batch=BATCH))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(arguments)],
-                          capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(lines[-1][len("RESULT "):])
+    from results import run_measurement
+
+    return run_measurement(template.format(repo=str(REPO), tokens=TOKENS, share=SHARE,
+                                           batch=BATCH), arguments)
 
 
 def measure(options, steps, source="all_minilm_l6_v2"):

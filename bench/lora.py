@@ -8,7 +8,7 @@ training split in batches of 32. Reports test accuracy, training examples
 per second (after the first 20 steps, which trace the step), the size of a
 checkpoint (`zoo.lora.save_training_state`: weights and AdamW state, or
 adapters, head and their AdamW state), the process's peak resident memory,
-and the exported SavedModel's throughput answering 256 reviews a request in
+and the exported SavedModel's throughput answering 128 reviews a request in
 a process that imports only TensorFlow and tensorflow-text (its answers
 checked equal to `predict`'s to 1e-5). Writes the section "LoRA fine-tuning"
 of RESULTS.md.
@@ -17,12 +17,9 @@ of RESULTS.md.
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,12 +66,12 @@ accuracy = float(model.evaluate(test_texts, names[test_labels], batch_size=128, 
 trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
 checkpoint = save_training_state(model, os.path.join(folder, "state.weights.h5"))
 export = model.export(os.path.join(folder, "export"))
-probabilities = model.predict(test_texts[:256], batch_size=256, verbose=0)
+probabilities = model.predict(test_texts[:128], batch_size=128, verbose=0)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print("RESULT " + json.dumps(dict(
     accuracy=accuracy, examples_per_second=examples_per_second,
     checkpoint_bytes=os.path.getsize(checkpoint), peak=peak, trainable=trainable,
-    export=str(export), texts=[str(t) for t in test_texts[:256]],
+    export=str(export), texts=[str(t) for t in test_texts[:128]],
     probabilities=np.asarray(keras.ops.softmax(probabilities)).tolist())))
 """
 
@@ -100,14 +97,9 @@ print("RESULT " + json.dumps(dict(probabilities=answer["probabilities"].numpy().
 
 
 def _run(template, arguments):
-    code = textwrap.dedent(template.format(repo=str(REPO)))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(arguments)],
-                          capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(lines[-1][len("RESULT "):])
+    from results import run_measurement
+
+    return run_measurement(template.format(repo=str(REPO)), arguments)
 
 
 def main(argv=None):
@@ -146,7 +138,7 @@ def main(argv=None):
         "Accuracy on the fixed test split; training examples/s after the first 20 steps; the "
         "checkpoint a run writes (`zoo.lora.save_training_state`: the weights with AdamW's "
         "state, or the adapters and the head with theirs); the process's peak resident memory; "
-        "the exported SavedModel (adapters merged) answering 256 reviews a request in a "
+        "the exported SavedModel (adapters merged) answering 128 reviews a request in a "
         "process importing only TensorFlow and tensorflow-text, and the largest difference of "
         "its probabilities from `predict`'s.",
         "",

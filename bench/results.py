@@ -1,7 +1,13 @@
-"""What the benchmarks share: `fit` throughput, and writing one benchmark's
-section of bench/RESULTS.md while keeping the others."""
+"""What the benchmarks share: `fit` throughput, a measurement in a fresh
+process, and writing one benchmark's section of bench/RESULTS.md while
+keeping the others."""
 
+import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -35,6 +41,19 @@ def dataset_fit_throughput(model, data, examples, repeats):
         keras.Model.fit(model, data, epochs=1, verbose=0)
         rates.append(examples / (time.perf_counter() - start))
     return max(rates)
+
+
+def run_measurement(code, arguments):
+    """Runs Python `code` in a fresh process (its own peak memory) with
+    `arguments` as JSON in `sys.argv[1]`; returns what it printed as
+    `RESULT <json>`, or raises with the end of its stderr."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code), json.dumps(arguments)],
+                          capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def update_section(heading, body, path=RESULTS):

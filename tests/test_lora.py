@@ -139,3 +139,27 @@ def test_train_lora_rank_checkpoints_adapters_and_exports_them_merged(sentiment_
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1].startswith("error: --lora-rank")
     assert not (tmp_path / "scratch").exists()
+
+
+def test_the_image_classifier_fine_tunes_adapters_and_exports_them_merged(digits_sample, tmp_path):
+    import tensorflow as tf
+
+    from zoo import ImageClassifier, Translator
+
+    (images, labels), _ = digits_sample
+    keras.utils.set_random_seed(0)
+    model = ImageClassifier.from_preset("mnist_vit_micro", lora_rank=2)
+    assert model.lora["rank"] == 2
+    assert all("lora" in v.path for v in model.backbone.trainable_variables)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2))
+    model.fit(images[:64], labels[:64], epochs=1, batch_size=32, verbose=0)
+    version = model.export(tmp_path / "served")
+    served = tf.saved_model.load(str(version)).signatures["serving_default"]
+    encoded = [tf.io.encode_png(image[..., None]).numpy()
+               for image in np.asarray(images[:4], np.uint8)]
+    answer = served(image_bytes=tf.constant(encoded))["probabilities"].numpy()
+    expected = tf.nn.softmax(model.predict(images[:4], verbose=0)).numpy()
+    np.testing.assert_allclose(answer, expected, atol=1e-5)
+    # The translator is no backbone-and-head task: one clear refusal.
+    with pytest.raises(ValueError, match="LoRA adapters go on a task's backbone; Translator"):
+        Translator.from_preset("gramps_en_de_small", lora_rank=2)

@@ -30,8 +30,10 @@ from zoo.keras_compat import set_untracked
 
 # The peak learning rate of LoRA fine-tuning: the adapters start at zero and
 # train alone with the head, so they take larger steps than fine-tuning
-# every weight does (MiniLM: 1e-4).
-LORA_LEARNING_RATE = 1e-3
+# every weight does (MiniLM: 1e-4). On the sentiment split (rank 8, 2
+# epochs) 1e-3 scored 0.8388 and 2e-3 0.8435, against 0.8521 for every
+# weight at 1e-4 (bench/lora.py).
+LORA_LEARNING_RATE = 2e-3
 # How the adapters' file lists what it holds, beside the arrays.
 _INDEX = "index.json"
 

@@ -981,14 +981,19 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
     layout = BlockLayout.create(query, key, causal, window_size, query_offset,
                                 block_size, band)
     masks = BlockMasks.create(layout, query_mask, key_mask, attention_mask)
+    present = [name for name in ("query", "key", "explicit")
+               if getattr(masks, name) is not None]
 
+    # The masks are arguments, not closed over: JAX's custom gradients
+    # cannot capture the tensors of an enclosing trace (`jax.jit` under
+    # `jax.grad` fails to lower them), and they get no gradient.
     @ops.custom_gradient
-    def attend(queries, keys, values):
+    def attend(queries, keys, values, *mask_tensors):
+        masks = BlockMasks(**dict(zip(present, mask_tensors)))
         output, log_sum = blocked_forward(layout, masks, queries, keys, values)
 
         def grad(*args, upstream=None):
-            output_grad, log_sum_grad = (
-                args if upstream is None else tuple(upstream))
+            output_grad, log_sum_grad = _upstream_pair(args, upstream)
             output_grad = ops.cast(output_grad, queries.dtype)
             # D = rowsum(dO * O) - dL: the softmax gradient's row term, less
             # the log-sum-exp's own gradient (dL/dS_ij = P_ij).
@@ -999,15 +1004,16 @@ def blocked_attention(query, key, value, scale=None, query_mask=None,
             gradient_inputs = (layout, masks, queries, keys, values,
                                output_grad, log_sum, row_dot)
             if layout.band:
-                return blocked_band_gradient(*gradient_inputs)
-            query_grad = blocked_query_gradient(*gradient_inputs)
-            key_grad, value_grad = blocked_key_value_gradient(
-                *gradient_inputs)
-            return query_grad, key_grad, value_grad
+                gradients = blocked_band_gradient(*gradient_inputs)
+            else:
+                gradients = (blocked_query_gradient(*gradient_inputs),
+                             *blocked_key_value_gradient(*gradient_inputs))
+            return (*gradients, *(None for _ in mask_tensors))
 
         return (output, log_sum), grad
 
-    output, log_sum = attend(*layout.pack(query, key, value, scale))
+    output, log_sum = attend(*layout.pack(query, key, value, scale),
+                             *(getattr(masks, name) for name in present))
     output = layout.unpack_output(output)
     if not return_log_sum:
         return output
@@ -1093,6 +1099,15 @@ def merge_global_tokens(query, key, value, band_output, band_log_sum,
                                     scale=scale)
     return ops.concatenate(
         [rows, ops.cast(merged[:, g:], band_output.dtype)], axis=1)
+
+
+def _upstream_pair(args, upstream):
+    """The two upstream gradients of a two-output `ops.custom_gradient`:
+    TensorFlow passes them as two arguments, JAX as one tuple, and the
+    documented JAX form as `upstream=`."""
+    if upstream is None:
+        upstream = args[0] if len(args) == 1 else args
+    return tuple(upstream)
 
 
 def _blocks(x, axis, block, num_blocks):

@@ -217,6 +217,12 @@ class MultiHead(BaseAttention):
     # Code written against `keras.layers.MultiHeadAttention` reads them
     # (weight surgery, LoRA, quantization checks), so they point at ours.
     @property
+    def _flash_attention(self):
+        # Keras's layer keeps the argument under this private name, which
+        # code written for that layer reads (Keras's own test file included).
+        return self.flash_attention
+
+    @property
     def _query_dense(self):
         return self.query_dense
 
@@ -274,7 +280,8 @@ class MultiHead(BaseAttention):
         if self.flash_attention and return_attention_scores:
             raise ValueError(
                 "Returning attention scores is not supported when flash "
-                "attention is enabled. Received: return_attention_scores=True"
+                "attention is enabled. Please disable flash attention to "
+                "access attention scores. Received: return_attention_scores=True"
             )
         self_attention = (value is None or value is query) and (
             key is None or key is query
@@ -478,16 +485,26 @@ class MultiHead(BaseAttention):
             # Keys and values written together: one select over the cache.
             new = ops.stack((self.key_dense(key), self.value_dense(value)), axis=1)
             cache = _write_at(cache, new, cache_update_index)
-            # Attend only to the filled part, so step t costs O(t).
-            batch, _, _, heads, width = kernels.static_or_dynamic_shape(cache)
+            batch, _, length, heads, width = kernels.static_or_dynamic_shape(cache)
             steps = kernels.static_or_dynamic_shape(query)[1]
-            filled = ops.slice(cache, (0, 0, 0, 0, 0),
-                               (batch, 2, cache_update_index + steps, heads, width))
-            key_heads, value_heads = filled[:, 0], filled[:, 1]
-            # One query at the newest position may see every filled key:
-            # no causal mask to build at each decoding step.
-            offset, key_mask = cache_update_index, None
-            causal = not (isinstance(steps, int) and steps == 1)
+            offset = cache_update_index
+            if _static_shapes_only() and not isinstance(cache_update_index, int):
+                # JAX compiles static shapes: a traced index cannot size a
+                # slice, so the whole cache is read, its unfilled end masked.
+                key_heads, value_heads = cache[:, 0], cache[:, 1]
+                filled = ops.arange(length, dtype="int32") < ops.cast(
+                    cache_update_index + steps, "int32")
+                key_mask = ops.broadcast_to(filled[None], (batch, length))
+                causal = True
+            else:
+                # Attend only to the filled part, so step t costs O(t).
+                filled = ops.slice(cache, (0, 0, 0, 0, 0),
+                                   (batch, 2, cache_update_index + steps, heads, width))
+                key_heads, value_heads = filled[:, 0], filled[:, 1]
+                # One query at the newest position may see every filled key:
+                # no causal mask to build at each decoding step.
+                key_mask = None
+                causal = not (isinstance(steps, int) and steps == 1)
         output, scores = self._attend(
             query_heads, key_heads, value_heads, query_mask, key_mask,
             attention_mask, causal, training, return_attention_scores,
@@ -653,6 +670,11 @@ def _product(dims):
     for dim in dims:
         result = result * dim
     return result
+
+
+def _static_shapes_only():
+    """Whether the backend compiles only static shapes (JAX)."""
+    return keras.backend.backend() == "jax"
 
 
 def _write_at(cache, new, index):

@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,jax]'
 	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $@
 
@@ -33,6 +33,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 test: install
 	TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 \
 	    $(BIN)/python -m pytest -n 2 --dist loadfile --durations=20
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -n 2 --dist loadfile $(LAYER_TESTS)
+
+# The layer test files, run a second time on JAX by `make test` (the zoo is
+# TensorFlow's: tokenization, SavedModel export, tf.distribute).
+LAYER_TESTS := tests/test_layer_numerics.py tests/test_mask_properties.py \
+	tests/test_blocked_kernel.py tests/test_global_tokens.py tests/test_building_blocks.py \
+	tests/test_runtime.py tests/test_serialization.py tests/test_bad_input.py \
+	tests/test_keras_mha_suite.py tests/test_multi_head_keras_parity.py
 
 # The main job: fine-tune the MiniLM checkpoint (read offline from its package)
 # on the embedded sentiment data, print the held-out report next to the figures

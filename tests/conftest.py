@@ -43,9 +43,12 @@ def rng():
     return np.random.default_rng(1234)
 
 
-def run_python(code, cwd, timeout=300):
-    """Runs `code` in a fresh interpreter; returns its stdout, failing loudly."""
+def run_python(code, cwd, timeout=300, backend=None):
+    """Runs `code` in a fresh interpreter (on Keras `backend`, default this
+    process's); returns its stdout, failing loudly."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    if backend is not None:
+        env["KERAS_BACKEND"] = backend
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,

@@ -5,9 +5,10 @@ that no `(B, H, T_q, T_k)` tensor exists in its forward or backward graph."""
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 import reference as ref
+from backend import compiled, gradients, largest_training_tensor, numpy
 from keras_selfattn import MultiHead, SelfAttention, kernels
 
 SCALE = 0.4
@@ -59,14 +60,16 @@ def reference_loss(q, k, v, upstream, allowed):
     return float(np.sum(out * upstream)), out
 
 
-def tf_inputs(q, k, v, masks):
-    tensors = [tf.constant(x, tf.float32) for x in (q, k, v)]
-    tf_masks = dict(masks)
+def tensor_inputs(q, k, v, masks):
+    """`(q, k, v)` as float32 tensors of the backend, and `masks` with the
+    attention mask normalized as the layers pass it."""
+    tensors = [ops.convert_to_tensor(np.asarray(x, np.float32)) for x in (q, k, v)]
+    tensor_masks = dict(masks)
     if "attention_mask" in masks:
-        tf_masks["attention_mask"] = kernels.normalize_attention_mask(
-            tf.constant(masks["attention_mask"]), q.shape[1], k.shape[1]
+        tensor_masks["attention_mask"] = kernels.normalize_attention_mask(
+            ops.convert_to_tensor(masks["attention_mask"]), q.shape[1], k.shape[1]
         )
-    return tensors, tf_masks
+    return tensors, tensor_masks
 
 
 MASK_KINDS = {
@@ -89,13 +92,11 @@ MASK_KINDS = {
 def test_values_and_gradients_match_float64_reference(rng, kind, block_size):
     options = dict(MASK_KINDS[kind])
     q, k, v, masks = random_case(rng, **options)
-    upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],))
-    (tq, tk, tv), tf_masks = tf_inputs(q, k, v, masks)
-    with tf.GradientTape() as tape:
-        tape.watch([tq, tk, tv])
-        out = blocked(tq, tk, tv, tf_masks, block_size)
-        loss = tf.reduce_sum(out * tf.constant(upstream, tf.float32))
-    grads = [np.asarray(g) for g in tape.gradient(loss, [tq, tk, tv])]
+    upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],)).astype("float32")
+    (tq, tk, tv), tensor_masks = tensor_inputs(q, k, v, masks)
+    out = blocked(tq, tk, tv, tensor_masks, block_size)
+    grads = gradients(lambda a, b, c: ops.sum(blocked(a, b, c, tensor_masks, block_size)
+                                              * upstream), [tq, tk, tv])
 
     allowed = allowed_of(q, k, masks)
     _, expected = reference_loss(q, k, v, upstream, allowed)
@@ -146,34 +147,36 @@ def test_each_scan_alone_matches_the_softmax_derivatives(rng, kind):
     options = dict(MASK_KINDS[kind])
     q, k, v, masks = random_case(rng, q_len=options.pop("q_len", 21), k_len=options.pop("k_len", 19),
                                  **options)
-    upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],))
-    (tq, tk, tv), tf_masks = tf_inputs(q, k, v, masks)
+    upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],)).astype("float32")
+    (tq, tk, tv), tensor_masks = tensor_inputs(q, k, v, masks)
     layout = kernels.BlockLayout.create(
         tq, tk, masks.get("causal", False), masks.get("window_size"),
         masks.get("query_offset", 0), block_size=4, band=masks.get("band", False))
     block_masks = kernels.BlockMasks.create(
-        layout, tf_masks.get("query_mask"), tf_masks.get("key_mask"),
-        tf_masks.get("attention_mask"))
+        layout, tensor_masks.get("query_mask"), tensor_masks.get("key_mask"),
+        tensor_masks.get("attention_mask"))
     queries, keys, values = layout.pack(tq, tk, tv, SCALE)
-    packed_upstream = layout.pack(tf.constant(upstream, tf.float32), tk, tv, 1.0)[0]
+    packed_upstream = layout.pack(ops.convert_to_tensor(upstream), tk, tv, 1.0)[0]
     expected = softmax_derivatives(q, k, v, upstream, allowed_of(q, k, masks))
 
     output, log_sum = kernels.blocked_forward(layout, block_masks, queries, keys, values)
-    np.testing.assert_allclose(layout.unpack_output(output), expected["output"], atol=2e-5)
-    np.testing.assert_allclose(layout.unpack_rows(log_sum), expected["log_sum"], rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(numpy(layout.unpack_output(output)), expected["output"], atol=2e-5)
+    np.testing.assert_allclose(numpy(layout.unpack_rows(log_sum)), expected["log_sum"], rtol=1e-5,
+                               atol=2e-5)
 
-    row_dot = tf.reduce_sum(packed_upstream * output, axis=-1)
+    row_dot = ops.sum(packed_upstream * output, axis=-1)
     gradient_inputs = (layout, block_masks, queries, keys, values, packed_upstream, log_sum,
                        row_dot)
     query_grad = kernels.blocked_query_gradient(*gradient_inputs)
-    np.testing.assert_allclose(layout.unpack_output(query_grad), expected["query"], atol=2e-5)
+    np.testing.assert_allclose(numpy(layout.unpack_output(query_grad)), expected["query"],
+                               atol=2e-5)
     key_grad, value_grad = kernels.blocked_key_value_gradient(*gradient_inputs)
     gradients = {"key_value": (query_grad, key_grad, value_grad)}
     if layout.band:
         gradients["band, one scan"] = kernels.blocked_band_gradient(*gradient_inputs)
     for scans, (query_grad, key_grad, value_grad) in gradients.items():
-        np.testing.assert_allclose(layout.unpack_output(query_grad), expected["query"], atol=2e-5,
-                                   err_msg=scans)
+        np.testing.assert_allclose(numpy(layout.unpack_output(query_grad)), expected["query"],
+                                   atol=2e-5, err_msg=scans)
         for got, name in ((key_grad, "key"), (value_grad, "value")):
             got = np.transpose(np.asarray(got), (0, 2, 1, 3))[:, :k.shape[1]]
             np.testing.assert_allclose(got, expected[name], atol=2e-5, err_msg=f"{scans}: {name}")
@@ -182,53 +185,46 @@ def test_each_scan_alone_matches_the_softmax_derivatives(rng, kind):
 def test_gradients_equal_dense_kernel_autodiff(rng):
     q, k, v, masks = random_case(rng, q_len=37, k_len=29, padding=True, causal=True,
                                  explicit=True)
-    (tq, tk, tv), tf_masks = tf_inputs(q, k, v, masks)
+    (tq, tk, tv), tensor_masks = tensor_inputs(q, k, v, masks)
     dense_mask = kernels.dense_attention_mask(
-        37, 29, tf_masks["query_mask"], tf_masks["key_mask"],
-        tf_masks["attention_mask"], causal=True,
+        37, 29, tensor_masks["query_mask"], tensor_masks["key_mask"],
+        tensor_masks["attention_mask"], causal=True,
     )
-    results = []
-    for attend in (lambda a, b, c: blocked(a, b, c, tf_masks, 8),
-                   lambda a, b, c: kernels.dot_product_attention(a, b, c, dense_mask, SCALE)[0]):
-        with tf.GradientTape() as tape:
-            tape.watch([tq, tk, tv])
-            loss = tf.reduce_sum(tf.sin(attend(tq, tk, tv)))
-        results.append(tape.gradient(loss, [tq, tk, tv]))
+    results = [
+        gradients(lambda a, b, c: ops.sum(ops.sin(attend(a, b, c))), [tq, tk, tv])
+        for attend in (lambda a, b, c: blocked(a, b, c, tensor_masks, 8),
+                       lambda a, b, c: kernels.dot_product_attention(a, b, c, dense_mask,
+                                                                     SCALE)[0])]
     for ours, dense in zip(*results):
-        np.testing.assert_allclose(np.asarray(ours), np.asarray(dense), atol=1e-5)
+        np.testing.assert_allclose(ours, dense, atol=1e-5)
 
 
 def test_fully_masked_rows_give_zero_output_and_gradients(rng):
     q, k, v, _ = random_case(rng)
     key_mask = np.zeros((2, 11), bool)
     key_mask[1, :4] = True  # batch 0 sees no key at all
-    (tq, tk, tv), _ = tf_inputs(q, k, v, {})
-    with tf.GradientTape() as tape:
-        tape.watch([tq, tk, tv])
-        out = blocked(tq, tk, tv, {"key_mask": key_mask}, 4)
-        loss = tf.reduce_sum(out ** 2)
-    grads = tape.gradient(loss, [tq, tk, tv])
-    assert np.all(np.asarray(out)[0] == 0)
+    (tq, tk, tv), _ = tensor_inputs(q, k, v, {})
+    out = blocked(tq, tk, tv, {"key_mask": key_mask}, 4)
+    grads = gradients(lambda a, b, c: ops.sum(blocked(a, b, c, {"key_mask": key_mask}, 4) ** 2),
+                      [tq, tk, tv])
+    assert np.all(numpy(out)[0] == 0)
     for grad in grads:
-        assert np.all(np.isfinite(np.asarray(grad)))
-    assert np.all(np.asarray(grads[0])[0] == 0)
-    assert np.all(np.asarray(grads[1])[1, 4:] == 0)  # masked keys learn nothing
+        assert np.all(np.isfinite(grad))
+    assert np.all(grads[0][0] == 0)
+    assert np.all(grads[1][1, 4:] == 0)  # masked keys learn nothing
 
 
 def test_compiles_with_xla_and_gives_the_same_gradients(rng):
     q, k, v, masks = random_case(rng, padding=True, causal=True)
-    (tq, tk, tv), tf_masks = tf_inputs(q, k, v, masks)
+    (tq, tk, tv), tensor_masks = tensor_inputs(q, k, v, masks)
 
-    def step(a, b, c):
-        with tf.GradientTape() as tape:
-            tape.watch([a, b, c])
-            loss = tf.reduce_sum(tf.square(blocked(a, b, c, tf_masks, 4)))
-        return tape.gradient(loss, [a, b, c])
+    def loss(a, b, c):
+        return ops.sum(ops.square(blocked(a, b, c, tensor_masks, 4)))
 
-    plain = tf.function(step)(tq, tk, tv)
-    compiled = tf.function(step, jit_compile=True)(tq, tk, tv)
-    for a, b in zip(plain, compiled):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    plain = gradients(loss, [tq, tk, tv])
+    xla = gradients(compiled(loss), [tq, tk, tv])
+    for a, b in zip(plain, xla):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_no_tensor_of_the_full_score_size_in_forward_or_backward():
@@ -236,35 +232,13 @@ def test_no_tensor_of_the_full_score_size_in_forward_or_backward():
     batch, length, heads, width = 1, 4096, 8, 2
     layer = MultiHead(heads, width, attention_impl="blocked")
     layer.build((batch, length, 16))
-
-    @tf.function
-    def train_step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(tf.square(layer(x, use_causal_mask=True)))
-        return tape.gradient(loss, [x] + layer.trainable_weights)
-
-    graph = train_step.get_concrete_function(
-        tf.TensorSpec((batch, length, 16))
-    ).graph
     full_scores = batch * heads * length * length
-    largest = 0
-    for graph_or_body in _graphs(graph):
-        for op in graph_or_body.get_operations():
-            for output in op.outputs:
-                shape = output.shape
-                if shape.rank is not None and shape.is_fully_defined():
-                    largest = max(largest, int(np.prod(shape)))
+    largest = largest_training_tensor(
+        lambda x: ops.sum(ops.square(layer(x, use_causal_mask=True))), (batch, length, 16),
+        layer.trainable_weights)
     # The blocks' scores are the largest tensors: seen (so the loop bodies
     # were searched), and a small share of the full scores.
     assert full_scores // 64 <= largest <= full_scores // 8, (largest, full_scores)
-
-
-def _graphs(graph):
-    """The graph and the bodies of its loops and gradient functions."""
-    yield graph
-    for function in graph._functions.values():
-        yield from _graphs(function.graph) if hasattr(function, "graph") else ()
 
 
 def test_dense_kernel_is_what_auto_picks_for_small_scores_and_config_keeps_it():
@@ -289,15 +263,13 @@ def test_mixed_float16_blocked_layer_matches_float32(rng, layer_class):
     half.build(x.shape)
     half.set_weights(full.get_weights())
     expected = np.asarray(full(x, use_causal_mask=True))
-    xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        out = half(xt, use_causal_mask=True)
-        loss = tf.reduce_sum(tf.cast(out, tf.float32) ** 2)
-    grads = tape.gradient(loss, [xt] + half.trainable_weights)
-    assert out.dtype == tf.float16
-    np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=1e-2)
-    assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+    out = half(x, use_causal_mask=True)
+    grads = gradients(
+        lambda v: ops.sum(ops.cast(half(v, use_causal_mask=True), "float32") ** 2), [x],
+        half.trainable_weights)
+    assert keras.backend.standardize_dtype(out.dtype) == "float16"
+    np.testing.assert_allclose(numpy(out).astype(np.float32), expected, atol=1e-2)
+    assert all(np.all(np.isfinite(g)) for g in grads)
 
 
 def test_dropout_in_training_takes_the_dense_kernel(rng):

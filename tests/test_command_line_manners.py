@@ -224,3 +224,26 @@ def test_a_small_validation_split_is_one_warning_and_a_validation_file_replaces_
     assert len(train[0]) == 12 and list(validation[0]) == [f"text {i}" for i in range(6)]
     assert np.asarray(validation[1]).tolist() == ["a", "b"] * 3
     assert "warning" not in capsys.readouterr().out
+
+
+def test_the_zoo_on_another_backend_is_one_clear_error(tmp_path):
+    """The layers run on JAX; the zoo (tensorflow-text, SavedModel,
+    tf.distribute) says in one message that it needs TensorFlow."""
+    import importlib.util
+
+    import pytest
+
+    from conftest import environment
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("the jax extra is not installed")  # `make test` installs it
+    done = subprocess.run([sys.executable, "-c", "import zoo"], cwd=tmp_path,
+                          env=environment(KERAS_BACKEND="jax"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "ImportError: The zoo runs on Keras's TensorFlow backend, and this process runs on "
+        "'jax' (KERAS_BACKEND): set KERAS_BACKEND=tensorflow to use it. The layers of "
+        "keras_selfattn run on JAX as on TensorFlow.")
+    assert len(lines) <= 6, done.stderr  # the import line, not a deep traceback

@@ -3,11 +3,12 @@ columns, against float64 references, forward and backward, and never T x T."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 import reference as ref
+from backend import gradients, largest_training_tensor
 from keras_selfattn import LocalWindow, kernels
-from test_blocked_kernel import SCALE, _graphs, random_case, tf_inputs
+from test_blocked_kernel import SCALE, random_case, tensor_inputs
 
 CASES = {
     "plain": dict(),
@@ -41,13 +42,11 @@ def reference_loss(q, k, v, upstream, masks, global_tokens):
 @pytest.mark.parametrize("global_tokens", [1, 3])
 def test_values_and_gradients_match_float64_reference(rng, kind, global_tokens):
     q, k, v, masks = random_case(rng, q_len=23, k_len=23, window_size=3, **CASES[kind])
-    upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],))
-    (tq, tk, tv), tf_masks = tf_inputs(q, k, v, masks)
-    with tf.GradientTape() as tape:
-        tape.watch([tq, tk, tv])
-        out = band_with_global_tokens(tq, tk, tv, tf_masks, global_tokens)
-        loss = tf.reduce_sum(out * tf.constant(upstream, tf.float32))
-    grads = [np.asarray(g) for g in tape.gradient(loss, [tq, tk, tv])]
+    upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],)).astype("float32")
+    (tq, tk, tv), tensor_masks = tensor_inputs(q, k, v, masks)
+    out = band_with_global_tokens(tq, tk, tv, tensor_masks, global_tokens)
+    grads = gradients(lambda a, b, c: ops.sum(
+        band_with_global_tokens(a, b, c, tensor_masks, global_tokens) * upstream), [tq, tk, tv])
     _, expected = reference_loss(q, k, v, upstream, masks, global_tokens)
     np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5)
     # Central differences at a global row (0), a row near it and one far away.
@@ -58,27 +57,26 @@ def test_values_and_gradients_match_float64_reference(rng, kind, global_tokens):
 
 def test_layer_blocked_path_equals_its_dense_path_with_padding(rng):
     layer = LocalWindow(num_heads=4, key_dim=8, window_size=8, global_tokens=1)
-    x = tf.constant(rng.normal(size=(2, 200, 32)), tf.float32)
-    mask = tf.constant(ref.random_padding_mask(rng, 2, 200, 150))
+    x = rng.normal(size=(2, 200, 32)).astype("float32")
+    mask = ref.random_padding_mask(rng, 2, 200, 150)
     blocked = layer(x, mask=mask)  # T = 200 is past the dense cut-over: the blocked kernel
     dense, scores = layer(x, mask=mask, return_attention_scores=True)
-    valid = mask.numpy()
+    valid = mask
     np.testing.assert_allclose(np.asarray(blocked)[valid], np.asarray(dense)[valid], atol=1e-5)
     weights = np.asarray(scores)
     # Row 0 attends to every valid key; every valid row attends to key 0.
     assert (weights[0, :, 0, :][:, valid[0]] > 0).all()
     assert (weights[0, :, valid[0], 0] > 0).all()
     # Gradients of both paths agree.
-    grads = []
-    for dense_path in (False, True):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = layer(x, mask=mask, return_attention_scores=dense_path)
-            out = out[0] if dense_path else out
-            loss = tf.reduce_sum(tf.sin(out) * tf.cast(mask, tf.float32)[..., None])
-        grads.append(tape.gradient(loss, [x] + layer.trainable_weights))
+    def loss(v, dense_path):
+        out = layer(v, mask=mask, return_attention_scores=dense_path)
+        out = out[0] if dense_path else out
+        return ops.sum(ops.sin(out) * mask.astype("float32")[..., None])
+
+    grads = [gradients(lambda v: loss(v, dense_path), [x], layer.trainable_weights)
+             for dense_path in (False, True)]
     for ours, theirs in zip(*grads):
-        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-4)
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
 def test_padding_never_reaches_valid_outputs_and_empty_rows_are_finite(rng):
@@ -87,7 +85,7 @@ def test_padding_never_reaches_valid_outputs_and_empty_rows_are_finite(rng):
     mask = ref.random_padding_mask(rng, 3, 120, 40)
     mask[2] = False  # a sequence with nothing valid
     changed = np.where(mask[..., None], x, rng.normal(size=x.shape) * 100).astype("float32")
-    a, b = (np.asarray(layer(tf.constant(v), mask=tf.constant(mask))) for v in (x, changed))
+    a, b = (np.asarray(layer(v, mask=mask)) for v in (x, changed))
     np.testing.assert_allclose(a[mask], b[mask], atol=1e-5)
     assert np.isfinite(a).all() and np.isfinite(b).all()
 
@@ -96,21 +94,8 @@ def test_no_tensor_of_the_full_score_size_in_forward_or_backward():
     batch, length, heads = 1, 4096, 4
     layer = LocalWindow(heads, 2, window_size=64, global_tokens=1)
     layer.build((batch, length, 8))
-
-    @tf.function
-    def train_step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(tf.square(layer(x)))
-        return tape.gradient(loss, [x] + layer.trainable_weights)
-
-    graph = train_step.get_concrete_function(tf.TensorSpec((batch, length, 8))).graph
-    largest = 0
-    for body in _graphs(graph):
-        for op in body.get_operations():
-            for output in op.outputs:
-                if output.shape.rank is not None and output.shape.is_fully_defined():
-                    largest = max(largest, int(np.prod(output.shape)))
+    largest = largest_training_tensor(lambda x: ops.sum(ops.square(layer(x))),
+                                      (batch, length, 8), layer.trainable_weights)
     assert largest <= batch * heads * length * length // 16, largest
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from backend import gradients, tensorflow_only
 from keras_selfattn import Additive, LocalWindow, MultiHead, SelfAttention
 
 B, T, D = 3, 11, 8
@@ -123,6 +124,7 @@ def test_local_window_matches_reference(rng, case, window):
     np.testing.assert_allclose(weights, expected_w, atol=2e-6)
 
 
+@tensorflow_only
 @pytest.mark.parametrize("case", MASK_CASES)
 def test_local_window_dynamic_length_takes_blockwise_path(rng, case):
     """Inside a graph with unknown T, the blockwise kernel runs for any T."""
@@ -173,20 +175,17 @@ def test_additive_matches_reference(rng, case, heads, window, chunk):
 
 def test_additive_chunked_gradient_matches_unchunked(rng):
     """The custom chunked gradient equals autodiff through the plain formula."""
-    import tensorflow as tf
+    from keras import ops
 
-    x = tf.constant(rng.normal(size=(2, 9, D)).astype("float32"))
+    x = rng.normal(size=(2, 9, D)).astype("float32")
     chunked = Additive(units=4, num_heads=2, query_chunk_size=2)
     whole = Additive(units=4, num_heads=2, query_chunk_size=9)
     chunked.build(x.shape)
     whole.build(x.shape)
     whole.set_weights(chunked.get_weights())
-    grads = []
-    for layer in (chunked, whole):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(tf.sin(layer(x, use_causal_mask=True)))
-        grads.append(tape.gradient(loss, [x] + layer.trainable_weights))
+    grads = [gradients(lambda v: ops.sum(ops.sin(layer(v, use_causal_mask=True))), [x],
+                       layer.trainable_weights)
+             for layer in (chunked, whole)]
     for a, b in zip(*grads):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
@@ -216,7 +215,7 @@ def test_local_window_training_path_matches_reference_and_dense_gradients(rng, c
     (here 3 blocks of 64): values against the float64 reference, gradients
     against autodiff through `MultiHead(sliding_window=...)`'s dense path."""
     import keras
-    import tensorflow as tf
+    from keras import ops
 
     keras.utils.set_random_seed(0)  # the layers' weights, for a fixed tolerance
     batch, length, window = 2, 150, 5
@@ -224,7 +223,7 @@ def test_local_window_training_path_matches_reference_and_dense_gradients(rng, c
     causal = options.get("causal", False)
     padding = ref.random_padding_mask(rng, batch, length, 1) if options.get("padding") else None
     explicit = rng.random((batch, length, length)) < 0.7 if options.get("explicit") else None
-    x = tf.constant(rng.normal(size=(batch, length, D)).astype("float32"))
+    x = rng.normal(size=(batch, length, D)).astype("float32")
     local = LocalWindow(2, 4, window_size=window, bias_initializer="random_normal")
     dense = MultiHead(2, 4, sliding_window=window, attention_impl="dense")
     local.build(x.shape)
@@ -236,11 +235,8 @@ def test_local_window_training_path_matches_reference_and_dense_gradients(rng, c
                         (dense, lambda v: dense(v, query_mask=padding, value_mask=padding,
                                                 attention_mask=explicit,
                                                 use_causal_mask=causal))):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = call(x)
-            loss = tf.reduce_sum(tf.sin(out))
-        results.append([out] + tape.gradient(loss, [x] + layer.trainable_weights))
+        results.append([call(x)] + gradients(lambda v: ops.sum(ops.sin(call(v))), [x],
+                                             layer.trainable_weights))
     allowed = ref.allowed_positions(batch, length, length, padding, padding, explicit,
                                     causal, window)
     expected, _ = ref.multi_head(local, np.asarray(x), allowed=allowed)

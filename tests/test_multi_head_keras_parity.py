@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from backend import BACKEND
 from keras_selfattn import LocalWindow, MultiHead
 
 ARGUMENT_SPACE = [
@@ -22,11 +23,21 @@ ARGUMENT_SPACE = [
 ]
 
 
+def keras_output(theirs, *args, **kwargs):
+    """Keras's output. On JAX, Keras 3.15's layer hands heads whose value
+    width differs from the key width to `jax.nn.dot_product_attention`,
+    which refuses them (`value shape should be ...`); its path that returns
+    the weights computes the same output, so the comparison reads that."""
+    if BACKEND == "jax" and theirs._value_dim != theirs._key_dim:
+        return theirs(*args, return_attention_scores=True, **kwargs)[0]
+    return theirs(*args, **kwargs)
+
+
 def paired(kwargs, query, value=None, key=None, impl="auto"):
     ours = MultiHead(**kwargs, bias_initializer="random_normal", attention_impl=impl)
     theirs = keras.layers.MultiHeadAttention(**kwargs, bias_initializer="random_normal")
     value = query if value is None else value
-    theirs(query, value, key)
+    keras_output(theirs, query, value, key)
     ours(query, value, key)
     assert [w.shape for w in ours.weights] == [w.shape for w in theirs.weights]
     ours.set_weights(theirs.get_weights())
@@ -54,7 +65,7 @@ def test_same_results_as_keras(rng, kwargs, causal, impl):
     shape = (2, 3, 5, 6) if rank4 else (2, 7, 6)
     query = rng.normal(size=shape).astype("float32")
     ours, theirs = paired(kwargs, query, impl=impl)
-    expected = theirs(query, query, use_causal_mask=causal)
+    expected = keras_output(theirs, query, query, use_causal_mask=causal)
     np.testing.assert_allclose(ours(query, use_causal_mask=causal), expected, atol=2e-5)
     # With value passed explicitly as the same tensor (the Keras idiom) too.
     np.testing.assert_allclose(ours(query, query, use_causal_mask=causal), expected, atol=2e-5)

@@ -1,12 +1,13 @@
-"""XLA, `fit`, mixed precision and `tf.distribute` for every attention layer."""
+"""XLA (`tf.function(jit_compile=True)`, `jax.jit`), `fit`, mixed precision
+and `tf.distribute` for every attention layer."""
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import reference as ref
 import keras_selfattn as ksa
+from backend import compiled, numpy, tensorflow_only
 
 FACTORIES = {
     "self_attention": lambda **kw: ksa.SelfAttention(**kw),
@@ -28,8 +29,8 @@ def test_jit_compiled_call_equals_eager(rng, name):
     x = rng.normal(size=(2, 10, 8)).astype("float32")
     mask = ref.random_padding_mask(rng, 2, 10, 1)
     eager = np.asarray(call(layer, x, mask))
-    compiled = tf.function(lambda a, m: call(layer, a, m), jit_compile=True)
-    np.testing.assert_allclose(compiled(x, mask).numpy(), eager, atol=1e-5)
+    xla = compiled(lambda a, m: call(layer, a, m))
+    np.testing.assert_allclose(numpy(xla(x, mask)), eager, atol=1e-5)
 
 
 def stacked_model(seed=0):
@@ -63,6 +64,7 @@ def test_fit_with_xla_learns(rng):
     assert losses[-1] < losses[0]
 
 
+@tensorflow_only
 def test_mirrored_strategy_step_equals_single_device_step(mirrored_strategy):
     ids, labels = toy_data(32)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -83,7 +85,8 @@ def large_logit_inputs(layer, rng, target=1e4):
     x = rng.normal(size=(2, 9, 8))
     layer.build((None, None, 8))
     if isinstance(layer, ksa.Additive):
-        layer.score_vector.assign(layer.score_vector.numpy() * target / np.abs(layer.score_vector.numpy()).sum(-1, keepdims=True))
+        vector = numpy(layer.score_vector)
+        layer.score_vector.assign(vector * target / np.abs(vector).sum(-1, keepdims=True))
         return x.astype("float32")
     q = ref.project(x, layer.query_dense.kernel)
     k = ref.project(x, layer.key_dense.kernel)
@@ -100,9 +103,9 @@ def test_mixed_precision_with_logits_near_1e4(rng, name, policy):
     mask = np.ones((2, 9), bool)
     mask[1, 5:] = False
     out, weights = call(layer, x, mask, causal=False, return_attention_scores=True)
-    assert out.dtype == policy.split("_")[1]
-    w = np.asarray(weights, np.float32)
-    assert np.all(np.isfinite(np.asarray(out, np.float32))) and np.all(np.isfinite(w))
+    assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
+    w = numpy(weights).astype(np.float32)
+    assert np.all(np.isfinite(numpy(out).astype(np.float32))) and np.all(np.isfinite(w))
     # Masked keys get exactly nothing; every valid row sums to 1.
     assert np.all(w[1, :, :, 5:] == 0)
     np.testing.assert_allclose(w.sum(-1)[0], 1.0, atol=1e-2)

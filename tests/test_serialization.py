@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 import keras_selfattn as ksa
+from backend import BACKEND, tensorflow_only
 from conftest import run_python
+
+# Where a `.keras` file written here is loaded back: this process's backend
+# and every other one installed (TensorFlow always; JAX with the `jax` extra).
+LOADING_BACKENDS = ["tensorflow"] + [
+    name for name, module in (("jax", "jax"), ("torch", "torch"))
+    if __import__("importlib.util").util.find_spec(module) is not None]
 
 VOCAB, LENGTH, WIDTH = 50, 12, 16
 
@@ -63,33 +70,44 @@ def saved(tmp_path_factory):
         np.save(folder / f"{name}_inputs.npy", inputs)
         np.save(folder / f"{name}_expected.npy", model.predict(inputs, verbose=0))
         model.save(folder / f"{name}.keras")
-        model.export(str(folder / f"{name}_savedmodel"), verbose=False)
+        if BACKEND == "tensorflow":
+            model.export(str(folder / f"{name}_savedmodel"), verbose=False)
         names.append(name)
     (folder / "names.json").write_text(json.dumps(names))
     return folder
 
 
 @pytest.mark.slow
-def test_keras_file_loads_in_fresh_process_with_only_keras_and_package(saved):
+@pytest.mark.parametrize("loading_backend", LOADING_BACKENDS)
+def test_keras_file_loads_in_fresh_process_with_only_keras_and_package(saved, loading_backend):
+    """Identical predictions on the backend that saved it; on another
+    backend (saved on TensorFlow, loaded on JAX, and back) equal to float32
+    rounding."""
     out = run_python(
-        """
+        f"""
         import json, sys
         import numpy as np
         import keras
         import keras_selfattn  # registers the layers; no custom_objects
+        assert keras.backend.backend() == {loading_backend!r}
         for name in json.load(open("names.json")):
-            model = keras.saving.load_model(f"{name}.keras")
-            got = model.predict(np.load(f"{name}_inputs.npy"), verbose=0)
-            np.testing.assert_array_equal(got, np.load(f"{name}_expected.npy"))
+            model = keras.saving.load_model(f"{{name}}.keras")
+            got = np.asarray(model.predict(np.load(f"{{name}}_inputs.npy"), verbose=0))
+            expected = np.load(f"{{name}}_expected.npy")
+            if {loading_backend == BACKEND!r}:
+                np.testing.assert_array_equal(got, expected)
+            else:
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
             print("identical", name)
         assert "keras_hub" not in sys.modules
         """,
-        cwd=saved,
+        cwd=saved, backend=loading_backend,
     )
     assert out.count("identical") == 6
 
 
 @pytest.mark.slow
+@tensorflow_only
 def test_saved_model_answers_in_fresh_process_with_only_tensorflow(saved):
     out = run_python(
         """

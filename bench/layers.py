@@ -8,12 +8,19 @@ own. A watchdog ends a measurement whose memory passes `--memory-limit-gb`
 ceiling (a 2048^3 float32 matmul, measured in the same run) that its useful
 matmul work reaches.
 
-Usage: `make bench` or `python bench/layers.py [--quick] [--only KIND] [--out bench/RESULTS.md]`;
-raw figures are kept in bench/layers_results.json so `--only` can refresh one pair.
+`--backend jax` measures the same on Keras's JAX backend against Keras's
+layers on JAX (every step compiled by `jax.jit`, so there is no separate XLA
+row) at T = 512, 2048 and 8192, and ours at 32768, into the section
+"Attention layers on JAX".
+
+Usage: `make bench` or `python bench/layers.py [--backend jax] [--quick] [--only KIND] [--out bench/RESULTS.md]`;
+raw figures are kept in bench/layers_results.json (bench/layers_results_jax.json) so `--only`
+can refresh one pair.
 """
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -90,15 +97,25 @@ def useful_flops(kind, batch, length):
 def measure_ceiling():
     """Runs in the child: best GFLOP/s of a 2048^3 float32 matmul."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    import keras
 
-    a, b = tf.random.normal((2048, 2048)), tf.random.normal((2048, 2048))
-    matmul = tf.function(tf.matmul)
-    matmul(a, b).numpy()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        a = jax.random.normal(jax.random.PRNGKey(0), (2048, 2048))
+        matmul = jax.jit(lambda x, y: x @ y)
+        run = lambda: matmul(a, a).block_until_ready()  # noqa: E731
+    else:
+        import tensorflow as tf
+
+        a, b = tf.random.normal((2048, 2048)), tf.random.normal((2048, 2048))
+        matmul = tf.function(tf.matmul)
+        run = lambda: matmul(a, b).numpy()  # noqa: E731
+    run()
     best = float("inf")
     for _ in range(20):
         start = time.perf_counter()
-        matmul(a, b).numpy()
+        run()
         best = min(best, time.perf_counter() - start)
     print(json.dumps({"status": "ok", "gflops": 2 * 2048 ** 3 / best / 1e9}), flush=True)
 
@@ -106,19 +123,36 @@ def measure_ceiling():
 def measure_one(kind, ours, length, repeats, memory_limit, batch=BATCH, jit=False):
     """Runs in the child: prints one JSON line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
     import numpy as np
-    import tensorflow as tf
 
     layer, apply = build(kind, ours)
-    x = tf.constant(np.random.default_rng(0).normal(size=(batch, length, WIDTH)).astype("float32"))
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).normal(size=(batch, length, WIDTH)).astype("float32"))
     apply(x[:, :8])  # builds the weights
+    if keras.backend.backend() == "jax":
+        import jax
 
-    @tf.function(jit_compile=jit)
-    def step(inputs):
-        with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            loss = tf.reduce_sum(tf.square(apply(inputs)))
-        return tape.gradient(loss, [inputs] + layer.trainable_weights)
+        variables = layer.trainable_weights
+
+        def loss(values, inputs):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return keras.ops.sum(keras.ops.square(apply(inputs)))
+
+        gradient = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        values = [v.value for v in variables]
+
+        def step(inputs):
+            return jax.block_until_ready(gradient(values, inputs))
+    else:
+        import tensorflow as tf
+
+        @tf.function(jit_compile=jit)
+        def step(inputs):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                loss = tf.reduce_sum(tf.square(apply(inputs)))
+            return tape.gradient(loss, [inputs] + layer.trainable_weights)
 
     baseline = _resident_bytes()
 
@@ -145,10 +179,12 @@ def measure_one(kind, ours, length, repeats, memory_limit, batch=BATCH, jit=Fals
     }), flush=True)
 
 
-def run_child(kind, ours, length, repeats, memory_limit, timeout, batch=BATCH, jit=False):
+def run_child(kind, ours, length, repeats, memory_limit, timeout, batch=BATCH, jit=False,
+              backend="tensorflow"):
     command = [sys.executable, __file__, "--child", kind, str(int(ours)), str(length),
                str(repeats), str(memory_limit), str(batch), str(int(jit))]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+               KERAS_BACKEND=backend)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -184,6 +220,9 @@ def ratio(ours, theirs):
 
 
 RAW_RESULTS = Path(__file__).with_name("layers_results.json")
+RAW_RESULTS_JAX = Path(__file__).with_name("layers_results_jax.json")
+# The lengths measured on JAX (and ours alone at LONG_LENGTH).
+JAX_LENGTHS = (512, 2048, 8192)
 
 
 def repeats_for(length):
@@ -198,20 +237,28 @@ def main():
     parser.add_argument("--memory-limit-gb", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--render", action="store_true", help="rewrite the table from the raw figures only")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
+                        help="the Keras backend of both sides (default tensorflow)")
     args = parser.parse_args()
+    on_jax = args.backend == "jax"
     limit = int(args.memory_limit_gb * 2**30)
-    lengths = [t for t in LENGTHS if not args.quick or t <= 2048]
+    lengths = [t for t in (JAX_LENGTHS if on_jax else LENGTHS) if not args.quick or t <= 2048]
     keep = args.only or args.render
-    raw = json.loads(RAW_RESULTS.read_text()) if RAW_RESULTS.exists() and keep else {}
+    raw_path = RAW_RESULTS_JAX if on_jax else RAW_RESULTS
+    raw = json.loads(raw_path.read_text()) if raw_path.exists() and keep else {}
+    kinds = WITH_XLA if on_jax else PAIRS
 
     configurations = []  # (kind, batch, length, jit)
-    for kind in [] if args.render else PAIRS if args.only is None else [args.only]:
-        for jit in (False, True) if kind in WITH_XLA else (False,):
+    for kind in [] if args.render else kinds if args.only is None else [args.only]:
+        # On JAX every step is compiled by jax.jit: one row per length.
+        for jit in (False, True) if kind in WITH_XLA and not on_jax else (False,):
             configurations += [(kind, BATCH, length, jit) for length in lengths
                                if length <= MAX_LENGTH.get(kind, length)]
-            configurations += [(k, b, t, jit) for k, b, t in EXTRA_BATCHES if k == kind]
+            configurations += [(k, b, t, jit) for k, b, t in EXTRA_BATCHES
+                               if k == kind and not on_jax]
+    run = functools.partial(run_child, backend=args.backend)
     if not args.render:
-        raw["matmul_ceiling"] = run_child("ceiling", True, 0, 0, limit, args.timeout)
+        raw["matmul_ceiling"] = run("ceiling", True, 0, 0, limit, args.timeout)
         print(f"matmul ceiling: {raw['matmul_ceiling'].get('gflops', 0):.0f} GFLOP/s", flush=True)
     skipped = {}  # a layer that did not fit at T does not fit beyond (same batch, XLA)
     for kind, batch, length, jit in configurations:
@@ -221,8 +268,8 @@ def main():
             if group in skipped:
                 results[side] = {"status": "skipped", "after": skipped[group]}
                 continue
-            results[side] = run_child(kind, side == "ours", length, repeats_for(length), limit,
-                                      args.timeout, batch, jit)
+            results[side] = run(kind, side == "ours", length, repeats_for(length), limit,
+                                args.timeout, batch, jit)
             if results[side]["status"] != "ok":
                 skipped[group] = length
         raw[config_key(kind, batch, length, jit)] = results
@@ -232,12 +279,15 @@ def main():
 
     if not args.quick and not args.render:
         for kind in WITH_XLA if args.only is None else [k for k in WITH_XLA if k == args.only]:
-            result = run_child(kind, True, LONG_LENGTH, 1, limit, args.timeout)
+            result = run(kind, True, LONG_LENGTH, 1, limit, args.timeout)
             raw[config_key(kind, BATCH, LONG_LENGTH, False)] = {"ours": result}
             print(f"{kind:13s} T={LONG_LENGTH}  ours {cell(result, args.memory_limit_gb)}", flush=True)
 
-    RAW_RESULTS.write_text(json.dumps(raw, indent=1, sort_keys=True))
-    write_results(args.out, raw, args.memory_limit_gb)
+    raw_path.write_text(json.dumps(raw, indent=1, sort_keys=True))
+    if on_jax:
+        write_jax_results(args.out, raw, args.memory_limit_gb)
+    else:
+        write_results(args.out, raw, args.memory_limit_gb)
 
 
 def config_key(kind, batch, length, jit):
@@ -304,6 +354,46 @@ def write_results(path, raw, limit_gb):
                 "score tensor alone, more than this machine has, so it is not run.",
             ]
     print(f"wrote {update_section('Attention layers: forward + backward on the CPU', chr(10).join(lines), path)}")
+
+
+def write_jax_results(path, raw, limit_gb):
+    """The section "Attention layers on JAX" from the raw figures."""
+    import jax
+    import keras
+
+    from results import update_section
+
+    ceiling = raw.get("matmul_ceiling", {}).get("gflops")
+    lines = [
+        f"Latest run: {datetime.date.today().isoformat()}, `python bench/layers.py --backend jax` on "
+        f"{platform.machine()} with {os.cpu_count()} CPU cores; JAX {jax.__version__}, Keras "
+        f"{keras.__version__}. Both sides on Keras's JAX backend, each forward+backward step "
+        "compiled by `jax.jit` (XLA), in a fresh process; cells and shares as in the TensorFlow "
+        "table above. Our layers as users get them (`attention_impl=\"auto\"`, the block sizes "
+        "and threshold chosen on TensorFlow).",
+        "",
+        f"Matmul ceiling measured in this run: {ceiling:.0f} GFLOP/s (2048^3 float32, jax.jit)."
+        if ceiling else "",
+        "",
+        "| layer | T | ours | Keras | ratio (Keras / ours) | ours: share of matmul ceiling |",
+        "|---|---:|---|---|---|---:|",
+    ]
+    for kind in WITH_XLA:
+        our_name, their_name = PAIRS[kind]
+        for length in JAX_LENGTHS:
+            key = config_key(kind, BATCH, length, False)
+            if key not in raw:
+                continue
+            ours, theirs = raw[key]["ours"], raw[key]["keras"]
+            lines.append(f"| {our_name} vs {their_name} | {length} | {cell(ours, limit_gb)} | "
+                         f"{cell(theirs, limit_gb)} | {ratio(ours, theirs)} | "
+                         f"{share(ours, kind, BATCH, length, ceiling)} |")
+        long_run = raw.get(config_key(kind, BATCH, LONG_LENGTH, False), {}).get("ours")
+        if long_run is not None:
+            lines.append(f"| {our_name} alone | {LONG_LENGTH} | {cell(long_run, limit_gb)} | "
+                         "not run (32 GB of scores) | - | "
+                         f"{share(long_run, kind, BATCH, LONG_LENGTH, ceiling)} |")
+    print(f"wrote {update_section('Attention layers on JAX: forward + backward on the CPU', chr(10).join(lines), path)}")
 
 
 if __name__ == "__main__":

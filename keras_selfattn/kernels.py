@@ -16,6 +16,7 @@ padding, a band's neighbours) and packs inputs; `BlockMasks` pads the masks;
 import dataclasses
 import math
 
+import keras
 from keras import ops
 
 # Logits at masked positions. Applied after the cast to float32, so it cannot
@@ -276,11 +277,15 @@ def attention_mask_rows(attention_mask, start, stop):
 # matmuls efficient.
 _BLOCK_SCORE_ELEMENTS = 1 << 23
 # With `"auto"`, the blocked kernel takes over above this many score
-# elements (512 MB in float32; 8 heads at T = 4096). Below it the dense
-# kernel is faster on the CPU (6 matmuls where the blocked one recomputes to
-# do 9: 0.9 s against 1.3 s for 8 heads at T = 4096) and its weights are
-# affordable to hold.
-BLOCKED_MIN_SCORE_ELEMENTS = 1 << 27
+# elements, per Keras backend, from forward+backward steps of 8 heads of 64
+# on 2 CPU cores. TensorFlow: 2^27 (512 MB in float32; 8 heads at
+# T = 4096); below it the dense kernel is faster (6 matmuls where the
+# blocked one recomputes to do 9: 0.9 s against 1.3 s at T = 4096) and its
+# weights are affordable to hold. JAX, where XLA compiles the whole blocked
+# loop under `jax.jit`: 2^20; the blocked kernel is faster from T = 512
+# (46 against 49 ms; 148 against 204 ms at 1024, 0.47 against 0.84 s at
+# 2048, 1.5 against 3.4 s at 4096), the dense one at 256 (24 against 38 ms).
+BLOCKED_MIN_SCORE_ELEMENTS = {"tensorflow": 1 << 27, "jax": 1 << 20}
 ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blocked")
 # Smallest block of the banded blocked kernel: below it the loop's
 # per-block overhead outweighs computing a wider band than the window needs.
@@ -302,7 +307,7 @@ def uses_blocked_kernel(attention_impl, batch, heads, query_length,
     """Whether `attention_impl` (`"auto"|"dense"|"blocked"`) means blocked.
 
     `"auto"` picks the blocked kernel when the lengths are known while
-    tracing and the `(B, H, T_q, T_k)` scores would exceed
+    tracing and the `(B, H, T_q, T_k)` scores would exceed the backend's
     `BLOCKED_MIN_SCORE_ELEMENTS` (an unknown batch counts as 1).
     """
     if attention_impl != "auto":
@@ -310,9 +315,14 @@ def uses_blocked_kernel(attention_impl, batch, heads, query_length,
     if not isinstance(query_length, int) or not isinstance(key_length, int):
         return False
     batch = batch if isinstance(batch, int) else 1
-    return batch * heads * query_length * key_length > (
-        BLOCKED_MIN_SCORE_ELEMENTS
-    )
+    return batch * heads * query_length * key_length > blocked_min_score_elements()
+
+
+def blocked_min_score_elements():
+    """This backend's `BLOCKED_MIN_SCORE_ELEMENTS` (TensorFlow's where it
+    was not measured)."""
+    return BLOCKED_MIN_SCORE_ELEMENTS.get(
+        keras.backend.backend(), BLOCKED_MIN_SCORE_ELEMENTS["tensorflow"])
 
 
 def attention_block_size(rows_per_position, length):

@@ -369,8 +369,8 @@ def write_jax_results(path, raw, limit_gb):
         f"{platform.machine()} with {os.cpu_count()} CPU cores; JAX {jax.__version__}, Keras "
         f"{keras.__version__}. Both sides on Keras's JAX backend, each forward+backward step "
         "compiled by `jax.jit` (XLA), in a fresh process; cells and shares as in the TensorFlow "
-        "table above. Our layers as users get them (`attention_impl=\"auto\"`, the block sizes "
-        "and threshold chosen on TensorFlow).",
+        "table above. Our layers as users get them (`attention_impl=\"auto\"` with JAX's own "
+        "threshold, `kernels.BLOCKED_MIN_SCORE_ELEMENTS`).",
         "",
         f"Matmul ceiling measured in this run: {ceiling:.0f} GFLOP/s (2048^3 float32, jax.jit)."
         if ceiling else "",

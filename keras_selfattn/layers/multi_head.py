@@ -485,16 +485,14 @@ class MultiHead(BaseAttention):
             # Keys and values written together: one select over the cache.
             new = ops.stack((self.key_dense(key), self.value_dense(value)), axis=1)
             cache = _write_at(cache, new, cache_update_index)
-            batch, _, length, heads, width = kernels.static_or_dynamic_shape(cache)
+            batch, _, _, heads, width = kernels.static_or_dynamic_shape(cache)
             steps = kernels.static_or_dynamic_shape(query)[1]
-            offset = cache_update_index
+            offset, key_mask = cache_update_index, None
             if _static_shapes_only() and not isinstance(cache_update_index, int):
                 # JAX compiles static shapes: a traced index cannot size a
-                # slice, so the whole cache is read, its unfilled end masked.
+                # slice, so the whole cache is read; the causal mask from
+                # the queries' offset hides its unfilled end.
                 key_heads, value_heads = cache[:, 0], cache[:, 1]
-                filled = ops.arange(length, dtype="int32") < ops.cast(
-                    cache_update_index + steps, "int32")
-                key_mask = ops.broadcast_to(filled[None], (batch, length))
                 causal = True
             else:
                 # Attend only to the filled part, so step t costs O(t).
@@ -503,7 +501,6 @@ class MultiHead(BaseAttention):
                 key_heads, value_heads = filled[:, 0], filled[:, 1]
                 # One query at the newest position may see every filled key:
                 # no causal mask to build at each decoding step.
-                key_mask = None
                 causal = not (isinstance(steps, int) and steps == 1)
         output, scores = self._attend(
             query_heads, key_heads, value_heads, query_mask, key_mask,

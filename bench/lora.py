@@ -9,9 +9,9 @@ per second (after the first 20 steps, which trace the step), the size of a
 checkpoint (`zoo.lora.save_training_state`: weights and AdamW state, or
 adapters, head and their AdamW state), the process's peak resident memory,
 and the exported SavedModel's throughput answering 128 reviews a request in
-a process that imports only TensorFlow and tensorflow-text (its answers
-checked equal to `predict`'s to 1e-5). Writes the section "LoRA fine-tuning"
-of RESULTS.md.
+a process that imports only TensorFlow and tensorflow-text, with the largest
+difference of its answers from `predict`'s. Writes the section "LoRA
+fine-tuning" of RESULTS.md.
 
     python bench/lora.py [--ranks 8] [--epochs 2]
 """
@@ -56,9 +56,6 @@ class Clock(keras.callbacks.Callback):
             self.start, self.counted = time.perf_counter(), 0
         elif self.start is not None:
             self.counted += 1
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
-            self.end_first = time.perf_counter()
 
 clock = Clock()
 model.fit(texts, names[labels], epochs=epochs, batch_size=32, verbose=0, callbacks=[clock])

@@ -87,7 +87,7 @@ def enable_lora(model, rank, base):
     if getattr(model, "lora", None):
         raise ValueError(f"LoRA adapters are already enabled on this model: {model.lora}.")
     adapted = projections(model.backbone)
-    digest = weights_digest(model.backbone.weights)
+    digest = base_digest(model)
     for variable in model.backbone.weights:
         variable.trainable = False
     for layer in adapted:
@@ -120,18 +120,17 @@ def merged_weights(model):
 
 
 def _state_variables(model):
-    """`{"model": [...], "optimizer": [...]}`: what a LoRA checkpoint holds."""
+    """`{"model": [...], "optimizer": [...]}`: what a checkpoint holds, the
+    trainable variables alone for a LoRA model (its base is frozen)."""
     optimizer = getattr(model, "optimizer", None)
-    return {"model": list(model.trainable_variables),
+    weights = model.trainable_variables if getattr(model, "lora", None) else model.weights
+    return {"model": list(weights),
             "optimizer": [] if optimizer is None else list(optimizer.variables)}
 
 
 def training_state_variables(model):
     """The variables `save_training_state` writes (to size its file)."""
-    if getattr(model, "lora", None):
-        return [v for group in _state_variables(model).values() for v in group]
-    optimizer = getattr(model, "optimizer", None)
-    return [*model.weights, *([] if optimizer is None else optimizer.variables)]
+    return [v for group in _state_variables(model).values() for v in group]
 
 
 def state_path(model, path):
@@ -174,11 +173,13 @@ def load_training_state(model, path):
     with np.load(path, allow_pickle=False) as stored:
         index = json.loads(stored[_INDEX].tobytes().decode())
         theirs = index.get("lora") or {}
-        if theirs.get("base_sha256") != model.lora["base_sha256"]:
+        # The weights the model holds now, not what enable_lora recorded.
+        ours = base_digest(model)
+        if theirs.get("base_sha256") != ours:
             raise ValueError(
                 f"{path} holds LoRA adapters of the base {theirs.get('base')!r} (weights SHA-256 "
                 f"{str(theirs.get('base_sha256'))[:12]}...); this model's base is "
-                f"{model.lora['base']!r} ({model.lora['base_sha256'][:12]}...).")
+                f"{model.lora['base']!r} ({ours[:12]}...).")
         for group, variables in _state_variables(model).items():
             listed = index.get(group, [])
             # Shapes in order: a second instance of the same network names

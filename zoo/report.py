@@ -359,23 +359,22 @@ def plot_attention_heads(layers, path, key_tokens=None, query_tokens=None,
     """
     plt = _pyplot()
     statistics = attention_statistics(layers)["layers"]
-    maps = [(layer.name, layer.pooled, None) for layer in layers]
     cell = max(layer.cell for layer in layers)
-    columns = max(np.shape(w)[0] for _, w, _ in maps)
-    longest = max(max(np.shape(w)[1:]) for _, w, _ in maps)
+    columns = max(layer.pooled.shape[0] for layer in layers)
+    longest = max(max(layer.pooled.shape[1:]) for layer in layers)
     labelled = longest <= 40 and key_tokens is not None
     side = min(4.0, max(1.8, 0.1 * longest + 0.8))
     # A row is as tall as its queries need (a decoder's few, an encoder's
     # many), plus room for the titles and rotated key labels under it.
-    label_room = 0.09 * max((len(t) for row in range(len(maps))
+    label_room = 0.09 * max((len(t) for row in range(len(layers))
                              for t in (_layer_tokens(key_tokens, row) or [""])), default=0)
-    heights = [side * max(np.shape(w)[1], 3) / longest + 0.5 + (label_room if labelled else 0)
-               for _, w, _ in maps]
+    heights = [side * max(layer.pooled.shape[1], 3) / longest + 0.5
+               + (label_room if labelled else 0) for layer in layers]
     figure = plt.figure(figsize=(side * columns + 1.6, sum(heights) + 1.2), layout="constrained")
-    axes = figure.subplots(len(maps), columns, squeeze=False,
+    axes = figure.subplots(len(layers), columns, squeeze=False,
                            gridspec_kw={"height_ratios": heights})
-    for row, (name, weights, _) in enumerate(maps):
-        weights = np.asarray(weights)
+    for row, layer in enumerate(layers):
+        name, weights = layer.name, layer.pooled
         keys = _layer_tokens(key_tokens, row)
         queries = _layer_tokens(query_tokens if query_tokens is not None else key_tokens, row)
         for head in range(columns):

@@ -312,11 +312,13 @@ class AttentionMonitor(keras.callbacks.Callback):
         self._sized = None
 
     def on_epoch_end(self, epoch, logs=None):
+        layers = None
         if self._sized is None:
-            first = self.model.attention_summary(*self._first(1))
-            queries = max(int(layer.rows.max()) for layer in first)
+            layers = self.model.attention_summary(*self._first(1))
+            queries = max(int(layer.rows.max()) for layer in layers)
             self._sized = max(1, min(len(self.inputs), ATTENTION_PAIRS // max(1, queries) ** 2))
-        layers = self.model.attention_summary(*self._first(self._sized))
+        if layers is None or self._sized > 1:  # the first example alone is already read
+            layers = self.model.attention_summary(*self._first(self._sized))
         self.statistics = reports.attention_statistics(layers)
         print(reports.format_attention_statistics(self.statistics), flush=True)
         if self.log_dir is not None:

@@ -40,7 +40,8 @@ test: install
 LAYER_TESTS := tests/test_layer_numerics.py tests/test_mask_properties.py \
 	tests/test_blocked_kernel.py tests/test_global_tokens.py tests/test_building_blocks.py \
 	tests/test_runtime.py tests/test_serialization.py tests/test_bad_input.py \
-	tests/test_keras_mha_suite.py tests/test_multi_head_keras_parity.py
+	tests/test_keras_mha_suite.py tests/test_multi_head_keras_parity.py \
+	tests/test_docstring_examples.py
 
 # The main job: fine-tune the MiniLM checkpoint (read offline from its package)
 # on the embedded sentiment data, print the held-out report next to the figures

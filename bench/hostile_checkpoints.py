@@ -91,7 +91,7 @@ def minilm_folder(root):
     written from its `tokenizer.json` (as most BERT folders have one)."""
     import zipfile
 
-    from zoo.text_classifier.bodies import packaged_checkpoint_zip
+    from zoo.text_transformer.bodies import packaged_checkpoint_zip
 
     folder = root / "minilm"
     with zipfile.ZipFile(packaged_checkpoint_zip("all_minilm_l6_v2")) as zipped:
@@ -103,7 +103,7 @@ def minilm_folder(root):
 
 
 def load_seconds(repeats=3):
-    from zoo.text_classifier import bodies
+    from zoo.text_transformer import bodies
 
     bodies.load_body("all_minilm_l6_v2")
     times = []

@@ -117,7 +117,7 @@ def main():
     from zoo.image_classifier.image_classifier import MAX_REQUEST_IMAGES, MAX_REQUEST_PIXELS
     from zoo.image_classifier.preprocessor import MAX_IMAGE_PIXELS
     from zoo.text_classifier.text_classifier import MIN_REQUEST_TEXT_BYTES, REQUEST_TOKEN_BUDGET
-    from zoo.translator.model import MAX_REQUEST_TEXT_BYTES, MAX_REQUEST_TEXTS
+    from zoo.translator.serving import MAX_REQUEST_TEXT_BYTES, MAX_REQUEST_TEXTS
 
     rows = []
     for name, arguments in MODELS.items():

@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 from results import update_section  # noqa: E402
 from zoo import TextClassifier  # noqa: E402
 from zoo.datasets import load_sentiment  # noqa: E402
-from zoo.text_classifier.bodies import packaged_checkpoint_zip  # noqa: E402
+from zoo.text_transformer.bodies import packaged_checkpoint_zip  # noqa: E402
 
 BATCH = 32
 CHECKPOINT = "all_minilm_l6_v2"

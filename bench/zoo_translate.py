@@ -41,7 +41,7 @@ from results import dataset_fit_throughput, update_section  # noqa: E402
 from zoo import Translator, report  # noqa: E402
 from zoo.training import warmup_cosine  # noqa: E402
 from zoo.translator.decoding import beam_search  # noqa: E402
-from zoo.translator.model import END_ID, START_ID  # noqa: E402
+from zoo.translator.preprocessor import END_ID, START_ID  # noqa: E402
 from zoo.translator.train import DEFAULT_ARCHITECTURE, load_training_data  # noqa: E402
 
 BATCH = 64

@@ -36,6 +36,7 @@ from results import fit_throughput, update_section  # noqa: E402
 from zoo import ImageClassifier  # noqa: E402
 from zoo.datasets import load_digits  # noqa: E402
 from zoo.image_classifier.image_classifier import CONFIGURATIONS  # noqa: E402
+from zoo.presets import preset_config  # noqa: E402
 
 BATCH = 64
 
@@ -103,7 +104,7 @@ def fine_tuning(test, epochs):
     tuned.fit(*train, epochs=epochs, batch_size=32, verbose=0)
     results["preset body, fine-tuned"] = tuned.evaluate(*evaluation, verbose=0)[1]
     keras.utils.set_random_seed(0)
-    config = {k: v for k, v in tuned.architecture().items() if k not in ("num_classes",)}
+    config = {k: v for k, v in preset_config(tuned).items() if k not in ("num_classes",)}
     scratch = ImageClassifier(**{**config, "labels": ["even", "odd"]})
     scratch.compile(optimizer=keras.optimizers.AdamW(2e-3, weight_decay=0.05))
     scratch.fit(*train, epochs=epochs, batch_size=32, verbose=0)

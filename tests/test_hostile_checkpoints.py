@@ -301,7 +301,7 @@ def test_every_task_and_backbone_takes_the_same_handles_and_refuses_by_name(
     from zoo import TextEncoder, Translator
     from zoo.guarded_files import RefusedSource
     from zoo.image_classifier.backbone import ImageBackbone
-    from zoo.text_classifier.backbone import TextBackbone
+    from zoo.text_transformer.backbone import TextBackbone
 
     encoder = TextEncoder.from_preset(bert_folder)
     assert encoder.backbone.num_layers == 2 and encoder.vocabulary[encoder.mask_id] == "[MASK]"

@@ -8,7 +8,7 @@ import pytest
 
 def test_longer_sequences_copy_the_learned_positions():
     from zoo import TextClassifier
-    from zoo.text_encoder.model import TextEncoder
+    from zoo.text_encoder.text_encoder import TextEncoder
 
     encoder = TextEncoder.from_preset("english_body_small")
     learned = encoder.backbone.position_embeddings.numpy()

@@ -74,8 +74,8 @@ def test_every_task_refuses_another_models_preset_by_name(name):
 def test_every_backbone_loads_from_task_and_body_presets(shipped, tmp_path):
     from zoo.image_classifier.backbone import ImageBackbone
     from zoo.image_classifier.image_classifier import save_backbone_preset as save_image_body
-    from zoo.text_classifier.backbone import TextBackbone
-    from zoo.text_classifier.bodies import save_backbone_preset as save_text_body
+    from zoo.text_transformer.backbone import TextBackbone
+    from zoo.text_transformer.bodies import save_backbone_preset as save_text_body
 
     def same_weights(a, b):
         assert len(a.weights) == len(b.weights)

@@ -19,11 +19,11 @@ def _loss_and_gradients(backbone, token_ids):
 def test_gradients_under_dropout_equal_those_of_the_kept_activations():
     import keras
 
-    from zoo.text_classifier.backbone import TextBackbone
+    from zoo.text_transformer.backbone import TextBackbone
 
     keras.utils.set_random_seed(3)
     kept = TextBackbone(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16,
-                        intermediate_dim=32, max_sequence_length=40, attention="local_window",
+                        intermediate_dim=32, sequence_length=40, attention="local_window",
                         window_size=4, global_tokens=1, dropout=0.3)
     recomputed = kept.with_changes(rematerialize=True)
     assert recomputed.rematerialize and not kept.rematerialize

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import environment, run_until
-from zoo.text_encoder.pretrain import mask_tokens, pack_sequences
+from zoo.text_encoder.pretrain import pack_sequences
+from zoo.text_encoder.preprocessor import MaskedLanguageModelPreprocessor
 
 TINY_ENCODER = dict(vocabulary_size=400, sequence_length=32, hidden_dim=16, num_layers=1,
                     num_heads=2, intermediate_dim=32, dropout=0.0)
@@ -40,18 +41,27 @@ def test_packing_keeps_every_token_in_order_with_separators():
     assert pack_sequences([], 5, 2, 3).shape == (0, 5)
 
 
+def random_sequences(rng, rows=400, length=64, vocabulary=500, first_word=5):
+    """Packed-like sequences: `[CLS]`, words, `[SEP]`, padding; some all special."""
+    sequences = rng.integers(first_word, vocabulary, (rows, length)).astype("int32")
+    sequences[:, 0] = 2
+    lengths = rng.integers(2, length + 1, rows)
+    sequences[np.arange(length)[None, :] >= lengths[:, None]] = 0
+    sequences[np.arange(rows), lengths - 1] = 3
+    return sequences
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_masking_follows_bert(seed):
-    rng = np.random.default_rng(seed)
+    import tensorflow as tf
+
     vocabulary, first_word = 500, 5
-    sequences = rng.integers(first_word, vocabulary, (400, 64)).astype("int32")
-    sequences[:, 0] = 2
-    lengths = rng.integers(2, 65, 400)
-    sequences[np.arange(64)[None, :] >= lengths[:, None]] = 0
-    sequences[np.arange(400), lengths - 1] = 3
-    inputs, labels, weights = mask_tokens(sequences, np.random.default_rng(seed), 4, first_word,
-                                          vocabulary)
+    sequences = random_sequences(np.random.default_rng(seed), vocabulary=vocabulary)
+    masking = MaskedLanguageModelPreprocessor(4, first_word, vocabulary)
+    inputs, labels, weights = (tf.nest.map_structure(np.asarray, part)
+                               for part in masking(sequences, seed=[seed, 7]))
     corrupted, positions = inputs["token_ids"], inputs["mask_positions"]
+    assert positions.shape == labels.shape == weights.shape == (400, 20)
     picked = weights.astype(bool)
     words = (sequences >= first_word).sum(1)
     # 15% of each sequence's word tokens (at least one, at most 20) and none else.
@@ -61,10 +71,11 @@ def test_masking_follows_bert(seed):
     rows = np.nonzero(picked)[0]
     assert (sequences[rows, positions[picked]] >= first_word).all()
     np.testing.assert_array_equal(labels[picked], sequences[rows, positions[picked]])
-    # Positions are distinct and only they change.
+    assert (positions[~picked] == 0).all() and (labels[~picked] == 0).all()
+    # Positions are distinct, in reading order, and only they change.
     for row in range(400):
         chosen = positions[row][picked[row]]
-        assert len(set(chosen.tolist())) == len(chosen)
+        assert len(set(chosen.tolist())) == len(chosen) and (np.diff(chosen) > 0).all()
         unchanged = np.setdiff1d(np.arange(64), chosen)
         np.testing.assert_array_equal(corrupted[row, unchanged], sequences[row, unchanged])
     now = corrupted[rows, positions[picked]]
@@ -72,9 +83,40 @@ def test_masking_follows_bert(seed):
     share_kept = (now == labels[picked]).mean()
     assert abs(share_masked - 0.8) < 0.04 and abs(share_kept - 0.1 - 1 / vocabulary) < 0.03
     assert (now[(now != 4)] >= first_word).all()
-    # The same generator state gives the same masks.
-    again, _, _ = mask_tokens(sequences, np.random.default_rng(seed), 4, first_word, vocabulary)
-    np.testing.assert_array_equal(again["token_ids"], corrupted)
+    # The same seed gives the same masks, another seed others.
+    again, _, _ = masking(sequences, seed=[seed, 7])
+    np.testing.assert_array_equal(np.asarray(again["token_ids"]), corrupted)
+    other, _, _ = masking(sequences, seed=[seed, 8])
+    assert not np.array_equal(np.asarray(other["token_ids"]), corrupted)
+
+
+def test_masking_runs_in_tf_data_and_a_resumed_epoch_masks_as_the_whole_one():
+    """Batch `i` of an epoch is masked by its own seed: skipping the batches
+    a resumed run has done leaves the rest as the uninterrupted run had them."""
+    import tensorflow as tf
+
+    sequences = random_sequences(np.random.default_rng(3), rows=50, length=16)
+    masking = MaskedLanguageModelPreprocessor(4, 5, 500)
+    whole = list(masking.dataset(sequences, 8, (0, 2)).as_numpy_iterator())
+    resumed = list(masking.dataset(sequences, 8, (0, 2)).skip(4).as_numpy_iterator())
+    assert len(whole) == 7 and len(resumed) == 3
+    for (a_inputs, a_labels, _), (b_inputs, b_labels, _) in zip(whole[4:], resumed):
+        np.testing.assert_array_equal(a_inputs["token_ids"], b_inputs["token_ids"])
+        np.testing.assert_array_equal(a_labels, b_labels)
+    # Traced once in the pipeline's graph, shapes known but the batch.
+    spec = masking.dataset(sequences, 8, (0, 2)).element_spec
+    assert spec[0]["token_ids"].shape.as_list() == [None, 16]
+    assert spec[1].shape.as_list() == spec[2].shape.as_list() == [None, 16]
+    assert spec[2].dtype == tf.float32
+
+
+def test_masking_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="rate"):
+        MaskedLanguageModelPreprocessor(4, 5, 500, rate=0.0)
+    with pytest.raises(ValueError, match="vocabulary_size"):
+        MaskedLanguageModelPreprocessor(4, 5, 5)
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        MaskedLanguageModelPreprocessor(4, 5, 500)(np.zeros(8, "int32"), seed=[0, 0])
 
 
 # The network.
@@ -100,8 +142,9 @@ def test_mlm_logits_are_tied_to_the_embedding_float64_reference(tiny_encoder):
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mlm_trains_under_mixed_precision_with_float32_logits(tiny_encoder, policy):
     import keras
+    import tensorflow as tf
 
-    from zoo.text_encoder.model import TextEncoder
+    from zoo.text_encoder.text_encoder import TextEncoder
 
     encoder, sequences, _ = tiny_encoder
     keras.mixed_precision.set_global_policy(policy)
@@ -110,8 +153,8 @@ def test_mlm_trains_under_mixed_precision_with_float32_logits(tiny_encoder, poli
     finally:
         keras.mixed_precision.set_global_policy("float32")
     mixed.set_weights(encoder.get_weights())
-    inputs, labels, weights = mask_tokens(sequences[:8], np.random.default_rng(0),
-                                          mixed.mask_id, 5, len(mixed.vocabulary))
+    inputs, labels, weights = (tf.nest.map_structure(np.asarray, part) for part
+                               in mixed.masking_preprocessor()(sequences[:8], seed=[0, 0]))
     logits = mixed(inputs)
     assert logits.dtype == "float32"
     reference = np.asarray(encoder(inputs))
@@ -126,7 +169,7 @@ def test_mlm_trains_under_mixed_precision_with_float32_logits(tiny_encoder, poli
 def test_pre_norm_body_moves_with_its_final_norm_and_fine_tunes_with_dropout(
         tiny_encoder, tmp_path):
     from zoo import TextClassifier
-    from zoo.text_encoder.model import TextEncoder
+    from zoo.text_encoder.text_encoder import TextEncoder
 
     encoder, sequences, _ = tiny_encoder
     pre_norm = TextEncoder(vocabulary=encoder.vocabulary,
@@ -148,7 +191,7 @@ def test_pre_norm_body_moves_with_its_final_norm_and_fine_tunes_with_dropout(
 
 def test_encoder_preset_carries_its_notice_and_checksums(tiny_encoder, tmp_path):
     # Identical outputs after the round trip: tests/test_preset_contract.py.
-    from zoo.text_encoder.model import TextEncoder
+    from zoo.text_encoder.text_encoder import TextEncoder
 
     encoder, sequences, _ = tiny_encoder
     encoder.save_to_preset(tmp_path / "body")
@@ -246,7 +289,7 @@ def test_held_out_test_texts_never_reach_pretraining():
 def test_shipped_body_gets_a_fresh_head_and_keeps_its_weights():
     from zoo import TextClassifier
     from zoo.classifier import HEAD_NAME
-    from zoo.text_encoder.model import TextEncoder
+    from zoo.text_encoder.text_encoder import TextEncoder
 
     encoder = TextEncoder.from_preset("english_body_small")
     classifier = TextClassifier.from_preset("english_body_small", labels=["a", "b", "c"])

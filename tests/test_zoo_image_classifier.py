@@ -234,9 +234,9 @@ def test_preset_round_trip_and_fresh_head(tiny_image_classifier, digits_sample, 
     with pytest.raises(ValueError, match="corrupt or changed"):
         ImageClassifier.from_preset(broken)
     # A preset in the single-network layout of earlier versions (a flat config).
-    from zoo.presets import save_preset
+    from zoo.presets import preset_config, save_preset
 
-    flat = {**loaded.backbone.architecture(), "num_classes": 10, "pooling": "gap",
+    flat = {**preset_config(loaded.backbone), "num_classes": 10, "pooling": "gap",
             "augmentation": None}
     old = save_preset(tmp_path / "old", "image_classifier", flat,
                       lambda path: shutil.copy(folder / "model.weights.h5", path),

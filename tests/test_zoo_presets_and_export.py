@@ -122,7 +122,7 @@ def test_shipped_presets_are_listed_small_and_verified():
     presets = TextClassifier.presets
     assert "rotten_tomatoes_small" in presets
     from zoo import ImageClassifier, Translator
-    from zoo.text_encoder.model import TextEncoder
+    from zoo.text_encoder.text_encoder import TextEncoder
 
     assert "english_body_small" in TextEncoder.presets
     every = [folder for model in (TextClassifier, ImageClassifier, Translator, TextEncoder)

@@ -11,7 +11,8 @@ import tensorflow as tf
 from conftest import REPO_ROOT, TINY_TRANSLATOR, number_pairs, run_python, xla_only_ops
 from zoo import Translator
 from zoo.translator.decoding import beam_search, length_penalty
-from zoo.translator.model import END_ID, PAD_ID, START_ID, SmoothedSequenceCrossEntropy
+from zoo.translator.preprocessor import END_ID, PAD_ID, START_ID
+from zoo.translator.translator import SmoothedSequenceCrossEntropy
 
 TINY = TINY_TRANSLATOR
 
@@ -208,7 +209,7 @@ def test_untied_projection_trains_and_every_encoder_attention_works():
         model = Translator(**{**TINY, "attention": attention, "window_size": 3})
         logits = np.asarray(model(inputs))
         assert logits.shape[-1] == TINY["vocabulary_size"] and np.isfinite(logits).all()
-        assert model.encoder_blocks[0].attention == attention
+        assert model.backbone.encoder_blocks[0].attention == attention
 
 
 def test_bad_arguments_are_refused(tiny_translator):
@@ -326,6 +327,43 @@ def test_shipped_preset_translates_held_out_pairs_and_fine_tunes():
     assert model.source_vocabulary == Translator.from_preset("gramps_en_de_small").source_vocabulary
 
 
+def test_the_shipped_preset_written_before_the_backbone_class_loads_every_weight(tmp_path):
+    """The shipped preset keeps its flat configuration and its weights file
+    from before `TranslatorBackbone`: each weight it stores lands, unchanged,
+    where the new layout keeps it, and a preset saved again in that layout
+    loads to the same translations."""
+    import h5py
+
+    from zoo.translator.translator import LEGACY_WEIGHT_GROUPS
+
+    folder = Translator.presets["gramps_en_de_small"]
+    assert "backbone" not in json.loads((folder / "config.json").read_text())["config"]
+    model = Translator.from_preset("gramps_en_de_small")
+    model.save_to_preset(tmp_path / "resaved")
+
+    def datasets(path, regroup=None):
+        found = {}
+        with h5py.File(path, "r") as weights:
+            def keep(name, item):
+                if isinstance(item, h5py.Dataset):
+                    for old, new in (regroup or {}).items():
+                        if name.startswith(old + "/"):
+                            name = new + name[len(old):]
+                    found[name] = item[()]
+            weights.visititems(keep)
+        return found
+
+    legacy = datasets(folder / "model.weights.h5", LEGACY_WEIGHT_GROUPS)
+    resaved = datasets(tmp_path / "resaved" / "model.weights.h5")
+    assert sorted(legacy) == sorted(resaved) and len(legacy) == len(model.weights)
+    assert all(np.array_equal(legacy[name], resaved[name]) for name in legacy)
+    config = json.loads((tmp_path / "resaved" / "config.json").read_text())["config"]
+    assert set(config) == {"backbone", "preprocessor", "tie_embeddings", "label_smoothing"}
+    sources = ["Delete the selected person", "Open the family tree"]
+    assert Translator.from_preset(tmp_path / "resaved").translate(sources, beam_size=4) == \
+        model.translate(sources, beam_size=4)
+
+
 def test_a_model_from_training_pairs_is_sized_to_its_learned_vocabularies():
     sources, targets = number_pairs(40, seed=2)
     model = Translator.from_training_pairs(sources, targets, **TINY)
@@ -337,7 +375,7 @@ def test_a_model_from_training_pairs_is_sized_to_its_learned_vocabularies():
     adapted.adapt(sources, targets)
     assert (adapted.source_vocabulary, adapted.target_vocabulary) == (
         model.source_vocabulary, model.target_vocabulary)
-    assert model.get_config()["vocabulary_size"] == learned
+    assert model.get_config()["backbone"]["vocabulary_size"] == learned
     assert len(model.translate(sources[:2])) == 2
 
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from zoo import sources
-from zoo.presets import pinned
+from zoo.presets import pinned, preset_config
 
 
 class Backbone(keras.Model):
@@ -25,8 +25,8 @@ class Backbone(keras.Model):
         if unknown:
             raise ValueError(f"Only {list(self.adjustable)} of a pretrained backbone may change. "
                              f"Received: {sorted(unknown)}")
-        config = {**self.architecture(), **changes}
-        if config == self.architecture():
+        config = {**preset_config(self), **changes}
+        if config == preset_config(self):
             return self
         other = type(self)(**config)
         for ours, theirs in zip(self.weights, other.weights):
@@ -37,35 +37,34 @@ class Backbone(keras.Model):
         """The value of `other`'s weight `theirs` from this backbone's `ours`."""
         return ours
 
-    def architecture(self):
-        """The configuration without Keras's `name` and `trainable`: what a
-        preset stores."""
-        return {k: v for k, v in self.get_config().items() if k not in ("name", "trainable")}
-
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
-    # `from_preset`, as every task has it (zoo.preset_model): a backbone is
-    # read from what its task takes, and from the task's own presets.
+    # `from_preset`, as every task has it (zoo.preset_model). Where a
+    # backbone comes from (checkpoints, body presets, its tasks' presets) is
+    # known to the modules that read them, which import the backbone's
+    # module: they hand it over (`serve_bodies`) when their package is
+    # imported, so that the backbone's module imports none of them.
+    _bodies = None
 
     @classmethod
-    def task_cls(cls):
-        """The task built on this backbone (imported when asked: the task
-        module imports the backbone's)."""
-        raise NotImplementedError
+    def serve_bodies(cls, body_loaders, named_presets):
+        """Says where this backbone class is read from: `body_loaders()` ->
+        `{source key: source -> (backbone, preprocessor)}`, `named_presets()`
+        -> `{name: preset folder or zoo.sources.Packaged}`."""
+        cls._bodies = (body_loaders, named_presets)
 
     @classmethod
     def named_presets(cls):
-        """`{name: preset folder or zoo.sources.Packaged}` taken by name: the task's."""
-        return cls.task_cls().named_presets()
+        """`{name: preset folder or zoo.sources.Packaged}` taken by name."""
+        return cls._bodies[1]() if cls._bodies else {}
 
     @classmethod
     def body_loaders(cls):
         """`{source key: source -> (backbone, preprocessor)}` of every source
-        holding a backbone of this class: the task's bodies and its presets."""
-        task = cls.task_cls()
-        return {**task.body_loaders(), ("zoo", task.kind): _task_body(task)}
+        holding a backbone of this class: bodies, checkpoints, task presets."""
+        return cls._bodies[0]() if cls._bodies else {}
 
     @classmethod
     def from_preset(cls, preset, sha256=None, **changes):
@@ -81,15 +80,6 @@ class Backbone(keras.Model):
         backbone = sources.load(preset, loaders, cls.named_presets(),
                                 f"{cls.__name__}.from_preset")
         return backbone.with_changes(**changes)
-
-
-def _task_body(task_cls):
-    """A body loader reading the backbone and preprocessor of `task_cls`'s presets."""
-    def load(source):
-        task = task_cls.from_preset(source.folder)
-        return task.backbone, task.preprocessor
-
-    return load
 
 
 def attention_through(blocks, x, padding_mask=None):

@@ -50,10 +50,10 @@ KERAS_HUB_TREES = ("assets",)
 HUGGING_FACE_SIZES = {
     "bert": {"num_hidden_layers": "num_layers", "hidden_size": "hidden_dim",
              "num_attention_heads": "num_heads", "intermediate_size": "intermediate_dim",
-             "vocab_size": "vocabulary_size", "max_position_embeddings": "max_sequence_length"},
+             "vocab_size": "vocabulary_size", "max_position_embeddings": "sequence_length"},
     "distilbert": {"n_layers": "num_layers", "dim": "hidden_dim", "n_heads": "num_heads",
                    "hidden_dim": "intermediate_dim", "vocab_size": "vocabulary_size",
-                   "max_position_embeddings": "max_sequence_length"},
+                   "max_position_embeddings": "sequence_length"},
     "vit": {"num_hidden_layers": "num_layers", "hidden_size": "hidden_dim",
             "num_attention_heads": "num_heads", "intermediate_size": "intermediate_dim",
             "image_size": "image_size", "patch_size": "patch_size"},
@@ -63,7 +63,7 @@ HUGGING_FACE_SIZES["roberta"] = HUGGING_FACE_SIZES["bert"]
 KERAS_HUB_SIZES = {"num_layers": "num_layers", "hidden_dim": "hidden_dim",
                    "num_heads": "num_heads", "intermediate_dim": "intermediate_dim",
                    "mlp_dim": "intermediate_dim", "vocabulary_size": "vocabulary_size",
-                   "max_sequence_length": "max_sequence_length", "image_shape": "image_size",
+                   "max_sequence_length": "sequence_length", "image_shape": "image_size",
                    "patch_size": "patch_size"}
 SAFETENSORS_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4,
                           "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1,

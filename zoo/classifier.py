@@ -5,7 +5,7 @@ and the concrete tasks (`TextClassifier`, `ImageClassifier`), each a
 backbone, a preprocessor and a head. A subclass sets `kind` (the preset
 kind) and `presets_dir`, builds its network in `__init__` with
 `self.backbone`, `self.preprocessor` and a final `Dense` named
-`classifier_head`, and implements `architecture()`; for `from_preset` it
+`classifier_head`, and extends `get_config()`; for `from_preset` it
 declares the bodies it takes (`body_loaders`, keyed by what a source holds)
 and how a fresh head goes on one (`from_body`); it may add preset assets
 (a vocabulary) through `preset_assets()` / `assets_from_preset()`.
@@ -20,12 +20,13 @@ import tensorflow as tf
 from zoo import report as reports
 from zoo.pipeline import RawInputModel
 from zoo.preset_model import PresetModel
-from zoo.presets import load_preset
+from zoo.presets import KERAS_ARGUMENTS, load_preset, preset_config
 
 LABELS_FILE = "labels.json"
 HEAD_NAME = "classifier_head"
-# The entries Keras's `Model.get_config` adds to a task's own.
-KERAS_ARGUMENTS = ("name", "trainable", "dtype")
+# What a fine-tuned copy of a classifier preset takes from the body and the
+# classes rather than from the task's own settings.
+BODY_AND_CLASSES = ("backbone", "preprocessor", "num_classes")
 
 
 def check_classes(num_classes, labels):
@@ -50,7 +51,7 @@ def check_classes(num_classes, labels):
 class ClassifierModel(PresetModel, RawInputModel):
     """Base of the zoo's classifiers (see the module docstring)."""
 
-    adjustable_at_load = ("dropout", "num_classes")
+    adjustable = ("dropout", "num_classes")
 
     def __init__(self, num_classes=None, labels=None, **kwargs):
         num_classes, labels = check_classes(num_classes, labels)
@@ -123,11 +124,12 @@ class ClassifierModel(PresetModel, RawInputModel):
 
     # Configuration and presets.
 
-    def constructor_arguments(self):
-        return {**super().constructor_arguments(), "labels": self.label_names}
+    # The labels are a preset's file (`LABELS_FILE`), not its config.
+    file_arguments = ("labels",)
 
     def get_config(self):
-        return {**super().get_config(), "labels": self.label_names}
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "labels": self.label_names}
 
     def write_assets(self):
         return {LABELS_FILE: json.dumps(self.display_labels())}
@@ -142,10 +144,6 @@ class ClassifierModel(PresetModel, RawInputModel):
     # Defaults of `from_preset` on a body (a backbone without a head).
     body_overrides = {}
 
-    def task_settings(self):
-        """The task's own settings a fine-tuned copy keeps (pooling, dropout, ...)."""
-        return {"dropout": self.dropout}
-
     @classmethod
     def from_preset(cls, preset, sha256=None, **overrides):
         """Loads a classifier preset, or puts a fresh head on a pretrained body.
@@ -159,22 +157,22 @@ class ClassifierModel(PresetModel, RawInputModel):
                 body): the SHA-256 its `metadata.json` must have.
             **overrides: `num_classes` or `labels` (required for a body; for
                 a classifier preset, other classes give a fresh head), and
-                any of `adjustable_at_load`; sizes that shape weights cannot
+                any of `adjustable`; sizes that shape weights cannot
                 change.
         """
         return super().from_preset(preset, sha256, **overrides)
 
     @classmethod
     def check_override_names(cls, overrides):
-        unknown = set(overrides) - set(cls.adjustable_at_load) - {"labels"}
+        unknown = set(overrides) - set(cls.adjustable) - {"labels"}
         if unknown:
             shaping = sorted(unknown & set(cls.from_scratch_sizes))
             if shaping:
                 raise ValueError(
                     f"Cannot change {shaping} of a pretrained network: they shape its "
-                    f"weights. Only {list(cls.adjustable_at_load)} may be given.")
+                    f"weights. Only {list(cls.adjustable)} may be given.")
             raise ValueError(f"Unknown arguments {sorted(unknown)}; only "
-                             f"{list(cls.adjustable_at_load)} may be given.")
+                             f"{list(cls.adjustable)} may be given.")
 
     @classmethod
     def _from_body_source(cls, load_body, source, num_classes=None, labels=None, **overrides):
@@ -208,9 +206,12 @@ class ClassifierModel(PresetModel, RawInputModel):
             return pretrained
         if same_head and labels is None:
             labels = preset_labels
+        # The task's own settings (pooling, dropout, ...) carry over.
+        settings = {k: v for k, v in preset_config(pretrained).items()
+                    if k not in BODY_AND_CLASSES}
         model = cls.from_body(pretrained.backbone, pretrained.preprocessor,
                               num_classes=None if labels else wanted, labels=labels,
-                              **{**pretrained.task_settings(), **overrides})
+                              **{**settings, **overrides})
         if same_head:
             model.head.set_weights(pretrained.head.get_weights())
         return model

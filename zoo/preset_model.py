@@ -5,7 +5,7 @@ task: `handle` is anything `zoo.sources` resolves (a shipped name, a
 packaged checkpoint, a zoo preset folder, a keras-hub preset, a Hugging Face
 folder or cache snapshot, `hf://`, `kaggle://`); `sha256` pins a zoo preset
 folder (the SHA-256 its `metadata.json` must have); `overrides` change what
-the task allows (`adjustable_at_load`); `lora_rank` trains LoRA adapters on
+the task allows (`adjustable`); `lora_rank` trains LoRA adapters on
 the backbone instead of every weight (`zoo.lora`). What the handle holds picks the one
 loader (`preset_loaders`): the task's own preset kind, or a pretrained body
 (`body_loaders`) that gets a fresh head; anything else is refused by name.
@@ -19,7 +19,8 @@ from zoo.guarded_files import RefusedSource
 from zoo.keras_compat import set_untracked
 from zoo.lora import check_lora_rank, enable_lora, merged_weights
 from zoo.presets import (
-    _AssetFolder, load_checked_weights, load_preset, pinned, save_preset, shipped_presets,
+    KERAS_ARGUMENTS, _AssetFolder, load_checked_weights, load_preset, pinned, preset_config,
+    save_preset, shipped_presets,
 )
 
 
@@ -35,9 +36,10 @@ class PresetModel:
     and the list of shipped ones.
 
     A subclass sets `kind` (stored in the preset) and `presets_dir`, and
-    implements `architecture()`; it may store constructor arguments as
-    assets (vocabularies) through `preset_assets()`, `write_assets()` and
-    `assets_from_preset()`.
+    extends `get_config()` with every constructor argument but those kept
+    as asset files (vocabularies: `preset_assets()`, `write_assets()` and
+    `assets_from_preset()`); `zoo.presets.preset_config` is what a preset
+    stores of it.
     """
 
     kind = None
@@ -48,11 +50,7 @@ class PresetModel:
     backbone_cls = None
     preprocessor_cls = None
     # Configuration entries that may differ from a preset's when loading it.
-    adjustable_at_load = ("dropout",)
-
-    def architecture(self):
-        """The constructor arguments that define the network (JSON-able)."""
-        raise NotImplementedError
+    adjustable = ("dropout",)
 
     def preset_assets(self):
         """`{constructor argument: value}` stored as preset assets, not config."""
@@ -76,16 +74,9 @@ class PresetModel:
         """Takes the constructor arguments `assets_from_preset` reads (a
         vocabulary) into a model built without them: `.keras` loading."""
 
-    def constructor_arguments(self):
-        """Everything that rebuilds this model: architecture and assets."""
-        return {**self.architecture(), **self.preset_assets()}
-
-    # Keras's `.keras` format: the architecture in the config, the assets
+    # Keras's `.keras` format: the configuration in the config, the assets
     # (vocabularies) as files beside the weights, as keras-hub's tokenizers
     # keep theirs.
-
-    def get_config(self):
-        return {**super().get_config(), **self.architecture()}
 
     def save_assets(self, dir_path):
         if any(value is None for value in self.preset_assets().values()):
@@ -105,7 +96,8 @@ class PresetModel:
         adapted = bool(getattr(self, "lora", None))
         if getattr(self, "optimizer", None) is None and not adapted:
             return self
-        twin = type(self)(**self.constructor_arguments())
+        arguments = {k: v for k, v in self.get_config().items() if k not in KERAS_ARGUMENTS}
+        twin = type(self)(**arguments, **self.preset_assets())
         # LoRA adapters merged into their kernels: nothing new to serve,
         # and no extra matmuls per projection.
         twin.set_weights(merged_weights(self) if adapted else self.get_weights())
@@ -114,7 +106,7 @@ class PresetModel:
     def save_to_preset(self, folder, metadata=None):
         """Writes config, weights and assets, checksummed, atomically."""
         return save_preset(
-            folder, self.kind, self.architecture(), self.inference_copy().save_weights,
+            folder, self.kind, preset_config(self), self.inference_copy().save_weights,
             assets=self.write_assets(), metadata=metadata,
         )
 
@@ -152,7 +144,7 @@ class PresetModel:
                 backbone's attention and feed-forward projections, the rest
                 of the backbone frozen (`zoo.lora.enable_lora`); presets and
                 exports get them merged. None: every weight trains.
-            **overrides: any of `adjustable_at_load`; sizes that shape
+            **overrides: any of `adjustable`; sizes that shape
                 weights cannot change.
 
         Raises:
@@ -227,12 +219,12 @@ class PresetModel:
             )
         changed = {
             k for k in overrides
-            if k not in cls.adjustable_at_load and overrides[k] != config[k]
+            if k not in cls.adjustable and overrides[k] != config[k]
         }
         if changed:
             raise ValueError(
                 f"Cannot change {sorted(changed)} of a pretrained preset: they "
-                f"shape its weights. Only {list(cls.adjustable_at_load)} may differ."
+                f"shape its weights. Only {list(cls.adjustable)} may differ."
             )
 
     @classmethod

@@ -56,11 +56,23 @@ SHIPPED_METADATA_SHA256 = {
         "71035eb2be91326f8d215d8b0db2e1e21734d0b3f2bb958f13959d01c362ee47",
     "text_classifier/presets/rotten_tomatoes_small":
         "902f85703c260344545b5d4d064bfeb638fb077698e6dc2999d66c0ef054beea",
-    "text_encoder/presets/english_body_small":
+    "text_transformer/presets/english_body_small":
         "0ba3205a86ea7602d252c25a9593587796d88d2be6dbc015bfa47f1bd8dafd7e",
     "translator/presets/gramps_en_de_small":
         "76e4a9f33bdb03aec01478f53a8847cfdf066ecb9ee1e412181ae0435f989b42",
 }
+
+
+# The entries Keras's `get_config` adds to a model's own arguments.
+KERAS_ARGUMENTS = ("name", "trainable", "dtype")
+
+
+def preset_config(model):
+    """What a preset's `config.json` keeps of `model` (a task or a
+    backbone): its `get_config()` without Keras's own entries and without
+    those its asset files hold (`file_arguments`, e.g. a classifier's labels)."""
+    dropped = KERAS_ARGUMENTS + tuple(getattr(model, "file_arguments", ()))
+    return {k: v for k, v in model.get_config().items() if k not in dropped}
 
 
 def sha256(path):
@@ -142,14 +154,16 @@ def save_preset(folder, kind, config, write_weights, assets, metadata=None):
 def save_backbone_preset(folder, kind, backbone, preprocessor, assets=None, metadata=None):
     """Writes a body, a backbone and its preprocessor without a task, as a
     checksummed preset of `kind` (what `python -m zoo convert` writes)."""
-    config = {"backbone": backbone.architecture(), "preprocessor": preprocessor.get_config()}
+    config = {"backbone": preset_config(backbone), "preprocessor": preprocessor.get_config()}
     return save_preset(folder, kind, config, backbone.save_weights, assets=assets or {},
                        metadata=metadata)
 
 
-def load_backbone_preset(folder, kind, backbone_class, preprocessor_from):
+def load_backbone_preset(folder, kind, backbone_class, preprocessor_from, weights_group=None):
     """`(backbone, preprocessor)` of a verified body preset of `kind`;
-    `preprocessor_from(loaded)` builds the preprocessor from its config and assets."""
+    `preprocessor_from(loaded)` builds the preprocessor from its config and
+    assets. `weights_group`: the backbone's weights are that group of a
+    task's weights file (a task preset read as a body, without its head)."""
     loaded = load_preset(folder, kind)
     try:
         backbone = backbone_class.from_config(loaded.config["backbone"])
@@ -157,19 +171,23 @@ def load_backbone_preset(folder, kind, backbone_class, preprocessor_from):
     except (KeyError, TypeError) as error:
         raise ValueError(f"{folder}/{CONFIG_FILE} is not a {kind}'s configuration: "
                          f"{error}") from None
-    load_checked_weights(backbone, loaded)
+    load_checked_weights(backbone, loaded, weights_group)
     return backbone, preprocessor
 
 
-def load_checked_weights(model, loaded):
+def load_checked_weights(model, loaded, group=None, regroup=None):
     """Loads the verified preset `loaded`'s weights into `model`, after
     checking from the file's header alone (no weight read) that it stores
     exactly the shapes the model has: a weight declared 30000 x 30000 in a
-    hand-edited file is refused before anything is allocated for it."""
+    hand-edited file is refused before anything is allocated for it.
+
+    `group`: only that group of the file is `model`'s (a task's backbone).
+    `regroup`: `{path in the file: path in the model's layout}`, where an
+    older layout's entries live now (`regrouped_weights`)."""
     import collections
 
     try:
-        stored = stored_weight_shapes(loaded.weights)
+        stored = stored_weight_shapes(loaded.weights, group)
     except ValueError as error:
         raise ValueError(f"{loaded.folder}/{WEIGHTS_FILE} {error}") from None
     expected = collections.Counter(tuple(w.shape) for w in model.weights)
@@ -183,22 +201,49 @@ def load_checked_weights(model, loaded):
             f"{sum(expected.values())}; shapes only in the file: {extra}, only in the "
             f"network: {missing}.")
     try:
-        model.load_weights(str(loaded.weights))
+        if group is None and regroup is None:
+            model.load_weights(str(loaded.weights))
+        else:
+            with regrouped_weights(loaded.weights, group, regroup) as path:
+                model.load_weights(path)
     except Exception as error:  # keras raises several types here
         raise ValueError(f"{loaded.folder}/{WEIGHTS_FILE} does not match the preset's "
                          f"config: {error}") from None
 
 
-def stored_weight_shapes(path):
-    """The shape of every weight a Keras `.weights.h5` file stores, read from
-    its header alone (no weight is read)."""
+@contextlib.contextmanager
+def regrouped_weights(path, group=None, regroup=None):
+    """The path of a temporary `.weights.h5` file holding `group` of the
+    weights file `path` as its root (None: the whole file), with each entry
+    `old` of `regroup` moved to `regroup[old]`."""
+    import h5py
+
+    with tempfile.TemporaryDirectory() as staging:
+        target = str(Path(staging) / WEIGHTS_FILE)
+        with h5py.File(path, "r") as source, h5py.File(target, "w") as copy:
+            root = source[group] if group is not None else source
+            for name in root:
+                root.copy(root[name], copy, name)
+            for old, new in (regroup or {}).items():
+                if old in copy:
+                    copy.require_group(new.rpartition("/")[0] or "/")
+                    copy.move(old, new)
+        yield target
+
+
+def stored_weight_shapes(path, group=None):
+    """The shape of every weight a Keras `.weights.h5` file stores (only
+    under `group`, when given), read from its header alone (no weight is read)."""
     import h5py
 
     try:
         with h5py.File(path, "r") as weights_file:
             stored = []
-            weights_file.visititems(lambda name, item: stored.append(tuple(item.shape))
-                                    if isinstance(item, h5py.Dataset) else None)
+            root = weights_file if group is None else weights_file.get(group)
+            if not isinstance(root, h5py.Group):
+                raise ValueError(f"holds no {group!r} weights")
+            root.visititems(lambda name, item: stored.append(tuple(item.shape))
+                            if isinstance(item, h5py.Dataset) else None)
     except OSError as error:
         raise ValueError(f"is not a weights file: {error}") from None
     return stored
@@ -428,6 +473,11 @@ class _AssetFolder:
             return _read_bounded(path, MAX_ASSET_BYTES, "a vocabulary file").decode("utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"{path} cannot be read: {error}") from None
+
+
+def shipped_preset_folders():
+    """The folder of every preset the zoo package ships (`SHIPPED_METADATA_SHA256`)."""
+    return [PACKAGE_DIR / relative for relative in sorted(SHIPPED_METADATA_SHA256)]
 
 
 def shipped_presets(folder):

@@ -34,6 +34,7 @@ import numpy as np
 from zoo.lora import (
     load_training_state, save_training_state, state_path, training_state_variables,
 )
+from zoo.presets import preset_config
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
@@ -394,7 +395,7 @@ def run_fingerprint(model, train, epochs, batch_size, training_metadata=None):
                 else str(value).encode("utf-8"))
             digest.update(len(raw).to_bytes(8, "little"))
             digest.update(raw)
-    architecture = model.architecture() if hasattr(model, "architecture") else {}
+    architecture = preset_config(model) if hasattr(model, "kind") else {}
     settings = {"epochs": int(epochs), "batch_size": int(batch_size),
                 **json.loads(json.dumps(training_metadata or {}, default=str)),
                 "network": json.loads(json.dumps(architecture, sort_keys=True, default=str))}

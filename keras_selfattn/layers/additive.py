@@ -46,7 +46,7 @@ class Additive(SequenceSelfAttention):
     Example:
 
     >>> x = keras.random.normal((2, 6, 8))
-    >>> Additive(units=8, num_heads=2)(x).shape
+    >>> tuple(Additive(units=8, num_heads=2)(x).shape)
     (2, 6, 8)
     """
 

@@ -56,7 +56,7 @@ class LocalWindow(SequenceSelfAttention):
     Example:
 
     >>> x = keras.random.normal((1, 1000, 32))
-    >>> LocalWindow(num_heads=4, key_dim=8, window_size=64)(x).shape
+    >>> tuple(LocalWindow(num_heads=4, key_dim=8, window_size=64)(x).shape)
     (1, 1000, 32)
     """
 

@@ -99,7 +99,7 @@ class MultiHead(BaseAttention):
     Example:
 
     >>> x = keras.random.normal((2, 10, 16))
-    >>> MultiHead(num_heads=4, key_dim=8)(x).shape
+    >>> tuple(MultiHead(num_heads=4, key_dim=8)(x).shape)
     (2, 10, 16)
     """
 

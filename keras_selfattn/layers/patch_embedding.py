@@ -30,7 +30,7 @@ class PatchEmbedding(keras.layers.Layer):
     Example:
 
     >>> images = keras.random.uniform((2, 32, 32, 3))
-    >>> PatchEmbedding(patch_size=8, embedding_dim=16)(images).shape
+    >>> tuple(PatchEmbedding(patch_size=8, embedding_dim=16)(images).shape)
     (2, 17, 16)
     """
 

@@ -26,7 +26,7 @@ class PositionEmbedding(keras.layers.Layer):
     Example:
 
     >>> x = keras.random.normal((2, 5, 8))
-    >>> (x + PositionEmbedding(sequence_length=16)(x)).shape
+    >>> tuple((x + PositionEmbedding(sequence_length=16)(x)).shape)
     (2, 5, 8)
     """
 

@@ -45,7 +45,7 @@ class SelfAttention(SequenceSelfAttention):
     Example:
 
     >>> x = keras.random.normal((2, 5, 8))
-    >>> SelfAttention(units=4)(x).shape
+    >>> tuple(SelfAttention(units=4)(x).shape)
     (2, 5, 4)
     """
 

@@ -29,7 +29,7 @@ class SinePositionEncoding(keras.layers.Layer):
     Example:
 
     >>> x = keras.random.normal((2, 5, 8))
-    >>> SinePositionEncoding()(x).shape
+    >>> tuple(SinePositionEncoding()(x).shape)
     (2, 5, 8)
     """
 

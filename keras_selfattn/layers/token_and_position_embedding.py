@@ -29,7 +29,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     Example:
 
     >>> ids = keras.ops.array([[5, 3, 0, 0]])
-    >>> TokenAndPositionEmbedding(10, 8, 4, mask_zero=True)(ids).shape
+    >>> tuple(TokenAndPositionEmbedding(10, 8, 4, mask_zero=True)(ids).shape)
     (1, 4, 4)
     """
 

@@ -42,8 +42,8 @@ class TransformerDecoderBlock(ResidualBlock):
     Example:
 
     >>> block = TransformerDecoderBlock(num_heads=2, intermediate_dim=32)
-    >>> block(keras.random.normal((2, 5, 16)),
-    ...       keras.random.normal((2, 7, 16))).shape
+    >>> tuple(block(keras.random.normal((2, 5, 16)),
+    ...             keras.random.normal((2, 7, 16))).shape)
     (2, 5, 16)
     """
 

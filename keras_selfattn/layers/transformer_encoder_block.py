@@ -53,8 +53,8 @@ class TransformerEncoderBlock(ResidualBlock):
     Example:
 
     >>> x = keras.random.normal((2, 12, 16))
-    >>> TransformerEncoderBlock(4, 32, attention="local_window",
-    ...                         window_size=4)(x).shape
+    >>> tuple(TransformerEncoderBlock(4, 32, attention="local_window",
+    ...                               window_size=4)(x).shape)
     (2, 12, 16)
     """
 

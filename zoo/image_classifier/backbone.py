@@ -8,9 +8,6 @@ from keras_selfattn.layers.transformer_encoder_block import ATTENTION_TYPES
 from zoo.backbone import Backbone
 from zoo.image_classifier.preprocessor import image_size_pair
 
-# What a pretrained backbone may change (`with_changes`): the image size
-# resizes the position table; the others change no weight.
-ADJUSTABLE = ("image_size", "attention", "window_size", "dropout", "attention_dropout")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -56,7 +53,9 @@ class ImageBackbone(Backbone):
     TensorShape([1, 5, 8])
     """
 
-    adjustable = ADJUSTABLE
+    # What a pretrained backbone may change (`with_changes`): the image size
+    # resizes the position table; the others change no weight.
+    adjustable = ("image_size", "attention", "window_size", "dropout", "attention_dropout")
 
     def __init__(self, image_size, channels, patch_size, num_layers, num_heads, hidden_dim,
                  intermediate_dim, class_token=True, attention="multi_head", window_size=None,
@@ -119,12 +118,6 @@ class ImageBackbone(Backbone):
     def grid_shape(self):
         """`(rows, columns)` of the patch grid."""
         return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
-
-    @classmethod
-    def task_cls(cls):
-        from zoo.image_classifier import ImageClassifier
-
-        return ImageClassifier
 
     def with_changes(self, **changes):
         """A new backbone with `changes` to its configuration and this one's

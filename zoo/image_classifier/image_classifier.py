@@ -8,9 +8,10 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import presets as preset_io
+from zoo.presets import KERAS_ARGUMENTS, preset_config
 from zoo.backbone import attention_through
 from zoo.checkpoint_files import open_checkpoint
-from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
+from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import export_saved_model
 from zoo.image_classifier.backbone import ImageBackbone
 from zoo.image_classifier.preprocessor import (
@@ -44,8 +45,6 @@ MAX_REQUEST_IMAGE_BYTES = 8 << 20
 MAX_REQUEST_PIXELS = 1 << 25
 
 
-ADJUSTABLE = ("dropout", "num_classes", "image_size", "augmentation", "attention",
-              "window_size", "pooling")
 
 _VIT_PAPER = dict(image_size=224, channels=3, patch_size=16, pooling="token")
 # Named architectures: the ViT paper's sizes (Dosovitskiy et al., 2021, Table 1,
@@ -166,7 +165,8 @@ class ImageClassifier(ClassifierModel):
     backbone_cls = ImageBackbone
     preprocessor_cls = ImagePreprocessor
     configurations = CONFIGURATIONS
-    adjustable_at_load = ADJUSTABLE
+    adjustable = ("dropout", "num_classes", "image_size", "augmentation", "attention",
+                  "window_size", "pooling")
     from_scratch_sizes = FROM_SCRATCH_SIZES
     drop_remainder_in_training = True
 
@@ -431,14 +431,10 @@ class ImageClassifier(ClassifierModel):
 
     # Configuration, presets and export.
 
-    def architecture(self):
-        return {"num_classes": self.num_classes, "pooling": self.pooling, "dropout": self.dropout,
-                "augmentation": self.augmentation, "backbone": self.backbone.architecture(),
+    def get_config(self):
+        return {**super().get_config(), "pooling": self.pooling, "dropout": self.dropout,
+                "augmentation": self.augmentation, "backbone": preset_config(self.backbone),
                 "preprocessor": self.preprocessor.get_config()}
-
-    def task_settings(self):
-        return {"pooling": self.pooling, "dropout": self.dropout,
-                "augmentation": self.augmentation}
 
     @classmethod
     def body_loaders(cls):
@@ -619,3 +615,13 @@ def body_loaders():
     a zoo `image_backbone` preset, a Hugging Face ViT, a keras-hub ViT preset."""
     return {("zoo", BACKBONE_KIND): lambda source: load_backbone_preset(source.folder),
             ("hugging_face", "vit"): load_converted, ("keras_hub", "ViTBackbone"): load_converted}
+
+
+def _classifier_body(source):
+    """`(backbone, preprocessor)` of an image classifier preset."""
+    classifier = ImageClassifier.from_preset(source.folder)
+    return classifier.backbone, classifier.preprocessor
+
+
+ImageBackbone.serve_bodies(lambda: {**body_loaders(), ("zoo", KIND): _classifier_body},
+                           ImageClassifier.named_presets)

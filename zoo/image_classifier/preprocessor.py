@@ -199,7 +199,7 @@ class ImagePreprocessor:
     Example:
 
     >>> preprocessor = ImagePreprocessor(image_size=4, channels=1)
-    >>> preprocessor(np.full((1, 8, 8), 255, "uint8")).numpy().max()
+    >>> float(preprocessor(np.full((1, 8, 8), 255, "uint8")).numpy().max())
     1.0
     """
 

@@ -7,13 +7,13 @@ import numpy as np
 import tensorflow as tf
 
 from zoo.backbone import attention_through, summarize_attention_through
-from zoo.classifier import HEAD_NAME, KERAS_ARGUMENTS, ClassifierModel, ClassifierServing
+from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
 from zoo.export import checked_texts, export_saved_model
 from zoo.pipeline import text_array
-from zoo.presets import shipped_presets
-from zoo.text_classifier import bodies
-from zoo.text_classifier.backbone import TextBackbone
-from zoo.text_classifier.preprocessor import TextPreprocessor
+from zoo.presets import KERAS_ARGUMENTS, preset_config, shipped_presets
+from zoo.text_transformer import bodies
+from zoo.text_transformer.backbone import TextBackbone
+from zoo.text_transformer.preprocessor import TextPreprocessor
 
 KIND = "text_classifier"
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -34,8 +34,6 @@ FROM_SCRATCH_SIZES = dict(
 # the sequence length (`bench/RESULTS.md`, "Serving limits").
 REQUEST_TOKEN_BUDGET = 32_768
 MIN_REQUEST_TEXT_BYTES = 16_384
-ADJUSTABLE = ("dropout", "num_classes", "sequence_length", "attention", "window_size",
-              "global_tokens", "pooling", "rematerialize")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -91,8 +89,10 @@ class TextClassifier(ClassifierModel):
 
     Example:
 
-    >>> model = TextClassifier(labels=["neg", "pos"], sequence_length=32)
-    >>> model.fit(["good", "bad"] * 8, ["pos", "neg"] * 8, epochs=1, verbose=0)
+    >>> model = TextClassifier(labels=["neg", "pos"], sequence_length=32, num_layers=1,
+    ...                        hidden_dim=16, num_heads=2, intermediate_dim=32)
+    >>> model.compile()
+    >>> _ = model.fit(["good", "bad"] * 8, ["pos", "neg"] * 8, epochs=1, verbose=0)
     >>> model.predict(["good film"], verbose=0).shape
     (1, 2)
     """
@@ -103,7 +103,8 @@ class TextClassifier(ClassifierModel):
     presets_dir = PRESETS_DIR
     backbone_cls = TextBackbone
     preprocessor_cls = TextPreprocessor
-    adjustable_at_load = ADJUSTABLE
+    adjustable = ("dropout", "num_classes", "sequence_length", "attention", "window_size",
+                  "global_tokens", "pooling", "rematerialize")
     from_scratch_sizes = FROM_SCRATCH_SIZES
     body_overrides = {"dropout": FINE_TUNING_DROPOUT}
 
@@ -140,7 +141,7 @@ class TextClassifier(ClassifierModel):
         self.head = keras.layers.Dense(self.num_classes, dtype="float32", name=HEAD_NAME)
         # Calling the network once creates every weight, so presets and
         # checkpoints load into a complete model.
-        self(np.zeros((1, min(8, backbone.max_sequence_length)), "int32"))
+        self(np.zeros((1, min(8, backbone.sequence_length)), "int32"))
 
     # Tokenization.
 
@@ -215,9 +216,9 @@ class TextClassifier(ClassifierModel):
 
     # Configuration, presets and export.
 
-    def architecture(self):
-        return {"num_classes": self.num_classes, "pooling": self.pooling, "dropout": self.dropout,
-                "backbone": self.backbone.architecture(),
+    def get_config(self):
+        return {**super().get_config(), "pooling": self.pooling, "dropout": self.dropout,
+                "backbone": preset_config(self.backbone),
                 "preprocessor": self.preprocessor.get_config()}
 
     def preset_assets(self):
@@ -236,7 +237,7 @@ class TextClassifier(ClassifierModel):
     @classmethod
     def named_presets(cls):
         """The shipped classifier presets and the text bodies `from_preset`
-        also takes by name (`zoo.text_classifier.bodies.named_bodies`)."""
+        also takes by name (`zoo.text_transformer.bodies.named_bodies`)."""
         return {**shipped_presets(PRESETS_DIR), **bodies.named_bodies()}
 
     @classmethod
@@ -255,7 +256,7 @@ class TextClassifier(ClassifierModel):
             sha256: pins a zoo preset folder: the SHA-256 its
                 `metadata.json` must have.
             **overrides: `num_classes` or `labels` (required for a body),
-                and any of `ADJUSTABLE`. A `sequence_length` other
+                and any of `adjustable`. A `sequence_length` other
                 than the backbone's positions cuts them or tiles them end to
                 end (`tiled_positions`); `attention` and `window_size` move
                 between `"multi_head"` and `"local_window"`, which share
@@ -268,9 +269,6 @@ class TextClassifier(ClassifierModel):
         """
         return super().from_preset(preset, sha256, **overrides)
 
-    def task_settings(self):
-        return {"pooling": self.pooling, "dropout": self.dropout}
-
     @classmethod
     def from_body(cls, backbone, preprocessor, num_classes=None, labels=None, **overrides):
         """A classifier on a pretrained `backbone` and `preprocessor`, with the
@@ -280,7 +278,7 @@ class TextClassifier(ClassifierModel):
         sequence_length = overrides.pop("sequence_length", None)
         if sequence_length is not None:
             preprocessor = preprocessor.with_sequence_length(sequence_length)
-            overrides["max_sequence_length"] = sequence_length
+            overrides["sequence_length"] = sequence_length
         backbone = backbone.with_changes(dropout=dropout, **overrides)
         return cls(backbone=backbone, preprocessor=preprocessor, num_classes=num_classes,
                    labels=labels, pooling=pooling, dropout=dropout)

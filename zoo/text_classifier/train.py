@@ -20,7 +20,7 @@ EMBEDDED_DATA = "rotten-tomatoes"
 DEFINITIONS_DATA = "wordnet-definitions"
 # What `python -m zoo train text-classifier` fine-tunes unless told
 # `--from-scratch` or `--preset NAME`: the MiniLM checkpoint read from its
-# pip package (`zoo.text_classifier.bodies.PACKAGED_CHECKPOINTS`), or, when
+# pip package (`zoo.text_transformer.bodies.PACKAGED_CHECKPOINTS`), or, when
 # that package is not installed, the body pretrained by our own recipe.
 CHECKPOINT_BODY = "all_minilm_l6_v2"
 OWN_BODY = "english_body_small"
@@ -42,7 +42,7 @@ FROM_SCRATCH = dict(learning_rate=1e-3, epochs=3)
 
 def default_body():
     """`(name, one line saying which body and why)` of the default body."""
-    from zoo.text_classifier.bodies import PACKAGED_CHECKPOINTS, packaged_checkpoint_zip
+    from zoo.text_transformer.bodies import PACKAGED_CHECKPOINTS, packaged_checkpoint_zip
 
     packaged = PACKAGED_CHECKPOINTS[CHECKPOINT_BODY]
     upstream, licence = packaged.upstream, packaged.licence
@@ -58,10 +58,10 @@ def fine_tuning_recipe(preset):
     """`FINE_TUNING` for our own bodies and presets, `CHECKPOINT_FINE_TUNING`
     for converted checkpoints."""
     from zoo.sources import zoo_kind
-    from zoo.text_encoder.model import TextEncoder
+    from zoo.text_transformer.bodies import ENCODER_KIND
 
     kind = zoo_kind(preset, TextClassifier.named_presets())
-    return FINE_TUNING if kind in (TextEncoder.kind, TextClassifier.kind) else CHECKPOINT_FINE_TUNING
+    return FINE_TUNING if kind in (ENCODER_KIND, TextClassifier.kind) else CHECKPOINT_FINE_TUNING
 
 
 def recipe_epochs(recipe, examples, batch_size):

@@ -1,3 +1,3 @@
-from zoo.text_encoder.model import TextEncoder
+from zoo.text_encoder.text_encoder import TextEncoder
 
 __all__ = ["TextEncoder"]

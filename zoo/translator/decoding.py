@@ -125,3 +125,41 @@ def beam_search(step, state, batch_size, beam_size, max_length, start_id, end_id
     best = tf.argmax(scores, axis=1, output_type=tf.int32)
     tokens = gather(tf.concat([finished, alive], 1), best)[:, 1:]
     return tokens, gather(scores, best)
+
+
+def step_functions(backbone, project, encoded, source_mask, beam_size, max_length,
+                   use_cache=True):
+    """`(initial state, step)` for `beam_search` over the encoded sources,
+    rows repeated per beam.
+
+    Args:
+        backbone: a `TranslatorBackbone`.
+        project: `(B, T, hidden_dim)` -> `(B, T, V)` logits (the task's head).
+        encoded, source_mask: `backbone.encode`'s outputs.
+        beam_size, max_length: as `beam_search`'s.
+        use_cache: the state is each decoder block's self-attention cache,
+            `max_length` positions long; without it there is none and each
+            step recomputes the whole prefix (for tests and benchmarks).
+    """
+    encoded = tf.repeat(encoded, beam_size, axis=0)
+    source_mask = tf.repeat(source_mask, beam_size, axis=0)
+    if not use_cache:
+        def recompute(tokens, index, state):
+            # The whole prefix again at every step: what the cache saves.
+            prefix = tokens[:, :index + 1]
+            logits = project(backbone.decode(prefix, encoded, source_mask))[:, -1]
+            return tf.nn.log_softmax(logits), state
+
+        return (), recompute
+
+    cross_caches = backbone.cross_attention_caches(encoded)
+    state = backbone.empty_caches(tf.shape(encoded)[0], max_length)
+
+    def cached(tokens, index, caches):
+        # Indexed, not sliced, so the one-token length is known while
+        # tracing and the attention skips the causal mask.
+        token = tokens[:, index][:, None]
+        x, caches = backbone.decode_step(token, index, source_mask, caches, cross_caches)
+        return tf.nn.log_softmax(project(x)[:, 0]), caches
+
+    return state, cached

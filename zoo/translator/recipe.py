@@ -9,7 +9,7 @@ the same versions of TensorFlow and Keras reproduces the same weights.
 """
 
 from zoo.training import recipe_command
-from zoo.translator.model import PRESETS_DIR
+from zoo.translator.translator import PRESETS_DIR
 from zoo.translator.train import EMBEDDED_DATA, train_translator
 
 PRESET_NAME = "gramps_en_de_small"

@@ -12,7 +12,7 @@ from zoo.training import (
     warmup_cosine,
 )
 from zoo.training_run import TrainingRun
-from zoo.translator.model import Translator
+from zoo.translator.translator import Translator
 
 EMBEDDED_DATA = "gramps"
 DEFAULT_LANGUAGE = "de"

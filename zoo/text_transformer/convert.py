@@ -32,8 +32,8 @@ from zoo.checkpoint_files import (
     RefusedSource, check_number, checked_vocabulary, hub_backbone, vocabulary_in_order, vocabulary_lines,
 )
 from zoo.keras_compat import hub_encoder_sublayers, safetensor_loader
-from zoo.text_classifier.backbone import TextBackbone
-from zoo.text_classifier.preprocessor import TextPreprocessor
+from zoo.text_transformer.backbone import TextBackbone
+from zoo.text_transformer.preprocessor import TextPreprocessor
 
 SUPPORTED = {"BertBackbone": "BERT", "DistilBertBackbone": "DistilBERT",
              "RobertaBackbone": "RoBERTa"}
@@ -71,7 +71,7 @@ def load_checkpoint(checkpoint):
         else _keras_hub_tokenizer(checkpoint))
     vocabulary, weights["token"] = _padding_first(
         vocabulary, weights["token"], tokenizer_config["pad_token"], checkpoint.origin)
-    sequence_length = min(backbone_config["max_sequence_length"], DEFAULT_SEQUENCE_LENGTH)
+    sequence_length = min(backbone_config["sequence_length"], DEFAULT_SEQUENCE_LENGTH)
     if hugging_face:
         sentence_config = checkpoint.json("sentence_bert_config.json") or {}
         sequence_length = min(sequence_length, sentence_config.get("max_seq_length") or 10**9)
@@ -226,11 +226,11 @@ def _encoder_weights(hub_backbone):
             for layer in hub_backbone.transformer_layers]
 
 
-def _shared_config(hub_backbone, max_sequence_length):
+def _shared_config(hub_backbone, sequence_length):
     return dict(vocabulary_size=hub_backbone.vocabulary_size, num_layers=hub_backbone.num_layers,
                 num_heads=hub_backbone.num_heads, hidden_dim=hub_backbone.hidden_dim,
                 intermediate_dim=hub_backbone.intermediate_dim,
-                max_sequence_length=max_sequence_length, embedding_norm=True,
+                sequence_length=sequence_length, embedding_norm=True,
                 layer_norm_epsilon=1e-12)
 
 

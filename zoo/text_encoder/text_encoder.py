@@ -7,15 +7,16 @@ import numpy as np
 import tensorflow as tf
 
 from zoo.preset_model import PresetModel
-from zoo.text_classifier import bodies
-from zoo.text_classifier.backbone import TextBackbone
-from zoo.text_classifier.bodies import (
-    body_parts, preprocessor_assets, read_vocabulary, vocabulary_asset,
+from zoo.presets import preset_config
+from zoo.text_encoder.preprocessor import MaskedLanguageModelPreprocessor
+from zoo.text_transformer import bodies
+from zoo.text_transformer.backbone import TextBackbone
+from zoo.text_transformer.bodies import (
+    ENCODER_KIND, PRESETS_DIR, body_parts, preprocessor_assets, read_vocabulary, vocabulary_asset,
 )
-from zoo.text_classifier.preprocessor import RESERVED_TOKENS, TextPreprocessor
+from zoo.text_transformer.preprocessor import RESERVED_TOKENS, TextPreprocessor
 
-KIND = "text_encoder"
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+KIND = ENCODER_KIND
 MASK_TOKEN = "[MASK]"
 NOTICE = Path(__file__).resolve().parent / "NOTICE"
 NOTICE_FILE = "NOTICE"
@@ -122,7 +123,7 @@ class TextEncoder(PresetModel, keras.Model):
         self.mlm_logits = MaskedTokenLogits(backbone.vocabulary_size, name="mlm_logits")
         if preprocessor.vocabulary is not None:
             self._check_mask_token()
-        self({"token_ids": np.zeros((1, min(8, backbone.max_sequence_length)), "int32"),
+        self({"token_ids": np.zeros((1, min(8, backbone.sequence_length)), "int32"),
               "mask_positions": np.zeros((1, 1), "int32")})
 
     # Tokenization.
@@ -146,6 +147,12 @@ class TextEncoder(PresetModel, keras.Model):
     @property
     def mask_id(self):
         return self.vocabulary.index(MASK_TOKEN)
+
+    def masking_preprocessor(self):
+        """The `MaskedLanguageModelPreprocessor` of this vocabulary: what
+        pretraining feeds the network."""
+        return MaskedLanguageModelPreprocessor(self.mask_id, len(self.reserved_tokens),
+                                               len(self.vocabulary))
 
     def learn_vocabulary(self, texts):
         """Learns the WordPiece vocabulary from `texts` (strings)."""
@@ -181,8 +188,8 @@ class TextEncoder(PresetModel, keras.Model):
 
     # Presets.
 
-    def architecture(self):
-        return {"backbone": self.backbone.architecture(),
+    def get_config(self):
+        return {**super().get_config(), "backbone": preset_config(self.backbone),
                 "preprocessor": self.preprocessor.get_config()}
 
     def preset_assets(self):
@@ -211,10 +218,10 @@ class TextEncoder(PresetModel, keras.Model):
 
     @classmethod
     def check_override_names(cls, overrides):
-        unknown = set(overrides) - set(cls.adjustable_at_load)
+        unknown = set(overrides) - set(cls.adjustable)
         if unknown:
             raise ValueError(f"Unknown arguments {sorted(unknown)} for TextEncoder.from_preset; "
-                             f"only {list(cls.adjustable_at_load)} may be given.")
+                             f"only {list(cls.adjustable)} may be given.")
 
     @classmethod
     def from_body(cls, backbone, preprocessor, **overrides):

@@ -21,7 +21,7 @@ class TextPreprocessor:
     and tensorflow-text ops (so the exported SavedModel tokenizes too), then
     `start_token ... end_token`, truncated to `sequence_length` and padded
     with the padding token's id, which must be 0 (the backbone masks id 0;
-    `zoo.text_classifier.convert` reorders a checkpoint's vocabulary when
+    `zoo.text_transformer.convert` reorders a checkpoint's vocabulary when
     its padding token is elsewhere). Special tokens are found by name:
     BERT's `[CLS]` is id 101.
 

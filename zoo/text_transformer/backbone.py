@@ -9,9 +9,6 @@ from zoo.backbone import Backbone
 from zoo.rematerialize import rematerialize as rematerialize_layer
 
 ACTIVATIONS = ("gelu", "gelu_approximate", "relu")
-# What a pretrained backbone may change (`with_changes`): no weight depends on it.
-ADJUSTABLE = ("attention", "window_size", "global_tokens", "dropout", "attention_dropout",
-              "max_sequence_length", "rematerialize")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -32,7 +29,7 @@ class TextBackbone(Backbone):
 
     The body every zoo text model shares (the classifier, the masked
     language model) and the network converted BERT-family checkpoints map
-    into (`zoo.text_classifier.convert`): a token embedding plus learned
+    into (`zoo.text_transformer.convert`): a token embedding plus learned
     position embeddings (BERT's constant type-0 row folded into the
     positions), an optional embedding layer norm, `num_layers`
     `TransformerEncoderBlock`s, a final layer norm with pre-norm blocks, and
@@ -44,7 +41,7 @@ class TextBackbone(Backbone):
     Args:
         vocabulary_size: rows of the token embedding.
         num_layers, num_heads, hidden_dim, intermediate_dim: sizes.
-        max_sequence_length: rows of the position embedding.
+        sequence_length: rows of the position embedding.
         attention: `"multi_head"`, `"local_window"`, `"additive"` or
             `"self_attention"`; the first two have the same weights, so a
             backbone trained with one runs with the other.
@@ -70,7 +67,7 @@ class TextBackbone(Backbone):
             5.9 GiB, for about 22% more time per step (`bench/RESULTS.md`).
 
     Call arguments:
-        token_ids: `(B, T)` int32 ids, 0 for padding, `T <= max_sequence_length`.
+        token_ids: `(B, T)` int32 ids, 0 for padding, `T <= sequence_length`.
 
     Returns:
         `{"sequence_output": (B, T, hidden_dim)}`, plus `"pooled_output"`
@@ -84,17 +81,19 @@ class TextBackbone(Backbone):
     TensorShape([1, 4, 8])
     """
 
-    adjustable = ADJUSTABLE
+    # What a pretrained backbone may change (`with_changes`): no weight depends on it.
+    adjustable = ("attention", "window_size", "global_tokens", "dropout", "attention_dropout",
+                  "sequence_length", "rematerialize")
 
     def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim,
-                 max_sequence_length=512, attention="multi_head", window_size=None,
+                 sequence_length=512, attention="multi_head", window_size=None,
                  global_tokens=0, dropout=0.1, attention_dropout=None, activation="gelu",
                  layer_norm_epsilon=1e-5, embedding_norm=False, normalize_first=False,
                  pooler=False, rematerialize=False, **kwargs):
         for name, value in (("vocabulary_size", vocabulary_size), ("num_layers", num_layers),
                             ("num_heads", num_heads), ("hidden_dim", hidden_dim),
                             ("intermediate_dim", intermediate_dim),
-                            ("max_sequence_length", max_sequence_length)):
+                            ("sequence_length", sequence_length)):
             check_positive_int(name, value)
         if attention not in ATTENTION_TYPES:
             raise ValueError(f"`attention` must be one of {ATTENTION_TYPES}. "
@@ -102,7 +101,7 @@ class TextBackbone(Backbone):
         # The layers first, as attributes: the task models and the attention
         # figures walk them (`embed`, `blocks`).
         self.embedding = ksa.TokenAndPositionEmbedding(
-            vocabulary_size, max_sequence_length, hidden_dim, mask_zero=True, name="embedding")
+            vocabulary_size, sequence_length, hidden_dim, mask_zero=True, name="embedding")
         self.embedding_normalization = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name="embedding_norm") if embedding_norm else None
         self.blocks = [
@@ -140,7 +139,7 @@ class TextBackbone(Backbone):
         self.num_heads = num_heads
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
-        self.max_sequence_length = max_sequence_length
+        self.sequence_length = sequence_length
         self.attention = attention
         self.window_size = window_size
         self.global_tokens = global_tokens
@@ -173,26 +172,29 @@ class TextBackbone(Backbone):
 
     @property
     def position_embeddings(self):
-        """The `(max_sequence_length, hidden_dim)` position embedding variable."""
+        """The `(sequence_length, hidden_dim)` position embedding variable."""
         return self.embedding.position_embedding.position_embeddings
 
     @classmethod
-    def task_cls(cls):
-        from zoo.text_classifier import TextClassifier
-
-        return TextClassifier
+    def from_config(cls, config):
+        # Presets written before 2026-12-07 (the shipped ones among them)
+        # call the positions `max_sequence_length`.
+        config = dict(config)
+        if "max_sequence_length" in config:
+            config["sequence_length"] = config.pop("max_sequence_length")
+        return super().from_config(config)
 
     def with_changes(self, **changes):
         """A new backbone with `changes` to its configuration and this one's
         weights: `attention`, `window_size` and `global_tokens` keep every
         weight (the attentions share them), the dropouts change none, and a
-        larger `max_sequence_length` tiles the learned positions
+        larger `sequence_length` tiles the learned positions
         (`tiled_positions`)."""
         return super().with_changes(**changes)
 
     def carried_over(self, ours, theirs, other):
         if theirs is other.position_embeddings:
-            return tiled_positions(ours, other.max_sequence_length)
+            return tiled_positions(ours, other.sequence_length)
         return ours
 
     def get_config(self):
@@ -204,7 +206,7 @@ class TextBackbone(Backbone):
             "num_heads": self.num_heads,
             "hidden_dim": self.hidden_dim,
             "intermediate_dim": self.intermediate_dim,
-            "max_sequence_length": self.max_sequence_length,
+            "sequence_length": self.sequence_length,
             "attention": self.attention,
             "window_size": self.window_size,
             "global_tokens": self.global_tokens,

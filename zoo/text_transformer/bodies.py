@@ -1,26 +1,40 @@
 """Text bodies: where a pretrained backbone and its preprocessor come from.
 
 A body is a `(TextBackbone, TextPreprocessor)` pair without a task head.
-`BODY_LOADERS` holds the one loader per source (`zoo.sources`) a text task
+`body_loaders()` holds the one loader per source (`zoo.sources`) a text task
 takes a body from:
 
 - a zoo preset of kind `text_backbone` (what `python -m zoo convert`
-  writes) or `text_encoder` (a pretrained `TextEncoder`'s backbone; the
-  shipped `english_body_small` is one);
+  writes) or `text_encoder` (a pretrained masked language model, read here
+  as its backbone's weights and its preprocessor, without its head: this
+  folder imports no task; the shipped `english_body_small` in `presets/` is
+  one);
 - a Hugging Face BERT, DistilBERT or RoBERTa checkpoint (folder, cache
   snapshot, `hf://`; `all_minilm_l6_v2` is one, read from its installed
   pip package, see `PACKAGED_CHECKPOINTS`), or a keras-hub preset of those
   backbones, checked (`zoo.checkpoint_files.open_checkpoint`) and converted
-  by `zoo.text_classifier.convert`.
+  by `zoo.text_transformer.convert`.
 """
+
+from pathlib import Path
 
 from zoo import presets as preset_io
 from zoo.checkpoint_files import open_checkpoint
 from zoo.sources import Packaged
-from zoo.text_classifier.backbone import TextBackbone
-from zoo.text_classifier.preprocessor import TextPreprocessor
+from zoo.text_transformer.backbone import TextBackbone
+from zoo.text_transformer.preprocessor import TextPreprocessor
 
 BACKBONE_KIND = "text_backbone"
+# The preset kind of a text backbone pretrained with a masked-token head
+# (`zoo.text_encoder.TextEncoder`): config `{"backbone", "preprocessor"}`,
+# the backbone's weights under `backbone/` in the weights file.
+ENCODER_KIND = "text_encoder"
+# The tasks on this backbone whose presets a text body is read from (config
+# `{"backbone", "preprocessor", ...}`, weights of the backbone under
+# `backbone/`), by their preset kind.
+TASK_KINDS = (ENCODER_KIND, "text_classifier")
+# The bodies shipped with the zoo, made by `python -m zoo.text_encoder.pretrain`.
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 VOCABULARY_FILE = "vocabulary.txt"
 MERGES_FILE = "merges.txt"
 # Checkpoints that pip packages carry in Hugging Face layout, read from the
@@ -39,7 +53,7 @@ def body_parts(backbone, preprocessor, vocabulary, sequence_length, merges=None,
     for a new one (`sizes` and `sequence_length` for the backbone,
     `vocabulary` and `sequence_length` for the preprocessor)."""
     if backbone is None:
-        backbone = TextBackbone(max_sequence_length=sequence_length, name="backbone", **sizes)
+        backbone = TextBackbone(sequence_length=sequence_length, name="backbone", **sizes)
     elif isinstance(backbone, dict):
         backbone = TextBackbone.from_config({**backbone, "name": "backbone"})
     if preprocessor is None:
@@ -91,36 +105,35 @@ def packaged_checkpoint_zip(name):
 def named_bodies():
     """`{name: folder or Packaged}` of the bodies a text task takes by name:
     the shipped text encoders and the installed packaged checkpoints."""
-    from zoo.text_encoder.model import TextEncoder
-
     installed = {name: packaged for name, packaged in PACKAGED_CHECKPOINTS.items()
                  if packaged_checkpoint_zip(name) is not None}
-    return {**TextEncoder.presets, **installed}
+    return {**preset_io.shipped_presets(PRESETS_DIR), **installed}
+
+
+def shipped_text_presets():
+    """`{name: folder}` of every preset the zoo ships that holds a text body
+    (the bodies, and the presets of the tasks on this backbone, found by
+    their kind): the names `TextBackbone.from_preset` takes."""
+    from zoo.sources import zoo_kind
+
+    return {folder.name: folder for folder in preset_io.shipped_preset_folders()
+            if zoo_kind(folder) in (BACKBONE_KIND,) + TASK_KINDS}
 
 
 def load_converted(source):
     """`(backbone, preprocessor)` of a checked Hugging Face or keras-hub checkpoint."""
-    from zoo.text_classifier import convert
+    from zoo.text_transformer import convert
 
     with open_checkpoint(source.folder, source.handle) as checkpoint:
         return convert.load_checkpoint(checkpoint)
 
 
-def load_encoder_body(source):
-    """`(backbone, preprocessor)` of a `TextEncoder` preset."""
-    from zoo.text_encoder.model import TextEncoder
-
-    encoder = TextEncoder.from_preset(source.folder)
-    return encoder.backbone, encoder.preprocessor
-
-
 def body_loaders():
     """`{source key: source -> (backbone, preprocessor)}` of every text body."""
-    from zoo.text_classifier import convert
-    from zoo.text_encoder.model import KIND as ENCODER_KIND
+    from zoo.text_transformer import convert
 
-    loaders = {("zoo", BACKBONE_KIND): lambda source: load_backbone_preset(source.folder),
-               ("zoo", ENCODER_KIND): load_encoder_body}
+    loaders = {("zoo", kind): lambda source, kind=kind: load_backbone_preset(source.folder, kind)
+               for kind in (BACKBONE_KIND,) + TASK_KINDS}
     loaders.update({("hugging_face", model_type): load_converted
                     for model_type in convert.HF_MODEL_TYPES})
     loaders.update({("keras_hub", name): load_converted for name in convert.SUPPORTED})
@@ -140,8 +153,13 @@ def save_backbone_preset(folder, backbone, preprocessor, metadata=None):
                                           vocabulary_asset(preprocessor), metadata)
 
 
-def load_backbone_preset(folder):
-    """`(backbone, preprocessor)` of a verified `text_backbone` preset."""
+def load_backbone_preset(folder, kind=BACKBONE_KIND):
+    """`(backbone, preprocessor)` of a verified `text_backbone` preset, or
+    of a task's preset (`TASK_KINDS`) without its head."""
     return preset_io.load_backbone_preset(
-        folder, BACKBONE_KIND, TextBackbone,
-        lambda loaded: TextPreprocessor(**read_vocabulary(loaded), **loaded.config["preprocessor"]))
+        folder, kind, TextBackbone,
+        lambda loaded: TextPreprocessor(**read_vocabulary(loaded), **loaded.config["preprocessor"]),
+        weights_group=None if kind == BACKBONE_KIND else "backbone")
+
+
+TextBackbone.serve_bodies(body_loaders, lambda: {**shipped_text_presets(), **named_bodies()})

@@ -211,6 +211,17 @@ def xla_only_ops(export_version_dir):
     return sorted(op for op in ops if op.startswith("Xla"))
 
 
+def run_main(args, capsys):
+    """`python -m zoo ARGS` in this process: (exit code, stdout, stderr). For
+    the steps after a test's first real command (which starts the process a
+    user would): reading a run back, resuming it, a refusal."""
+    from zoo.__main__ import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def environment(**extra):
     return dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2",
                 PYTHONUNBUFFERED="1", **extra)

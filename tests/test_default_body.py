@@ -10,7 +10,8 @@ from conftest import write_reviews_csv
 
 
 def test_without_the_minilm_package_the_default_body_is_our_own(monkeypatch):
-    from zoo.text_transformer import bodies, train
+    from zoo.text_classifier import train
+    from zoo.text_transformer import bodies
 
     assert train.default_body()[0] == "all_minilm_l6_v2"
     monkeypatch.setattr(bodies, "packaged_checkpoint_zip", lambda name: None)

@@ -66,7 +66,7 @@ def test_body_fine_tunes_on_texts_of_over_1024_tokens_with_local_window():
     test = long_review_documents(test_texts, names[test_labels], 1100, token_counts(test_texts))
     ids = model.preprocess(np.asarray(test[0][:2]))
     assert ids.shape[1] >= 1024 and int((ids.numpy() > 0).sum(1).min()) >= 1024
-    epochs, batch_size = 2, 4
+    epochs, batch_size = 2, 2
     schedule = fine_tuning_schedule(len(train[0]), batch_size, epochs)
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01))
     history = model.fit(train[0], train[1], epochs=epochs, batch_size=batch_size, verbose=0)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, write_reviews_csv
+from conftest import REPO_ROOT, run_main, write_reviews_csv
 
 
 def zoo(*args, cwd):
@@ -24,7 +24,7 @@ def reviews_csv(sentiment_sample, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_train_predict_evaluate(reviews_csv, tmp_path):
+def test_train_predict_evaluate(reviews_csv, tmp_path, capsys, monkeypatch):
     # Columns the reader does not guess: given to `train`, remembered by `evaluate`.
     lines = reviews_csv.read_text().splitlines(keepends=True)
     reviews_csv = tmp_path / "reviews.csv"
@@ -46,13 +46,16 @@ def test_train_predict_evaluate(reviews_csv, tmp_path):
     assert report["data_rows"] == {"path": str(reviews_csv), "rows": 240, "used": 240,
                                    "skipped": {}, "cut_to_characters": 100_000, "cut": 0}
 
-    predicted = zoo("predict", "run", "a wonderful film", "a dreadful bore", cwd=tmp_path)
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    lines = predicted.stdout.strip().splitlines()
+    # The run read back in this process (`main` is what `python -m zoo` runs):
+    # the real command above trained it.
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["predict", "run", "a wonderful film", "a dreadful bore"], capsys)
+    assert code == 0, err[-3000:]
+    lines = out.strip().splitlines()
     assert len(lines) == 2 and all(line.split("\t")[0] in ("fresh", "rotten") for line in lines)
 
-    evaluated = zoo("evaluate", "run", "--data", str(reviews_csv), cwd=tmp_path)
-    assert evaluated.returncode == 0 and "accuracy:" in evaluated.stdout, evaluated.stderr
+    code, out, err = run_main(["evaluate", "run", "--data", str(reviews_csv)], capsys)
+    assert code == 0 and "accuracy:" in out, err
 
 
 def test_bad_data_gets_a_message_not_a_traceback(tmp_path):
@@ -196,15 +199,6 @@ def test_the_registry_finds_every_model_from_its_preset():
 
 
 # The translator.
-
-def run_main(args, capsys):
-    """`python -m zoo ARGS` in this process: (exit code, stdout, stderr)."""
-    from zoo.__main__ import main
-
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
 
 @pytest.fixture(scope="module")
 def pairs_tsv(tmp_path_factory):

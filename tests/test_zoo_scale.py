@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import (
-    REPO_ROOT, TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, environment, number_pairs, run_until,
-    write_reviews_csv,
+    REPO_ROOT, TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, environment, number_pairs, run_main,
+    run_until, write_reviews_csv,
 )
 from zoo import report
 from zoo.distribute import describe, get_strategy, local_cluster
@@ -304,7 +304,8 @@ def digits_folder(digits_sample, tmp_path_factory):
     ("image-classifier", 2, 9, 4, "(epoch 2, after batch 8)"),
 ])
 def test_killed_mid_epoch_resumes_without_repeating_steps(
-        model, epochs, steps_per_epoch, every, kill_at, reviews_csv, digits_folder, tmp_path):
+        model, epochs, steps_per_epoch, every, kill_at, reviews_csv, digits_folder, tmp_path,
+        capsys, monkeypatch):
     data = reviews_csv if model == "text-classifier" else digits_folder
     scratch = ("--from-scratch",) if model == "text-classifier" else ()
     command = zoo_command(
@@ -319,17 +320,19 @@ def test_killed_mid_epoch_resumes_without_repeating_steps(
                     if p.name.startswith("step-"))
     assert killed_at >= marked
 
-    second = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True,
-                            text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
-    assert f"resuming from the checkpoint at step {killed_at}: epoch" in second.stdout
+    # The rerun in this process (`main` is what `python -m zoo` runs; the
+    # killed run was the real command).
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(command[3:], capsys)
+    assert code == 0, out[-2000:] + err[-3000:]
+    assert f"resuming from the checkpoint at step {killed_at}: epoch" in out
     summary = json.loads((tmp_path / "run" / "report.json").read_text())
     assert summary["preset"] is None  # from scratch: no body (see tests/test_default_body.py)
     total = epochs * steps_per_epoch
     assert summary["steps"] == {"total": total, "resumed_at": killed_at,
                                 "this_run": total - killed_at}
     assert len(summary["history"]["loss"]) == epochs  # the first run's epoch is kept
-    assert "Epoch 1/" not in second.stdout  # finished epochs are not run again
+    assert "Epoch 1/" not in out  # finished epochs are not run again
     assert not (tmp_path / "run" / "backup").exists()
 
 

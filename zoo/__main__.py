@@ -263,7 +263,8 @@ def _convert(args):
 
     from zoo.image_classifier import image_classifier as images
     from zoo.sources import load
-    from zoo.text_classifier import TextClassifier, bodies
+    from zoo.text_classifier import TextClassifier
+    from zoo.text_transformer import bodies
 
     _check_output_folder(args.to, "--to")
 

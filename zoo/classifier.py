@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import report as reports
+from zoo.export import hold_untracked
 from zoo.pipeline import RawInputModel
 from zoo.preset_model import PresetModel
 from zoo.presets import KERAS_ARGUMENTS, load_preset, preset_config
@@ -226,7 +227,7 @@ class ClassifierServing(tf.Module):
 
     def __init__(self, classifier):
         super().__init__()
-        self.classifier = classifier
+        hold_untracked(self, classifier=classifier)
         self.variables_ = list(classifier.variables)
         self.label_names = tf.constant(classifier.display_labels())
 

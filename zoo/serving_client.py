@@ -37,7 +37,13 @@ if __name__ == "__main__":
               else _logs.without_tensorflow_logs())
     _QUIET.__enter__()
 
-import tensorflow as tf  # noqa: E402
+
+def _tensorflow():
+    # Imported when a model is loaded, not before: a mistake in the
+    # arguments (a wrong folder, no input) is answered without starting it.
+    import tensorflow as tf
+
+    return tf
 
 
 def _versions(folder):
@@ -62,6 +68,7 @@ def latest_version(model_dir):
 def load(model_dir):
     """Loads the newest version under `model_dir`, as TF Serving does."""
     path = str(latest_version(model_dir))
+    tf = _tensorflow()
     try:
         return tf.saved_model.load(path)
     except RuntimeError as error:
@@ -118,6 +125,7 @@ def rest_predict(loaded, body):
         row_format = False
     else:
         raise ValueError('A predict request needs "instances" or "inputs".')
+    tf = _tensorflow()
     tensors = {name: tf.constant(columns[name], dtype=specs[name].dtype) for name in specs}
     outputs = {name: value.numpy().tolist() for name, value in signature(**tensors).items()}
     if not row_format:
@@ -133,6 +141,7 @@ def grpc_predict(loaded, request_bytes):
     """A serialized `PredictRequest` -> a serialized `PredictResponse`."""
     from tensorflow_serving.apis import predict_pb2
 
+    tf = _tensorflow()
     request = predict_pb2.PredictRequest.FromString(request_bytes)
     signature = loaded.signatures[request.model_spec.signature_name or "serving_default"]
     specs = signature.structured_input_signature[1]
@@ -173,7 +182,9 @@ def main(argv):
         return 0
     try:
         return _answer(argv)
-    except (ValueError, OSError, tf.errors.InvalidArgumentError) as error:
+    except Exception as error:  # noqa: BLE001 (re-raised unless a user's mistake)
+        if not _is_a_mistake(error):
+            raise
         message = getattr(error, "message", None) or str(error)
         refused = re.search(r"assertion failed: \[(.*?)\](?:\s+\[|\s*$)", message, re.DOTALL)
         if refused:  # an export's limit: its message, not the graph's node names
@@ -182,6 +193,13 @@ def main(argv):
                  if line.strip() and not line.strip().startswith("[[")]  # graph node names
         print(f"error: {' '.join(lines)}", file=sys.stderr)
         return 2
+
+
+def _is_a_mistake(error):
+    """A wrong folder or file, or an input the export refuses."""
+    tf = sys.modules.get("tensorflow")
+    return isinstance(error, (ValueError, OSError)) or (
+        tf is not None and isinstance(error, tf.errors.InvalidArgumentError))
 
 
 def _answer(argv):

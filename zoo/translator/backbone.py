@@ -105,6 +105,11 @@ class TranslatorBackbone(keras.Model):
             for i in range(num_decoder_layers)
         ]
 
+    @property
+    def input_dtype(self):
+        # What Keras traces the model's own save signature with, in an export.
+        return "int32"
+
     def encode(self, source_ids, training=None):
         """`(B, S)` ids -> `(B, S, hidden_dim)` and the source padding mask."""
         source_mask = source_ids != PAD_ID

@@ -20,7 +20,7 @@ def zoo(*args, cwd):
 
 @pytest.fixture(scope="module")
 def reviews_csv(sentiment_sample, tmp_path_factory):
-    return write_reviews_csv(tmp_path_factory.mktemp("cli"), sentiment_sample, 240)
+    return write_reviews_csv(tmp_path_factory.mktemp("cli"), sentiment_sample, 120)
 
 
 @pytest.mark.slow
@@ -42,8 +42,8 @@ def test_train_predict_evaluate(reviews_csv, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "run" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["labels"] == ["fresh", "rotten"]
-    assert f"{reviews_csv}: 240 rows read, 240 used" in done.stdout
-    assert report["data_rows"] == {"path": str(reviews_csv), "rows": 240, "used": 240,
+    assert f"{reviews_csv}: 120 rows read, 120 used" in done.stdout
+    assert report["data_rows"] == {"path": str(reviews_csv), "rows": 120, "used": 120,
                                    "skipped": {}, "cut_to_characters": 100_000, "cut": 0}
 
     # The run read back in this process (`main` is what `python -m zoo` runs):

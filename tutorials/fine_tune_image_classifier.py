@@ -48,9 +48,10 @@ def main(fast=False, work=None):
     work = Path(work or tempfile.mkdtemp(prefix="fine_tune_images_"))
     _, (images, digits) = load_digits()  # never seen by the preset
     parity = np.where(digits % 2 == 0, "even", "odd")
-    count = 120 if fast else 300
+    count, held = (64, 80) if fast else (300, 200)
     train = write_your_folder(work / "train", images[:count], parity[:count])
-    held_out = write_your_folder(work / "held_out", images[count:count + 200], parity[count:count + 200])
+    held_out = write_your_folder(work / "held_out", images[count:count + held],
+                                 parity[count:count + held])
 
     print("Shipped presets:", sorted(ImageClassifier.presets))
     model = ImageClassifier.from_preset("mnist_vit_micro", labels=["even", "odd"])

@@ -49,7 +49,7 @@ def main(fast=False, work=None):
     keras.utils.set_random_seed(0)
     work = Path(work or tempfile.mkdtemp(prefix="fine_tune_"))
     data_file = work / "my_reviews.csv"
-    write_your_csv(data_file, 300 if fast else 1500)
+    write_your_csv(data_file, 120 if fast else 1500)
 
     texts, labels = read_labelled_texts(data_file)
     cut = int(len(texts) * 0.8)

@@ -47,7 +47,7 @@ def main(fast=False, work=None):
     keras.utils.set_random_seed(0)
     work = Path(work or tempfile.mkdtemp(prefix="translator_"))
     data_file = work / "my_pairs.tsv"
-    write_your_pairs(data_file, 400 if fast else 5000)
+    write_your_pairs(data_file, 200 if fast else 5000)
 
     sources, targets = read_sentence_pairs(data_file)
     cut = len(sources) - (40 if fast else 300)

@@ -17,7 +17,7 @@ copied before any network is built:
 
 Only the files named here are ever copied: a `pytorch_model.bin` (a pickle)
 or an `auto_map`'s code beside them is never read. The converters
-(`zoo/text_classifier/convert.py`, `zoo/image_classifier/convert.py`) read
+(`zoo/text_transformer/convert.py`, `zoo/image_classifier/convert.py`) read
 the `Checkpoint` it yields, and keras-hub reads its private folder.
 """
 

@@ -21,7 +21,7 @@ from zoo import report as reports
 from zoo.export import hold_untracked
 from zoo.pipeline import RawInputModel
 from zoo.preset_model import PresetModel
-from zoo.presets import KERAS_ARGUMENTS, load_preset, preset_config
+from zoo.presets import load_preset, preset_config
 
 LABELS_FILE = "labels.json"
 HEAD_NAME = "classifier_head"

@@ -6,7 +6,6 @@ output projection to the target vocabulary, with decoding in
 `decoding.py` and the SavedModel in `serving.py`.
 """
 
-import functools
 from pathlib import Path
 
 import keras

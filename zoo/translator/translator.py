@@ -517,10 +517,6 @@ class Translator(PresetModel, RawInputModel):
         return TranslatorPreprocessor.assets_from_preset(loaded)
 
     @classmethod
-    def from_body(cls, backbone, preprocessor, **overrides):
-        raise NotImplementedError  # a translator is read from its own presets only
-
-    @classmethod
     def with_preset_weights(cls, loaded, **arguments):
         """`cls(**arguments)` with the weights of the verified preset
         `loaded`, written in this layout or the one before the backbone had

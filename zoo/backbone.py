@@ -25,8 +25,9 @@ class Backbone(keras.Model):
         if unknown:
             raise ValueError(f"Only {list(self.adjustable)} of a pretrained backbone may change. "
                              f"Received: {sorted(unknown)}")
-        config = {**preset_config(self), **changes}
-        if config == preset_config(self):
+        ours = preset_config(self)
+        config = {**ours, **changes}
+        if config == ours:
             return self
         other = type(self)(**config)
         for ours, theirs in zip(self.weights, other.weights):

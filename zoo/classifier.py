@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import report as reports
-from zoo.export import hold_untracked
+from zoo.keras_compat import set_untracked
 from zoo.pipeline import RawInputModel
 from zoo.preset_model import PresetModel
 from zoo.presets import load_preset, preset_config
@@ -227,7 +227,7 @@ class ClassifierServing(tf.Module):
 
     def __init__(self, classifier):
         super().__init__()
-        hold_untracked(self, classifier=classifier)
+        set_untracked(self, classifier=classifier)
         self.variables_ = list(classifier.variables)
         self.label_names = tf.constant(classifier.display_labels())
 

@@ -29,16 +29,6 @@ def checked_texts(text, max_texts, max_text_bytes):
         return tf.identity(text)
 
 
-def hold_untracked(module, **attributes):
-    """Sets `attributes` on the `tf.Module` `module` without making them
-    SavedModel dependencies. For a Keras model whose variables the module
-    tracks itself: saving walks every tracked Keras model and traces its
-    default serving signature, the whole network once more per model (an
-    image classifier's export took 9.8 s instead of 8.0)."""
-    for name, value in attributes.items():
-        object.__setattr__(module, name, value)
-
-
 def export_saved_model(module, folder, signatures, version=None):
     """Saves `module` with `signatures` as `folder/<version>/`.
 

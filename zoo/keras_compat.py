@@ -39,10 +39,15 @@ def private(owner, name, entry):
 # vocabularies hold no weights and are replaced when a vocabulary is learned
 # after the network is built; the tf.function caches of eager tokenization
 # are plain dicts. `object.__setattr__` sets them past the tracker (the
-# export modules track tokenizers explicitly).
+# export modules track tokenizers explicitly). The export modules (`tf.Module`)
+# hold their Keras model the same way, past TensorFlow's tracker, and track its
+# variables themselves: saving walks every tracked Keras model and traces its
+# default serving signature, the whole network once more per model (an image
+# classifier's export took 9.8 s instead of 8.0).
 
 def set_untracked(obj, **attributes):
-    """Sets `attributes` on a Keras layer or model without Keras tracking them."""
+    """Sets `attributes` on a Keras layer or model, or on a `tf.Module`,
+    without Keras or TensorFlow tracking them."""
     for name, value in attributes.items():
         object.__setattr__(obj, name, value)
 

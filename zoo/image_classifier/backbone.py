@@ -9,7 +9,6 @@ from zoo.backbone import Backbone
 from zoo.image_classifier.preprocessor import image_size_pair
 
 
-
 @keras.saving.register_keras_serializable(package="zoo")
 class ImageBackbone(Backbone):
     """A Vision Transformer from normalized pixels to patch tokens.

@@ -8,7 +8,6 @@ import numpy as np
 import tensorflow as tf
 
 from zoo import presets as preset_io
-from zoo.presets import KERAS_ARGUMENTS, preset_config
 from zoo.backbone import attention_through
 from zoo.checkpoint_files import open_checkpoint
 from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
@@ -18,6 +17,7 @@ from zoo.image_classifier.preprocessor import (
     MAX_IMAGE_PIXELS, ImagePreprocessor, first_frame_pixels,
 )
 from zoo.keras_compat import xla_wherever_keras_allows
+from zoo.presets import KERAS_ARGUMENTS, preset_config
 
 KIND = "image_classifier"
 BACKBONE_KIND = "image_backbone"
@@ -43,8 +43,6 @@ MAX_REQUEST_IMAGE_BYTES = 8 << 20
 # any is decoded: 32 small 16-bit RGBA PNGs each declaring 4096 x 4096 held
 # a server for 61 s and 1.97 GB before this bound (`bench/RESULTS.md`).
 MAX_REQUEST_PIXELS = 1 << 25
-
-
 
 _VIT_PAPER = dict(image_size=224, channels=3, patch_size=16, pooling="token")
 # Named architectures: the ViT paper's sizes (Dosovitskiy et al., 2021, Table 1,
@@ -588,11 +586,13 @@ def save_backbone_preset(folder, backbone, preprocessor, metadata=None):
                                           metadata=metadata)
 
 
-def load_backbone_preset(folder):
-    """`(backbone, preprocessor)` of a verified `image_backbone` preset."""
+def load_backbone_preset(folder, kind=BACKBONE_KIND):
+    """`(backbone, preprocessor)` of a verified `image_backbone` preset, or of
+    an image classifier preset without its head."""
     return preset_io.load_backbone_preset(
-        folder, BACKBONE_KIND, ImageBackbone,
-        lambda loaded: ImagePreprocessor(**loaded.config["preprocessor"]))
+        folder, kind, ImageBackbone,
+        lambda loaded: ImagePreprocessor(**loaded.config["preprocessor"]),
+        weights_group=None if kind == BACKBONE_KIND else "backbone")
 
 
 def load_converted(source):
@@ -612,16 +612,12 @@ def load_body(handle):
 
 def body_loaders():
     """`{source key: source -> (backbone, preprocessor)}` of every image body:
-    a zoo `image_backbone` preset, a Hugging Face ViT, a keras-hub ViT preset."""
-    return {("zoo", BACKBONE_KIND): lambda source: load_backbone_preset(source.folder),
-            ("hugging_face", "vit"): load_converted, ("keras_hub", "ViTBackbone"): load_converted}
+    a zoo `image_backbone` preset, an image classifier preset (its backbone),
+    a Hugging Face ViT, a keras-hub ViT preset."""
+    loaders = {("zoo", kind): lambda source, kind=kind: load_backbone_preset(source.folder, kind)
+               for kind in (BACKBONE_KIND, KIND)}
+    return {**loaders, ("hugging_face", "vit"): load_converted,
+            ("keras_hub", "ViTBackbone"): load_converted}
 
 
-def _classifier_body(source):
-    """`(backbone, preprocessor)` of an image classifier preset."""
-    classifier = ImageClassifier.from_preset(source.folder)
-    return classifier.backbone, classifier.preprocessor
-
-
-ImageBackbone.serve_bodies(lambda: {**body_loaders(), ("zoo", KIND): _classifier_body},
-                           ImageClassifier.named_presets)
+ImageBackbone.serve_bodies(body_loaders, ImageClassifier.named_presets)

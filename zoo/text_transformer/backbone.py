@@ -221,7 +221,6 @@ class TextBackbone(Backbone):
         }
 
 
-
 def tiled_positions(embeddings, length):
     """Position embeddings `(T, D)` -> `(length, D)`: cut when shorter;
     when longer, the learned table copied end to end (as Longformer

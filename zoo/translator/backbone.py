@@ -5,8 +5,7 @@ import keras
 import keras_selfattn as ksa
 from keras_selfattn.layers.base_attention import check_int
 from keras_selfattn.layers.transformer_encoder_block import ATTENTION_TYPES
-
-PAD_ID = 0
+from zoo.translator.preprocessor import PAD_ID
 
 
 @keras.saving.register_keras_serializable(package="zoo")

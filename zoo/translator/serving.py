@@ -4,7 +4,8 @@ import functools
 
 import tensorflow as tf
 
-from zoo.export import checked_texts, hold_untracked
+from zoo.export import checked_texts
+from zoo.keras_compat import set_untracked
 
 # What one request to the exported translator may hold by default (`export`):
 # 64 sentences of up to 16 KB, each cut to the model's source length and
@@ -29,7 +30,7 @@ class TranslatorServing(tf.Module):
         super().__init__()
         self.max_texts, self.max_text_bytes = int(max_texts), int(max_text_bytes)
         translator.preprocessor.check_vocabularies()
-        hold_untracked(self, translator=translator)
+        set_untracked(self, translator=translator)
         self.variables_ = list(translator.variables)
         self.source_tokenizer = translator.preprocessor.source.tokenizer
         self.target_tokenizer = translator.preprocessor.target.tokenizer

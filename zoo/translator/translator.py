@@ -18,7 +18,7 @@ from zoo.backbone import attention_through
 from zoo.export import export_saved_model
 from zoo.pipeline import RawInputModel, text_array
 from zoo.preset_model import PresetModel
-from zoo.presets import load_checked_weights, preset_config
+from zoo.presets import KERAS_ARGUMENTS, load_checked_weights, preset_config
 from zoo.translator.backbone import TranslatorBackbone
 from zoo.translator.decoding import beam_search, step_functions
 from zoo.translator.preprocessor import (
@@ -28,12 +28,6 @@ from zoo.translator.serving import MAX_REQUEST_TEXT_BYTES, MAX_REQUEST_TEXTS, Tr
 
 KIND = "translator"
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-# The configuration entries of the backbone and of the preprocessor (a
-# preset written before the two had classes keeps them flat, beside the task's).
-BACKBONE_ARGUMENTS = ("vocabulary_size", "source_sequence_length", "target_sequence_length",
-                      "hidden_dim", "num_encoder_layers", "num_decoder_layers", "num_heads",
-                      "intermediate_dim", "attention", "window_size", "dropout")
-PREPROCESSOR_ARGUMENTS = ("source_sequence_length", "target_sequence_length", "shared_vocabulary")
 # Where the weights of a preset written before the backbone had its own
 # class live now: the layers are the same, one level down.
 LEGACY_WEIGHT_GROUPS = {
@@ -188,8 +182,7 @@ class Translator(PresetModel, RawInputModel):
     def __init__(self, backbone=None, preprocessor=None, *, source_vocabulary=None,
                  target_vocabulary=None, shared_vocabulary=False, tie_embeddings=True,
                  label_smoothing=0.1, **sizes):
-        keras_arguments = {k: sizes.pop(k) for k in ("name", "dtype", "trainable")
-                           if k in sizes}
+        keras_arguments = {k: sizes.pop(k) for k in KERAS_ARGUMENTS if k in sizes}
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(
                 f"`label_smoothing` must lie in [0, 1). Received: label_smoothing={label_smoothing!r}"
@@ -520,13 +513,13 @@ class Translator(PresetModel, RawInputModel):
     def with_preset_weights(cls, loaded, **arguments):
         """`cls(**arguments)` with the weights of the verified preset
         `loaded`, written in this layout or the one before the backbone had
-        its own class (a flat configuration, `LEGACY_WEIGHT_GROUPS`)."""
-        if "backbone" not in arguments:
-            arguments = _nested_configuration(arguments)
-            model = cls(**arguments)
-            load_checked_weights(model, loaded, regroup=LEGACY_WEIGHT_GROUPS)
-            return model
-        return super().with_preset_weights(loaded, **arguments)
+        its own class (a flat configuration: the sizes the constructor takes
+        for a new backbone; weights in `LEGACY_WEIGHT_GROUPS`)."""
+        if "backbone" in arguments:
+            return super().with_preset_weights(loaded, **arguments)
+        model = cls(**arguments)
+        load_checked_weights(model, loaded, regroup=LEGACY_WEIGHT_GROUPS)
+        return model
 
     @classmethod
     def check_overrides(cls, config, overrides):
@@ -551,13 +544,3 @@ class Translator(PresetModel, RawInputModel):
         module = TranslatorServing(self.inference_copy(), beam_size, max_length, length_penalty,
                                    max_texts, max_text_bytes)
         return export_saved_model(module, folder, module.signatures(), version)
-
-
-def _nested_configuration(flat):
-    """A flat configuration (a preset written before the backbone and the
-    preprocessor had classes) as the constructor's arguments."""
-    arguments = {k: v for k, v in flat.items()
-                 if k not in BACKBONE_ARGUMENTS and k not in PREPROCESSOR_ARGUMENTS}
-    arguments["backbone"] = {k: flat[k] for k in BACKBONE_ARGUMENTS if k in flat}
-    arguments["preprocessor"] = {k: flat[k] for k in PREPROCESSOR_ARGUMENTS if k in flat}
-    return arguments

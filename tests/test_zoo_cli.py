@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_main, write_reviews_csv
+from conftest import REPO_ROOT, run_main, run_until, write_reviews_csv
 
 
 def zoo(*args, cwd):
@@ -71,37 +71,58 @@ def test_bad_data_gets_a_message_not_a_traceback(tmp_path):
 
 @pytest.fixture(scope="module")
 def digit_folder(digits_sample, tmp_path_factory):
+    """160 digits of four classes in four formats, and one file that is not
+    an image: 144 to train on after the validation split, 9 steps of 16."""
     from conftest import write_image_folder
 
     (images, labels), _ = digits_sample
-    keep = np.isin(labels, ["3", "7"])
-    folder = write_image_folder(tmp_path_factory.mktemp("images") / "digits", images[keep][:80],
-                                labels[keep][:80], formats=("png", "jpg", "bmp", "gif"))
+    keep = np.isin(labels, ["0", "1", "2", "3"])
+    folder = write_image_folder(tmp_path_factory.mktemp("images") / "digits", images[keep][:160],
+                                labels[keep][:160], formats=("png", "jpg", "bmp", "gif"))
     (folder / "3" / "not_an_image.png").write_bytes(b"plain text, not a PNG")
     return folder
 
 
 @pytest.mark.slow
-def test_image_classifier_train_predict_evaluate_export(digit_folder, tmp_path, capsys,
-                                                       monkeypatch):
-    # In this process (`main` is what `python -m zoo` runs; the text
-    # classifier's test runs the real command), without XLA: XLA's own
-    # default has its test, and compiling took most of this one's time.
-    monkeypatch.chdir(tmp_path)
-    code, out, err = run_main(["train", "image-classifier", "--data", str(digit_folder), "--out",
-                               "run", "--epochs", "2", "--batch-size", "16", "--jit-compile",
-                               "false", "--attention-matrices"], capsys)
-    assert code == 0, err[-3000:]
-    assert "28x28x1 images, 4x4 patches (49)" in out  # the geometry rule
-    assert "skipped 1 unreadable file(s)" in out
-    assert "precision" in out and "confusion matrix" in out
-    # Once per epoch, not again at the end.
-    assert out.count("attention: mean normalized entropy") == 2
+def test_image_classifier_killed_mid_epoch_resumes_then_predicts_evaluates_and_exports(
+        digit_folder, tmp_path, capsys, monkeypatch):
+    """One image run for the command's whole life (training it costs more than
+    everything checked on it): the real command, killed mid-epoch by SIGKILL;
+    the rerun resumes without repeating steps and writes what a whole run
+    writes; the run then answers `predict`, `evaluate` and `export`. Without
+    XLA: XLA's own default has its test, and compiling took most of this one's time."""
+    command = [sys.executable, "-m", "zoo", "train", "image-classifier", "--data",
+               str(digit_folder), "--out", "run", "--epochs", "2", "--batch-size", "16",
+               "--checkpoint-every", "4", "--jit-compile", "false", "--attention-matrices"]
+    kill_at = "(epoch 2, after batch 8)"
+    first = run_until(command, tmp_path, kill_at)
+    marked = int(first.split(kill_at)[0].rsplit("checkpoint: step", 1)[1])
+    assert marked == 9 + 8  # 9 steps an epoch, run 8 at a time
+    # The newest whole checkpoint (one more may have landed before the kill).
+    killed_at = max(int(p.name.split("-")[1]) for p in (tmp_path / "run" / "backup").iterdir()
+                    if p.name.startswith("step-"))
+    assert killed_at >= marked
+    assert "28x28x1 images, 4x4 patches (49)" in first  # the geometry rule
+    assert "skipped 1 unreadable file(s)" in first
     # Steps run 8 at a time: the progress line counts the steps that ran, never
     # past its end (one plain line per epoch here, where stdout is no terminal).
-    assert "\x1b[" not in out
-    bars = [tuple(map(int, found)) for found in re.findall(r"^(\d+)/(\d+) - ", out, re.M)]
+    assert "\x1b[" not in first
+    bars = [tuple(map(int, found)) for found in re.findall(r"^(\d+)/(\d+) - ", first, re.M)]
     assert bars and all(done <= total for done, total in bars), bars
+
+    # The rerun in this process (`main` is what `python -m zoo` runs; the
+    # killed run was the real command).
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(command[3:], capsys)
+    assert code == 0, out[-2000:] + err[-3000:]
+    assert f"resuming from the checkpoint at step {killed_at}: epoch" in out
+    assert "Epoch 1/" not in out  # finished epochs are not run again
+    assert not (tmp_path / "run" / "backup").exists()
+    # Attention statistics once per epoch, each in the process that ran it,
+    # and not again at the end.
+    assert first.count("attention: mean normalized entropy") == 1
+    assert out.count("attention: mean normalized entropy") == 1
+    assert "precision" in out and "confusion matrix" in out
     for name in ("training_curves.png", "attention.png", "attention_rollout.png", "report.json",
                  "preset/metadata.json", "export/1/saved_model.pb"):
         assert (tmp_path / "run" / name).exists(), name
@@ -109,17 +130,20 @@ def test_image_classifier_train_predict_evaluate_export(digit_folder, tmp_path, 
             "run/training_curves.png\n") in out  # every figure written, the rollout included
     assert (tmp_path / "run" / "attention.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["labels"] == ["3", "7"] and len(report["skipped_files"]) == 1
-    # Steps run 8 at a time: Keras reports the metrics after each 8 (and the last).
-    assert report["step_history"]["epoch_ends"] == [report["steps"]["total"] // 2,
-                                                    report["steps"]["total"]]
+    assert report["labels"] == ["0", "1", "2", "3"] and len(report["skipped_files"]) == 1
+    assert report["preset"] is None  # from scratch: no body (see tests/test_default_body.py)
+    assert report["steps"] == {"total": 18, "resumed_at": killed_at, "this_run": 18 - killed_at}
+    assert len(report["history"]["loss"]) == 2  # the first run's epoch is kept
+    # Steps run 8 at a time: Keras reports the metrics after each 8 (and the
+    # last); the killed run's record came back with its checkpoint.
+    assert report["step_history"]["epoch_ends"] == [9, 18]
     assert report["attention"]["heads"] > 0
 
-    images = sorted(str(p) for p in (digit_folder / "7").glob("*.png"))[:2]
+    images = sorted(str(p) for p in (digit_folder / "2").glob("*.png"))[:2]
     code, out, err = run_main(["predict", "run", *images], capsys)
     assert code == 0, err[-3000:]
     lines = out.strip().splitlines()
-    assert len(lines) == 2 and all(line.split("\t")[0] in ("3", "7") for line in lines)
+    assert len(lines) == 2 and all(line.split("\t")[0] in "0123" for line in lines)
 
     code, out, err = run_main(["evaluate", "run", "--data", str(digit_folder)], capsys)
     assert code == 0 and "accuracy:" in out, err

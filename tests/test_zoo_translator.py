@@ -247,6 +247,10 @@ def test_keras_save_and_load_round_trip(tiny_translator, tmp_path):
     tiny_translator.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     assert loaded.translate(sources) == tiny_translator.translate(sources)
+    # Compiled as it was saved: the loss (label smoothing kept) and the optimizer's state.
+    assert loaded.loss.get_config() == tiny_translator.loss.get_config()
+    assert loaded.loss.label_smoothing == 0.1
+    assert int(loaded.optimizer.iterations) == int(tiny_translator.optimizer.iterations) > 0
     # The vocabularies are assets in the archive, not lists in its config.
     with zipfile.ZipFile(tmp_path / "model.keras") as archive:
         config = archive.read("config.json").decode()

@@ -286,6 +286,16 @@ class RawInputModel(keras.Model):
         metrics_argument = "weighted_metrics" if self.sample_weighted_metrics else "metrics"
         super().compile(optimizer=optimizer, loss=loss, **{metrics_argument: metrics}, **kwargs)
 
+    def compile_from_config(self, config):
+        """Compiles a model read from a `.keras` file as it was compiled when
+        saved. Keras skips this step, with a warning, for a model whose
+        `compile` is its own: the loaded model would keep no optimizer and
+        would predict under the `"auto"` XLA rule, not its own setting."""
+        config = keras.saving.deserialize_keras_object(config)
+        keras.Model.compile(self, **config)  # the saved values, not "auto" defaults
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def dataset(self, x, y=None, batch_size=32, shuffle=False, seed=0, training=False,
                 ordered=False):
         """`input_pipeline(self, ...)`: raw inputs -> batches of network inputs."""

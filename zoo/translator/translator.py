@@ -118,7 +118,9 @@ class SmoothedSequenceCrossEntropy(keras.losses.Loss):
                 - self.label_smoothing * keras.ops.mean(logits, axis=-1))
 
     def get_config(self):
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+        config = {**super().get_config(), "label_smoothing": self.label_smoothing}
+        del config["reduction"]  # always this loss's own; `__init__` sets it
+        return config
 
 
 @keras.saving.register_keras_serializable(package="zoo")

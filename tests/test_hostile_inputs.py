@@ -432,36 +432,7 @@ def test_a_weight_declared_larger_than_the_network_is_refused_unread(preset_copy
         _load(preset_copy)
 
 
-@pytest.mark.slow
-def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(sentiment_sample, tmp_path):
-    import re
-    import signal
-    import subprocess
-    import sys
-
-    from conftest import environment, write_reviews_csv
-
-    data = write_reviews_csv(tmp_path, sentiment_sample, 200)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "zoo", "train", "text-classifier", "--data", str(data), "--out",
-         "run", "--from-scratch", "--epochs", "3", "--checkpoint-every", "2",
-         "--no-attention-stats"], cwd=tmp_path, env=environment(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-        # A pytest-xdist worker ignores SIGINT, and Python keeps an inherited
-        # SIG_IGN; a terminal's Ctrl-C reaches a default handler.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in process.stdout:
-        if "checkpoint: step 2 " in line:
-            process.send_signal(signal.SIGINT)
-            break
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 2, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    found = re.search(r"error: interrupted; the last checkpoint is (\S+) \(step (\d+)\): run the "
-                      r"same command again to resume from it", lines[0])
-    assert found and int(found.group(2)) >= 2, lines[0]
-    assert (tmp_path / found.group(1)).is_dir()
+# Ctrl-C: tests/test_zoo_scale.py stops a run with it, then resumes it.
 
 
 def test_an_export_onto_a_file_is_one_error_line(tiny_classifier, tmp_path, capsys):

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import (
     REPO_ROOT, TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, environment, number_pairs, run_main,
-    run_until, write_reviews_csv,
+    write_reviews_csv,
 )
 from zoo import report
 from zoo.distribute import describe, get_strategy, local_cluster
@@ -245,7 +245,8 @@ def test_tensorboard_gets_losses_attention_statistics_maps_and_a_profile(reviews
 # Several workers, resuming: real processes through the command line.
 
 @pytest.mark.slow
-def test_two_workers_train_like_one_process_and_only_the_chief_writes(reviews_csv, tmp_path):
+def test_two_workers_train_like_one_process_and_only_the_chief_writes(reviews_csv, tmp_path,
+                                                                     capsys):
     arguments = ["train", "text-classifier", "--data", str(reviews_csv), "--from-scratch",
                  "--epochs", "2", "--batch-size", "32", "--dropout", "0", "--no-attention-stats"]
     workers = [
@@ -255,13 +256,14 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(reviews_cs
             stderr=subprocess.STDOUT, text=True)
         for config in local_cluster(2)
     ]
-    alone = subprocess.run(zoo_command(*arguments, "--out", "alone"), cwd=tmp_path,
-                           env=environment(), capture_output=True, text=True, timeout=600)
+    # The one-process run in this process while the workers run (`main` is
+    # what `python -m zoo` runs; the workers are the real command).
+    code, _, err = run_main([*arguments, "--out", str(tmp_path / "alone")], capsys)
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-3000:]
         assert "strategy: MultiWorkerMirroredStrategy, 2 replicas (worker-" in output
-    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert code == 0, err[-3000:]
     assert "written by the chief worker" in outputs[1]
 
     chief = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -286,35 +288,56 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(reviews_cs
 
 
 @pytest.mark.slow
-def test_killed_mid_epoch_resumes_without_repeating_steps(reviews_csv, tmp_path, capsys,
-                                                          monkeypatch):
-    """The text command (the image command's run is killed and resumed in
-    tests/test_zoo_cli.py, where the same run then predicts and exports)."""
+def test_ctrl_c_mid_epoch_says_how_to_resume_and_the_rerun_repeats_no_step(
+        reviews_csv, tmp_path, capsys, monkeypatch):
+    """The text command, stopped by Ctrl-C (the image command's run is killed
+    by SIGKILL and resumed in tests/test_zoo_cli.py)."""
+    import re
+    import signal
+
     # 173 texts in batches of 32: 6 steps an epoch.
-    epochs, steps_per_epoch, kill_at = 3, 6, "(epoch 2, after batch 4)"
+    epochs, steps_per_epoch, stop_at = 3, 6, "(epoch 2, after batch 4)"
     command = zoo_command(
         "train", "text-classifier", "--data", str(reviews_csv), "--out", "run", "--from-scratch",
         "--epochs", str(epochs), "--batch-size", "32", "--checkpoint-every", "2",
         "--no-attention-stats", "--jit-compile", "false")
-    first = run_until(command, tmp_path, kill_at)
-    marked = int(first.split(kill_at)[0].rsplit("checkpoint: step", 1)[1])
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+        # A pytest-xdist worker ignores SIGINT, and Python keeps an inherited
+        # SIG_IGN; a terminal's Ctrl-C reaches a default handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if stop_at in line:
+            process.send_signal(signal.SIGINT)
+            break
+    rest, err = process.communicate(timeout=120)
+    first = "".join(seen)
+    assert process.returncode == 2, first[-2000:] + rest[-2000:] + err[-2000:]
+    marked = int(first.split(stop_at)[0].rsplit("checkpoint: step", 1)[1])
     assert marked == steps_per_epoch + 4
-    # The newest whole checkpoint (one more may have landed before the kill).
-    killed_at = max(int(p.name.split("-")[1]) for p in (tmp_path / "run" / "backup").iterdir()
-                    if p.name.startswith("step-"))
-    assert killed_at >= marked
+    # One line: where the run stopped and how to resume.
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    found = re.search(r"error: interrupted; the last checkpoint is (\S+) \(step (\d+)\): run the "
+                      r"same command again to resume from it", lines[0])
+    assert found and int(found.group(2)) >= marked, lines[0]
+    stopped_at = int(found.group(2))
+    assert (tmp_path / found.group(1)).is_dir()
 
     # The rerun in this process (`main` is what `python -m zoo` runs; the
-    # killed run was the real command).
+    # interrupted run was the real command).
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(command[3:], capsys)
     assert code == 0, out[-2000:] + err[-3000:]
-    assert f"resuming from the checkpoint at step {killed_at}: epoch" in out
+    assert f"resuming from the checkpoint at step {stopped_at}: epoch" in out
     summary = json.loads((tmp_path / "run" / "report.json").read_text())
     assert summary["preset"] is None  # from scratch: no body (see tests/test_default_body.py)
     total = epochs * steps_per_epoch
-    assert summary["steps"] == {"total": total, "resumed_at": killed_at,
-                                "this_run": total - killed_at}
+    assert summary["steps"] == {"total": total, "resumed_at": stopped_at,
+                                "this_run": total - stopped_at}
     assert len(summary["history"]["loss"]) == epochs  # the first run's epoch is kept
     assert "Epoch 1/" not in out  # finished epochs are not run again
     assert not (tmp_path / "run" / "backup").exists()

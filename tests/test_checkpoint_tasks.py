@@ -57,7 +57,7 @@ def test_command_line_converts_trains_predicts_evaluates_and_exports_from_checkp
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: Unknown preset"), error
     # A keras-hub preset folder and a Hugging Face folder (MiniLM's is trained by
-    # test_command_line_fine_tunes_the_body_by_default_or_trains_from_scratch).
+    # test_zoo_cli.py::test_train_predict_evaluate_on_the_default_body).
     write_hugging_face_folder(tmp_path / "hf_bert", "bert", rng)
     for name, preset in (("hub", hub_presets["distil_bert"][0]), ("hf", tmp_path / "hf_bert")):
         run = str(tmp_path / f"run_{name}")

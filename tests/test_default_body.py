@@ -1,10 +1,6 @@
 """The command line's default body: MiniLM from its package, or our own
-without it (a file of its own so that `make test`'s two workers share the
-long tests)."""
-
-import json
-
-import pytest
+without it (the command line's text run, in tests/test_zoo_cli.py, trains
+on it)."""
 
 from conftest import write_reviews_csv
 
@@ -22,25 +18,16 @@ def test_without_the_minilm_package_the_default_body_is_our_own(monkeypatch):
     assert "all_minilm_l6_v2" not in bodies.named_bodies()
 
 
-@pytest.mark.slow
-def test_command_line_fine_tunes_the_body_by_default_and_refuses_scratch_with_a_preset(
-        sentiment_sample, tmp_path, capsys):
+def test_from_scratch_and_a_preset_together_are_refused(sentiment_sample, tmp_path, capsys):
     from zoo.__main__ import main
 
-    # Few rows: the default body is what is checked, not what it learns.
-    data = write_reviews_csv(tmp_path, sentiment_sample, 64)
-    assert main(["train", "text-classifier", "--data", str(data), "--out", str(tmp_path / "tuned"),
-                 "--epochs", "1", "--no-attention-stats"]) == 0
-    report = json.loads((tmp_path / "tuned/report.json").read_text())
-    assert report["preset"] == "all_minilm_l6_v2"  # the MiniLM checkpoint, from its package
-    assert "body: all_minilm_l6_v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)" \
-        in capsys.readouterr().out
-    config = json.loads((tmp_path / "tuned/preset/config.json").read_text())["config"]
-    assert config["backbone"]["num_layers"] == 6 and config["backbone"]["vocabulary_size"] == 30522
-    # `--from-scratch` runs record no preset: tests/test_zoo_scale.py's killed run.
+    # The default body itself is trained by tests/test_zoo_cli.py's command
+    # line run; `--from-scratch` runs record no preset: tests/test_zoo_scale.py.
+    data = write_reviews_csv(tmp_path, sentiment_sample, 16)
     assert main(["train", "text-classifier", "--data", str(data), "--out", str(tmp_path / "x"),
                  "--from-scratch", "--preset", "rotten_tomatoes_small"]) == 2
     assert "not both" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_fine_tuning_epochs_follow_the_data_size_as_the_readme_says():

@@ -20,20 +20,23 @@ def zoo(*args, cwd):
 
 @pytest.fixture(scope="module")
 def reviews_csv(sentiment_sample, tmp_path_factory):
-    return write_reviews_csv(tmp_path_factory.mktemp("cli"), sentiment_sample, 120)
+    return write_reviews_csv(tmp_path_factory.mktemp("cli"), sentiment_sample, 64)
 
 
 @pytest.mark.slow
-def test_train_predict_evaluate(reviews_csv, tmp_path, capsys, monkeypatch):
+def test_train_predict_evaluate_on_the_default_body(reviews_csv, tmp_path, capsys, monkeypatch):
     # Columns the reader does not guess: given to `train`, remembered by `evaluate`.
     lines = reviews_csv.read_text().splitlines(keepends=True)
     reviews_csv = tmp_path / "reviews.csv"
     reviews_csv.write_text("comment,verdict\n" + "".join(lines[1:]))
-    # Our own small body: the MiniLM default is trained in test_text_encoder.py.
+    # The default body, MiniLM from its package (tests/test_default_body.py has
+    # the rule without it); few rows: the body is checked, not what it learns.
     done = zoo("train", "text-classifier", "--data", str(reviews_csv), "--out", "run",
-               "--preset", "english_body_small", "--epochs", "1", "--batch-size", "32",
+               "--epochs", "1", "--batch-size", "32",
                "--text-column", "comment", "--label-column", "verdict", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "body: all_minilm_l6_v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)" \
+        in done.stdout
     assert "precision" in done.stdout and "confusion matrix" in done.stdout
     assert "validation accuracy:" in done.stdout
     for name in ("training_curves.png", "attention.png", "report.json", "preset/metadata.json",
@@ -42,8 +45,11 @@ def test_train_predict_evaluate(reviews_csv, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "run" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["labels"] == ["fresh", "rotten"]
-    assert f"{reviews_csv}: 120 rows read, 120 used" in done.stdout
-    assert report["data_rows"] == {"path": str(reviews_csv), "rows": 120, "used": 120,
+    assert report["preset"] == "all_minilm_l6_v2"  # the MiniLM checkpoint, from its package
+    config = json.loads((tmp_path / "run/preset/config.json").read_text())["config"]
+    assert config["backbone"]["num_layers"] == 6 and config["backbone"]["vocabulary_size"] == 30522
+    assert f"{reviews_csv}: 64 rows read, 64 used" in done.stdout
+    assert report["data_rows"] == {"path": str(reviews_csv), "rows": 64, "used": 64,
                                    "skipped": {}, "cut_to_characters": 100_000, "cut": 0}
 
     # The run read back in this process (`main` is what `python -m zoo` runs):

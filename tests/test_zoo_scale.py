@@ -104,9 +104,23 @@ def test_mirrored_over_two_devices_gives_the_weights_of_one(kind, mirrored_strat
 
 # Precision and compilation.
 
+def _serving_default(model, folder):
+    """The export's `serving_default` and its (input, output) dtypes."""
+    serving = tf.saved_model.load(str(model.export(folder))).signatures["serving_default"]
+    return serving, ({k: v.dtype for k, v in serving.structured_input_signature[1].items()},
+                     {k: v.dtype for k, v in serving.structured_outputs.items()})
+
+
+@pytest.fixture(scope="module")
+def float32_text_serving(tiny_classifier, tmp_path_factory):
+    """The float32 text export, once for both mixed policies."""
+    return _serving_default(tiny_classifier, tmp_path_factory.mktemp("float32"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_trains_and_exports_float32_dtypes(precision, tiny_classifier, tmp_path):
+def test_mixed_precision_trains_and_exports_float32_dtypes(precision, float32_text_serving,
+                                                           tmp_path):
     from zoo import TextClassifier
 
     (texts, labels) = (np.array(["a fine and moving film", "dull and far too long"] * 48),
@@ -126,13 +140,8 @@ def test_mixed_precision_trains_and_exports_float32_dtypes(precision, tiny_class
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
     signatures = {}
-    for name, trained in (("mixed", model), ("float32", tiny_classifier)):
-        loaded = tf.saved_model.load(str(trained.export(tmp_path / name)))
-        serving = loaded.signatures["serving_default"]
-        signatures[name] = (
-            {k: v.dtype for k, v in serving.structured_input_signature[1].items()},
-            {k: v.dtype for k, v in serving.structured_outputs.items()},
-        )
+    for name, (serving, signatures[name]) in (("mixed", _serving_default(model, tmp_path)),
+                                              ("float32", float32_text_serving)):
         answer = serving(text=tf.constant(["a fine film"]))
         assert answer["probabilities"].dtype == tf.float32
         np.testing.assert_allclose(answer["probabilities"].numpy().sum(), 1.0, atol=1e-3)

@@ -56,7 +56,7 @@ def test_body_fine_tunes_on_texts_of_over_1024_tokens_with_local_window():
     # Seeded before the head is built, so the result does not depend on which tests ran first.
     keras.utils.set_random_seed(0)
     model = TextClassifier.from_preset("english_body_small", labels=["rotten", "fresh"],
-                                       sequence_length=1280, attention="local_window",
+                                       sequence_length=1152, attention="local_window",
                                        window_size=64)
     def token_counts(texts):  # one batch through the tokenizer, not a call per text
         return model.preprocessor.tokenize(list(texts)).row_lengths().numpy()

@@ -105,37 +105,43 @@ def test_predict_on_a_missing_folder_says_it_does_not_exist(tmp_path, capsys):
 
 
 def test_the_serving_client_takes_a_run_folder_and_answers_mistakes_in_one_line(
-        tiny_classifier, tmp_path):
+        tiny_classifier, tmp_path, capsys, monkeypatch):
+    from zoo import serving_client
+
     tiny_classifier.export(tmp_path / "run" / "export")
-
-    def client(*args):
-        return subprocess.run([sys.executable, str(REPO_ROOT / "zoo" / "serving_client.py"),
-                               *args], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=300)
-
-    answered = client("run", "a warm and funny film")  # the run folder, not run/export
+    answered = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "zoo" / "serving_client.py"), "run",
+         "a warm and funny film"],  # the run folder, not run/export
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert answered.returncode == 0, answered.stderr[-2000:]
     assert answered.stderr == ""  # TensorFlow's start-up lines hidden
     label, probability, text = answered.stdout.strip().split("\t")
     assert label in tiny_classifier.display_labels() and text == "a warm and funny film"
+
+    # The mistakes in this process (`main` is what the script runs; a fresh
+    # interpreter each cost 4 s): an error that is not the user's would raise.
+    monkeypatch.chdir(tmp_path)
+
+    def refused(*args):
+        code = serving_client.main(list(args))
+        return code, capsys.readouterr().err
+
     for args, message in (
             (("no_run", "text"), "error: no_run does not exist; expected an export folder"),
             (("run/preset", "text"), "error: run/preset does not exist"),
             (("run",), "error: give a model folder and at least one input."),
             (("run", "x" * 70000), "error: A text holds at most")):
-        failed = client(*args)
-        assert failed.returncode == 2, (args, failed.stderr[-2000:])
-        assert failed.stderr.count("\n") == 1 and failed.stderr.startswith(message), \
-            failed.stderr[-2000:]
+        code, err = refused(*args)
+        assert code == 2, (args, err[-2000:])
+        assert err.count("\n") == 1 and err.startswith(message), err[-2000:]
     # An image export refusing bytes that are no image: its own message, whole
     # (no graph node names, no stray bracket).
     from zoo import ImageClassifier
 
     ImageClassifier.from_preset("mnist_vit_micro").export(tmp_path / "images")
     (tmp_path / "not_an_image.png").write_text("not an image")
-    failed = client("images", "not_an_image.png")
-    assert failed.returncode == 2 and failed.stderr == (
-        "error: image_bytes[0] (12 bytes) is not a JPEG, PNG, BMP or GIF image\n")
+    assert refused("images", "not_an_image.png") == (
+        2, "error: image_bytes[0] (12 bytes) is not a JPEG, PNG, BMP or GIF image\n")
 
 
 def _readme_commands():

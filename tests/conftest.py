@@ -232,17 +232,35 @@ def environment(**extra):
 def run_until(command, cwd, marker):
     """Starts `command`, reads its output until a line contains `marker`,
     then kills it with SIGKILL; returns the output so far."""
+    process, seen = _signal_at(command, cwd, marker, signal.SIGKILL, stderr=subprocess.STDOUT)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, seen[-3000:]
+    return seen
+
+
+def interrupt_at(command, cwd, marker):
+    """Starts `command`, reads its stdout until a line contains `marker`,
+    then sends it SIGINT, as a terminal's Ctrl-C does; returns `(exit code,
+    its whole stdout, its stderr)`."""
+    process, seen = _signal_at(
+        command, cwd, marker, signal.SIGINT, stderr=subprocess.PIPE,
+        # A pytest-xdist worker ignores SIGINT, and Python keeps an inherited
+        # SIG_IGN; a terminal's Ctrl-C reaches a default handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    rest, err = process.communicate(timeout=120)
+    return process.returncode, seen + rest, err
+
+
+def _signal_at(command, cwd, marker, signum, **popen):
     process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               text=True, **popen)
     seen = []
     for line in process.stdout:
         seen.append(line)
         if marker in line:
-            process.send_signal(signal.SIGKILL)
+            process.send_signal(signum)
             break
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
-    return "".join(seen)
+    return process, "".join(seen)
 
 
 def serves_like_predict(model, inputs, instances, folder):

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import (
-    REPO_ROOT, TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, environment, number_pairs, run_main,
-    write_reviews_csv,
+    REPO_ROOT, TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, environment, interrupt_at, number_pairs,
+    run_main, write_reviews_csv,
 )
 from zoo import report
 from zoo.distribute import describe, get_strategy, local_cluster
@@ -302,7 +302,6 @@ def test_ctrl_c_mid_epoch_says_how_to_resume_and_the_rerun_repeats_no_step(
     """The text command, stopped by Ctrl-C (the image command's run is killed
     by SIGKILL and resumed in tests/test_zoo_cli.py)."""
     import re
-    import signal
 
     # 173 texts in batches of 32: 6 steps an epoch.
     epochs, steps_per_epoch, stop_at = 3, 6, "(epoch 2, after batch 4)"
@@ -310,21 +309,8 @@ def test_ctrl_c_mid_epoch_says_how_to_resume_and_the_rerun_repeats_no_step(
         "train", "text-classifier", "--data", str(reviews_csv), "--out", "run", "--from-scratch",
         "--epochs", str(epochs), "--batch-size", "32", "--checkpoint-every", "2",
         "--no-attention-stats", "--jit-compile", "false")
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-        # A pytest-xdist worker ignores SIGINT, and Python keeps an inherited
-        # SIG_IGN; a terminal's Ctrl-C reaches a default handler.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if stop_at in line:
-            process.send_signal(signal.SIGINT)
-            break
-    rest, err = process.communicate(timeout=120)
-    first = "".join(seen)
-    assert process.returncode == 2, first[-2000:] + rest[-2000:] + err[-2000:]
+    code, first, err = interrupt_at(command, tmp_path, stop_at)
+    assert code == 2, first[-2000:] + err[-2000:]
     marked = int(first.split(stop_at)[0].rsplit("checkpoint: step", 1)[1])
     assert marked == steps_per_epoch + 4
     # One line: where the run stopped and how to resume.

@@ -104,11 +104,16 @@ def test_mirrored_over_two_devices_gives_the_weights_of_one(kind, mirrored_strat
 
 # Precision and compilation.
 
+def _dtypes(signature):
+    """A served signature's (input, output) dtypes by name."""
+    return ({k: v.dtype for k, v in signature.structured_input_signature[1].items()},
+            {k: v.dtype for k, v in signature.structured_outputs.items()})
+
+
 def _serving_default(model, folder):
-    """The export's `serving_default` and its (input, output) dtypes."""
+    """The export's `serving_default` and its dtypes."""
     serving = tf.saved_model.load(str(model.export(folder))).signatures["serving_default"]
-    return serving, ({k: v.dtype for k, v in serving.structured_input_signature[1].items()},
-                     {k: v.dtype for k, v in serving.structured_outputs.items()})
+    return serving, _dtypes(serving)
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +155,7 @@ def test_mixed_precision_trains_and_exports_float32_dtypes(precision, float32_te
 
 def _signature_dtypes(model, folder):
     loaded = tf.saved_model.load(str(model.export(folder)))
-    result = {}
-    for name, function in loaded.signatures.items():
-        result[name] = (
-            {k: v.dtype for k, v in function.structured_input_signature[1].items()},
-            {k: v.dtype for k, v in function.structured_outputs.items()},
-        )
-    return result
+    return {name: _dtypes(function) for name, function in loaded.signatures.items()}
 
 
 # The signatures a float32 export has (docs/CONVENTIONS, and the float32
@@ -321,6 +320,9 @@ def test_ctrl_c_mid_epoch_says_how_to_resume_and_the_rerun_repeats_no_step(
     assert found and int(found.group(2)) >= marked, lines[0]
     stopped_at = int(found.group(2))
     assert (tmp_path / found.group(1)).is_dir()
+    # The checkpoint it names is the newest whole one on disk.
+    assert stopped_at == max(int(p.name.split("-")[1]) for p in (tmp_path / "run" / "backup")
+                             .iterdir() if p.name.startswith("step-"))
 
     # The rerun in this process (`main` is what `python -m zoo` runs; the
     # interrupted run was the real command).

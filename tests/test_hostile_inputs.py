@@ -435,6 +435,46 @@ def test_a_weight_declared_larger_than_the_network_is_refused_unread(preset_copy
 # Ctrl-C: tests/test_zoo_scale.py stops a run with it, then resumes it.
 
 
+def test_an_edited_compile_configuration_in_a_keras_file_is_refused_and_never_run(
+        tiny_classifier, tmp_path):
+    """A `.keras` file's model is compiled from the file (`compile_from_config`):
+    an edited optimizer or loss is refused by name, and a lambda in it is
+    refused by Keras's safe mode before any of it runs."""
+    import zipfile
+
+    import keras
+
+    tiny_classifier.save(tmp_path / "model.keras")
+    with zipfile.ZipFile(tmp_path / "model.keras") as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+
+    def edited(change):
+        config = json.loads(files["config.json"])
+        change(config["compile_config"])
+        path = tmp_path / "edited.keras"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, content in {**files, "config.json": json.dumps(config)}.items():
+                archive.writestr(name, content)
+        return path
+
+    def unknown_optimizer(compile_config):
+        compile_config["optimizer"]["class_name"] = "NoSuchOptimizer"
+
+    ran = []
+    def lambda_loss(compile_config):
+        compile_config["loss"] = keras.saving.serialize_keras_object(
+            lambda y_true, y_pred: ran.append(1) or y_pred)
+
+    with pytest.raises(ValueError, match="Could not deserialize 'keras.optimizers.NoSuchOptimizer'"):
+        keras.saving.load_model(edited(unknown_optimizer))
+    with pytest.raises(ValueError, match="deserialization of a Python lambda"):
+        keras.saving.load_model(edited(lambda_loss))
+    assert not ran
+    # The file as saved loads compiled as it was.
+    assert keras.saving.load_model(tmp_path / "model.keras").optimizer.get_config() == \
+        tiny_classifier.optimizer.get_config()
+
+
 def test_an_export_onto_a_file_is_one_error_line(tiny_classifier, tmp_path, capsys):
     tiny_classifier.save_to_preset(tmp_path / "run" / "preset")
     (tmp_path / "notes.txt").write_text("mine")

@@ -420,23 +420,26 @@ class RawInputModel(keras.Model):
     # Helpers for subclasses.
 
     def in_graph(self, function, *texts):
-        """Runs `function` on string tensors as a (cached) `tf.function` when
-        called eagerly: keras-hub's tokenizers give Python lists there.
+        """Runs `function` on `(B,)` string tensors as a `tf.function` cached
+        on the model, eager or inside a graph. Eager, keras-hub's tokenizers
+        give Python lists; inside a graph, each `tf.data` pipeline (every
+        `fit`, `evaluate` and `predict`) and each export would otherwise
+        trace the tokenizers again: half of a small `predict`'s time.
 
         The cache, `self.graph_functions`, captures the tokenizers: a model
-        resets it to `{}` when it replaces them.
+        resets it to `{}` when it replaces them. It is keyed by the
+        function's name and `static_shapes`, which the function may read.
         """
-        if not tf.executing_eagerly():
-            return function(*texts)
         functions = getattr(self, "graph_functions", None)
         if functions is None:
             functions = {}
             set_untracked(self, graph_functions=functions)
-        key = function.__name__
+        key = (function.__name__, self.static_shapes)
         if key not in functions:
             spec = tf.TensorSpec([None], tf.string)
             functions[key] = tf.function(function, input_signature=[spec] * len(texts))
-        return functions[key](*(tf.constant(t) for t in texts))
+        texts = [text if tf.is_tensor(text) else tf.constant(text) for text in texts]
+        return with_batch_size_of(texts[0], functions[key](*texts))
 
     def _tf_label_ids(self, labels):
         if labels.dtype == tf.string:
@@ -566,6 +569,21 @@ def _raw_dataset_batches(model, data, batch_size, ordered):
             _on_inputs(model.preprocess_example), num_parallel_calls=AUTOTUNE,
         ).batch(batch_size).prefetch(AUTOTUNE)
     return _preprocessed(model, model.batch_raw(data, batch_size, ordered=ordered))
+
+
+def with_batch_size_of(inputs, outputs):
+    """`outputs` of a cached `tf.function` called inside a graph, with the
+    batch size `inputs` has there (the function's signature leaves it
+    unknown; a TPU's batches need it static)."""
+    if tf.executing_eagerly() or inputs.shape.rank == 0:
+        return outputs
+
+    def kept(output):
+        if isinstance(output, tf.Tensor) and output.shape.rank:
+            output.set_shape(inputs.shape[:1].concatenate([None] * (output.shape.rank - 1)))
+        return output
+
+    return tf.nest.map_structure(kept, outputs)
 
 
 def _columns(model, inputs, y):

@@ -1,11 +1,13 @@
 """The text preprocessor: strings to token ids, in tensorflow-text ops."""
 
+import functools
+
 import keras_hub
 import tensorflow as tf
 
 from keras_selfattn.layers.base_attention import check_int
 from zoo.keras_compat import graph_tokenizer
-from zoo.pipeline import learn_word_piece_vocabulary, valid_utf8
+from zoo.pipeline import learn_word_piece_vocabulary, valid_utf8, with_batch_size_of
 
 # The tokens a learned vocabulary starts with; a checkpoint's are found by name.
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
@@ -135,28 +137,28 @@ class TextPreprocessor:
     def tokenize(self, texts):
         """`(B,)` strings -> ragged `(B, None)` WordPiece ids, no start or end token."""
         self.check_vocabulary()
-        if tf.executing_eagerly():
-            return self._in_graph("_tokens")(tf.constant(texts, tf.string))
-        return self._tokens(texts)
+        return self._traced(self._tokens)(_strings(texts))
 
     def __call__(self, texts, static_shapes=False):
         self.check_vocabulary()
-        if tf.executing_eagerly():
-            return self._in_graph("_token_ids")(tf.constant(texts, tf.string),
-                                                tf.constant(static_shapes))
-        return self._token_ids(texts, static_shapes)
+        texts = _strings(texts)
+        ids = self._traced(self._token_ids, static_shapes=bool(static_shapes))(texts)
+        return with_batch_size_of(texts, ids)
 
-    def _in_graph(self, method):
-        # keras-hub's tokenizers give Python lists when eager: the method as
-        # a cached graph, one per preprocessor and vocabulary.
+    def _traced(self, method, **settings):
+        # The method as a `tf.function` of the texts, one per preprocessor,
+        # vocabulary and settings. Eager, keras-hub's tokenizers give Python
+        # lists; inside a graph (each `tf.data` pipeline, an export) the
+        # tokenizer would be traced again every time: half of a small
+        # `predict`'s time.
         if self._graph_functions is None:
-            self._graph_functions = {
-                "_tokens": tf.function(self._tokens, input_signature=[
-                    tf.TensorSpec([None], tf.string)]),
-                "_token_ids": tf.function(self._token_ids, input_signature=[
-                    tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.bool)]),
-            }
-        return self._graph_functions[method]
+            self._graph_functions = {}
+        key = (method.__name__, *sorted(settings.items()))
+        if key not in self._graph_functions:
+            self._graph_functions[key] = tf.function(
+                functools.partial(method, **settings),
+                input_signature=[tf.TensorSpec([None], tf.string)])
+        return self._graph_functions[key]
 
     def _tokens(self, texts):
         return self.tokenizer(valid_utf8(texts))
@@ -168,10 +170,8 @@ class TextPreprocessor:
                          tf.fill([rows, 1], self.end_id)], axis=1)
         longest = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
         length = tf.minimum((longest + 7) // 8 * 8, self.sequence_length)
-        if isinstance(static_shapes, bool):
-            length = self.sequence_length if static_shapes else length
-        else:
-            length = tf.where(static_shapes, self.sequence_length, length)
+        if static_shapes:
+            length = self.sequence_length
         return ids.to_tensor(0, shape=tf.stack([rows, tf.cast(length, rows.dtype)]))
 
     def with_sequence_length(self, sequence_length):
@@ -190,3 +190,8 @@ class TextPreprocessor:
             "strip_accents": self.strip_accents,
             **{name: getattr(self, name) for name in SPECIAL_TOKEN_ARGUMENTS},
         }
+
+
+def _strings(texts):
+    """A `(B,)` string tensor of `texts` (a tensor already inside a graph)."""
+    return texts if tf.is_tensor(texts) else tf.constant(texts, tf.string)

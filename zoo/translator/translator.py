@@ -282,15 +282,18 @@ class Translator(PresetModel, RawInputModel):
     def preprocess(self, texts):
         """`(B,)` source strings -> `(B, S)` token ids (`TranslatorPreprocessor.source_ids`)."""
         self.preprocessor.check_vocabularies()
-        if tf.executing_eagerly():
-            return self.in_graph(self.preprocess, texts)
-        return self.preprocessor.source_ids(texts, self.static_shapes)
+        return self.in_graph(self._source_ids, texts)
 
     def preprocess_pair(self, sources, targets):
         """Raw pairs -> `({"encoder_token_ids", "decoder_token_ids"},
         next-token targets, weights that are 0 on padding)`."""
-        if tf.executing_eagerly():
-            return self.in_graph(self.preprocess_pair, sources, targets)
+        self.preprocessor.check_vocabularies()
+        return self.in_graph(self._pair, sources, targets)
+
+    def _source_ids(self, texts):
+        return self.preprocessor.source_ids(texts, self.static_shapes)
+
+    def _pair(self, sources, targets):
         return self.preprocessor.pair(sources, targets, self.static_shapes)
 
     def detokenize(self, target_ids):

@@ -11,6 +11,7 @@ and how a fresh head goes on one (`from_body`); it may add preset assets
 (a vocabulary) through `preset_assets()` / `assets_from_preset()`.
 """
 
+import functools
 import json
 
 import keras
@@ -230,6 +231,12 @@ class ClassifierServing(tf.Module):
         set_untracked(self, classifier=classifier)
         self.variables_ = list(classifier.variables)
         self.label_names = tf.constant(classifier.display_labels())
+        # One `tf.function`: the signatures that reach the network with the
+        # same input shapes share one trace of it (the export traced it once
+        # per signature and per branch before, a third of its time). Wrapped,
+        # so that `tf.saved_model.save` neither keeps it as an endpoint of its
+        # own nor traces it again (`zoo.export.traced_signatures`).
+        self.outputs = functools.partial(tf.function(self._outputs))
 
     def empty_outputs(self):
         """What `outputs` gives for a request of no inputs."""
@@ -239,11 +246,7 @@ class ClassifierServing(tf.Module):
             "label_id": tf.zeros((0,), tf.int64),
         }
 
-    @tf.function
-    def outputs(self, model_inputs):
-        # One `tf.function`: the signatures that reach the network with the
-        # same input shapes share one trace of it (the export traced it once
-        # per signature and per branch before, a third of its time).
+    def _outputs(self, model_inputs):
         logits = self.classifier(model_inputs, training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)

@@ -29,6 +29,20 @@ def checked_texts(text, max_texts, max_text_bytes):
         return tf.identity(text)
 
 
+def traced_signatures(functions):
+    """`{name: (function, input_signature)}` -> `{name: concrete function}`,
+    each traced once, as a `tf.function` that is no attribute of the module
+    being saved.
+
+    `tf.saved_model.save` traces every `tf.function` attribute of a module
+    again inside its save context (TensorFlow keys its trace cache on that
+    context), so a signature declared as one was traced twice: a second
+    trace of the whole network and tokenizer, about half of an export's time.
+    """
+    return {name: tf.function(function, input_signature=input_signature).get_concrete_function()
+            for name, (function, input_signature) in functions.items()}
+
+
 def export_saved_model(module, folder, signatures, version=None):
     """Saves `module` with `signatures` as `folder/<version>/`.
 
@@ -36,7 +50,7 @@ def export_saved_model(module, folder, signatures, version=None):
         module: a `tf.Module` that tracks every variable and resource the
             signatures use.
         folder: the model folder (created if needed).
-        signatures: `{name: concrete function}`.
+        signatures: `{name: concrete function}` (`traced_signatures`).
         version: integer version; defaults to the next free number (one
             more than the largest present, or after it when another export
             publishes that one first). A published version is never replaced.

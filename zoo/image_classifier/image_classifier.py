@@ -11,7 +11,7 @@ from zoo import presets as preset_io
 from zoo.backbone import attention_through
 from zoo.checkpoint_files import open_checkpoint
 from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
-from zoo.export import export_saved_model
+from zoo.export import export_saved_model, traced_signatures
 from zoo.image_classifier.backbone import ImageBackbone
 from zoo.image_classifier.preprocessor import (
     MAX_IMAGE_PIXELS, ImagePreprocessor, first_frame_pixels,
@@ -474,10 +474,12 @@ class ImageClassifier(ClassifierModel):
         """
         module = _ImageClassifierServing(self.inference_copy(), max_images, max_image_bytes,
                                          max_request_pixels)
-        return export_saved_model(module, folder, {
-            "serving_default": module.serve.get_concrete_function(),
-            "predict_images": module.predict_images.get_concrete_function(),
-        }, version)
+        return export_saved_model(module, folder, traced_signatures({
+            "serving_default": (module.serve,
+                                [tf.TensorSpec([None], tf.string, name="image_bytes")]),
+            "predict_images": (module.predict_images,
+                               [tf.TensorSpec([None, None, None, None], tf.uint8, name="images")]),
+        }), version)
 
     # Keras's private method, overridden.
 
@@ -522,15 +524,12 @@ class _ImageClassifierServing(ClassifierServing):
                        lambda: self.outputs(self.classifier.preprocess(inputs)),
                        lambda: self.empty_outputs())
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(self, image_bytes):
         return self._bounded(image_bytes, tf.size(image_bytes),
                              tf.reduce_max(tf.concat([tf.strings.length(image_bytes), [0]], 0)),
                              self.max_image_bytes, "bytes (max_image_bytes)",
                              lambda: _request_pixels(image_bytes))
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
     def predict_images(self, images):
         shape = tf.shape(images)
         return self._bounded(images, shape[0], shape[1] * shape[2], MAX_IMAGE_PIXELS,

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from zoo.backbone import attention_through, summarize_attention_through
 from zoo.classifier import HEAD_NAME, ClassifierModel, ClassifierServing
-from zoo.export import checked_texts, export_saved_model
+from zoo.export import checked_texts, export_saved_model, traced_signatures
 from zoo.pipeline import text_array
 from zoo.presets import KERAS_ARGUMENTS, preset_config, shipped_presets
 from zoo.text_transformer import bodies
@@ -299,8 +299,9 @@ class TextClassifier(ClassifierModel):
         max_texts = max_texts or max(1, REQUEST_TOKEN_BUDGET // self.sequence_length)
         max_text_bytes = max_text_bytes or max(MIN_REQUEST_TEXT_BYTES, 8 * self.sequence_length)
         module = _TextClassifierServing(self.inference_copy(), max_texts, max_text_bytes)
-        serve = module.serve.get_concrete_function()
-        return export_saved_model(module, folder, {"serving_default": serve}, version)
+        return export_saved_model(module, folder, traced_signatures({
+            "serving_default": (module.serve, [tf.TensorSpec([None], tf.string, name="text")]),
+        }), version)
 
 
 class _TextClassifierServing(ClassifierServing):
@@ -313,7 +314,6 @@ class _TextClassifierServing(ClassifierServing):
         self.tokenizer = classifier.tokenizer
         self.max_texts, self.max_text_bytes = int(max_texts), int(max_text_bytes)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(self, text):
         text = checked_texts(text, self.max_texts, self.max_text_bytes)
         return tf.cond(tf.size(text) > 0,

@@ -4,7 +4,7 @@ import functools
 
 import tensorflow as tf
 
-from zoo.export import checked_texts
+from zoo.export import checked_texts, traced_signatures
 from zoo.keras_compat import set_untracked
 
 # What one request to the exported translator may hold by default (`export`):
@@ -39,13 +39,11 @@ class TranslatorServing(tf.Module):
         self._translate = functools.partial(
             translator.translation_function(beam_size, max_length, length_penalty))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(self, text):
         translation, _ = self._translate(checked_texts(text, self.max_texts,
                                                        self.max_text_bytes))
         return {"translation": translation}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve_with_scores(self, text):
         translation, score = self._translate(checked_texts(text, self.max_texts,
                                                            self.max_text_bytes))
@@ -53,5 +51,6 @@ class TranslatorServing(tf.Module):
 
     def signatures(self):
         """The named signatures of the export."""
-        return {"serving_default": self.serve.get_concrete_function(),
-                "translate_with_scores": self.serve_with_scores.get_concrete_function()}
+        text = [tf.TensorSpec([None], tf.string, name="text")]
+        return traced_signatures({"serving_default": (self.serve, text),
+                                  "translate_with_scores": (self.serve_with_scores, text)})

@@ -256,13 +256,16 @@ def train_and_report(model, job, run=None):
             **job.report_extra,
         }
         preset = outputs.folder / "preset"
-        model.save_to_preset(preset, metadata={"training": {
+        # One copy without the optimizer (LoRA adapters merged) for the preset
+        # and the export: each would otherwise build a whole model of its own.
+        served = model.inference_copy()
+        served.save_to_preset(preset, metadata={"training": {
             **job.metadata, "epochs": job.epochs, "batch_size": job.batch_size,
             score.key: score.value,
         }})
         export = None
         if run.export:
-            export = model.export(outputs.folder / "export", **job.export_options)
+            export = served.export(outputs.folder / "export", **job.export_options)
             report["export"] = str(export)
         write_text_atomic(outputs.folder / "report.json", json.dumps(report, indent=2))
         # Done: the backup would only make a rerun skip its training.

@@ -45,7 +45,7 @@ test: install
 	KERAS_BACKEND=jax JAX_DISABLE_MOST_OPTIMIZATIONS=1 TF_NUM_INTRAOP_THREADS=1 XLA_FLAGS="$(JAX_XLA_FLAGS)" \
 	    $(BIN)/python -m pytest -q --durations=10 $(LAYER_TESTS) > $(JAX_LOG) 2>&1 & jax=$$!; \
 	TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 \
-	    $(BIN)/python -m pytest -n 2 --dist loadfile --durations=20; tensorflow=$$?; \
+	    $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=20; tensorflow=$$?; \
 	wait $$jax; jax_status=$$?; \
 	echo "== the layer files on JAX"; cat $(JAX_LOG); \
 	exit $$(( tensorflow || jax_status ))

@@ -174,3 +174,11 @@ def test_no_zoo_modules_import_each_other():
     graph = {module: zoo_imports(path) for module, path in ZOO_MODULES.items()}
     assert sum(map(len, graph.values())) > 100  # the reader sees the zoo's imports
     assert import_cycles(graph) == [], "zoo modules that import each other, directly or not"
+
+
+def test_the_suite_order_names_files_of_the_suite():
+    # A renamed file would silently lose its place among the longest first.
+    from conftest import LONGEST_FILES_FIRST
+
+    missing = [name for name in LONGEST_FILES_FIRST if not (ROOT / "tests" / name).is_file()]
+    assert not missing and len(set(LONGEST_FILES_FIRST)) == len(LONGEST_FILES_FIRST), missing

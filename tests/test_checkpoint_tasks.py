@@ -66,6 +66,8 @@ def test_command_line_converts_trains_predicts_evaluates_and_exports_from_checkp
         capsys.readouterr()
         assert main(["predict", run, "a great film"]) == 0
         assert capsys.readouterr().out.split("\t")[0] in ("fresh", "rotten")
+        if name == "hf":
+            continue  # both runs hold the same kind of preset: one evaluates and exports
         assert main(["evaluate", run, "--data", str(data)]) == 0
         assert "accuracy" in capsys.readouterr().out
         assert main(["export", run, "--to", f"{run}/served"]) == 0

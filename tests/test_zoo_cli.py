@@ -64,15 +64,18 @@ def test_train_predict_evaluate_on_the_default_body(reviews_csv, tmp_path, capsy
     assert code == 0 and "accuracy:" in out, err
 
 
-def test_bad_data_gets_a_message_not_a_traceback(tmp_path):
+def test_bad_data_gets_a_message_not_a_traceback(tmp_path, capsys, monkeypatch):
     (tmp_path / "one_class.csv").write_text("text,label\ngood,pos\nfine,pos\nnice,pos\n")
     done = zoo("train", "text-classifier", "--data", "one_class.csv", "--out", "x", cwd=tmp_path)
     assert done.returncode == 2
     assert "error:" in done.stderr and "at least two classes" in done.stderr
     assert "Traceback" not in done.stderr
+    # The next refusal in this process: the real command above showed the exit.
     (tmp_path / "nothing.csv").write_text("")
-    done = zoo("train", "text-classifier", "--data", "nothing.csv", "--out", "x", cwd=tmp_path)
-    assert done.returncode == 2 and "is empty" in done.stderr
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["train", "text-classifier", "--data", "nothing.csv", "--out", "x"],
+                            capsys)
+    assert code == 2 and "is empty" in err and "Traceback" not in err
 
 
 @pytest.fixture(scope="module")

@@ -163,6 +163,7 @@ class Translator(PresetModel, RawInputModel):
     Example:
 
     >>> model = Translator(hidden_dim=16, intermediate_dim=32, num_heads=2,
+    ...                    num_encoder_layers=1, num_decoder_layers=1,
     ...                    source_sequence_length=8, target_sequence_length=8)
     >>> model.compile()
     >>> _ = model.fit(["good day"] * 16, ["guten Tag"] * 16, epochs=1, verbose=0)

@@ -25,11 +25,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	touch $@
 
 # The TensorFlow pass: two pytest processes, each test file kept in one (its
-# module fixtures are built once). One TensorFlow thread pool of one thread
-# per worker (and per process a test starts): two workers on two cores each
-# running two-thread pools spent 13% more time on the same files. The 20
-# slowest tests are listed: the budget is 10 minutes of pytest on 2 cores, and
-# the suite is not there yet (bench/RESULTS.md, "Rooms by role", has the figures).
+# module fixtures are built once), the longest files handed out first
+# (tests/conftest.py orders them; --no-loadscope-reorder keeps that order).
+# One TensorFlow thread pool of one thread per worker (and per process a test
+# starts): two workers on two cores each running two-thread pools spent 13%
+# more time on the same files. The 20 slowest tests are listed: the budget is
+# 10 minutes of pytest on 2 cores, and the suite is not there yet
+# (bench/RESULTS.md, "Rooms by role", has the figures).
 # The JAX pass (the layer files again) runs beside it, in one process, filling
 # the time the TensorFlow workers leave the cores idle (waiting on the
 # processes their tests start, the last file of one worker); its output

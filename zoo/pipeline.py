@@ -434,12 +434,8 @@ class RawInputModel(keras.Model):
         if functions is None:
             functions = {}
             set_untracked(self, graph_functions=functions)
-        key = (function.__name__, self.static_shapes)
-        if key not in functions:
-            spec = tf.TensorSpec([None], tf.string)
-            functions[key] = tf.function(function, input_signature=[spec] * len(texts))
-        texts = [text if tf.is_tensor(text) else tf.constant(text) for text in texts]
-        return with_batch_size_of(texts[0], functions[key](*texts))
+        return traced_on_strings(functions, (function.__name__, self.static_shapes), function,
+                                 *texts)
 
     def _tf_label_ids(self, labels):
         if labels.dtype == tf.string:
@@ -571,19 +567,30 @@ def _raw_dataset_batches(model, data, batch_size, ordered):
     return _preprocessed(model, model.batch_raw(data, batch_size, ordered=ordered))
 
 
-def with_batch_size_of(inputs, outputs):
-    """`outputs` of a cached `tf.function` called inside a graph, with the
-    batch size `inputs` has there (the function's signature leaves it
-    unknown; a TPU's batches need it static)."""
-    if tf.executing_eagerly() or inputs.shape.rank == 0:
+def traced_on_strings(cache, key, function, *texts):
+    """`function(*texts)` on `(B,)` strings, through the `tf.function` kept
+    in `cache[key]` (traced on first use), eager or inside a graph.
+
+    What tokenizes is traced once this way (`RawInputModel.in_graph`,
+    `TextPreprocessor`): eager, keras-hub's tokenizers give Python lists;
+    inside a graph, each `tf.data` pipeline and each export would trace them
+    again. The signature leaves the batch size unknown, so inside a graph it
+    is set back from the inputs' (a TPU's batches need it static).
+    """
+    if key not in cache:
+        cache[key] = tf.function(
+            function, input_signature=[tf.TensorSpec([None], tf.string)] * len(texts))
+    texts = [text if tf.is_tensor(text) else tf.constant(text, tf.string) for text in texts]
+    outputs = cache[key](*texts)
+    if tf.executing_eagerly():
         return outputs
 
-    def kept(output):
+    def batch_size_kept(output):
         if isinstance(output, tf.Tensor) and output.shape.rank:
-            output.set_shape(inputs.shape[:1].concatenate([None] * (output.shape.rank - 1)))
+            output.set_shape(texts[0].shape[:1].concatenate([None] * (output.shape.rank - 1)))
         return output
 
-    return tf.nest.map_structure(kept, outputs)
+    return tf.nest.map_structure(batch_size_kept, outputs)
 
 
 def _columns(model, inputs, y):

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from keras_selfattn.layers.base_attention import check_int
 from zoo.keras_compat import graph_tokenizer
-from zoo.pipeline import learn_word_piece_vocabulary, valid_utf8, with_batch_size_of
+from zoo.pipeline import learn_word_piece_vocabulary, traced_on_strings, valid_utf8
 
 # The tokens a learned vocabulary starts with; a checkpoint's are found by name.
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
@@ -78,7 +78,7 @@ class TextPreprocessor:
         self.vocabulary = None
         self.merges = None
         self.tokenizer = None
-        self._graph_functions = None
+        self._graph_functions = {}  # the traced tokenization of this vocabulary
         if vocabulary is not None:
             self.set_vocabulary(vocabulary, merges)
 
@@ -116,7 +116,7 @@ class TextPreprocessor:
                 strip_accents=self.strip_accents, oov_token=self.unknown_token, dtype="int32")
         self.start_id = vocabulary.index(self.start_token)
         self.end_id = vocabulary.index(self.end_token)
-        self._graph_functions = None
+        self._graph_functions = {}
 
     def learn(self, texts, vocabulary_size, reserved_tokens=RESERVED_TOKENS):
         """Learns a WordPiece vocabulary of at most `vocabulary_size` tokens
@@ -137,28 +137,14 @@ class TextPreprocessor:
     def tokenize(self, texts):
         """`(B,)` strings -> ragged `(B, None)` WordPiece ids, no start or end token."""
         self.check_vocabulary()
-        return self._traced(self._tokens)(_strings(texts))
+        return traced_on_strings(self._graph_functions, ("_tokens",), self._tokens, texts)
 
     def __call__(self, texts, static_shapes=False):
         self.check_vocabulary()
-        texts = _strings(texts)
-        ids = self._traced(self._token_ids, static_shapes=bool(static_shapes))(texts)
-        return with_batch_size_of(texts, ids)
-
-    def _traced(self, method, **settings):
-        # The method as a `tf.function` of the texts, one per preprocessor,
-        # vocabulary and settings. Eager, keras-hub's tokenizers give Python
-        # lists; inside a graph (each `tf.data` pipeline, an export) the
-        # tokenizer would be traced again every time: half of a small
-        # `predict`'s time.
-        if self._graph_functions is None:
-            self._graph_functions = {}
-        key = (method.__name__, *sorted(settings.items()))
-        if key not in self._graph_functions:
-            self._graph_functions[key] = tf.function(
-                functools.partial(method, **settings),
-                input_signature=[tf.TensorSpec([None], tf.string)])
-        return self._graph_functions[key]
+        static_shapes = bool(static_shapes)
+        return traced_on_strings(
+            self._graph_functions, ("_token_ids", static_shapes),
+            functools.partial(self._token_ids, static_shapes=static_shapes), texts)
 
     def _tokens(self, texts):
         return self.tokenizer(valid_utf8(texts))
@@ -190,8 +176,3 @@ class TextPreprocessor:
             "strip_accents": self.strip_accents,
             **{name: getattr(self, name) for name in SPECIAL_TOKEN_ARGUMENTS},
         }
-
-
-def _strings(texts):
-    """A `(B,)` string tensor of `texts` (a tensor already inside a graph)."""
-    return texts if tf.is_tensor(texts) else tf.constant(texts, tf.string)

@@ -8,7 +8,9 @@ import pytest
 from keras import ops
 
 import reference as ref
-from backend import BACKEND, compiled, gradients, largest_training_tensor, numpy
+from backend import (
+    BACKEND, compiled, gradients, largest_training_tensor, numpy, run_as_a_step,
+)
 from keras_selfattn import MultiHead, SelfAttention, kernels
 
 SCALE = 0.4
@@ -94,7 +96,7 @@ def test_values_and_gradients_match_float64_reference(rng, kind, block_size):
     q, k, v, masks = random_case(rng, **options)
     upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],)).astype("float32")
     (tq, tk, tv), tensor_masks = tensor_inputs(q, k, v, masks)
-    out = blocked(tq, tk, tv, tensor_masks, block_size)
+    out = run_as_a_step(lambda a, b, c: blocked(a, b, c, tensor_masks, block_size), tq, tk, tv)
     grads = gradients(lambda a, b, c: ops.sum(blocked(a, b, c, tensor_masks, block_size)
                                               * upstream), [tq, tk, tv])
 
@@ -149,34 +151,34 @@ def test_each_scan_alone_matches_the_softmax_derivatives(rng, kind):
                                  **options)
     upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],)).astype("float32")
     (tq, tk, tv), tensor_masks = tensor_inputs(q, k, v, masks)
-    layout = kernels.BlockLayout.create(
-        tq, tk, masks.get("causal", False), masks.get("window_size"),
-        masks.get("query_offset", 0), block_size=4, band=masks.get("band", False))
-    block_masks = kernels.BlockMasks.create(
-        layout, tensor_masks.get("query_mask"), tensor_masks.get("key_mask"),
-        tensor_masks.get("attention_mask"))
-    queries, keys, values = layout.pack(tq, tk, tv, SCALE)
-    packed_upstream = layout.pack(ops.convert_to_tensor(upstream), tk, tv, 1.0)[0]
     expected = softmax_derivatives(q, k, v, upstream, allowed_of(q, k, masks))
 
-    output, log_sum = kernels.blocked_forward(layout, block_masks, queries, keys, values)
-    np.testing.assert_allclose(numpy(layout.unpack_output(output)), expected["output"], atol=2e-5)
-    np.testing.assert_allclose(numpy(layout.unpack_rows(log_sum)), expected["log_sum"], rtol=1e-5,
-                               atol=2e-5)
+    def scans(tq, tk, tv, upstream):
+        layout = kernels.BlockLayout.create(
+            tq, tk, masks.get("causal", False), masks.get("window_size"),
+            masks.get("query_offset", 0), block_size=4, band=masks.get("band", False))
+        block_masks = kernels.BlockMasks.create(
+            layout, tensor_masks.get("query_mask"), tensor_masks.get("key_mask"),
+            tensor_masks.get("attention_mask"))
+        queries, keys, values = layout.pack(tq, tk, tv, SCALE)
+        packed_upstream = layout.pack(upstream, tk, tv, 1.0)[0]
+        output, log_sum = kernels.blocked_forward(layout, block_masks, queries, keys, values)
+        row_dot = ops.sum(packed_upstream * output, axis=-1)
+        gradient_inputs = (layout, block_masks, queries, keys, values, packed_upstream, log_sum,
+                           row_dot)
+        query_grad = kernels.blocked_query_gradient(*gradient_inputs)
+        gradients = {"key_value": (layout.unpack_output(query_grad),
+                                   *kernels.blocked_key_value_gradient(*gradient_inputs))}
+        if layout.band:
+            query_grad, key_grad, value_grad = kernels.blocked_band_gradient(*gradient_inputs)
+            gradients["band, one scan"] = (layout.unpack_output(query_grad), key_grad, value_grad)
+        return layout.unpack_output(output), layout.unpack_rows(log_sum), gradients
 
-    row_dot = ops.sum(packed_upstream * output, axis=-1)
-    gradient_inputs = (layout, block_masks, queries, keys, values, packed_upstream, log_sum,
-                       row_dot)
-    query_grad = kernels.blocked_query_gradient(*gradient_inputs)
-    np.testing.assert_allclose(numpy(layout.unpack_output(query_grad)), expected["query"],
-                               atol=2e-5)
-    key_grad, value_grad = kernels.blocked_key_value_gradient(*gradient_inputs)
-    gradients = {"key_value": (query_grad, key_grad, value_grad)}
-    if layout.band:
-        gradients["band, one scan"] = kernels.blocked_band_gradient(*gradient_inputs)
+    output, log_sum, gradients = run_as_a_step(scans, tq, tk, tv, ops.convert_to_tensor(upstream))
+    np.testing.assert_allclose(numpy(output), expected["output"], atol=2e-5)
+    np.testing.assert_allclose(numpy(log_sum), expected["log_sum"], rtol=1e-5, atol=2e-5)
     for scans, (query_grad, key_grad, value_grad) in gradients.items():
-        np.testing.assert_allclose(numpy(layout.unpack_output(query_grad)), expected["query"],
-                                   atol=2e-5, err_msg=scans)
+        np.testing.assert_allclose(numpy(query_grad), expected["query"], atol=2e-5, err_msg=scans)
         for got, name in ((key_grad, "key"), (value_grad, "value")):
             got = np.transpose(np.asarray(got), (0, 2, 1, 3))[:, :k.shape[1]]
             np.testing.assert_allclose(got, expected[name], atol=2e-5, err_msg=f"{scans}: {name}")
@@ -204,7 +206,7 @@ def test_fully_masked_rows_give_zero_output_and_gradients(rng):
     key_mask = np.zeros((2, 11), bool)
     key_mask[1, :4] = True  # batch 0 sees no key at all
     (tq, tk, tv), _ = tensor_inputs(q, k, v, {})
-    out = blocked(tq, tk, tv, {"key_mask": key_mask}, 4)
+    out = run_as_a_step(lambda a, b, c: blocked(a, b, c, {"key_mask": key_mask}, 4), tq, tk, tv)
     grads = gradients(lambda a, b, c: ops.sum(blocked(a, b, c, {"key_mask": key_mask}, 4) ** 2),
                       [tq, tk, tv])
     assert np.all(numpy(out)[0] == 0)
@@ -266,8 +268,8 @@ def test_mixed_float16_blocked_layer_matches_float32(rng, layer_class):
     full.build(x.shape)
     half.build(x.shape)
     half.set_weights(full.get_weights())
-    expected = np.asarray(full(x, use_causal_mask=True))
-    out = half(x, use_causal_mask=True)
+    expected = np.asarray(run_as_a_step(lambda x: full(x, use_causal_mask=True), x))
+    out = run_as_a_step(lambda x: half(x, use_causal_mask=True), x)
     grads = gradients(
         lambda v: ops.sum(ops.cast(half(v, use_causal_mask=True), "float32") ** 2), [x],
         half.trainable_weights)

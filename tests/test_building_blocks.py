@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_selfattn as ksa
-from backend import compiled, numpy, tensorflow_only
+from backend import compiled, numpy, run_as_a_step, tensorflow_only
 
 
 def test_sine_position_encoding_matches_formula():
@@ -92,10 +92,11 @@ def test_cached_decoding_equals_full_decoding(rng, with_encoder):
     # Three positions written at once (a prompt, causal among themselves),
     # then one per step (no mask: the newest query sees every filled key).
     for start, end in [(0, 3)] + [(t, t + 1) for t in range(3, 7)]:
-        out, cache, cross = block(
-            target[:, start:end], self_attention_cache=cache,
-            self_attention_cache_update_index=start, cross_attention_cache=cross,
-        )
+        out, cache, cross = run_as_a_step(
+            lambda step, cache, cross, start=start: block(
+                step, self_attention_cache=cache, self_attention_cache_update_index=start,
+                cross_attention_cache=cross),
+            target[:, start:end], cache, cross)
         steps.append(np.asarray(out))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
 

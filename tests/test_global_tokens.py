@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 import reference as ref
-from backend import gradients, largest_training_tensor
+from backend import gradients, largest_training_tensor, run_as_a_step
 from keras_selfattn import LocalWindow, kernels
 from test_blocked_kernel import SCALE, random_case, tensor_inputs
 
@@ -44,7 +44,8 @@ def test_values_and_gradients_match_float64_reference(rng, kind, global_tokens):
     q, k, v, masks = random_case(rng, q_len=23, k_len=23, window_size=3, **CASES[kind])
     upstream = rng.normal(size=q.shape[:3] + (v.shape[-1],)).astype("float32")
     (tq, tk, tv), tensor_masks = tensor_inputs(q, k, v, masks)
-    out = band_with_global_tokens(tq, tk, tv, tensor_masks, global_tokens)
+    out = run_as_a_step(lambda a, b, c: band_with_global_tokens(a, b, c, tensor_masks,
+                                                                global_tokens), tq, tk, tv)
     grads = gradients(lambda a, b, c: ops.sum(
         band_with_global_tokens(a, b, c, tensor_masks, global_tokens) * upstream), [tq, tk, tv])
     _, expected = reference_loss(q, k, v, upstream, masks, global_tokens)
@@ -59,8 +60,10 @@ def test_layer_blocked_path_equals_its_dense_path_with_padding(rng):
     layer = LocalWindow(num_heads=4, key_dim=8, window_size=8, global_tokens=1)
     x = rng.normal(size=(2, 200, 32)).astype("float32")
     mask = ref.random_padding_mask(rng, 2, 200, 150)
-    blocked = layer(x, mask=mask)  # T = 200 is past the dense cut-over: the blocked kernel
-    dense, scores = layer(x, mask=mask, return_attention_scores=True)
+    layer.build(x.shape)
+    # T = 200 is past the dense cut-over: the blocked kernel.
+    blocked = run_as_a_step(lambda x: layer(x, mask=mask), x)
+    dense, scores = run_as_a_step(lambda x: layer(x, mask=mask, return_attention_scores=True), x)
     valid = mask
     np.testing.assert_allclose(np.asarray(blocked)[valid], np.asarray(dense)[valid], atol=1e-5)
     weights = np.asarray(scores)
@@ -85,7 +88,8 @@ def test_padding_never_reaches_valid_outputs_and_empty_rows_are_finite(rng):
     mask = ref.random_padding_mask(rng, 3, 120, 40)
     mask[2] = False  # a sequence with nothing valid
     changed = np.where(mask[..., None], x, rng.normal(size=x.shape) * 100).astype("float32")
-    a, b = (np.asarray(layer(v, mask=mask)) for v in (x, changed))
+    layer.build(x.shape)
+    a, b = (np.asarray(run_as_a_step(lambda v: layer(v, mask=mask), v)) for v in (x, changed))
     np.testing.assert_allclose(a[mask], b[mask], atol=1e-5)
     assert np.isfinite(a).all() and np.isfinite(b).all()
 

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend import BACKEND, gradients
+from backend import BACKEND, gradients, run_as_a_step
 from keras import ops
 from keras_selfattn import Additive, LocalWindow, MultiHead, SelfAttention
 
@@ -46,9 +46,15 @@ def attend(layer, x, padding, explicit, causal):
 
 
 def _call(layer, x, padding, kwargs):
-    if isinstance(layer, MultiHead):
-        return layer(x, query_mask=padding, value_mask=padding, **kwargs)
-    return layer(x, mask=padding, **kwargs)
+    flags = {name: value for name, value in kwargs.items() if name != "attention_mask"}
+
+    def call(x, padding, explicit):
+        if isinstance(layer, MultiHead):
+            return layer(x, query_mask=padding, value_mask=padding, attention_mask=explicit,
+                         **flags)
+        return layer(x, mask=padding, attention_mask=explicit, **flags)
+
+    return run_as_a_step(call, x, padding, kwargs["attention_mask"])
 
 
 @st.composite
@@ -160,11 +166,17 @@ def test_attention_rows_equal_the_rows_of_the_whole_weights(s, name, data):
     length = s["x"].shape[1]
     start = data.draw(st.integers(0, length - 1))
     stop = data.draw(st.integers(start + 1, length))
-    kwargs = dict(attention_mask=s["explicit"], use_causal_mask=s["causal"])
-    masks = (dict(query_mask=s["padding"], value_mask=s["padding"])
-             if isinstance(layer, MultiHead) else dict(mask=s["padding"]))
-    _, whole = layer(s["x"], return_attention_scores=True, **masks, **kwargs)
-    rows = layer.attention_rows(s["x"], start, stop, mask=s["padding"], **kwargs)
+    causal = s["causal"]
+
+    def whole_and_rows(x, padding, explicit):
+        masks = (dict(query_mask=padding, value_mask=padding)
+                 if isinstance(layer, MultiHead) else dict(mask=padding))
+        _, whole = layer(x, return_attention_scores=True, attention_mask=explicit,
+                         use_causal_mask=causal, **masks)
+        return whole, layer.attention_rows(x, start, stop, mask=padding,
+                                           attention_mask=explicit, use_causal_mask=causal)
+
+    whole, rows = run_as_a_step(whole_and_rows, s["x"], s["padding"], s["explicit"])
     assert tuple(rows.shape) == (s["x"].shape[0], whole.shape[1], stop - start, length)
     np.testing.assert_allclose(np.asarray(rows), np.asarray(whole)[:, :, start:stop],
                                rtol=1e-5, atol=1e-6)

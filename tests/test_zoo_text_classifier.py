@@ -106,6 +106,30 @@ def test_predict_keeps_the_order_of_its_inputs(tiny_classifier, sentiment_sample
     np.testing.assert_allclose(forward, backward[::-1], atol=1e-5)
 
 
+def test_a_vocabulary_is_learned_once_for_the_same_texts_and_settings(sentiment_sample):
+    """`fit` after `adapt`, each trial of `tune`: the same texts and settings
+    give the vocabulary learned before; anything else is learned anew."""
+    from zoo import pipeline
+
+    (texts, _), _ = sentiment_sample
+    texts = [str(t) for t in texts[:40]]
+
+    def learn(texts, size=2000, lowercase=True):
+        return pipeline.learn_word_piece_vocabulary(texts, size, ["[PAD]", "[UNK]"], lowercase)
+
+    first = learn(texts)
+    assert 50 < len(first) < 2000
+    first.append("changed by its caller")
+    again = learn(texts)
+    assert again == first[:-1]
+    pipeline._LEARNED_VOCABULARIES.clear()
+    assert learn(texts) == again  # what learning gives, not a stale copy
+    assert "quokka" in learn(texts + ["a quokka"] * 50) and "quokka" not in again
+    smaller = learn(texts, size=50)
+    assert len(smaller) <= 50 and smaller != again
+    assert learn(texts, lowercase=False) != again
+
+
 def test_length_grouped_batches_hold_every_example_once_in_a_known_count():
     from zoo.pipeline import length_grouped_batches
 

@@ -6,6 +6,9 @@ pixels) and trains fast; the same preprocessing functions are traced into the
 exported SavedModel, so serving sees exactly what training saw.
 """
 
+import collections
+import hashlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -30,6 +33,14 @@ def text_array(x):
     ).astype(str)
 
 
+# The vocabularies this process learned last, by a digest of what they were
+# learned from: learning is deterministic and slow (keras-hub's learner is
+# Python, about a second for a few hundred reviews), and a search (`tune`),
+# a rerun in a notebook or `fit` after `adapt` learns from the same texts again.
+_LEARNED_VOCABULARIES = collections.OrderedDict()
+_LEARNED_VOCABULARIES_KEPT = 8
+
+
 def learn_word_piece_vocabulary(texts, size, reserved_tokens, lowercase):
     """A WordPiece vocabulary of at most `size` tokens (keras-hub's learner)
     from the non-blank `texts`, `reserved_tokens` first; accents are kept
@@ -39,11 +50,20 @@ def learn_word_piece_vocabulary(texts, size, reserved_tokens, lowercase):
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise ValueError("Cannot learn a vocabulary from no (non-empty) text.")
-    return keras_hub.tokenizers.compute_word_piece_vocabulary(
-        tf.data.Dataset.from_tensor_slices(texts).batch(256),
-        vocabulary_size=size, lowercase=lowercase, strip_accents=lowercase,
-        reserved_tokens=list(reserved_tokens),
-    )
+    digest = hashlib.sha256(repr((int(size), list(reserved_tokens), bool(lowercase))).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    key = digest.hexdigest()
+    if key not in _LEARNED_VOCABULARIES:
+        _LEARNED_VOCABULARIES[key] = keras_hub.tokenizers.compute_word_piece_vocabulary(
+            tf.data.Dataset.from_tensor_slices(texts).batch(256),
+            vocabulary_size=size, lowercase=lowercase, strip_accents=lowercase,
+            reserved_tokens=list(reserved_tokens),
+        )
+        while len(_LEARNED_VOCABULARIES) > _LEARNED_VOCABULARIES_KEPT:
+            _LEARNED_VOCABULARIES.popitem(last=False)
+    _LEARNED_VOCABULARIES.move_to_end(key)
+    return list(_LEARNED_VOCABULARIES[key])
 
 
 def length_grouped_batches(data, batch_size, drop_remainder=False, seed=None):

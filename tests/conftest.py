@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from serving_process import ServingProcess  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
@@ -98,6 +99,22 @@ def run_python(code, cwd, timeout=300, backend=None):
             f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-4000:]}"
         )
     return result.stdout
+
+
+_SERVING_PROCESS = ServingProcess(
+    dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2"))
+
+
+def serve_in_clean_process(code, cwd, timeout=300):
+    """Runs `code` in this worker's serving process, which imports only
+    tensorflow and tensorflow_text, as TF Serving links them, and never
+    keras-hub, the zoo or the layers (tests/serving_process.py); returns
+    its stdout, failing loudly."""
+    return _SERVING_PROCESS.run(code, cwd, timeout)
+
+
+def pytest_sessionfinish(session):
+    _SERVING_PROCESS.close()
 
 
 def write_reviews_csv(folder, sentiment_sample, count):
@@ -313,7 +330,7 @@ def serves_like_predict(model, inputs, instances, folder):
     expected = tf.nn.softmax(model.predict(inputs, verbose=0)).numpy()
     np.save(folder / "expected.npy", expected)
     (folder / "request.json").write_text(json.dumps({"instances": instances}))
-    out = run_python(
+    out = serve_in_clean_process(
         f"""
         import json, sys
         import numpy as np

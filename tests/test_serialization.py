@@ -8,7 +8,7 @@ import pytest
 
 import keras_selfattn as ksa
 from backend import BACKEND, tensorflow_only
-from conftest import graph_optimizer_on, run_python
+from conftest import graph_optimizer_on, run_python, serve_in_clean_process
 
 # Where a `.keras` file written here is loaded back: this process's backend
 # and every other one installed (TensorFlow always; JAX with the `jax` extra).
@@ -110,7 +110,7 @@ def test_keras_file_loads_in_fresh_process_with_only_keras_and_package(saved, lo
 @pytest.mark.slow
 @tensorflow_only
 def test_saved_model_answers_in_fresh_process_with_only_tensorflow(saved):
-    out = run_python(
+    out = serve_in_clean_process(
         """
         import json, sys
         import numpy as np

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, serve_in_clean_process
 from zoo import TextClassifier, export as zoo_export
 from zoo.presets import load_preset
 
@@ -154,6 +154,28 @@ def test_exports_are_numbered_versions(tiny_classifier, tmp_path):
     assert tiny_classifier.export(tmp_path / "served").name == "2"
 
 
+def test_the_serving_process_stays_clean_or_stops(tmp_path):
+    """The process that serves the tests' exports (tests/serving_process.py)
+    proves nothing once keras-hub, the zoo or the layers are in it."""
+    import os
+
+    from serving_process import ServingProcess
+
+    process = ServingProcess(dict(os.environ))
+    try:
+        assert process.run("import os; print(os.getpid())", tmp_path).strip().isdigit()
+        first = process.run("import os; print(os.getpid())", tmp_path)
+        assert process.run("import os; print(os.getpid())", tmp_path) == first  # one process
+        with pytest.raises(AssertionError, match=r"imported \['zoo'\]: it is no longer clean"):
+            process.run("import sys; sys.modules['zoo'] = sys", tmp_path)
+        assert process.run("import os; print(os.getpid())", tmp_path) != first  # a new one
+        with pytest.raises(AssertionError, match="ZeroDivisionError"):
+            process.run("1 / 0", tmp_path)
+        assert process.run("print('still answers')", tmp_path) == "still answers\n"
+    finally:
+        process.close()
+
+
 @pytest.mark.slow
 def test_export_answers_rest_and_grpc_requests_with_tensorflow_alone(tiny_classifier, tmp_path):
     from conftest import xla_only_ops
@@ -163,7 +185,7 @@ def test_export_answers_rest_and_grpc_requests_with_tensorflow_alone(tiny_classi
     expected = tf.nn.softmax(tiny_classifier.predict(TEXTS, verbose=0)).numpy()
     np.save(tmp_path / "expected.npy", expected)
     (tmp_path / "texts.json").write_text(json.dumps(TEXTS))
-    out = run_python(
+    out = serve_in_clean_process(
         f"""
         import json, sys
         import numpy as np

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TINY_TRANSLATOR, number_pairs, run_python, xla_only_ops
+from conftest import (
+    REPO_ROOT, TINY_TRANSLATOR, number_pairs, serve_in_clean_process, xla_only_ops,
+)
 from zoo import Translator
 from zoo.translator.decoding import beam_search, length_penalty
 from zoo.translator.preprocessor import END_ID, PAD_ID, START_ID
@@ -269,7 +271,7 @@ def test_export_answers_rest_and_grpc_requests_with_tensorflow_alone(tiny_transl
     assert xla_only_ops(version) == []
     expected = tiny_translator.translate(sources, beam_size=3)
     (tmp_path / "case.json").write_text(json.dumps({"sources": sources, "expected": expected}))
-    out = run_python(
+    out = serve_in_clean_process(
         f"""
         import base64, json, sys
         sys.path.insert(0, {str(REPO_ROOT / "zoo")!r})

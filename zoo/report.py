@@ -351,6 +351,10 @@ def plot_attention_heads(layers, path, key_tokens=None, query_tokens=None,
     labels say once. A long sequence's panels show each cell's largest
     weight (`LayerAttention.pooled`): the band of a local window and a
     global token's row and column stay visible, and no panel is `T x T`.
+    The tokens label the first head's panel of each row, on both axes; the
+    row's other heads share those axes. Labelling every panel drew the same
+    words once per head: MiniLM's 6 x 12 grid took most of a short
+    fine-tuning run's time.
 
     Args:
         layers: `LayerAttention`s of one example.
@@ -389,7 +393,7 @@ def plot_attention_heads(layers, path, key_tokens=None, query_tokens=None,
             if stats:
                 label += f"\nentropy {stats['entropy']:.2f} ({stats['state']})"
             axis.set_title(label, fontsize=7)
-            if keys is not None and labelled:
+            if keys is not None and labelled and head == 0:
                 axis.set_xticks(range(len(keys)), keys, rotation=90, fontsize=6)
             else:
                 axis.set_xticks([])

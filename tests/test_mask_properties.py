@@ -45,14 +45,18 @@ def attend(layer, x, padding, explicit, causal):
     return _call(layer, x, padding, dict(kwargs, return_attention_scores=True))
 
 
+def padding_arguments(layer, padding):
+    """The padding mask as `layer` takes it."""
+    if isinstance(layer, MultiHead):
+        return dict(query_mask=padding, value_mask=padding)
+    return dict(mask=padding)
+
+
 def _call(layer, x, padding, kwargs):
     flags = {name: value for name, value in kwargs.items() if name != "attention_mask"}
 
     def call(x, padding, explicit):
-        if isinstance(layer, MultiHead):
-            return layer(x, query_mask=padding, value_mask=padding, attention_mask=explicit,
-                         **flags)
-        return layer(x, mask=padding, attention_mask=explicit, **flags)
+        return layer(x, attention_mask=explicit, **padding_arguments(layer, padding), **flags)
 
     return run_as_a_step(call, x, padding, kwargs["attention_mask"])
 
@@ -169,10 +173,8 @@ def test_attention_rows_equal_the_rows_of_the_whole_weights(s, name, data):
     causal = s["causal"]
 
     def whole_and_rows(x, padding, explicit):
-        masks = (dict(query_mask=padding, value_mask=padding)
-                 if isinstance(layer, MultiHead) else dict(mask=padding))
         _, whole = layer(x, return_attention_scores=True, attention_mask=explicit,
-                         use_causal_mask=causal, **masks)
+                         use_causal_mask=causal, **padding_arguments(layer, padding))
         return whole, layer.attention_rows(x, start, stop, mask=padding,
                                            attention_mask=explicit, use_causal_mask=causal)
 

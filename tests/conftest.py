@@ -106,22 +106,6 @@ def run_python(code, cwd, timeout=300, backend=None):
     return result.stdout
 
 
-_SERVING_PROCESS = ServingProcess(
-    dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2"))
-
-
-def serve_in_clean_process(code, cwd, timeout=300):
-    """Runs `code` in this worker's serving process, which imports only
-    tensorflow and tensorflow_text, as TF Serving links them, and never
-    keras-hub, the zoo or the layers (tests/serving_process.py); returns
-    its stdout, failing loudly."""
-    return _SERVING_PROCESS.run(code, cwd, timeout)
-
-
-def pytest_sessionfinish(session):
-    _SERVING_PROCESS.close()
-
-
 def write_reviews_csv(folder, sentiment_sample, count):
     """The first `count` labelled reviews as `folder/reviews.csv` (review, sentiment)."""
     import csv
@@ -289,6 +273,21 @@ def run_main(args, capsys):
 def environment(**extra):
     return dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2",
                 PYTHONUNBUFFERED="1", **extra)
+
+
+_SERVING_PROCESS = ServingProcess(environment())
+
+
+def serve_in_clean_process(code, cwd, timeout=300):
+    """Runs `code` in this worker's serving process, which imports only
+    tensorflow and tensorflow_text, as TF Serving links them, and never
+    keras-hub, the zoo or the layers (tests/serving_process.py); returns
+    its stdout, failing loudly."""
+    return _SERVING_PROCESS.run(code, cwd, timeout)
+
+
+def pytest_sessionfinish(session):
+    _SERVING_PROCESS.close()
 
 
 def run_until(command, cwd, marker):

@@ -68,14 +68,15 @@ class ServingProcess:
         ready, _, _ = select.select([self._process.stdout], [], [], timeout)
         reply = self._process.stdout.readline() if ready else ""
         if not reply:
+            log = self._log_tail()
             self.close()
-            raise AssertionError(f"the serving process gave no answer in {timeout} s:\n"
-                                 f"{self._log_tail()}")
+            raise AssertionError(f"the serving process gave no answer in {timeout} s:\n{log}")
         reply = json.loads(reply)
+        log = self._log_tail() if reply["error"] is not None else ""
         if not reply["clean"]:
             self.close()  # it stops; the next check starts a clean one
         if reply["error"] is not None:
-            raise AssertionError(f"{reply['stdout']}\n{reply['error']}\n{self._log_tail()}")
+            raise AssertionError(f"{reply['stdout']}\n{reply['error']}\n{log}")
         return reply["stdout"]
 
     def close(self):
@@ -87,6 +88,7 @@ class ServingProcess:
                 self._process.kill()
                 self._process.wait()
             self._process = None
+            self._log.close()
 
     def _start(self):
         self._log = tempfile.TemporaryFile(mode="w+")
@@ -95,7 +97,5 @@ class ServingProcess:
             stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=os.getcwd())
 
     def _log_tail(self):
-        if self._log.closed:
-            return ""
         self._log.seek(0)
         return self._log.read()[-3000:]

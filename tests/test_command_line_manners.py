@@ -189,7 +189,9 @@ def test_numbers_are_checked_as_the_command_line_reads_them():
           for flag, value in (("--epochs", "0"), ("--epochs", "-3"), ("--batch-size", "x"),
                               ("--learning-rate", "0"), ("--dropout", "1"),
                               ("--sequence-length", "0"), ("--window-size", "-1"),
-                              ("--max-train-examples", "0"), ("--checkpoint-every", "0"))),
+                              ("--max-train-examples", "0"), ("--checkpoint-every", "0"),
+                              ("--architecture", "num_layers=2,hidden_dim=-8"),
+                              ("--architecture", "num_layers"))),
         ["evaluate", "run", "--data", "x.csv", "--batch-size", "0"],
         ["tune", "text-classifier", "--data", "x.csv", "--out", "run", "--trials", "0"],
     )
@@ -203,6 +205,10 @@ def test_numbers_are_checked_as_the_command_line_reads_them():
                 "--window-size: expected a whole number of at least 1; received '-1'",
                 "--max-train-examples: expected a whole number of at least 1; received '0'",
                 "--checkpoint-every: expected a whole number of at least 1; received '0'",
+                "--architecture: expected KEY=VALUE pairs of positive whole numbers, separated "
+                "by commas (num_layers=2,hidden_dim=64); received 'hidden_dim=-8'",
+                "--architecture: expected KEY=VALUE pairs of positive whole numbers, separated "
+                "by commas (num_layers=2,hidden_dim=64); received 'num_layers'",
                 "--batch-size: expected a whole number of at least 1; received '0'",
                 "--trials: expected a whole number of at least 1; received '0'"]
     for (_, code, out, err), message in zip(results, expected):

@@ -105,7 +105,8 @@ def test_image_classifier_killed_mid_epoch_resumes_then_predicts_evaluates_and_e
     XLA: XLA's own default has its test, and compiling took most of this one's time."""
     command = [sys.executable, "-m", "zoo", "train", "image-classifier", "--data",
                str(digit_folder), "--out", "run", "--epochs", "2", "--batch-size", "16",
-               "--checkpoint-every", "4", "--jit-compile", "false", "--attention-matrices"]
+               "--checkpoint-every", "4", "--jit-compile", "false", "--attention-matrices",
+               "--architecture", "num_layers=2"]  # two blocks of the recipe's six still roll out
     kill_at = "(epoch 2, after batch 8)"
     first = run_until(command, tmp_path, kill_at)
     marked = int(first.split(kill_at)[0].rsplit("checkpoint: step", 1)[1])
@@ -114,7 +115,7 @@ def test_image_classifier_killed_mid_epoch_resumes_then_predicts_evaluates_and_e
     killed_at = max(int(p.name.split("-")[1]) for p in (tmp_path / "run" / "backup").iterdir()
                     if p.name.startswith("step-"))
     assert killed_at >= marked
-    assert "28x28x1 images, 4x4 patches (49)" in first  # the geometry rule
+    assert "28x28x1 images, 4x4 patches (49), width 96, 2 blocks" in first  # geometry, sizes
     assert "skipped 1 unreadable file(s)" in first
     # Steps run 8 at a time: the progress line counts the steps that ran, never
     # past its end (one plain line per epoch here, where stdout is no terminal).
@@ -192,6 +193,13 @@ def test_image_user_errors_print_one_line_and_exit_2(digit_folder, digits_sample
             "'image_classifier' preset.",
         ("train", "image-classifier", "--data", str(digit_folder), "--out", "x",
          "--text-column", "review"): "--text-column does not apply to image-classifier",
+        ("train", "image-classifier", "--data", str(digit_folder), "--out", "x",
+         "--architecture", "num_blocks=2"):
+            "--architecture: image-classifier has no size num_blocks. It has: hidden_dim, "
+            "intermediate_dim, num_heads, num_layers.",
+        ("train", "image-classifier", "--data", str(digit_folder), "--out", "x",
+         "--architecture", "num_layers=2", "--preset", "mnist_vit_micro"):
+            "--architecture sizes a network trained from scratch; a --preset keeps its own",
         ("predict", "empty", "a.png"): "holds no trained model",
         ("predict", str(REPO_ROOT / "zoo/image_classifier/presets/mnist_vit_micro"), "broken.png"):
             "image_bytes[0] (13 bytes) is not a JPEG, PNG, BMP or GIF image",
@@ -243,7 +251,9 @@ def pairs_tsv(tmp_path_factory):
 @pytest.mark.slow
 def test_translator_train_predict_evaluate_export(pairs_tsv, tmp_path, capsys):
     done = zoo("train", "translator", "--data", str(pairs_tsv), "--out", "run",
-               "--epochs", "2", "--beam-size", "2", cwd=tmp_path)
+               "--epochs", "2", "--beam-size", "2", "--architecture",
+               "num_encoder_layers=1,num_decoder_layers=1,hidden_dim=32,intermediate_dim=64",
+               cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "BLEU (beam 1):" in done.stdout and "BLEU (beam 2):" in done.stdout
     assert "reference:" in done.stdout and "validation bleu_beam_2:" in done.stdout
@@ -285,6 +295,11 @@ def test_translator_user_errors_print_one_line_and_exit_2(pairs_tsv, tmp_path, c
             "The Gramps catalogues have no language 'xx'. They have: ar, ba,",
         ("train", "translator", "--data", str(pairs_tsv), "--out", "x", "--image-size", "32"):
             "--image-size does not apply to translator",
+        ("train", "translator", "--data", str(pairs_tsv), "--out", "x",
+         "--architecture", "num_layers=1"):
+            "translator has no size num_layers. It has: hidden_dim, intermediate_dim, "
+            "num_decoder_layers, num_encoder_layers, num_heads, source_sequence_length, "
+            "target_sequence_length, vocabulary_size.",
         ("train", "translator", "--data", str(pairs_tsv), "--out", "x",
          "--preset", str(REPO_ROOT / "zoo/text_classifier/presets/rotten_tomatoes_small")):
             "it is a zoo 'text_classifier' preset. It takes a zoo 'translator' preset.",

@@ -68,6 +68,7 @@ class ModelEntry:
     options: tuple       # train options that only this model takes
     labelled_data: object  # args -> (inputs, targets) for `evaluate`
     data_help: str
+    architecture: str    # "module:NAME" of the from-scratch network's sizes
     evaluate_options: tuple = ()  # options of `evaluate` and `export` for this model
 
     @property
@@ -84,12 +85,14 @@ MODELS = {
         _labelled_texts,
         "CSV/TSV/JSONL file with text and label columns, or 'rotten-tomatoes' (sentiment) or "
         "'wordnet-definitions' (topic)",
+        "zoo.text_classifier.train:DEMO_ARCHITECTURE",
     ),
     "image-classifier": ModelEntry(
         "image_classifier", "zoo.image_classifier:ImageClassifier",
         "zoo.image_classifier.train:train_image_classifier",
         ("image_size", "attention_matrices", "lora_rank"), _labelled_images,
         "folder of class folders of PNG/JPEG/BMP/GIF images, or 'mnist'",
+        "zoo.image_classifier.train:SCRATCH_ARCHITECTURE",
     ),
     "translator": ModelEntry(
         "translator", "zoo.translator:Translator",
@@ -97,11 +100,12 @@ MODELS = {
         ("beam_size",), _sentence_pairs,
         "TSV of source<TAB>target lines or JSONL with source/target fields, or "
         "'gramps' (English -> German) / 'gramps:LANG'",
+        "zoo.translator.train:DEFAULT_ARCHITECTURE",
         evaluate_options=("beam_size",),
     ),
 }
 COMMON_TRAIN_OPTIONS = ("preset", "epochs", "batch_size", "learning_rate", "max_train_examples",
-                        "dropout", "validation_data", "patience")
+                        "dropout", "validation_data", "patience", "architecture")
 MODEL_OPTIONS = sorted({option for entry in MODELS.values() for option in entry.options})
 TUNE_MODEL_OPTIONS = ("text_column", "label_column")
 DECODING_OPTIONS = sorted({o for entry in MODELS.values() for o in entry.evaluate_options})
@@ -122,6 +126,8 @@ def _train(args):
     if foreign:
         flags = ", ".join("--" + o.replace("_", "-") for o in foreign)
         raise ValueError(f"{flags} does not apply to {args.model}.")
+    if args.architecture is not None:
+        _check_architecture(args, entry)
     options = {o: getattr(args, o) for o in (*COMMON_TRAIN_OPTIONS, *entry.options)
                if getattr(args, o) is not None}
     with pin:  # the preset's metadata checked as it is loaded, not only here
@@ -134,6 +140,18 @@ def _train(args):
     print(f"preset:  {result.preset}")
     print(f"export:  {result.export}")
     print(f"figures: {', '.join(str(figure) for figure in sorted(out.glob('*.png')))}")
+
+
+def _check_architecture(args, entry):
+    if args.preset is not None:
+        raise ValueError("--architecture sizes a network trained from scratch; a --preset "
+                         "keeps its own sizes.")
+    sizes = sorted(key for key, value in _import(entry.architecture).items()
+                   if isinstance(value, int) and not isinstance(value, bool))
+    unknown = sorted(set(args.architecture) - set(sizes))
+    if unknown:
+        raise ValueError(f"--architecture: {args.model} has no size {', '.join(unknown)}. "
+                         f"It has: {', '.join(sizes)}.")
 
 
 def _tune(args):
@@ -327,6 +345,19 @@ def number_between(low, high, low_included=False, high_included=False):
 POSITIVE = whole_number(1)
 
 
+def sizes(text):
+    """An argparse type: `KEY=VALUE[,KEY=VALUE...]` of positive whole numbers."""
+    parsed = {}
+    for pair in text.split(","):
+        key, _, value = (part.strip() for part in pair.partition("="))
+        if not (key and value.isascii() and value.isdigit() and int(value) > 0):
+            raise argparse.ArgumentTypeError(
+                f"expected KEY=VALUE pairs of positive whole numbers, separated by commas "
+                f"(num_layers=2,hidden_dim=64); received {pair!r}")
+        parsed[key] = int(value)
+    return parsed
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
@@ -398,6 +429,10 @@ def _parser():
                        help="discard the checkpoint in --out and start over (a run resumes only "
                             "from a checkpoint of the same data and settings)")
     train.add_argument("--dropout", type=number_between(0, 1, low_included=True), help="default: the model's recipe or preset")
+    train.add_argument("--architecture", type=sizes, metavar="KEY=VALUE,...",
+                       help="from scratch: these sizes instead of the recipe's, e.g. "
+                            "num_layers=2,hidden_dim=64 (text-classifier: implies "
+                            "--from-scratch); an unknown key's error lists the model's")
     train.add_argument("--text-column", help="text-classifier: the text column")
     train.add_argument("--label-column", help="text-classifier: the label column")
     train.add_argument("--allow-skipped", action="store_const", const=True,

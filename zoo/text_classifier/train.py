@@ -137,8 +137,8 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
 
     Which network: `preset` (a classifier preset, a text body, a keras-hub
     preset or a Hugging Face checkpoint) when given; else from scratch with
-    `architecture` (default `DEMO_ARCHITECTURE`) when `from_scratch` or
-    `architecture` is given; else `default_body()`. Epochs and learning rate
+    `DEMO_ARCHITECTURE`, with the sizes in `architecture` instead of its own,
+    when `from_scratch` or `architecture` is given; else `default_body()`. Epochs and learning rate
     default to `fine_tuning_recipe(preset)` for a pretrained network (with
     warm-up and cosine decay) and to `FROM_SCRATCH` otherwise.
     `sequence_length`, `attention`, `window_size`, `global_tokens` and
@@ -197,7 +197,7 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
                                                **shape, **dropout_override(dropout))
             schedule = fine_tuning_schedule(len(train[0]), batch_size, epochs, learning_rate, recipe)
         else:
-            model = TextClassifier(labels=names, **{**(architecture or DEMO_ARCHITECTURE),
+            model = TextClassifier(labels=names, **{**DEMO_ARCHITECTURE, **(architecture or {}),
                                                      **shape, **dropout_override(dropout)})
             schedule = learning_rate
         run.prepare(model)
@@ -228,7 +228,7 @@ def search_space(hp):
     hidden_dim = hp.Choice("hidden_dim", [64, 128, 192])
     return {
         "architecture": {
-            **DEMO_ARCHITECTURE, "hidden_dim": hidden_dim,
+            "hidden_dim": hidden_dim,
             "num_layers": hp.Int("num_layers", 1, 3),
             "num_heads": hp.Choice("num_heads", [2, 4]),
             "intermediate_dim": 2 * hidden_dim,

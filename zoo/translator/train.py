@@ -96,7 +96,7 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
             model = Translator.from_preset(preset, **dropout_override(dropout))
         else:
             model = Translator.from_training_pairs(
-                *train, **{**(architecture or DEFAULT_ARCHITECTURE), **dropout_override(dropout)})
+                *train, **{**DEFAULT_ARCHITECTURE, **(architecture or {}), **dropout_override(dropout)})
         run.prepare(model)
         model.compile(optimizer=keras.optimizers.AdamW(
             warmup_cosine(learning_rate, steps), weight_decay=0.01
@@ -123,7 +123,7 @@ def search_space(hp):
     layers = hp.Int("num_layers", 1, 3)
     return {
         "architecture": {
-            **DEFAULT_ARCHITECTURE, "hidden_dim": hidden_dim,
+            "hidden_dim": hidden_dim,
             "num_encoder_layers": layers, "num_decoder_layers": layers,
             "num_heads": hp.Choice("num_heads", [2, 4]),
             "intermediate_dim": 4 * hidden_dim,

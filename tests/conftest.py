@@ -120,6 +120,10 @@ def write_reviews_csv(folder, sentiment_sample, count):
 
 TINY_ARCHITECTURE = dict(vocabulary_size=600, sequence_length=24, hidden_dim=32,
                          num_layers=1, num_heads=2, intermediate_dim=64, dropout=0.0)
+# The same sizes for `train text-classifier`, for the command-line runs whose
+# checks do not depend on the network: a smaller one traces in less time.
+TINY_SIZES = ["--architecture", ",".join(f"{key}={value}" for key, value in
+                                         TINY_ARCHITECTURE.items() if key != "dropout")]
 
 
 @pytest.fixture(scope="session")

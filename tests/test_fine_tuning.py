@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import write_reviews_csv
+from conftest import TINY_SIZES, write_reviews_csv
 
 
 def small_model():
@@ -81,7 +81,8 @@ def test_a_run_stops_when_validation_stops_improving(sentiment_sample, tmp_path,
 
     data = write_reviews_csv(tmp_path, sentiment_sample, 240)
     assert main(["train", "text-classifier", "--data", str(data), "--out", str(tmp_path / "run"),
-                 "--from-scratch", "--epochs", "30", "--patience", "1", "--batch-size", "64",
+                 "--from-scratch", *TINY_SIZES, "--epochs", "30", "--patience", "1",
+                 "--batch-size", "64",
                  "--no-attention-stats"]) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "run/report.json").read_text())

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import (
-    TINY_ARCHITECTURE, TINY_TRANSLATOR, TINY_VIT, environment, interrupt_at, number_pairs,
-    run_main, write_reviews_csv,
+    TINY_ARCHITECTURE, TINY_SIZES, TINY_TRANSLATOR, TINY_VIT, environment, interrupt_at,
+    number_pairs, run_main, write_reviews_csv,
 )
 from zoo import report
 from zoo.distribute import describe, get_strategy, local_cluster
@@ -256,7 +256,8 @@ def test_tensorboard_gets_losses_attention_statistics_maps_and_a_profile(reviews
 def test_two_workers_train_like_one_process_and_only_the_chief_writes(reviews_csv, tmp_path,
                                                                      capsys):
     arguments = ["train", "text-classifier", "--data", str(reviews_csv), "--from-scratch",
-                 "--epochs", "2", "--batch-size", "32", "--dropout", "0", "--no-attention-stats"]
+                 *TINY_SIZES, "--epochs", "2", "--batch-size", "32", "--dropout", "0",
+                 "--no-attention-stats"]
     workers = [
         subprocess.Popen(
             zoo_command(*arguments, "--out", "run", "--strategy", "multi_worker"), cwd=tmp_path,
@@ -305,7 +306,7 @@ def test_ctrl_c_mid_epoch_says_how_to_resume_and_the_rerun_repeats_no_step(
     epochs, steps_per_epoch, stop_at = 3, 6, "(epoch 2, after batch 4)"
     command = zoo_command(
         "train", "text-classifier", "--data", str(reviews_csv), "--out", "run", "--from-scratch",
-        "--epochs", str(epochs), "--batch-size", "32", "--checkpoint-every", "2",
+        *TINY_SIZES, "--epochs", str(epochs), "--batch-size", "32", "--checkpoint-every", "2",
         "--no-attention-stats", "--jit-compile", "false")
     code, first, err = interrupt_at(command, tmp_path, stop_at)
     assert code == 2, first[-2000:] + err[-2000:]

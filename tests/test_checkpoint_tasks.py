@@ -17,16 +17,24 @@ def test_a_classifier_on_minilm_fine_tunes_exports_and_serves_from_strings(minil
     from zoo import TextClassifier
 
     backbone, preprocessor = minilm
-    keras.utils.set_random_seed(0)
-    model = TextClassifier(backbone=backbone, preprocessor=preprocessor, labels=["neg", "pos"])
-    assert model.backbone is backbone and model.preprocessor is preprocessor
-    hidden = model.backbone(model.preprocessor(["good"]))["sequence_output"]
-    assert hidden.shape[-1] == 384
-    texts = ["a great, moving film", "dull and far too long", "superb acting", "a tedious mess"] * 4
-    labels = ["pos", "neg", "pos", "neg"] * 4
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4))
-    model.fit(texts, labels, epochs=1, batch_size=8, verbose=0)
-    assert serves_like_predict(model, TEXTS, [{"text": t} for t in TEXTS], tmp_path).name == "1"
+    # The session's MiniLM is shared: tests/test_checkpoints.py compares it
+    # with the checkpoint as read, in whichever order pytest-xdist runs them.
+    as_read = backbone.get_weights()
+    try:
+        keras.utils.set_random_seed(0)
+        model = TextClassifier(backbone=backbone, preprocessor=preprocessor, labels=["neg", "pos"])
+        assert model.backbone is backbone and model.preprocessor is preprocessor
+        hidden = model.backbone(model.preprocessor(["good"]))["sequence_output"]
+        assert hidden.shape[-1] == 384
+        texts = ["a great, moving film", "dull and far too long", "superb acting",
+                 "a tedious mess"] * 4
+        labels = ["pos", "neg", "pos", "neg"] * 4
+        model.compile(optimizer=keras.optimizers.AdamW(1e-4))
+        model.fit(texts, labels, epochs=1, batch_size=8, verbose=0)
+        assert serves_like_predict(model, TEXTS, [{"text": t} for t in TEXTS],
+                                   tmp_path).name == "1"
+    finally:
+        backbone.set_weights(as_read)
 
 
 def test_a_roberta_classifier_serves_from_strings_with_its_byte_pair_tokenizer(hub_presets, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from backend import BACKEND
+from backend import BACKEND, run_as_a_step
 from keras_selfattn import LocalWindow, MultiHead
 
 ARGUMENT_SPACE = [
@@ -34,11 +34,15 @@ def keras_output(theirs, *args, **kwargs):
 
 
 def paired(kwargs, query, value=None, key=None, impl="auto"):
+    """Our layer and Keras's, built for these inputs' shapes (by `build`, not
+    a call: the comparisons then run as one step), with Keras's weights."""
     ours = MultiHead(**kwargs, bias_initializer="random_normal", attention_impl=impl)
     theirs = keras.layers.MultiHeadAttention(**kwargs, bias_initializer="random_normal")
-    value = query if value is None else value
-    keras_output(theirs, query, value, key)
-    ours(query, value, key)
+    shapes = [np.shape(x) for x in (query, query if value is None else value)]
+    if key is not None:
+        shapes.append(np.shape(key))
+    theirs.build(*shapes)
+    ours.build(*shapes)
     assert [w.shape for w in ours.weights] == [w.shape for w in theirs.weights]
     ours.set_weights(theirs.get_weights())
     return ours, theirs
@@ -65,12 +69,18 @@ def test_same_results_as_keras(rng, kwargs, causal, impl):
     shape = (2, 3, 5, 6) if rank4 else (2, 7, 6)
     query = rng.normal(size=shape).astype("float32")
     ours, theirs = paired(kwargs, query, impl=impl)
-    expected = keras_output(theirs, query, query, use_causal_mask=causal)
-    np.testing.assert_allclose(ours(query, use_causal_mask=causal), expected, atol=2e-5)
-    # With value passed explicitly as the same tensor (the Keras idiom) too.
-    np.testing.assert_allclose(ours(query, query, use_causal_mask=causal), expected, atol=2e-5)
-    _, w_ours = ours(query, query, use_causal_mask=causal, return_attention_scores=True)
-    _, w_theirs = theirs(query, query, use_causal_mask=causal, return_attention_scores=True)
+
+    def both(x):
+        scores = dict(use_causal_mask=causal, return_attention_scores=True)
+        return (keras_output(theirs, x, x, use_causal_mask=causal),
+                ours(x, use_causal_mask=causal),
+                # With value passed explicitly as the same tensor (the Keras idiom) too.
+                ours(x, x, use_causal_mask=causal),
+                ours(x, x, **scores)[1], theirs(x, x, **scores)[1])
+
+    expected, alone, explicit, w_ours, w_theirs = run_as_a_step(both, query)
+    np.testing.assert_allclose(alone, expected, atol=2e-5)
+    np.testing.assert_allclose(explicit, expected, atol=2e-5)
     np.testing.assert_allclose(w_ours, w_theirs, atol=2e-6)
 
 
@@ -84,12 +94,17 @@ def test_cross_attention_with_masks_same_as_keras(rng, kwargs, impl):
     attention_mask = rng.random((2, 5, 8)) < 0.8
     attention_mask[:, :, 0] = True  # Keras averages rows with no key; keep one
     ours, theirs = paired(kwargs, query, value, key, impl=impl)
-    args = dict(value_mask=v_mask, attention_mask=attention_mask, return_attention_scores=True)
-    out_theirs, w_theirs = theirs(query, value, key, **args)
-    # Without scores, the kernel `impl` names computes the output.
-    out_ours = ours(query, value, key, value_mask=v_mask, attention_mask=attention_mask)
+
+    def both(q, v, k, v_mask, attention_mask):
+        masks = dict(value_mask=v_mask, attention_mask=attention_mask)
+        out_theirs, w_theirs = theirs(q, v, k, **masks, return_attention_scores=True)
+        # Without scores, the kernel `impl` names computes the output.
+        return (out_theirs, w_theirs, ours(q, v, k, **masks),
+                ours(q, v, k, **masks, return_attention_scores=True)[1])
+
+    out_theirs, w_theirs, out_ours, w_ours = run_as_a_step(
+        both, query, value, key, v_mask, attention_mask)
     np.testing.assert_allclose(out_ours, out_theirs, atol=2e-5)
-    _, w_ours = ours(query, value, key, **args)
     np.testing.assert_allclose(w_ours, w_theirs, atol=2e-6)
 
 

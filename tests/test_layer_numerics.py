@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from backend import gradients, tensorflow_only
+from backend import gradients, run_as_a_step, tensorflow_only
 from keras_selfattn import Additive, LocalWindow, MultiHead, SelfAttention
 
 B, T, D = 3, 11, 8
@@ -29,15 +29,20 @@ def make_masks(rng, case, heads=1):
 
 def layer_outputs(layer, x, padding, explicit, causal):
     """`(output, weights)`; weights `None` when the layer is forced onto the
-    blocked kernel, which returned scores would take off it."""
+    blocked kernel, which returned scores would take off it. The layer is
+    built by shape and called as one step (`run_as_a_step`)."""
     scores = getattr(layer, "attention_impl", "dense") != "blocked"
-    kwargs = dict(use_causal_mask=causal, return_attention_scores=scores)
-    if explicit is not None:
-        kwargs["attention_mask"] = explicit
-    if isinstance(layer, MultiHead):
-        result = layer(x, query_mask=padding, value_mask=padding, **kwargs)
-    else:
-        result = layer(x, mask=padding, **kwargs)
+    layer.build(x.shape)
+
+    def call(x, padding, explicit):
+        kwargs = dict(use_causal_mask=causal, return_attention_scores=scores)
+        if explicit is not None:
+            kwargs["attention_mask"] = explicit
+        if isinstance(layer, MultiHead):
+            return layer(x, query_mask=padding, value_mask=padding, **kwargs)
+        return layer(x, mask=padding, **kwargs)
+
+    result = run_as_a_step(call, x, padding, explicit)
     if not scores:
         return np.asarray(result), None
     out, w = result
@@ -235,8 +240,8 @@ def test_local_window_training_path_matches_reference_and_dense_gradients(rng, c
                         (dense, lambda v: dense(v, query_mask=padding, value_mask=padding,
                                                 attention_mask=explicit,
                                                 use_causal_mask=causal))):
-        results.append([call(x)] + gradients(lambda v: ops.sum(ops.sin(call(v))), [x],
-                                             layer.trainable_weights))
+        results.append([run_as_a_step(call, x)] + gradients(
+            lambda v: ops.sum(ops.sin(call(v))), [x], layer.trainable_weights))
     allowed = ref.allowed_positions(batch, length, length, padding, padding, explicit,
                                     causal, window)
     expected, _ = ref.multi_head(local, np.asarray(x), allowed=allowed)

@@ -138,9 +138,10 @@ def train_text_classifier(data, out, preset=None, from_scratch=False, epochs=Non
     Which network: `preset` (a classifier preset, a text body, a keras-hub
     preset or a Hugging Face checkpoint) when given; else from scratch with
     `DEMO_ARCHITECTURE`, with the sizes in `architecture` instead of its own,
-    when `from_scratch` or `architecture` is given; else `default_body()`. Epochs and learning rate
-    default to `fine_tuning_recipe(preset)` for a pretrained network (with
-    warm-up and cosine decay) and to `FROM_SCRATCH` otherwise.
+    when `from_scratch` or `architecture` is given; else `default_body()`.
+    Epochs and learning rate default to `fine_tuning_recipe(preset)` for a
+    pretrained network (with warm-up and cosine decay) and to `FROM_SCRATCH`
+    otherwise.
     `sequence_length`, `attention`, `window_size`, `global_tokens` and
     `rematerialize` change the network's (a longer sequence than a preset's
     extends its position embeddings). `lora_rank` trains LoRA adapters of

@@ -70,8 +70,9 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
                      patience=DEFAULT_PATIENCE, verbose="auto", seed=0):
     """Trains (or fine-tunes `preset`), reports BLEU, plots, saves and exports.
 
-    Writes under `out/` what `zoo.training.train_and_report` lists; the
-    export decodes with `beam_size`.
+    From scratch, the network has `DEFAULT_ARCHITECTURE`'s sizes, with those
+    in `architecture` instead of its own. Writes under `out/` what
+    `zoo.training.train_and_report` lists; the export decodes with `beam_size`.
 
     Returns:
         A `zoo.training.TrainingResult` (its `report` is `report.json`'s).
@@ -95,8 +96,8 @@ def train_translator(data, out, preset=None, epochs=None, batch_size=64, run=Non
         if preset is not None:
             model = Translator.from_preset(preset, **dropout_override(dropout))
         else:
-            model = Translator.from_training_pairs(
-                *train, **{**DEFAULT_ARCHITECTURE, **(architecture or {}), **dropout_override(dropout)})
+            model = Translator.from_training_pairs(*train, **{
+                **DEFAULT_ARCHITECTURE, **(architecture or {}), **dropout_override(dropout)})
         run.prepare(model)
         model.compile(optimizer=keras.optimizers.AdamW(
             warmup_cosine(learning_rate, steps), weight_decay=0.01

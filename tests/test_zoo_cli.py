@@ -198,6 +198,9 @@ def test_image_user_errors_print_one_line_and_exit_2(digit_folder, digits_sample
             "--architecture: image-classifier has no size num_blocks. It has: hidden_dim, "
             "intermediate_dim, num_heads, num_layers.",
         ("train", "image-classifier", "--data", str(digit_folder), "--out", "x",
+         "--architecture", "num_layers=2,hidden_dim=100000"):
+            "--architecture: hidden_dim=100000; a network's hidden_dim is a number from 0 to 8192.",
+        ("train", "image-classifier", "--data", str(digit_folder), "--out", "x",
          "--architecture", "num_layers=2", "--preset", "mnist_vit_micro"):
             "--architecture sizes a network trained from scratch; a --preset keeps its own",
         ("predict", "empty", "a.png"): "holds no trained model",

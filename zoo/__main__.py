@@ -143,6 +143,8 @@ def _train(args):
 
 
 def _check_architecture(args, entry):
+    from zoo.presets import check_sizes
+
     if args.preset is not None:
         raise ValueError("--architecture sizes a network trained from scratch; a --preset "
                          "keeps its own sizes.")
@@ -152,6 +154,8 @@ def _check_architecture(args, entry):
     if unknown:
         raise ValueError(f"--architecture: {args.model} has no size {', '.join(unknown)}. "
                          f"It has: {', '.join(sizes)}.")
+    # The bound an edited preset's config gets: a size no machine could build.
+    check_sizes(args.architecture, "--architecture", "a network's")
 
 
 def _tune(args):

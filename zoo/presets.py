@@ -378,7 +378,7 @@ def load_preset(folder, kind):
         config = json.loads(texts[CONFIG_FILE])["config"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{folder}/{CONFIG_FILE} is corrupt: {error}") from None
-    _check_sizes(config, f"{folder}/{CONFIG_FILE}")
+    check_sizes(config, f"{folder}/{CONFIG_FILE}")
     return Preset(folder, kind, config, metadata, texts, weights, private)
 
 
@@ -418,11 +418,11 @@ def check_pinned(preset, sha256, shipped=None):
     return Path(folder)
 
 
-def _check_sizes(config, where):
+def check_sizes(config, where, whose="a preset's"):
     """Refuses a size in `config` (nested dicts too) above `CONFIG_MAXIMA`."""
     for name, value in (config.items() if isinstance(config, dict) else ()):
         if isinstance(value, dict):
-            _check_sizes(value, where)
+            check_sizes(value, where, whose)
             continue
         limit = CONFIG_MAXIMA.get(name)
         if limit is None or value is None:
@@ -430,7 +430,7 @@ def _check_sizes(config, where):
         sizes = value if isinstance(value, (list, tuple)) else [value]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= limit
                    for v in sizes):
-            raise ValueError(f"{where}: {name}={value!r}; a preset's {name} is a number from 0 "
+            raise ValueError(f"{where}: {name}={value!r}; {whose} {name} is a number from 0 "
                              f"to {limit}.")
 
 

@@ -15,35 +15,43 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from serving_process import ServingProcess  # noqa: E402
 
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0],
-    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
-)
 
-# Grappler, TensorFlow's graph optimizer, off in the pytest processes: it
-# rewrites every traced function before its first run, which for these tiny
-# models is work that never pays back (a tiny translator's and classifier's
-# fit, predict and translate: 13.3 CPU-s with it, 10.9 without; no single
-# pass dominates). It changes no result the tests check beyond float
-# round-off. Every process the tests start (the command line, the fresh
-# processes that serve an export as TF Serving would) runs TensorFlow's
-# defaults, Grappler included, as users do.
-tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+def pytest_configure(config):
+    # pytest-xdist's controller hands the tests to its workers and runs
+    # none: importing TensorFlow there cost 6 CPU-seconds while the workers
+    # started beside it.
+    if config.getoption("numprocesses", default=None) and not hasattr(config, "workerinput"):
+        return
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    # Grappler, TensorFlow's graph optimizer, off in the pytest processes: it
+    # rewrites every traced function before its first run, which for these
+    # tiny models is work that never pays back (a tiny translator's and
+    # classifier's fit, predict and translate: 13.3 CPU-s with it, 10.9
+    # without; no single pass dominates). It changes no result the tests
+    # check beyond float round-off. Every process the tests start (the
+    # command line, the fresh processes that serve an export as TF Serving
+    # would) runs TensorFlow's defaults, Grappler included, as users do.
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
 @contextlib.contextmanager
 def graph_optimizer_on():
     """TensorFlow's default, Grappler on, inside the block: for results a
     test compares bit for bit with a fresh process, which runs it."""
+    import tensorflow as tf
+
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
     try:
         yield
     finally:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # MiniLM, small keras-hub presets and Hugging Face folders (tests/checkpoint_fixtures.py).
@@ -333,6 +341,8 @@ def serves_like_predict(model, inputs, instances, folder):
     tensorflow_text answers a REST request of `instances` (TF Serving's row
     format) with the probabilities `predict` gives for `inputs`, to 1e-5."""
     import json
+
+    import tensorflow as tf
 
     version = model.export(folder / "served")
     expected = tf.nn.softmax(model.predict(inputs, verbose=0)).numpy()

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_main, run_until, write_reviews_csv
+from conftest import REPO_ROOT, run_main, run_until, serve_in_clean_process, write_reviews_csv
 
 
 def zoo(*args, cwd):
@@ -31,14 +31,17 @@ def test_train_predict_evaluate_on_the_default_body(reviews_csv, tmp_path, capsy
     reviews_csv.write_text("comment,verdict\n" + "".join(lines[1:]))
     # The default body, MiniLM from its package (tests/test_default_body.py has
     # the rule without it); few rows: the body is checked, not what it learns.
-    done = zoo("train", "text-classifier", "--data", str(reviews_csv), "--out", "run",
-               "--epochs", "1", "--batch-size", "32",
-               "--text-column", "comment", "--label-column", "verdict", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "body: all_minilm_l6_v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)" \
-        in done.stdout
-    assert "precision" in done.stdout and "confusion matrix" in done.stdout
-    assert "validation accuracy:" in done.stdout
+    # In this process (`main` is what `python -m zoo` runs): the real command
+    # trains from scratch in tests/test_zoo_scale.py, from a shipped preset in
+    # tests/test_lora.py, an image run here below.
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["train", "text-classifier", "--data", str(reviews_csv),
+                               "--out", "run", "--epochs", "1", "--batch-size", "32",
+                               "--text-column", "comment", "--label-column", "verdict"], capsys)
+    assert code == 0, out[-2000:] + err[-3000:]
+    assert "body: all_minilm_l6_v2 (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0)" in out
+    assert "precision" in out and "confusion matrix" in out
+    assert "validation accuracy:" in out
     for name in ("training_curves.png", "attention.png", "report.json", "preset/metadata.json",
                  "export/1/saved_model.pb"):
         assert (tmp_path / "run" / name).exists(), name
@@ -48,13 +51,11 @@ def test_train_predict_evaluate_on_the_default_body(reviews_csv, tmp_path, capsy
     assert report["preset"] == "all_minilm_l6_v2"  # the MiniLM checkpoint, from its package
     config = json.loads((tmp_path / "run/preset/config.json").read_text())["config"]
     assert config["backbone"]["num_layers"] == 6 and config["backbone"]["vocabulary_size"] == 30522
-    assert f"{reviews_csv}: 64 rows read, 64 used" in done.stdout
+    assert f"{reviews_csv}: 64 rows read, 64 used" in out
     assert report["data_rows"] == {"path": str(reviews_csv), "rows": 64, "used": 64,
                                    "skipped": {}, "cut_to_characters": 100_000, "cut": 0}
 
-    # The run read back in this process (`main` is what `python -m zoo` runs):
-    # the real command above trained it.
-    monkeypatch.chdir(tmp_path)
+    # The run read back.
     code, out, err = run_main(["predict", "run", "a wonderful film", "a dreadful bore"], capsys)
     assert code == 0, err[-3000:]
     lines = out.strip().splitlines()
@@ -65,16 +66,18 @@ def test_train_predict_evaluate_on_the_default_body(reviews_csv, tmp_path, capsy
 
 
 def test_bad_data_gets_a_message_not_a_traceback(tmp_path, capsys, monkeypatch):
-    (tmp_path / "one_class.csv").write_text("text,label\ngood,pos\nfine,pos\nnice,pos\n")
-    done = zoo("train", "text-classifier", "--data", "one_class.csv", "--out", "x", cwd=tmp_path)
-    assert done.returncode == 2
-    assert "error:" in done.stderr and "at least two classes" in done.stderr
-    assert "Traceback" not in done.stderr
-    # The label named plainly, not as NumPy's repr of it.
-    assert "every example has the label 'pos'" in done.stderr and "np.str_" not in done.stderr
-    # The next refusal in this process: the real command above showed the exit.
-    (tmp_path / "nothing.csv").write_text("")
+    # In this process (`main` is what `python -m zoo` runs): a real command's
+    # data error, its one line and exit 2, is in tests/test_command_line_manners.py.
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "one_class.csv").write_text("text,label\ngood,pos\nfine,pos\nnice,pos\n")
+    code, _, err = run_main(["train", "text-classifier", "--data", "one_class.csv", "--out", "x"],
+                            capsys)
+    assert code == 2
+    assert "error:" in err and "at least two classes" in err
+    assert "Traceback" not in err
+    # The label named plainly, not as NumPy's repr of it.
+    assert "every example has the label 'pos'" in err and "np.str_" not in err
+    (tmp_path / "nothing.csv").write_text("")
     code, _, err = run_main(["train", "text-classifier", "--data", "nothing.csv", "--out", "x"],
                             capsys)
     assert code == 2 and "is empty" in err and "Traceback" not in err
@@ -161,13 +164,19 @@ def test_image_classifier_killed_mid_epoch_resumes_then_predicts_evaluates_and_e
     code, out, err = run_main(["evaluate", "run", "--data", str(digit_folder)], capsys)
     assert code == 0 and "accuracy:" in out, err
 
-    # The run's own export, as a fresh process serves it (the `export`
-    # command on an image run: tests/test_vit_checkpoints.py).
-    served = subprocess.run([sys.executable, str(REPO_ROOT / "zoo" / "serving_client.py"),
-                             "run", *images], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
-    assert served.returncode == 0, served.stderr[-2000:]
-    assert [line.split("\t")[0] for line in served.stdout.strip().splitlines()] == \
+    # The run's own export, answered by `serving_client.py run IMAGES` in the
+    # worker's clean serving process, which imports only TensorFlow and
+    # tensorflow-text (the script as its own process, on a text run:
+    # tests/test_command_line_manners.py; the `export` command on an image
+    # run: tests/test_vit_checkpoints.py).
+    served = serve_in_clean_process(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO_ROOT / "zoo")!r})
+        import serving_client
+        assert serving_client.main(["run", *{images!r}]) == 0
+        """, cwd=tmp_path)
+    assert [line.split("\t")[0] for line in served.strip().splitlines()] == \
         [line.split("\t")[0] for line in lines]
 
 

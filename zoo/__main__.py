@@ -583,6 +583,6 @@ if __name__ == "__main__":
     # Python's cyclic garbage collector, run less often: tracing a model
     # allocates objects by the million, and a short run spent 5-15% of its
     # time collecting (the translator's two-epoch command: 24.0-26.9 s with
-    # the default thresholds, 22.5-22.7 s with these).
+    # the default thresholds, 21.5-22.7 s with these).
     gc.set_threshold(10_000, 10, 10)
     sys.exit(main(quiet_tensorflow=True))

@@ -136,3 +136,61 @@ def test_keras_hub_encoder_blocks_keep_the_sublayers_conversion_copies():
     assert len(sublayers["attention_layer"].weights) == 8
     for norm in ("attention_norm", "feed_forward_norm"):
         assert [w.shape for w in sublayers[norm].weights] == [(6,), (6,)]
+
+
+def test_each_pass_creates_one_iterator_and_sees_every_batch_in_order(monkeypatch):
+    from zoo.pipeline import StopAfterLastPrediction
+
+    class OneIteratorPerPass(keras.Sequential):
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            keras_compat.one_iterator_per_pass(iterator)
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    class Batches(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen.append(("train", batch))
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.seen.append(("test", batch))
+
+        def on_predict_batch_end(self, batch, logs=None):
+            self.seen.append(("predict", batch))
+
+    created = []
+    keras_iter = tf.data.Dataset.__iter__
+    monkeypatch.setattr(tf.data.Dataset, "__iter__",
+                        lambda self: created.append(1) or keras_iter(self))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)).astype("float32"), rng.normal(size=(40, 1)).astype("float32")
+    # One order for every pass, as the zoo's in-memory passes have one per
+    # epoch (a pipeline that reshuffles each pass gets its shuffles in turn,
+    # with none skipped for an iterator that was never read).
+    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+        40, seed=1, reshuffle_each_iteration=False).batch(8)
+    validation = tf.data.Dataset.from_tensor_slices((x[:16], y[:16])).batch(8)
+    weights = {}
+    for model_class in (keras.Sequential, OneIteratorPerPass):
+        keras.utils.set_random_seed(0)
+        model = model_class([keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        batches = Batches()
+        del created[:]
+        model.fit(data, validation_data=validation, epochs=3, callbacks=[batches], shuffle=False,
+                  verbose=0)
+        model.evaluate(validation, callbacks=[batches], verbose=0)
+        predictions = model.predict(validation, callbacks=[batches, StopAfterLastPrediction()],
+                                    verbose=0)
+        weights[model_class] = [w.numpy() for w in model.weights]
+        assert predictions.shape == (16, 1)
+        assert batches.seen == ([*[("train", b) for b in range(5)], ("test", 0), ("test", 1)] * 3
+                                + [("test", 0), ("test", 1), ("predict", 0), ("predict", 1)])
+    # Keras: a second iterator per pass (3 epochs, 3 validation passes,
+    # `evaluate`, `predict`); with the entry, one per pass.
+    assert len(created) == 3 + 3 + 1 + 1, (
+        "Keras's epoch iterator no longer ends its passes as one_iterator_per_pass expects")
+    for plain, one in zip(weights[keras.Sequential], weights[OneIteratorPerPass]):
+        np.testing.assert_array_equal(plain, one)

@@ -203,3 +203,51 @@ def hub_encoder_sublayers(encoder):
     """`{zoo block sublayer name: keras-hub sublayer}` of a keras-hub `TransformerEncoder`."""
     return {ours: private(encoder, theirs, "hub_encoder_sublayers")
             for ours, theirs in HUB_ENCODER_SUBLAYERS.items()}
+
+
+# 8. One data iterator per pass.
+#
+# Keras 3.15's `EpochIterator`, given no `steps_per_epoch`, creates an
+# iterator over the data at the end of every pass (in its private
+# `_enumerate_iterator`), which the next pass discards unused to create its
+# own. Creating one instantiates the pipeline's functions and starts its
+# prefetching: 30-40 ms for a small text classifier's pipeline, about 150 ms
+# with TensorFlow's graph optimizer on, as users run it, and more over several
+# devices. One was wasted per epoch, per validation pass, per `evaluate` and
+# per `predict` (half of the iterators the test suite created). Keras hands
+# `fit`'s and `evaluate`'s epoch iterators to `_maybe_symbolic_build`, where
+# `RawInputModel` ends their passes without it; `predict` hands its to no
+# method, and `RawInputModel.predict` stops it after its last batch instead
+# (`zoo.pipeline.StopAfterLastPrediction`, through the public
+# `stop_predicting`). Given
+# `steps_per_epoch`, Keras carries one iterator across passes, and nothing
+# changes. The zoo's in-memory passes are ordered by their epoch, not by the
+# iterator; a user's `tf.data` pipeline that reshuffles each pass now gets its
+# shuffles in turn, one per epoch, where Keras skipped every other one for the
+# unused iterator. No upstream issue filed yet.
+
+def one_iterator_per_pass(epoch_iterator):
+    """Makes Keras's `epoch_iterator` (of `fit` or `evaluate`) end each pass
+    without creating the iterator that the next pass would discard."""
+    if epoch_iterator is None or epoch_iterator.steps_per_epoch is not None:
+        return
+    if "_enumerate_iterator" in vars(epoch_iterator):
+        return  # `fit`'s validation iterator, which every epoch's `evaluate` reuses
+    keras_pass = private(epoch_iterator, "_enumerate_iterator", "one_iterator_per_pass")
+
+    def finished():
+        batches = private(epoch_iterator, "_num_batches", "one_iterator_per_pass")
+        return bool(batches) and private(
+            epoch_iterator, "_steps_seen", "one_iterator_per_pass") >= batches
+
+    def one_pass():
+        steps = keras_pass()
+        for step in steps:
+            yield step
+            if finished():
+                # Where Keras would create the next pass's iterator, then end the pass.
+                steps.close()
+                epoch_iterator.data_adapter.on_epoch_end()
+                return
+
+    epoch_iterator._enumerate_iterator = one_pass

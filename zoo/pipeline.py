@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from zoo.keras_compat import (
-    build_on_local_batch, evaluates_fits_validation_data, reducible_across_workers, set_untracked,
+    build_on_local_batch, evaluates_fits_validation_data, one_iterator_per_pass,
+    reducible_across_workers, set_untracked,
 )
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -367,6 +368,9 @@ class RawInputModel(keras.Model):
 
     def predict(self, x, batch_size=None, **kwargs):
         batch_size = batch_size or 32
+        callbacks = kwargs.get("callbacks")
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
+            kwargs["callbacks"] = [*(callbacks or []), StopAfterLastPrediction()]
         if isinstance(x, tf.data.Dataset):
             return super().predict(self.dataset(x, batch_size=batch_size, ordered=True),
                                    **kwargs)
@@ -484,9 +488,11 @@ class RawInputModel(keras.Model):
 
     # Keras's private methods, overridden. Keras 3.15's `fit` and `evaluate`
     # under `MultiWorkerMirroredStrategy` (keras-team/keras#20585) fail in
-    # two steps; these route around them with `zoo.keras_compat`'s helpers.
+    # two steps, and create an iterator per pass that no pass uses; these
+    # route around them with `zoo.keras_compat`'s helpers.
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        one_iterator_per_pass(iterator)  # `fit` and `evaluate` hand theirs here
         return build_on_local_batch(self, super()._maybe_symbolic_build, iterator, data_batch)
 
     def train_step(self, data):
@@ -697,3 +703,14 @@ class StopAfterEpoch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.model.stop_training = True
+
+
+class StopAfterLastPrediction(keras.callbacks.Callback):
+    """Ends `predict` after the last of its known number of batches, before
+    Keras creates an iterator for a pass that never comes
+    (`zoo.keras_compat.one_iterator_per_pass` says why)."""
+
+    def on_predict_batch_end(self, batch, logs=None):
+        steps = self.params.get("steps")
+        if steps and batch + 1 >= steps:
+            self.model.stop_predicting = True

@@ -49,7 +49,7 @@ def test_the_multi_worker_entries_find_the_private_code_they_use():
                                          "in_multi_worker_mode"))
     assert not keras_compat.in_multi_worker_mode(tf.distribute.get_strategy())
     assert list(keras_compat.private(keras.Model, "_maybe_symbolic_build",
-                                     "build_on_local_batch").__code__.co_varnames[1:3]) == [
+                                     "build_from_element_spec").__code__.co_varnames[1:3]) == [
         "iterator", "data_batch"]
     logs = {"loss": tf.constant(1.5)}
     assert keras_compat.reducible_across_workers(logs) is logs
@@ -59,8 +59,8 @@ def test_the_multi_worker_entries_find_the_private_code_they_use():
     with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
         model = keras.Sequential([keras.layers.Dense(2)])
         model.compile(loss="mse")
-    keras_compat.build_on_local_batch(model, model._maybe_symbolic_build, None,
-                                      (np.ones((4, 3), "float32"), np.ones((4, 2), "float32")))
+    keras_compat.build_from_element_spec(model, model._maybe_symbolic_build, None,
+                                         (np.ones((4, 3), "float32"), np.ones((4, 2), "float32")))
     assert model.built and len(model.weights) == 2
 
 
@@ -139,12 +139,14 @@ def test_keras_hub_encoder_blocks_keep_the_sublayers_conversion_copies():
 
 
 def test_each_pass_creates_one_iterator_and_sees_every_batch_in_order(monkeypatch):
+    """Entries 2 (building from the element spec) and 8 together."""
     from zoo.pipeline import StopAfterLastPrediction
 
     class OneIteratorPerPass(keras.Sequential):
         def _maybe_symbolic_build(self, iterator=None, data_batch=None):
             keras_compat.one_iterator_per_pass(iterator)
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+            return keras_compat.build_from_element_spec(
+                self, super()._maybe_symbolic_build, iterator, data_batch)
 
     class Batches(keras.callbacks.Callback):
         def __init__(self):
@@ -175,8 +177,11 @@ def test_each_pass_creates_one_iterator_and_sees_every_batch_in_order(monkeypatc
     weights = {}
     for model_class in (keras.Sequential, OneIteratorPerPass):
         keras.utils.set_random_seed(0)
-        model = model_class([keras.layers.Dense(1)])
-        model.compile(optimizer="sgd", loss="mse")
+        # Under a strategy, as the zoo's runs: Keras takes a batch at every
+        # `fit` and `evaluate` to build the model, even once it is built.
+        with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+            model = model_class([keras.layers.Dense(1)])
+            model.compile(optimizer="sgd", loss="mse")
         batches = Batches()
         del created[:]
         model.fit(data, validation_data=validation, epochs=3, callbacks=[batches], shuffle=False,
@@ -189,8 +194,10 @@ def test_each_pass_creates_one_iterator_and_sees_every_batch_in_order(monkeypatc
         assert batches.seen == ([*[("train", b) for b in range(5)], ("test", 0), ("test", 1)] * 3
                                 + [("test", 0), ("test", 1), ("predict", 0), ("predict", 1)])
     # Keras: a second iterator per pass (3 epochs, 3 validation passes,
-    # `evaluate`, `predict`); with the entry, one per pass.
+    # `evaluate`, `predict`) and one to build from at each `fit` and
+    # `evaluate`; with the entries, one per pass.
     assert len(created) == 3 + 3 + 1 + 1, (
-        "Keras's epoch iterator no longer ends its passes as one_iterator_per_pass expects")
+        "Keras's epoch iterator no longer ends its passes as one_iterator_per_pass expects, "
+        "or builds the model otherwise than build_from_element_spec expects")
     for plain, one in zip(weights[keras.Sequential], weights[OneIteratorPerPass]):
         np.testing.assert_array_equal(plain, one)

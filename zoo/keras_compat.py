@@ -58,6 +58,8 @@ def set_untracked(obj, **attributes):
 # fail in two private steps: building the model on the first distributed
 # batch (averaged over replicas, which collectives cannot do with a tuple)
 # and reducing scalar step outputs with `strategy.reduce(..., axis=0)`.
+# The model is built from the data's element spec instead, which also spares
+# every `fit` and `evaluate` under any strategy an iterator and a batch.
 # `RawInputModel` overrides `_maybe_symbolic_build` and its step methods
 # with the helpers below (tests/test_zoo_scale.py trains two worker
 # processes through the command line).
@@ -73,25 +75,25 @@ def in_multi_worker_mode(strategy):
     return private(strategy.extended, "_in_multi_worker_mode", "in_multi_worker_mode")()
 
 
-def build_on_local_batch(model, keras_build, iterator, data_batch):
+def build_from_element_spec(model, keras_build, iterator, data_batch):
     """What `model._maybe_symbolic_build(iterator, data_batch)` does, with
-    the local replica's first batch standing in for the distributed one in
-    multi-worker mode: building needs only shapes and dtypes.
+    the data's element spec standing in for its first batch: building needs
+    only shapes and dtypes.
+
+    Under a strategy, Keras's own step creates an iterator at every `fit`
+    and `evaluate` (each validation pass included), takes a whole batch
+    from it and averages the batch over the replicas, even for a model
+    already built. In multi-worker mode the average fails (collectives
+    cannot reduce a tuple); elsewhere it costs an iterator and a batch.
 
     `keras_build` is Keras's own `_maybe_symbolic_build`, bound to `model`.
     """
     import tensorflow as tf
 
-    strategy = private(model, "_distribute_strategy", "build_on_local_batch")
-    if iterator is not None and strategy is not None and in_multi_worker_mode(strategy):
-        for _, _, batches in iterator:
-            data_batch = tf.nest.map_structure(
-                lambda value: strategy.experimental_local_results(value)[0]
-                if isinstance(value, tf.distribute.DistributedValues) else value,
-                next(batches),
-            )
-            break
-        iterator = None
+    if iterator is not None and data_batch is None:
+        spec = iterator.data_adapter.get_tf_dataset().element_spec
+        if all(isinstance(part, tf.TensorSpec) for part in tf.nest.flatten(spec)):
+            return keras_build(iterator=None, data_batch=spec)
     return keras_build(iterator=iterator, data_batch=data_batch)
 
 

@@ -223,10 +223,7 @@ def hub_encoder_sublayers(encoder):
 # (`zoo.pipeline.StopAfterLastPrediction`, through the public
 # `stop_predicting`). Given
 # `steps_per_epoch`, Keras carries one iterator across passes, and nothing
-# changes. In multi-worker mode Keras's own sequence is kept: the workers'
-# iterators meet in collectives, and in two whole-suite runs the two-worker
-# test waited 85 and 190 s longer with the change (55 s before), which was
-# not explained. The zoo's in-memory passes are ordered by their epoch, not by the
+# changes. The zoo's in-memory passes are ordered by their epoch, not by the
 # iterator; a user's `tf.data` pipeline that reshuffles each pass now gets its
 # shuffles in turn, one per epoch, where Keras skipped every other one for the
 # unused iterator. No upstream issue filed yet.

@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from zoo.keras_compat import (
-    build_from_element_spec, evaluates_fits_validation_data, in_multi_worker_mode,
-    one_iterator_per_pass, reducible_across_workers, set_untracked,
+    build_from_element_spec, evaluates_fits_validation_data, one_iterator_per_pass,
+    reducible_across_workers, set_untracked,
 )
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -369,8 +369,7 @@ class RawInputModel(keras.Model):
     def predict(self, x, batch_size=None, **kwargs):
         batch_size = batch_size or 32
         callbacks = kwargs.get("callbacks")
-        if not (isinstance(callbacks, keras.callbacks.CallbackList)
-                or in_multi_worker_mode(self.distribute_strategy)):
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
             kwargs["callbacks"] = [*(callbacks or []), StopAfterLastPrediction()]
         if isinstance(x, tf.data.Dataset):
             return super().predict(self.dataset(x, batch_size=batch_size, ordered=True),
@@ -493,8 +492,7 @@ class RawInputModel(keras.Model):
     # route around them with `zoo.keras_compat`'s helpers.
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if not in_multi_worker_mode(self.distribute_strategy):
-            one_iterator_per_pass(iterator)  # `fit` and `evaluate` hand theirs here
+        one_iterator_per_pass(iterator)  # `fit` and `evaluate` hand theirs here
         return build_from_element_spec(self, super()._maybe_symbolic_build, iterator, data_batch)
 
     def train_step(self, data):

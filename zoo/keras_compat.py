@@ -221,12 +221,12 @@ def hub_encoder_sublayers(encoder):
 # `RawInputModel` ends their passes without it; `predict` hands its to no
 # method, and `RawInputModel.predict` stops it after its last batch instead
 # (`zoo.pipeline.StopAfterLastPrediction`, through the public
-# `stop_predicting`). Given
-# `steps_per_epoch`, Keras carries one iterator across passes, and nothing
-# changes. The zoo's in-memory passes are ordered by their epoch, not by the
-# iterator; a user's `tf.data` pipeline that reshuffles each pass now gets its
-# shuffles in turn, one per epoch, where Keras skipped every other one for the
-# unused iterator. No upstream issue filed yet.
+# `stop_predicting`). Given `steps_per_epoch`, Keras carries one iterator
+# across passes, and nothing changes. The zoo's in-memory passes are ordered
+# by their epoch, not by the iterator; a user's `tf.data` pipeline that
+# reshuffles each pass now gets its shuffles in turn, one per epoch, where
+# Keras skipped every other one for the unused iterator. No upstream issue
+# filed yet.
 
 def one_iterator_per_pass(epoch_iterator):
     """Makes Keras's `epoch_iterator` (of `fit` or `evaluate`) end each pass

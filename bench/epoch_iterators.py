@@ -40,7 +40,7 @@ def measure(strategy, routes_around):
     zoo_stop = zoo.pipeline.StopAfterLastPrediction.on_predict_batch_end
     if not routes_around:  # Keras's own steps
         zoo.pipeline.build_from_element_spec = (
-            lambda model, keras_build, iterator, data_batch: keras_build(iterator, data_batch))
+            lambda keras_build, iterator, data_batch: keras_build(iterator, data_batch))
         zoo.pipeline.one_iterator_per_pass = lambda iterator: None
         zoo.pipeline.StopAfterLastPrediction.on_predict_batch_end = lambda *args, **kwargs: None
     created = []

@@ -59,7 +59,7 @@ def test_the_multi_worker_entries_find_the_private_code_they_use():
     with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
         model = keras.Sequential([keras.layers.Dense(2)])
         model.compile(loss="mse")
-    keras_compat.build_from_element_spec(model, model._maybe_symbolic_build, None,
+    keras_compat.build_from_element_spec(model._maybe_symbolic_build, None,
                                          (np.ones((4, 3), "float32"), np.ones((4, 2), "float32")))
     assert model.built and len(model.weights) == 2
 
@@ -146,7 +146,7 @@ def test_each_pass_creates_one_iterator_and_sees_every_batch_in_order(monkeypatc
         def _maybe_symbolic_build(self, iterator=None, data_batch=None):
             keras_compat.one_iterator_per_pass(iterator)
             return keras_compat.build_from_element_spec(
-                self, super()._maybe_symbolic_build, iterator, data_batch)
+                super()._maybe_symbolic_build, iterator, data_batch)
 
     class Batches(keras.callbacks.Callback):
         def __init__(self):

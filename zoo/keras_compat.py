@@ -75,8 +75,8 @@ def in_multi_worker_mode(strategy):
     return private(strategy.extended, "_in_multi_worker_mode", "in_multi_worker_mode")()
 
 
-def build_from_element_spec(model, keras_build, iterator, data_batch):
-    """What `model._maybe_symbolic_build(iterator, data_batch)` does, with
+def build_from_element_spec(keras_build, iterator, data_batch):
+    """What a model's `_maybe_symbolic_build(iterator, data_batch)` does, with
     the data's element spec standing in for its first batch: building needs
     only shapes and dtypes.
 
@@ -86,7 +86,7 @@ def build_from_element_spec(model, keras_build, iterator, data_batch):
     already built. In multi-worker mode the average fails (collectives
     cannot reduce a tuple); elsewhere it costs an iterator and a batch.
 
-    `keras_build` is Keras's own `_maybe_symbolic_build`, bound to `model`.
+    `keras_build` is Keras's own `_maybe_symbolic_build`, bound to the model.
     """
     import tensorflow as tf
 

@@ -493,7 +493,7 @@ class RawInputModel(keras.Model):
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         one_iterator_per_pass(iterator)  # `fit` and `evaluate` hand theirs here
-        return build_from_element_spec(self, super()._maybe_symbolic_build, iterator, data_batch)
+        return build_from_element_spec(super()._maybe_symbolic_build, iterator, data_batch)
 
     def train_step(self, data):
         return reducible_across_workers(super().train_step(data))
